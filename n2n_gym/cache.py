@@ -1,0 +1,303 @@
+"""Persistent result cache for expensive student evaluations.
+
+The cache is a single SQLite file in WAL mode.  It is safe to use from several
+processes at once (each process opens its own connection, reopened after a
+fork) and survives a process being killed in the middle of a write: every
+``put`` is one transaction, so a reader sees either the old or the new value,
+never a partial one.
+
+This module deliberately depends only on the standard library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import random
+import sqlite3
+import threading
+import time
+from typing import Any, Callable, Iterator, TypeVar
+
+__all__ = [
+    "CacheCorruptError",
+    "NullCache",
+    "ResultCache",
+    "cache_key",
+    "default_cache_dir",
+]
+
+_T = TypeVar("_T")
+
+#: Seconds SQLite's own busy handler waits for a lock before giving up.
+_SQLITE_TIMEOUT = 60.0
+#: Extra attempts after SQLite reports "database is locked"/"busy".
+_LOCK_RETRIES = 10
+
+# Connections inherited across a fork are never closed in the child: closing
+# them there could interfere with the parent's locks / WAL state.  They are
+# kept here so garbage collection does not close them either.
+_ABANDONED: list[sqlite3.Connection] = []
+
+
+class CacheCorruptError(RuntimeError):
+    """The cache file exists but is not a usable SQLite database."""
+
+
+def default_cache_dir() -> pathlib.Path:
+    """Return the cache directory, creating it if needed.
+
+    ``$N2N_CACHE`` if set, else ``$XDG_CACHE_HOME/n2n_gym``, else
+    ``~/.cache/n2n_gym``.
+    """
+    env = os.environ.get("N2N_CACHE")
+    if env:
+        d = pathlib.Path(env).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
+        d = base / "n2n_gym"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def cache_key(**parts: Any) -> str:
+    """SHA-256 hex digest of the canonical JSON of ``parts``.
+
+    Canonical means sorted keys and compact separators, so the key does not
+    depend on argument order.
+    """
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """Whether ``exc`` means the file is damaged / not SQLite (vs. a transient error)."""
+    if _is_lock_error(exc):
+        return False
+    msg = str(exc).lower()
+    if not isinstance(exc, sqlite3.OperationalError):
+        return True  # "file is not a database", "database disk image is malformed", ...
+    return any(s in msg for s in ("malformed", "not a database", "encrypted"))
+
+
+class ResultCache:
+    """Key -> JSON-dict store backed by SQLite, multi-process and crash safe."""
+
+    path: pathlib.Path
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Open (creating if needed) the cache at ``path``.
+
+        ``None`` means ``default_cache_dir() / "results.sqlite"``.  Raises
+        :class:`CacheCorruptError` if the file is not a valid SQLite database.
+        """
+        if path is None:
+            self.path = default_cache_dir() / "results.sqlite"
+        else:
+            self.path = pathlib.Path(path).expanduser()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        self._closed = False
+        self._connection()  # open eagerly so errors surface at construction
+
+    # ------------------------------------------------------------------ setup
+    def _corrupt(self, exc: BaseException) -> CacheCorruptError:
+        return CacheCorruptError(
+            f"result cache at {str(self.path)!r} is corrupted or not an SQLite "
+            f"database ({exc}). It only holds cached results and can safely be "
+            f"deleted (also remove any '-wal'/'-shm' files next to it)."
+        )
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                str(self.path),
+                timeout=_SQLITE_TIMEOUT,
+                isolation_level=None,  # autocommit; transactions are explicit
+                check_same_thread=False,  # guarded by self._lock
+            )
+        except sqlite3.OperationalError as exc:
+            raise sqlite3.OperationalError(f"cannot open result cache {str(self.path)!r}: {exc}") from exc
+        try:
+            self._retry(lambda: self._init_schema(conn))
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            # If WAL is unavailable (odd filesystems) SQLite keeps its rollback
+            # journal, which is still atomic; so the result is not checked.
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS results("
+                "key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
+            )
+        except sqlite3.DatabaseError as exc:
+            if _is_corruption(exc):
+                raise self._corrupt(exc) from exc
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        """The connection for the current process, (re)opened as needed."""
+        if self._closed:
+            raise ValueError(f"result cache {str(self.path)!r} is closed")
+        pid = os.getpid()
+        if self._conn is None or self._pid != pid:
+            if self._conn is not None:
+                _ABANDONED.append(self._conn)  # inherited over fork: don't touch
+            self._conn = None
+            self._conn = self._open()
+            self._pid = pid
+        return self._conn
+
+    def _retry(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn``, retrying with backoff while the database is locked."""
+        delay = 0.05
+        for attempt in range(_LOCK_RETRIES + 1):
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc) or attempt == _LOCK_RETRIES:
+                    raise
+            time.sleep(delay * (1.0 + random.random()))
+            delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``fn(conn)`` under the lock with lock-retry and corruption mapping."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                return self._retry(lambda: fn(conn))
+            except sqlite3.DatabaseError as exc:
+                if _is_corruption(exc):
+                    raise self._corrupt(exc) from exc
+                raise
+
+    # -------------------------------------------------------------- interface
+    def get(self, key: str) -> dict | None:
+        """Return the stored dict for ``key`` or ``None`` if absent."""
+        row = self._run(lambda c: c.execute("SELECT value FROM results WHERE key=?", (key,)).fetchone())
+        return None if row is None else json.loads(row[0])
+
+    def put(self, key: str, value: dict) -> None:
+        """Store ``value`` (JSON-serialised) under ``key``, replacing any old value."""
+        blob = json.dumps(value)  # serialise first: a bad value never opens a transaction
+        now = time.time()
+
+        def _put(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT OR REPLACE INTO results(key, value, created) VALUES (?, ?, ?)",
+                    (key, blob, now),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        self._run(_put)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        row = self._run(lambda c: c.execute("SELECT 1 FROM results WHERE key=?", (key,)).fetchone())
+        return row is not None
+
+    def __len__(self) -> int:
+        return int(self._run(lambda c: c.execute("SELECT COUNT(*) FROM results").fetchone()[0]))
+
+    def items(self) -> Iterator[tuple[str, dict]]:
+        """Iterate over ``(key, value)`` pairs (a snapshot taken at call time)."""
+        rows = self._run(lambda c: c.execute("SELECT key, value FROM results ORDER BY key").fetchall())
+        for key, blob in rows:
+            yield key, json.loads(blob)
+
+    def keys(self) -> list[str]:
+        """All stored keys."""
+        rows = self._run(lambda c: c.execute("SELECT key FROM results ORDER BY key").fetchall())
+        return [r[0] for r in rows]
+
+    def close(self) -> None:
+        """Close this process's connection; further use raises ``ValueError``."""
+        with self._lock:
+            if self._conn is not None:
+                if self._pid == os.getpid():
+                    self._conn.close()
+                else:
+                    _ABANDONED.append(self._conn)
+            self._conn = None
+            self._closed = True
+
+    def __enter__(self) -> "ResultCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Picklable (e.g. for multiprocessing spawn): the receiver reopens.
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"ResultCache({str(self.path)!r})"
+
+
+class NullCache:
+    """Same interface as :class:`ResultCache` but stores nothing (``cache=False``)."""
+
+    path: pathlib.Path | None = None
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = None
+
+    def get(self, key: str) -> dict | None:
+        """Always ``None``."""
+        return None
+
+    def put(self, key: str, value: dict) -> None:
+        """Discard ``value``."""
+
+    def __contains__(self, key: object) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0
+
+    def items(self) -> Iterator[tuple[str, dict]]:
+        """Empty iterator."""
+        return iter(())
+
+    def keys(self) -> list[str]:
+        """Always empty."""
+        return []
+
+    def close(self) -> None:
+        """No-op."""
+
+    def __enter__(self) -> "NullCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "NullCache()"

@@ -1,0 +1,100 @@
+"""Training loops: supervised training (teachers) and logit distillation (students).
+
+Everything works on whole uint8 tensors through :func:`n2n_gym.data.batches`; no
+per-sample Python in any loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Dataset, batches
+
+EVAL_BATCH = 500
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Dataset, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    model.eval()
+    out = [model(xb) for xb, _ in batches(x, torch.zeros(len(x)), batch_size, shuffle=False, normalize=data.normalize)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Dataset, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> float:
+    if len(x) == 0:
+        raise ValueError("cannot measure accuracy on an empty split")
+    return float((predict_logits(model, data, x, batch_size).argmax(1) == y).float().mean())
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    data: Dataset,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: bool = True,
+    progress=None,
+) -> float:
+    """One epoch of cross-entropy training; returns the mean loss."""
+    model.train()
+    total, n = 0.0, 0
+    for xb, yb in batches(x, y, batch_size, shuffle=True, generator=generator, augment=augment,
+                          info=data.info, normalize=data.normalize, drop_last=len(x) > batch_size):
+        loss = F.cross_entropy(model(xb), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total, n = total + loss.item() * len(xb), n + len(xb)
+        if progress is not None:
+            progress.update(1)
+    return total / max(n, 1)
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Dataset,
+    x: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    augment: bool,
+    generator: torch.Generator,
+    teacher_logits: torch.Tensor | None = None,
+) -> nn.Module:
+    """Regress the student's logits on the teacher's (MSE), Adam, as in N2N.
+
+    ``teacher_logits`` (for ``x`` in order) are reused when given and ``augment`` is off.
+    """
+    if augment and teacher_logits is not None:
+        raise ValueError("teacher logits cannot be reused when the inputs are augmented")
+    if teacher_logits is None and not augment:
+        teacher_logits = predict_logits(teacher, data, x)
+    teacher.eval()
+    student.train()
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
+    index = torch.arange(len(x), device=x.device)
+    for _ in range(epochs):
+        for xb, ib in batches(x, index, batch_size, shuffle=True, generator=generator, augment=augment,
+                              info=data.info, normalize=data.normalize, drop_last=len(x) > batch_size):
+            if teacher_logits is not None:
+                target = teacher_logits[ib]
+            else:
+                with torch.no_grad():
+                    target = teacher(xb)
+            loss = F.mse_loss(student(xb), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    student.eval()
+    return student

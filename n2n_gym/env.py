@@ -1,0 +1,419 @@
+"""The N2N compression MDP as a Gymnasium environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from .arch import Architecture, ArchitectureError
+from .cache import NullCache, ResultCache
+from .data import dataset_info, load_dataset
+from .edits import MIN_WIDTH, InvalidStudent, apply_decisions, layer_rules
+from .encoding import COLUMN, NUM_FEATURES, STAGES, static_features, width_scale
+from .protocols import PROTOCOLS, Protocol, get_protocol
+from .reward import PENALTIES, n2n_reward, parse_constraints
+from .teachers import Recipe, load_teacher
+from .zoo import teacher_architecture
+
+RATIO_TABLES: dict[str, tuple[float, ...]] = {
+    # the N2N code's shrink table (0.5 repeated: a prior towards halving)
+    "paper": (0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+    "uniform": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+}
+DEFAULT_RATIOS = {"shrink": "paper", "joint": "uniform"}
+KEEP, REMOVE = 0, 1  # the actions of stage "remove"
+
+
+class N2NEnv(gym.Env):
+    """
+    ## Description
+    Compress a trained *teacher* network, one layer at a time (Ashok et al., "N2N Learning:
+    Network to Network Compression via Policy Gradient Reinforcement Learning", ICLR 2018).
+    An episode walks once over the layers of the starting architecture (the teacher, or a
+    student given as ``start_architecture``) and decides for each whether to keep, remove
+    or shrink it. The final architecture is the *student*: it is built, distilled from the
+    teacher under the evaluation ``protocol`` and scored; the episode's only reward is
+    N2N's ``R = Rc * Ra``. Results are cached, so an architecture seen before costs nothing.
+
+    ## Action Space
+    ``Discrete``, depending on ``stage``:
+    - ``"remove"``: ``Discrete(2)``; 0 keeps the current layer, 1 removes it.
+    - ``"shrink"``: ``Discrete(K)``; action ``k`` keeps the layer with width ratio
+      ``ratios[k]``: new width ``max(floor(n * r), 10)`` (N2N's floor), never more than n.
+    - ``"joint"`` (default): ``Discrete(K + 1)``; ``k < K`` keeps with ratio ``ratios[k]``,
+      ``K`` removes the layer.
+    Not every action is allowed for every layer: the first and last layer, convs with
+    stride != 1, linear and pooling layers and residual shortcuts are never removed; only
+    free widths shrink (a residual addition ties the widths of a stage to its first
+    producer). The allowed actions of the current layer are ``info["action_mask"]`` and
+    ``env.action_masks()`` (int8 / bool); ``info["layer_masks"]`` holds every layer's. A
+    disallowed action is replaced by "keep at full width" (``illegal_action="noop"``) or
+    makes the student invalid (``illegal_action="invalid"``). An action outside the space
+    raises ``ValueError``.
+
+    ## Observation Space
+    ``Box(0, 1, (max_layers, F), float32)``: one row per layer of the starting
+    architecture (the teacher's layer count is ``max_layers``; further rows are zero), with
+    the columns of ``n2n_gym.encoding.FEATURES``: the paper's encoding (type, kernel,
+    stride, padding, outputs, skip start, skip end), the input width, shortcut /
+    removable / shrinkable flags, the decisions so far (decided, removed, ratio), the
+    current layer, the position and the stage.
+
+    ## Rewards
+    0 on every intermediate step. On the last step ``R = Rc * Ra`` with
+    ``C = 1 - params_student / params_teacher``, ``Rc = C (2 - C)``,
+    ``Ra = val_acc_student / val_acc_teacher``, always relative to the original teacher;
+    -1 for an invalid student (cannot be built, or not smaller than the teacher).
+    Violated ``constraints`` are penalised (``penalty``: N2N's annealed penalty or -1).
+
+    ## Starting State
+    The starting architecture with no decision made, the first layer current.
+    Deterministic: reset's seed only seeds ``np_random`` for the caller's use.
+
+    ## Episode End
+    Terminates after one step per layer of the starting architecture. No truncation.
+    The terminal ``info`` has ``accuracy`` (validation, used by the reward),
+    ``teacher_accuracy``, ``test_accuracy`` (reported only), ``params``,
+    ``teacher_params``, ``flops`` (2 per MAC, FlopCounterMode's convention), ``compression``
+    (teacher params / student params), ``valid``, ``reason``, ``architecture`` (IR JSON),
+    ``actions``, ``eval_seconds``, ``cached``, ``protocol``, ``data_variant``.
+
+    ## Arguments
+    - ``teacher``: zoo name (``n2n_gym.zoo.TEACHERS``); ``dataset``: "digits", "mnist",
+      "cifar10", "cifar100", "svhn" or "npz:/path/file.npz".
+    - ``stage``: "remove" | "shrink" | "joint". ``ratios``: "paper" | "uniform" | a tuple
+      with 1.0 in it (default: "paper" for shrink, "uniform" for joint).
+    - ``protocol``: "fast" (default) | "paper" | "tiny" | a ``Protocol``; ``eval_seed``.
+    - ``start_architecture``: an ``Architecture``, its JSON, or a path to the JSON.
+    - ``teacher_checkpoint``: a checkpoint to load instead of training the teacher;
+      ``teacher_recipe``: a ``Recipe`` (or dict of its fields) for training it.
+    - ``constraints``: ``{"max_params": n, "max_flops": n, "min_accuracy": a}`` or
+      ``Constraint`` rows; ``penalty``: "anneal" | "hard"; ``penalty_horizon`` (updates);
+      ``episodes_per_update``: how episodes map to N2N's update index (override per
+      episode with ``reset(options={"update": u})``).
+    - ``illegal_action``: "noop" | "invalid". ``min_width``: floor on shrunk widths.
+    - ``data_root`` (default ``$N2N_DATA``), ``device`` ("auto", "cpu", "cuda"),
+      ``cache`` (True: the shared SQLite cache, a path, or False), ``render_mode``
+      ("ansi"), ``progress`` (show teacher training progress).
+
+    ## Version History
+    - v0: initial release (evaluation protocols "paper", "fast", "tiny" of n2n-gym 0.1).
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        teacher: str = "digitsnet",
+        dataset: str = "digits",
+        *,
+        stage: str = "joint",
+        protocol: str | Protocol = "fast",
+        ratios: str | Sequence[float] | None = None,
+        start_architecture: Architecture | str | os.PathLike | None = None,
+        teacher_checkpoint: str | os.PathLike | None = None,
+        teacher_recipe: Recipe | dict | None = None,
+        constraints: Any = None,
+        penalty: str = "anneal",
+        penalty_horizon: int = 15,
+        episodes_per_update: int = 5,
+        illegal_action: str = "noop",
+        min_width: int = MIN_WIDTH,
+        eval_seed: int = 0,
+        data_root: str | os.PathLike | None = None,
+        device: str = "auto",
+        cache: bool | str | os.PathLike = True,
+        render_mode: str | None = None,
+        progress: bool = True,
+        **unknown: Any,
+    ):
+        if unknown:
+            valid = [p for p in inspect.signature(N2NEnv.__init__).parameters if p not in ("self", "unknown")]
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
+                     for k in unknown]
+            raise TypeError(f"N2NEnv got unknown argument(s) {', '.join(hints)}; valid arguments: {', '.join(valid)}")
+        _check_choice("stage", stage, STAGES)
+        _check_choice("penalty", penalty, PENALTIES)
+        _check_choice("illegal_action", illegal_action, ("noop", "invalid"))
+        if render_mode is not None:
+            _check_choice("render_mode", render_mode, self.metadata["render_modes"])
+        self.protocol = get_protocol(protocol)
+        self.stage, self.render_mode, self.illegal_action = stage, render_mode, illegal_action
+        self.teacher_name, self.dataset_name = teacher, dataset
+        self.data_info = dataset_info(dataset)
+        self.teacher_architecture = teacher_architecture(teacher, self.data_info.input_shape, self.data_info.num_classes)
+        self.start_architecture = _parse_start(start_architecture, self.teacher_architecture)
+        self.ratios = _parse_ratios(ratios if ratios is not None else DEFAULT_RATIOS.get(stage), stage)
+        self.constraints = parse_constraints(constraints)
+        self.penalty, self.penalty_horizon, self.episodes_per_update = penalty, penalty_horizon, episodes_per_update
+        self.min_width, self.eval_seed, self.progress = min_width, eval_seed, progress
+        self.teacher_checkpoint, self.data_root = teacher_checkpoint, data_root
+        self.teacher_recipe = Recipe(**teacher_recipe) if isinstance(teacher_recipe, dict) else teacher_recipe
+        self.device = ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
+        self._cache_arg = cache
+        self._evaluator = None
+
+        n, max_layers = len(self.start_architecture), len(self.teacher_architecture)
+        self.num_layers = n
+        num_actions = {"remove": 2, "shrink": len(self.ratios), "joint": len(self.ratios) + 1}[stage]
+        self.action_space = spaces.Discrete(num_actions)
+        self.observation_space = spaces.Box(0.0, 1.0, (max_layers, NUM_FEATURES), np.float32)
+        self._static_obs = static_features(self.start_architecture, max_layers, stage,
+                                           width_scale(self.teacher_architecture))
+        self._layer_masks = self._make_masks()
+        self._full_width_action = {"remove": KEEP, "shrink": self.ratios.index(1.0),
+                                   "joint": self.ratios.index(1.0)}[stage]
+        self._episodes = 0
+        self._t = 0
+        self._actions: list[int] = []
+        self._decisions: list = []
+        self._illegal: list[int] = []
+        self._update = 0
+        self._obs = self._static_obs.copy()
+        self._last_info: dict[str, Any] = {}
+
+    # ---- Gymnasium API -----------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        self._update = int(options.get("update", self._episodes // max(self.episodes_per_update, 1)))
+        self._t = 0
+        self._actions, self._decisions, self._illegal = [], [], []
+        self._obs = self._static_obs.copy()
+        self._obs[0, COLUMN["current"]] = 1
+        return self._obs.copy(), self._step_info()
+
+    def step(self, action):
+        if self._t >= self.num_layers:
+            raise RuntimeError("the episode has ended; call reset() before step()")
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is outside the action space {self.action_space}: "
+                             f"pass an integer in [0, {self.action_space.n - 1}]")
+        a, t = int(action), self._t
+        self._actions.append(a)
+        if not self._layer_masks[t, a]:
+            self._illegal.append(t)
+            a = self._full_width_action
+        decision = self._decision(a)
+        self._decisions.append(decision)
+        row = self._obs[t]
+        row[COLUMN["decided"]], row[COLUMN["current"]] = 1, 0
+        row[COLUMN["removed"]] = decision is None
+        row[COLUMN["ratio"]] = 0.0 if decision is None else decision
+        self._t += 1
+        if self._t < self.num_layers:
+            self._obs[self._t, COLUMN["current"]] = 1
+            return self._obs.copy(), 0.0, False, False, self._step_info()
+        self._episodes += 1
+        info = self._terminal_info()
+        self._last_info = info
+        return self._obs.copy(), float(info["reward"]), True, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """The allowed actions of the current layer (for sb3-contrib's MaskablePPO)."""
+        t = min(self._t, self.num_layers - 1)
+        return self._layer_masks[t].astype(bool)
+
+    def render(self):
+        if self.render_mode != "ansi":
+            return None
+        return self.describe()
+
+    def close(self):
+        if self._evaluator is not None and hasattr(self._evaluator.cache, "close"):
+            self._evaluator.cache.close()
+        self._evaluator = None
+
+    # ---- what the env knows ------------------------------------------------------
+    def decisions_for(self, actions: Sequence[int]) -> list:
+        """The per-layer decisions (None = remove, else width ratio) that ``actions`` make."""
+        out = []
+        for t, a in enumerate(actions):
+            a = int(a)
+            if not self._layer_masks[t, a]:
+                a = self._full_width_action
+            out.append(self._decision(a))
+        return out
+
+    def student_architecture(self, actions: Sequence[int]) -> Architecture:
+        """The student that a full action list gives (raises InvalidStudent with the reason)."""
+        if len(actions) != self.num_layers:
+            raise ValueError(f"need {self.num_layers} actions, got {len(actions)}")
+        return apply_decisions(self.start_architecture, self.decisions_for(actions), self.min_width)
+
+    @property
+    def evaluator(self):
+        """Loads data and teacher on first use (gym.make stays cheap)."""
+        if self._evaluator is None:
+            from .evaluation import Evaluator
+
+            data = load_dataset(self.dataset_name, self.data_root).to(self.device)
+            teacher = load_teacher(self.teacher_name, data, checkpoint=self.teacher_checkpoint,
+                                   recipe=self.teacher_recipe, device=self.device, progress=self.progress)
+            if self._cache_arg is False:
+                cache = NullCache()
+            else:
+                cache = ResultCache(None if self._cache_arg is True else self._cache_arg)
+            self._evaluator = Evaluator(teacher, data, self.device, cache)
+        return self._evaluator
+
+    @property
+    def teacher(self):
+        return self.evaluator.teacher
+
+    def describe(self) -> str:
+        """A text table of the starting architecture with the decisions made so far."""
+        arch = self.start_architecture
+        lines = arch.table().splitlines()
+        out = [lines[0] + "  decision"]
+        for i, line in enumerate(lines[1:-1]):
+            if i < len(self._decisions):
+                d = self._decisions[i]
+                mark = "remove" if d is None else ("keep" if d == 1.0 else f"x{d:g}")
+            else:
+                mark = "<- now" if i == self._t else ""
+            out.append(f"{line}  {mark}")
+        out.append(lines[-1] + f"  | stage {self.stage}, layer {min(self._t, self.num_layers)}/{self.num_layers}")
+        if self._last_info and self._t >= self.num_layers:
+            i = self._last_info
+            out.append(f"student: reward {i['reward']:.4f}, val acc {i['accuracy']:.4f}, "
+                       f"{i['params']:,} params ({i['compression']:.2f}x), valid={i['valid']} {i['reason']}")
+        return "\n".join(out)
+
+    # ---- internals ---------------------------------------------------------------
+    def _decision(self, a: int):
+        if self.stage == "remove":
+            return None if a == REMOVE else 1.0
+        if self.stage == "joint" and a == len(self.ratios):
+            return None
+        return self.ratios[a]
+
+    def _make_masks(self) -> np.ndarray:
+        n_act = self.action_space.n
+        masks = np.zeros((self.num_layers, n_act), dtype=np.int8)
+        full = self.ratios.index(1.0)
+        for i, rule in enumerate(layer_rules(self.start_architecture)):
+            if self.stage == "remove":
+                masks[i, KEEP], masks[i, REMOVE] = 1, rule.removable
+                continue
+            if rule.shrinkable:
+                masks[i, : len(self.ratios)] = 1
+            else:
+                masks[i, full] = 1
+            if self.stage == "joint":
+                masks[i, len(self.ratios)] = rule.removable
+        return masks
+
+    def _step_info(self) -> dict[str, Any]:
+        t = min(self._t, self.num_layers - 1)
+        return {"action_mask": self._layer_masks[t].copy(), "layer_masks": self._layer_masks.copy(),
+                "layer_index": self._t, "num_layers": self.num_layers, "stage": self.stage}
+
+    def _terminal_info(self) -> dict[str, Any]:
+        ev = self.evaluator
+        teacher = ev.teacher
+        start = time.perf_counter()
+        reason, arch = "", None
+        if self._illegal and self.illegal_action == "invalid":
+            reason = f"disallowed action(s) at layer(s) {self._illegal}"
+        else:
+            try:
+                arch = apply_decisions(self.start_architecture, self._decisions, self.min_width)
+            except InvalidStudent as exc:
+                reason = str(exc)
+        if arch is not None:
+            result = ev.evaluate(arch, self.protocol, self.eval_seed)
+            valid, reason = result.valid, result.reason
+        else:
+            result, valid = None, False
+        params = result.params if result else 0
+        acc = result.accuracy if result else 0.0
+        reward = n2n_reward(
+            student_params=params, teacher_params=teacher.params, student_accuracy=acc,
+            teacher_accuracy=teacher.val_accuracy, valid=valid, constraints=self.constraints,
+            properties={"flops": result.flops if result else 0}, penalty=self.penalty,
+            update=self._update, horizon=self.penalty_horizon,
+        )
+        return {
+            **self._step_info(),
+            "reward": reward.value,
+            "valid": valid,
+            "reason": reason,
+            "accuracy": acc,
+            "test_accuracy": result.test_accuracy if result else 0.0,
+            "teacher_accuracy": teacher.val_accuracy,
+            "teacher_test_accuracy": teacher.test_accuracy,
+            "params": params,
+            "teacher_params": teacher.params,
+            "flops": result.flops if result else 0,
+            "teacher_flops": teacher.architecture.flops,
+            "compression": teacher.params / params if params else 0.0,
+            "r_c": reward.r_c,
+            "r_a": reward.r_a,
+            "violated_constraints": list(reward.violated),
+            "architecture": arch.to_json() if arch is not None else None,
+            "actions": list(self._actions),
+            "illegal_actions": list(self._illegal),
+            "eval_seconds": result.seconds if result else time.perf_counter() - start,
+            "cached": bool(result.cached) if result else False,
+            "protocol": self.protocol.name,
+            "eval_seed": self.eval_seed,
+            "data_variant": ev.data.variant,
+            "teacher_sha256": teacher.sha256,
+        }
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _parse_ratios(ratios, stage: str) -> tuple[float, ...]:
+    if stage == "remove":
+        return (1.0,)
+    if isinstance(ratios, str):
+        if ratios not in RATIO_TABLES:
+            raise ValueError(f"ratios must be one of {sorted(RATIO_TABLES)} or a sequence of floats, got {ratios!r}")
+        return RATIO_TABLES[ratios]
+    table = tuple(float(r) for r in ratios)
+    if not table or any(not 0 < r <= 1 for r in table) or 1.0 not in table:
+        raise ValueError(f"ratios must be values in (0, 1] including 1.0, got {table}")
+    return table
+
+
+def _parse_start(start, teacher: Architecture) -> Architecture:
+    if start is None:
+        return teacher
+    if isinstance(start, Architecture):
+        arch = start
+    else:
+        text = str(start)
+        if not text.lstrip().startswith("{"):
+            with open(text) as f:
+                text = f.read()
+        arch = Architecture.from_json(text)
+    if arch.input_shape != teacher.input_shape or arch.num_classes != teacher.num_classes:
+        raise ValueError("start_architecture must have the teacher's input shape and number of classes")
+    if len(arch) > len(teacher) or any(not 0 <= l.origin < len(teacher) for l in arch.layers):
+        raise ValueError("start_architecture must descend from the teacher (every layer's origin a teacher layer); "
+                         "use the 'architecture' of an episode's final info")
+    try:
+        arch.shapes()
+    except ArchitectureError as exc:
+        raise ValueError(f"start_architecture cannot be built: {exc}") from exc
+    return arch
