@@ -14,6 +14,7 @@ unless ``N2N_OFFLINE=1`` (or ``download=False``); any failure raises
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -473,10 +474,12 @@ def _load_mnist(root: pathlib.Path, download: bool) -> Raw:
 
 
 def _cifar10_from_npz(folder: pathlib.Path) -> Raw:
+    paths = [folder / f"cifar10-{split}.npz" for split in ("train", "test")]
+    # the members are LZMA-compressed (slow to unpack the first time); lzma releases the GIL
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        loaded = list(pool.map(lambda p: _npz_load(p, ["x", "y", "official_index"]), paths))
     parts = []
-    for split in ("train", "test"):
-        path = folder / f"cifar10-{split}.npz"
-        arrays = _npz_load(path, ["x", "y", "official_index"])
+    for path, arrays in zip(paths, loaded):
         x = _check_images("x", arrays["x"], path)
         y = _check_labels("y", arrays["y"], len(x), path)
         # rows are stored by class; put them back in the official (torchvision) order
