@@ -60,6 +60,13 @@ class Layer:
             raise ArchitectureError(f"unknown layer kind {self.kind!r}; expected one of {LAYER_KINDS}")
         if self.kind in (CONV, LINEAR) and self.out < 1:
             raise ArchitectureError(f"{self.kind} layer needs out >= 1, got {self.out}")
+        if self.kernel < 1 or self.stride < 1 or self.padding < 0:
+            raise ArchitectureError(
+                f"{self.kind} layer needs kernel >= 1, stride >= 1, padding >= 0; got "
+                f"{self.kernel}/{self.stride}/{self.padding}"
+            )
+        if self.kind in (MAXPOOL, AVGPOOL) and self.padding > self.kernel // 2:
+            raise ArchitectureError(f"pooling padding {self.padding} exceeds half its kernel {self.kernel}")
         if self.role not in ("", BODY, SHORTCUT):
             raise ArchitectureError(f"unknown role {self.role!r}")
         if (self.block >= 0) != (self.role != ""):

@@ -239,6 +239,8 @@ class N2NEnv(gym.Env):
         out = []
         for t, a in enumerate(actions):
             a = int(a)
+            if not 0 <= a < self.action_space.n:
+                raise ValueError(f"action {a} at layer {t} is outside the action space {self.action_space}")
             if not self._layer_masks[t, a]:
                 a = self._full_width_action
             out.append(self._decision(a))

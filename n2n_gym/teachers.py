@@ -175,7 +175,10 @@ def _load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset
     sha = file_sha256(path)
     if verify_sidecar:
         side = path.with_suffix(".json")
-        recorded = json.loads(side.read_text()).get("sha256") if side.exists() else None
+        try:
+            recorded = json.loads(side.read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
         if recorded != sha:
             raise TeacherCheckpointError(
                 f"cached teacher {path} is corrupt (sha256 {sha[:12]}… does not match its record "
@@ -186,13 +189,17 @@ def _load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset
         raise TeacherCheckpointError(f"teacher checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
                                      "it is corrupt or not a torch checkpoint") from exc
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-        stored = Architecture.from_json(ckpt["architecture"])
+        try:
+            stored = Architecture.from_json(ckpt["architecture"])
+            state = ckpt["state_dict"]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise TeacherCheckpointError(f"teacher checkpoint {path} is damaged: {type(exc).__name__}: {exc}") from exc
         if stored.canonical_hash() != arch.canonical_hash():
             raise TeacherCheckpointError(
                 f"teacher checkpoint {path} holds a {stored.name or 'different'} network with "
                 f"{stored.params:,} parameters, not the env's {name} ({arch.params:,}); "
                 "pass a checkpoint of the env's teacher architecture")
-        state, val_acc, test_acc = ckpt["state_dict"], ckpt.get("val_accuracy"), ckpt.get("test_accuracy")
+        val_acc, test_acc = ckpt.get("val_accuracy"), ckpt.get("test_accuracy")
     elif isinstance(ckpt, dict) and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         state, val_acc, test_acc = ckpt, None, None
     else:

@@ -1,0 +1,440 @@
+"""The ``n2n-gym`` command line.
+
+- ``n2n-gym episode``: a few random (mask-respecting) episodes on an env, printing each
+  student's reward and its layer table.
+- ``n2n-gym compress``: the N2N search (``agents/n2n.py``: removal, then shrinkage), a
+  final longer distillation of the best student, exports, a report and plots, all in a
+  run folder; ``--resume`` continues a killed run without losing an evaluated student.
+
+Run folder of ``compress``::
+
+    config.json      the settings (``--resume`` reuses them)
+    state.pt         search state after the last completed policy update (atomic)
+    history.jsonl    every evaluated student, one JSON line each, appended and flushed
+    policies.pt      the trained policies (``--load-policy`` of a later search)
+    student.json/.pt the best student after the final distillation: n2n_gym.load_student(folder)
+    student.pt2      torch.export program;  student.onnx  ONNX (dynamo exporter)
+    report.json/.txt teacher vs best student;  rewards.png, pareto.png  plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import pathlib
+import re
+import sys
+import time
+from typing import Any
+
+RUNS_ROOT = pathlib.Path("runs")
+DEFAULT_FINAL_EPOCHS = 30
+
+
+# ---------------------------------------------------------------------------- helpers
+def _atomic_write_text(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj, path: pathlib.Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_history(path: pathlib.Path) -> list[dict]:
+    """The records of a history file; a line cut short by a kill is skipped."""
+    rows = []
+    if not path.exists():
+        return rows
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (params, accuracy) that no other point beats: fewer or equal
+    params with higher accuracy. Sorted by params."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def _fmt_int(n) -> str:
+    return f"{int(n):,}" if n is not None else "-"
+
+
+def _fmt_acc(a) -> str:
+    return f"{100 * a:.2f}%" if a is not None else "-"
+
+
+# ---------------------------------------------------------------------------- episode
+def cmd_episode(ns: argparse.Namespace) -> int:
+    import gymnasium as gym
+    import numpy as np
+
+    import n2n_gym  # noqa: F401
+
+    env = gym.make(ns.env, stage=ns.stage, protocol=ns.protocol, device=ns.device, render_mode="ansi",
+                   **ns.env_kwargs)
+    rng = np.random.default_rng(ns.seed)
+    for ep in range(ns.episodes):
+        obs, info = env.reset(seed=ns.seed if ep == 0 else None)
+        terminated = False
+        while not terminated:
+            action = int(rng.choice(np.flatnonzero(info["action_mask"])))
+            obs, reward, terminated, truncated, info = env.step(action)
+        print(f"episode {ep}: reward {reward:.4f}  valid={info['valid']}  val acc {_fmt_acc(info['accuracy'])} "
+              f"(teacher {_fmt_acc(info['teacher_accuracy'])})  test acc {_fmt_acc(info['test_accuracy'])}  "
+              f"params {_fmt_int(info['params'])} / {_fmt_int(info['teacher_params'])} "
+              f"({info['compression']:.2f}x)  eval {info['eval_seconds']:.2f}s{' (cached)' if info['cached'] else ''}")
+        if info["reason"]:
+            print(f"  invalid: {info['reason']}")
+        print(env.render())
+        print()
+    env.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------- compress
+def _run_dir(ns: argparse.Namespace) -> tuple[pathlib.Path, bool]:
+    """(run folder, resuming?)."""
+    if ns.resume is not None:
+        if ns.resume:
+            return pathlib.Path(ns.resume), True
+        if ns.out:
+            return pathlib.Path(ns.out), True
+        runs = sorted((p for p in RUNS_ROOT.glob("*") if (p / "config.json").exists()),
+                      key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise SystemExit(f"n2n-gym compress --resume: no run folder under {RUNS_ROOT}/; pass the folder")
+        return runs[-1], True
+    if ns.out:
+        return pathlib.Path(ns.out), False
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", ns.env_id).strip("-").lower()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return RUNS_ROOT / f"{slug}-seed{ns.seed}-{stamp}", False
+
+
+def _final_distill(unwrapped, arch, epochs: int, seed: int, lr: float) -> tuple[Any, float, float, float]:
+    """Inherit the teacher's weights, distil ``epochs`` over the whole training split
+    (2/3 at ``lr``, 1/3 at lr/10, the data set's augmentation); (module, val, test, seconds)."""
+    import torch
+
+    from n2n_gym.build import build, inherit_weights
+    from n2n_gym.distill import accuracy, distill
+
+    start = time.perf_counter()
+    teacher, data = unwrapped.teacher, unwrapped.evaluator.data
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = build(arch, data.device)
+        inherit_weights(student, teacher.module)
+        x, _ = data.split("train")
+        gen = torch.Generator().manual_seed(seed)
+        first = max(epochs * 2 // 3, 1) if epochs > 0 else 0
+        for n_ep, rate in ((first, lr), (epochs - first, lr / 10)):
+            if n_ep > 0:
+                distill(student, teacher.module, data, x, epochs=n_ep, batch_size=64, lr=rate, weight_decay=0.0,
+                        augment=True, generator=gen)
+    student.eval()
+    val = accuracy(student, data, *data.split("val"))
+    test = accuracy(student, data, *data.split("test"))
+    return student, val, test, time.perf_counter() - start
+
+
+def _plots(run_dir: pathlib.Path, history: list[dict], final: dict | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    colors = {"remove": "tab:blue", "shrink": "tab:orange", "joint": "tab:green"}
+    # reward and best so far vs evaluations
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [r["evaluation"] for r in history]
+    for stage in dict.fromkeys(r["stage"] for r in history):
+        rows = [r for r in history if r["stage"] == stage]
+        ax.scatter([r["evaluation"] for r in rows], [r["reward"] for r in rows], s=10, alpha=0.6,
+                   color=colors.get(stage), label=f"stage {stage}")
+    best, curve = -math.inf, []
+    for r in history:
+        best = max(best, r["reward"])
+        curve.append(best)
+    ax.plot(xs, curve, color="black", lw=1.5, label="best so far")
+    starts = [r["evaluation"] for a, r in zip(history, history[1:]) if a["stage_index"] != r["stage_index"]]
+    for s in starts:
+        ax.axvline(s - 0.5, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("student evaluations")
+    ax.set_ylabel("reward R = Rc * Ra (-1: invalid)")
+    ax.set_ylim(max(-1.05, min([r["reward"] for r in history] + [0]) - 0.05), 1.02)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("N2N search: reward per evaluated student")
+    fig.tight_layout()
+    fig.savefig(run_dir / "rewards.png", dpi=120)
+    plt.close(fig)
+    paths.append(str(run_dir / "rewards.png"))
+
+    # accuracy vs params, Pareto front
+    valid = [r for r in history if r.get("valid")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for stage in dict.fromkeys(r["stage"] for r in valid):
+        rows = [r for r in valid if r["stage"] == stage]
+        ax.scatter([r["params"] for r in rows], [100 * r["accuracy"] for r in rows], s=10, alpha=0.5,
+                   color=colors.get(stage), label=f"students, stage {stage}")
+    if valid:
+        uniq = {r["architecture"]: r for r in valid}
+        pts = [(r["params"], r["accuracy"]) for r in uniq.values()]
+        front = [pts[i] for i in pareto_front(pts)]
+        ax.step([p for p, _ in front], [100 * a for _, a in front], where="post", color="red", lw=1.2)
+        ax.scatter([p for p, _ in front], [100 * a for _, a in front], s=25, facecolors="none", edgecolors="red",
+                   label="Pareto front")
+        t = valid[0]
+        ax.scatter([t["teacher_params"]], [100 * t["teacher_accuracy"]], marker="*", s=150, color="black",
+                   label="teacher")
+    if final:
+        ax.scatter([final["params"]], [100 * final["val_accuracy"]], marker="D", s=50, color="green",
+                   label="best student, final distillation")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("accuracy vs size (search-time, low-fidelity accuracies)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "pareto.png", dpi=120)
+    plt.close(fig)
+    paths.append(str(run_dir / "pareto.png"))
+    return paths
+
+
+def _report_table(teacher: dict, search: dict, final: dict | None, protocol: str) -> str:
+    rows = [("teacher", teacher), (f"best student, search ({protocol} protocol)", search)]
+    if final:
+        rows.append(("best student, final distillation", final))
+    head = f"{'':<42} {'val acc':>8} {'test acc':>8} {'params':>10} {'FLOPs':>12} {'compr.':>7} {'reward':>7}"
+    lines = [head, "-" * len(head)]
+    for name, r in rows:
+        comp = f"{r['compression']:.2f}x" if r.get("compression") else "1.00x"
+        rew = f"{r['reward']:.4f}" if r.get("reward") is not None else "-"
+        lines.append(f"{name:<42} {_fmt_acc(r['val_accuracy']):>8} {_fmt_acc(r['test_accuracy']):>8} "
+                     f"{_fmt_int(r['params']):>10} {_fmt_int(r['flops']):>12} {comp:>7} {rew:>7}")
+    return "\n".join(lines)
+
+
+def cmd_compress(ns: argparse.Namespace) -> int:
+    import gymnasium as gym
+    import torch
+    from tqdm.auto import tqdm
+
+    import n2n_gym  # noqa: F401
+    from agents.n2n import Args, N2N, save_policies
+    from n2n_gym.arch import Architecture
+    from n2n_gym.protocols import get_protocol
+    from n2n_gym.reward import n2n_reward
+    from n2n_gym.students import export_student, save_student
+
+    t_start = time.perf_counter()
+    run_dir, resuming = _run_dir(ns)
+    config_path, state_path, history_path = run_dir / "config.json", run_dir / "state.pt", run_dir / "history.jsonl"
+    arg_names = {f.name for f in dataclasses.fields(Args)}
+    if resuming:
+        if not config_path.exists():
+            raise SystemExit(f"n2n-gym compress --resume: {run_dir} holds no config.json; nothing to resume")
+        config = json.loads(config_path.read_text())
+        print(f"resuming {run_dir} (its config.json; options given now are ignored)", file=sys.stderr)
+    else:
+        if state_path.exists() or history_path.exists():
+            raise SystemExit(f"n2n-gym compress: {run_dir} already holds a run; pass --resume to continue it "
+                             "or another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in vars(ns).items() if k not in ("func", "resume", "out", "progress", "command")}
+        _atomic_write_text(config_path, json.dumps(config, indent=1, sort_keys=True))
+    args = Args(**{k: v for k, v in config.items() if k in arg_names})
+    args.progress = ns.progress
+    final_epochs, export = int(config.get("final_epochs", DEFAULT_FINAL_EPOCHS)), bool(config.get("export", True))
+    final_lr = float(config.get("final_lr", 1e-3))
+
+    # ---- resume: keep the students of completed updates, redo the interrupted one
+    state = None
+    if resuming and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    done_key = (state["stage_index"], state["update"]) if state else (0, 0)
+    kept = [r for r in read_history(history_path) if (r["stage_index"], r["update"]) < done_key]
+    if state and len(kept) != state["evaluations"]:
+        print(f"warning: history holds {len(kept)} students of completed updates, the state "
+              f"{state['evaluations']}", file=sys.stderr)
+    _atomic_write_text(history_path, "".join(json.dumps(r) + "\n" for r in kept))
+    history_file = open(history_path, "a")
+
+    bar: Any = None
+
+    def on_student(record: dict) -> None:
+        history_file.write(json.dumps(record) + "\n")
+        history_file.flush()
+        bar.update(1)
+        bar.set_postfix_str(f"stage {record['stage']}, update {record['update']}, best reward "
+                            f"{search.best['reward']:.4f}")
+
+    def on_update(s: N2N) -> None:
+        _atomic_torch_save(s.state_dict(), state_path)
+
+    search = N2N(args, on_student=on_student, on_update=on_update)
+    if state:
+        search.load_state_dict(state, history=kept)
+    bar = tqdm(total=search.total_evaluations, initial=len(kept), unit="student", desc="n2n-gym compress",
+               disable=not ns.progress, dynamic_ncols=True)
+    if search.best:
+        bar.set_postfix_str(f"best reward {search.best['reward']:.4f}")
+    t_search = time.perf_counter()
+    try:
+        search.run()
+    finally:
+        bar.close()
+        history_file.close()
+    search_seconds = time.perf_counter() - t_search
+    save_policies(search, run_dir / "policies.pt")
+    history = read_history(history_path)
+    best = search.best
+    if best is None or not best.get("valid"):
+        print("no valid student was found; nothing to distil or export", file=sys.stderr)
+        _atomic_write_text(run_dir / "report.json", json.dumps({"best": best, "students": len(history)}, indent=1))
+        return 1
+
+    # ---- final distillation of the best student, exports, report, plots
+    env = gym.make(args.env_id, protocol=args.protocol, device=args.device, **args.env_kwargs)
+    unwrapped = env.unwrapped
+    arch = Architecture.from_json(best["architecture"])
+    teacher = unwrapped.teacher
+    print(f"final distillation of the best student ({final_epochs} epochs over the training split) ...",
+          file=sys.stderr)
+    module, val_acc, test_acc, final_seconds = _final_distill(unwrapped, arch, final_epochs, args.seed, final_lr)
+    reward = n2n_reward(student_params=arch.params, teacher_params=teacher.params, student_accuracy=val_acc,
+                        teacher_accuracy=teacher.val_accuracy).value
+    data = unwrapped.evaluator.data
+    protocol = get_protocol(args.protocol)
+    teacher_row = {"val_accuracy": teacher.val_accuracy, "test_accuracy": teacher.test_accuracy,
+                   "params": teacher.params, "flops": teacher.architecture.flops, "compression": 1.0, "reward": None}
+    search_row = {"val_accuracy": best["accuracy"], "test_accuracy": best["test_accuracy"], "params": best["params"],
+                  "flops": best["flops"], "compression": best["compression"], "reward": best["reward"],
+                  "stage": best["stage"], "evaluation": best["evaluation"]}
+    final_row = {"val_accuracy": val_acc, "test_accuracy": test_acc, "params": arch.params, "flops": arch.flops,
+                 "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
+                 "seconds": final_seconds}
+    save_student(run_dir, module.cpu(), env_id=args.env_id, teacher=teacher.summary(),
+                 normalization={"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"},
+                 metrics=final_row, search_metrics=search_row)
+    t_export = time.perf_counter()
+    exports = export_student(module, run_dir) if export else {}
+    export_seconds = time.perf_counter() - t_export
+    plots = _plots(run_dir, history, final_row)
+    table = _report_table(teacher_row, search_row, final_row, protocol.name)
+    n_val, n_test = len(data.val_idx), len(data.y_test)
+    notes = (
+        f"Accuracies: teacher on the whole validation ({n_val}) and test ({n_test}) splits. Search rows are "
+        f"LOW FIDELITY: protocol '{protocol.name}' ({protocol.epochs} epoch(s) of distillation on "
+        f"{protocol.train_images or 'all'} training images, scored on {min(protocol.val_images or n_val, n_val)} "
+        f"validation / {min(protocol.test_images or n_test, n_test)} test images); they are what the reward "
+        f"used. Final rows: after the final distillation ({final_epochs} epochs over the whole training split), "
+        f"on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
+        f"FLOPs: 2 per multiply-accumulate.")
+    total_seconds = time.perf_counter() - t_start
+    report = {
+        "env_id": args.env_id, "run_dir": str(run_dir), "args": dataclasses.asdict(args), "final_epochs": final_epochs,
+        "teacher": teacher_row, "search_best": search_row, "final": final_row, "students": len(history),
+        "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
+        "student_architecture": arch.to_dict(), "exports": exports, "plots": plots,
+        "seconds": {"total_this_invocation": total_seconds, "search": search_seconds, "final_distillation": final_seconds,
+                    "export": export_seconds},
+        "notes": notes,
+    }
+    _atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
+    text = (f"{table}\n\n{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
+            f"{len(history)}; {report['distinct_students']} distinct students; "
+            f"{total_seconds:.0f} s (search {search_seconds:.0f} s, final distillation {final_seconds:.0f} s, "
+            f"export {export_seconds:.0f} s)\n\n{arch.table()}\n")
+    _atomic_write_text(run_dir / "report.txt", text)
+    print(text)
+    for fmt, path in exports.items():
+        print(f"{fmt}: {path}")
+    print(f"run folder: {run_dir}   (n2n_gym.load_student({str(run_dir)!r}) loads the student)")
+    env.close()
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from n2n_gym.registration import DEFAULT_ENV_ID
+
+    parser = argparse.ArgumentParser(prog="n2n-gym", description="Network-to-network compression (N2N, ICLR 2018) "
+                                     "as a Gymnasium MDP.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ep = sub.add_parser("episode", help="random mask-respecting episodes: rewards and student tables",
+                        description="Play random episodes (uniform over the allowed actions) and print each "
+                                    "student's reward and layer table.")
+    ep.add_argument("--env", dest="env", default=DEFAULT_ENV_ID, help="env id (default: %(default)s)")
+    ep.add_argument("--stage", default="joint", choices=("remove", "shrink", "joint"),
+                    help="the env's stage (default: %(default)s)")
+    ep.add_argument("--episodes", type=int, default=3, help="number of episodes (default: %(default)s)")
+    ep.add_argument("--protocol", default="fast", help="evaluation protocol: fast | paper | tiny (default: fast)")
+    ep.add_argument("--seed", type=int, default=0, help="seed of the random actions (default: %(default)s)")
+    ep.add_argument("--device", default="auto", help="device of student training (default: %(default)s)")
+    ep.add_argument("--env-kwargs", type=json.loads, default={}, metavar="JSON",
+                    help="extra gym.make keyword arguments as JSON")
+    ep.set_defaults(func=cmd_episode)
+
+    co = sub.add_parser(
+        "compress", help="the N2N search, final distillation, exports and report (the main job)",
+        description="Compress the teacher of an env with the two-stage N2N agent (removal, then shrinkage), "
+                    "distil the best student longer, export it and write a report and plots to a run folder.")
+    co.add_argument("--env", dest="env_id", default=DEFAULT_ENV_ID, help="env id (default: %(default)s)")
+    co.add_argument("--out", default=None, help=f"run folder (default: {RUNS_ROOT}/<env>-seed<seed>-<time>)")
+    co.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+                    help="continue a run (RUN_DIR, else --out, else the newest folder under runs/)")
+    co.add_argument("--final-epochs", type=int, default=DEFAULT_FINAL_EPOCHS,
+                    help="epochs of the final distillation of the best student (default: %(default)s)")
+    co.add_argument("--final-lr", type=float, default=1e-3,
+                    help="Adam lr of the final distillation (last third at lr/10) (default: %(default)s)")
+    co.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+                    help="write the torch.export and ONNX files (default: on)")
+    from agents.n2n import add_args
+
+    add_args(co, skip=("env_id", "out", "save_policy"))
+    co.set_defaults(func=cmd_compress)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    here = str(pathlib.Path(__file__).resolve().parents[1])
+    if here not in sys.path:  # `agents` sits next to the package in a source checkout
+        sys.path.append(here)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    return int(ns.func(ns) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
