@@ -1,0 +1,447 @@
+"""The leaderboard: ``n2n-gym leaderboard RESULTS... [--format md|csv|html] [--out DIR]``.
+
+Reads benchmark records (JSONL files of ``n2n-gym bench``, and with ``--wandb-project
+ENTITY/PROJECT`` the runs of a W&B project logged with ``--track``, when online) and
+ranks, per env and evaluation protocol, the agents by the mean over seeds of their best
+reward (``R = Rc * Ra``), with its sample standard deviation, the compression (teacher
+params / student params), the accuracy drop (teacher minus best student, in percentage
+points, on the validation split that the reward used and on the test split that is only
+reported), params, FLOPs (2 per multiply-add, FlopCounterMode's convention) and the
+evaluations, episodes and wall-clock used.
+
+With ``--out DIR`` it writes ``leaderboard.<format>`` there and, per env and protocol,
+two PNG plots (matplotlib, Agg):
+
+- ``anytime-<env>-<protocol>.png``: best reward against student evaluations, per agent
+  the mean over seeds with a band (``--band minmax``: min to max over seeds; ``std``:
+  mean +- one standard deviation). A run that stopped before its budget keeps its last
+  value;
+- ``pareto-<env>-<protocol>.png``: accuracy (``--metric test`` or ``val``) against params
+  (log scale) of every student the runs evaluated, with each agent's Pareto front (the
+  students no other student of that agent beats on both) and the teacher.
+
+Without ``--out`` the table goes to stdout (no plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import json
+import math
+import os
+import pathlib
+import re
+import statistics
+import sys
+import warnings
+from collections import defaultdict
+from typing import Any, Iterable
+
+if __package__ in (None, ""):  # python benchmarks/leaderboard.py
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.records import FLOP_CONVENTION, accuracy_drop, read_records  # noqa: E402
+
+CSV_COLUMNS = (
+    "env_id", "env_version", "protocol", "rank", "agent", "stage", "seeds", "best_reward_mean", "best_reward_std",
+    "compression_mean", "compression_std", "val_acc_drop_mean", "val_acc_drop_std", "test_acc_drop_mean",
+    "test_acc_drop_std", "val_acc_mean", "test_acc_mean", "params_mean", "flops_mean", "flop_convention",
+    "budget", "evaluations_mean", "episodes_mean", "env_steps_mean", "wall_seconds_mean", "teacher_sha256",
+    "teacher_val_accuracy", "teacher_test_accuracy", "teacher_params",
+)
+
+
+# ---------------------------------------------------------------------------- loading
+def load_wandb(project: str) -> list[dict]:
+    """Records of the runs of a W&B project (``ENTITY/PROJECT``) logged by ``bench --track``."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        warnings.warn(f"WANDB_MODE={os.environ['WANDB_MODE']}: not reading W&B project {project}", stacklevel=2)
+        return []
+    try:
+        import wandb
+    except ImportError as exc:  # pragma: no cover
+        raise SystemExit("--wandb-project needs wandb: pip install 'n2n-gym[wandb]'") from exc
+    records = []
+    for run in wandb.Api().runs(project):
+        text = run.summary.get("n2n_record")
+        if not text:
+            continue
+        try:
+            record = json.loads(text) if isinstance(text, str) else dict(text)
+        except (TypeError, ValueError):
+            continue
+        record.setdefault("students", {"columns": [], "data": []})
+        record["source"] = f"wandb:{'/'.join(run.path)}"
+        records.append(record)
+    return records
+
+
+def load(paths: Iterable[str | os.PathLike], wandb_project: str | None = None) -> list[dict]:
+    """Records of local JSONL files (+ a W&B project), one per run id."""
+    records = read_records(list(paths))
+    if wandb_project:
+        records += load_wandb(wandb_project)
+    seen, out = set(), []
+    for r in records:
+        rid = r.get("run_id")
+        if rid is not None and rid in seen:
+            continue
+        seen.add(rid)
+        out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------------------- the table
+def _mean(xs: list) -> float | None:
+    xs = [float(x) for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def _std(xs: list) -> float | None:
+    xs = [float(x) for x in xs if x is not None]
+    return statistics.stdev(xs) if len(xs) > 1 else None
+
+
+def group_records(records: list[dict]) -> dict[tuple[str, str], dict[str, list[dict]]]:
+    """``{(env_id, protocol): {agent label: [records]}}``; the label adds the stage when an
+    agent ran several stages on the same env."""
+    stages: dict[tuple, set] = defaultdict(set)
+    for r in records:
+        stages[(r.get("env_id"), r.get("protocol"), r.get("agent"))].add(r.get("stage"))
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        key = (r.get("env_id"), r.get("protocol"))
+        label = str(r.get("agent"))
+        if len(stages[(*key, r.get("agent"))]) > 1:
+            label += f" [{r.get('stage')}]"
+        groups[key][label].append(r)
+    return {k: dict(v) for k, v in groups.items()}
+
+
+def agent_row(label: str, runs: list[dict]) -> dict[str, Any]:
+    best = [r.get("best") or {} for r in runs]
+    budget = [r.get("budget") or {} for r in runs]
+    rewards = [b.get("reward") for b in best]
+    requested = sorted({b.get("requested") for b in budget if b.get("requested") is not None})
+    return {
+        "agent": label, "stage": runs[0].get("stage"), "seeds": len(runs),
+        "seed_list": sorted(r.get("seed") for r in runs if r.get("seed") is not None),
+        "best_reward_mean": _mean(rewards), "best_reward_std": _std(rewards),
+        "compression_mean": _mean([b.get("compression") for b in best]),
+        "compression_std": _std([b.get("compression") for b in best]),
+        "val_acc_drop_mean": _mean([accuracy_drop(r, "val") for r in runs]),
+        "val_acc_drop_std": _std([accuracy_drop(r, "val") for r in runs]),
+        "test_acc_drop_mean": _mean([accuracy_drop(r, "test") for r in runs]),
+        "test_acc_drop_std": _std([accuracy_drop(r, "test") for r in runs]),
+        "val_acc_mean": _mean([b.get("accuracy") for b in best]),
+        "test_acc_mean": _mean([b.get("test_accuracy") for b in best]),
+        "params_mean": _mean([b.get("params") for b in best]), "flops_mean": _mean([b.get("flops") for b in best]),
+        "flop_convention": runs[0].get("flop_convention", FLOP_CONVENTION),
+        "budget": requested[0] if len(requested) == 1 else ("mixed" if requested else None),
+        "evaluations_mean": _mean([b.get("evaluations") for b in budget]),
+        "episodes_mean": _mean([b.get("episodes") for b in budget]),
+        "env_steps_mean": _mean([b.get("env_steps") for b in budget]),
+        "wall_seconds_mean": _mean([b.get("wall_seconds") for b in budget]),
+        "stopped_early": sum(b.get("stop_reason") not in (None, "budget") for b in budget),
+    }
+
+
+def leaderboard(records: list[dict]) -> list[dict]:
+    """One section per (env, protocol): its header facts and the ranked agent rows."""
+    sections = []
+    for (env_id, protocol), agents in sorted(group_records(records).items(), key=lambda kv: tuple(map(str, kv[0]))):
+        rows = [agent_row(label, runs) for label, runs in agents.items()]
+        rows.sort(key=lambda r: -(r["best_reward_mean"] if r["best_reward_mean"] is not None else -math.inf))
+        for i, row in enumerate(rows, 1):
+            row["rank"] = i
+        first = next(iter(agents.values()))[0]
+        teachers = {(r.get("teacher") or {}).get("sha256") for runs in agents.values() for r in runs}
+        sections.append({"env_id": env_id, "env_version": first.get("env_version"), "protocol": protocol,
+                         "teacher": first.get("teacher") or {}, "teachers": len(teachers),
+                         "data_variant": first.get("data_variant"), "rows": rows, "agents": agents})
+    return sections
+
+
+# ---------------------------------------------------------------------------- rendering
+def _pm(mean, std, fmt="{:.4f}", scale=1.0, suffix="") -> str:
+    if mean is None:
+        return "-"
+    def f(v):  # no "-0.00"
+        text = fmt.format(v * scale)
+        return text[1:] if text.startswith("-") and not any(c in "123456789" for c in text) else text
+
+    return f(mean) + suffix + (" ± " + f(std) if std is not None else "")
+
+
+def _num(x, fmt="{:,.0f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _si(x) -> str:
+    if x is None:
+        return "-"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+TABLE_HEADER = ("rank", "agent", "seeds", "best reward", "compression", "val acc drop (pp)", "test acc drop (pp)",
+                "params", "FLOPs", "evaluations", "episodes", "wall s")
+
+
+def _table_cells(row: dict) -> list[str]:
+    agent = row["agent"] + (f" ({row['stopped_early']} stopped early)" if row["stopped_early"] else "")
+    return [str(row["rank"]), agent, str(row["seeds"]), _pm(row["best_reward_mean"], row["best_reward_std"]),
+            _pm(row["compression_mean"], row["compression_std"], "{:.2f}", suffix="x"),
+            _pm(row["val_acc_drop_mean"], row["val_acc_drop_std"], "{:.2f}", 100),
+            _pm(row["test_acc_drop_mean"], row["test_acc_drop_std"], "{:.2f}", 100),
+            _si(row["params_mean"]), _si(row["flops_mean"]), _num(row["evaluations_mean"], "{:.0f}"),
+            _num(row["episodes_mean"], "{:.0f}"), _num(row["wall_seconds_mean"], "{:.0f}")]
+
+
+def section_note(sec: dict) -> str:
+    t = sec["teacher"]
+    parts = [f"sha256 {str(t.get('sha256'))[:12]}"]
+    if t.get("val_accuracy") is not None:
+        parts.append(f"val acc {100 * t['val_accuracy']:.2f}%, test acc {100 * t['test_accuracy']:.2f}%")
+    if t.get("params") is not None:
+        parts.append(f"{t['params']:,} params, {_si(t.get('flops'))} FLOPs")
+    budgets = {r["budget"] for r in sec["rows"]}
+    text = "Teacher: " + ", ".join(parts) + f"; data: {sec.get('data_variant')}. "
+    if sec["teachers"] > 1:
+        text += f"**Warning: the runs used {sec['teachers']} different teachers.** "
+    text += (f"Budget: {', '.join(map(str, sorted(budgets, key=str)))} student evaluations per run (cache hits "
+             f"and invalid students not counted). Best reward R = Rc * Ra of each run's best student: mean ± sample "
+             f"std over seeds; compression = teacher params / student params; accuracy drops = teacher minus "
+             f"student, percentage points; params, FLOPs: means of the best students, FLOPs counted as "
+             f"{FLOP_CONVENTION}.")
+    return text
+
+
+def plot_names(sec: dict) -> tuple[str, str]:
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{sec['env_id']}-{sec['protocol']}")
+    return f"anytime-{slug}.png", f"pareto-{slug}.png"
+
+
+def render_md(sections: list[dict], plots: bool = False) -> str:
+    out = ["# n2n-gym leaderboard", ""]
+    for sec in sections:
+        out += [f"## {sec['env_id']} (v{sec['env_version']}), protocol `{sec['protocol']}`", "", section_note(sec), ""]
+        out.append("| " + " | ".join(TABLE_HEADER) + " |")
+        out.append("|" + "|".join(["---:" if h not in ("agent",) else "---" for h in TABLE_HEADER]) + "|")
+        for row in sec["rows"]:
+            out.append("| " + " | ".join(_table_cells(row)) + " |")
+        out.append("")
+        if plots:
+            anytime, pareto = plot_names(sec)
+            out += [f"![anytime curves]({anytime})", "", f"![accuracy vs params]({pareto})", ""]
+    return "\n".join(out)
+
+
+def render_csv(sections: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for sec in sections:
+        t = sec["teacher"]
+        for row in sec["rows"]:
+            w.writerow({**row, "env_id": sec["env_id"], "env_version": sec["env_version"], "protocol": sec["protocol"],
+                        "teacher_sha256": t.get("sha256"), "teacher_val_accuracy": t.get("val_accuracy"),
+                        "teacher_test_accuracy": t.get("test_accuracy"), "teacher_params": t.get("params")})
+    return buf.getvalue()
+
+
+def render_html(sections: list[dict], plots: bool = False) -> str:
+    e = html.escape
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>n2n-gym leaderboard</title>",
+           "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:nth-child(2){text-align:left}"
+           "img{max-width:48%}</style></head><body>", "<h1>n2n-gym leaderboard</h1>"]
+    for sec in sections:
+        out.append(f"<h2>{e(str(sec['env_id']))} (v{e(str(sec['env_version']))}), protocol "
+                   f"<code>{e(str(sec['protocol']))}</code></h2>")
+        out.append(f"<p>{e(section_note(sec)).replace('**', '')}</p>")
+        out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER) + "</tr>")
+        for row in sec["rows"]:
+            out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in _table_cells(row)) + "</tr>")
+        out.append("</table>")
+        if plots:
+            anytime, pareto = plot_names(sec)
+            out.append(f"<p><img src='{e(anytime)}' alt='anytime curves'> <img src='{e(pareto)}' "
+                       f"alt='accuracy vs params'></p>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- plots
+def _colors(labels: list[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {label: cmap(i % 10) for i, label in enumerate(sorted(labels))}
+
+
+def _padded(curves: list[list[float]]):
+    import numpy as np
+
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    n = max(len(c) for c in curves)
+    return np.array([list(c) + [c[-1]] * (n - len(c)) for c in curves], dtype=float)
+
+
+def plot_anytime(sec: dict, path: str | os.PathLike, band: str = "minmax") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = _colors(list(sec["agents"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    order = [row["agent"] for row in sec["rows"]]
+    for label in order:
+        arr = _padded([(r.get("curve") or {}).get("best_reward") or [] for r in sec["agents"][label]])
+        if arr is None:
+            continue
+        x = np.arange(1, arr.shape[1] + 1)
+        mean = arr.mean(0)
+        if band == "std":
+            lo, hi = mean - arr.std(0), mean + arr.std(0)
+        else:
+            lo, hi = arr.min(0), arr.max(0)
+        ax.plot(x, mean, color=colors[label], label=f"{label} (n={arr.shape[0]})", lw=1.6)
+        ax.fill_between(x, lo, hi, color=colors[label], alpha=0.15, lw=0)
+    ax.set_xlabel("student evaluations (not cache hits)")
+    ax.set_ylabel("best reward so far (R = Rc * Ra)")
+    what = "min-max over seeds" if band != "std" else "mean ± std over seeds"
+    ax.set_title(f"{sec['env_id']}, protocol {sec['protocol']}: anytime best reward\n(line: mean; band: {what})",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (params, accuracy) not dominated by another (fewer-or-equal params and
+    higher accuracy), sorted by params."""
+    front, best = [], -math.inf
+    for p, a in sorted(points, key=lambda pa: (pa[0], -pa[1])):
+        if a > best:
+            front.append((p, a))
+            best = a
+    return front
+
+
+def _student_points(record: dict, metric: str) -> list[tuple[float, float]]:
+    st = record.get("students") or {}
+    cols = st.get("columns") or []
+    key = "test_accuracy" if metric == "test" else "accuracy"
+    if "params" in cols and key in cols and st.get("data"):
+        ip, ia = cols.index("params"), cols.index(key)
+        return [(row[ip], row[ia]) for row in st["data"] if row[ip]]
+    best = record.get("best") or {}
+    return [(best["params"], best[key])] if best.get("params") and best.get(key) is not None else []
+
+
+def plot_pareto(sec: dict, path: str | os.PathLike, metric: str = "test") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = _colors(list(sec["agents"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in sec["rows"]:
+        label = row["agent"]
+        points = [p for r in sec["agents"][label] for p in _student_points(r, metric)]
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        ax.scatter(xs, ys, s=9, alpha=0.25, color=colors[label], lw=0)
+        front = pareto_front(points)
+        fx, fy = zip(*front)
+        ax.step(fx, fy, where="post", color=colors[label], lw=1.6, label=f"{label} ({len(points)} students)")
+        ax.scatter(fx, fy, s=18, color=colors[label], edgecolor="k", lw=0.4, zorder=3)
+    t = sec["teacher"]
+    tkey = "test_accuracy" if metric == "test" else "val_accuracy"
+    if t.get("params") and t.get(tkey) is not None:
+        ax.scatter([t["params"]], [t[tkey]], marker="*", s=160, color="k", label="teacher", zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel("student params (log scale)")
+    ax.set_ylabel(f"{'test' if metric == 'test' else 'validation'} accuracy")
+    ax.set_title(f"{sec['env_id']}, protocol {sec['protocol']}: evaluated students and each agent's Pareto front",
+                 fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- CLI
+RENDER = {"md": render_md, "csv": render_csv, "html": render_html}
+
+
+def write(sections: list[dict], out: str | os.PathLike, fmt: str = "md", plots: bool = True, band: str = "minmax",
+          metric: str = "test") -> list[pathlib.Path]:
+    """Write ``leaderboard.<fmt>`` and the plots into ``out``; returns the paths written."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if plots:
+        for sec in sections:
+            anytime, pareto = plot_names(sec)
+            plot_anytime(sec, out / anytime, band)
+            plot_pareto(sec, out / pareto, metric)
+            written += [out / anytime, out / pareto]
+    path = out / f"leaderboard.{fmt}"
+    text = render_csv(sections) if fmt == "csv" else RENDER[fmt](sections, plots=plots)
+    path.write_text(text)
+    return [path, *written]
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="n2n-gym leaderboard", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="*", help="JSONL results files of n2n-gym bench")
+    p.add_argument("--format", choices=sorted(RENDER), default="md", help="table format (default md)")
+    p.add_argument("--out", default=None, help="folder for leaderboard.<format> and the PNG plots (default: "
+                                                "print the table)")
+    p.add_argument("--wandb-project", default=None, help="also read the runs of this W&B ENTITY/PROJECT (online)")
+    p.add_argument("--band", choices=("minmax", "std"), default="minmax", help="seed band of the anytime plot")
+    p.add_argument("--metric", choices=("test", "val"), default="test", help="accuracy of the Pareto plot")
+    p.add_argument("--no-plots", action="store_true", help="write no PNG")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``n2n-gym leaderboard ...``; returns the exit status."""
+    return run_args(build_parser().parse_args(argv))
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Run the parsed arguments of :func:`build_parser` (for a CLI with subcommands)."""
+    if not args.results and not args.wandb_project:
+        raise SystemExit("give results files and/or --wandb-project")
+    records = load(args.results, args.wandb_project)
+    if not records:
+        print("no records found", file=sys.stderr)
+        return 2
+    sections = leaderboard(records)
+    if args.out:
+        for path in write(sections, args.out, args.format, not args.no_plots, args.band, args.metric):
+            print(f"wrote {path}")
+    else:
+        sys.stdout.write(RENDER[args.format](sections) if args.format != "csv" else render_csv(sections))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
