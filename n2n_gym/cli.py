@@ -97,8 +97,8 @@ def cmd_episode(ns: argparse.Namespace) -> int:
 
     import n2n_gym  # noqa: F401
 
-    env = gym.make(ns.env, stage=ns.stage, protocol=ns.protocol, device=ns.device, render_mode="ansi",
-                   **ns.env_kwargs)
+    env = gym.make(ns.env, **{"protocol": ns.protocol, "device": ns.device, **ns.env_kwargs, "stage": ns.stage,
+                              "render_mode": "ansi"})
     rng = np.random.default_rng(ns.seed)
     for ep in range(ns.episodes):
         obs, info = env.reset(seed=ns.seed if ep == 0 else None)
@@ -221,7 +221,8 @@ def _plots(run_dir: pathlib.Path, history: list[dict], final: dict | None) -> li
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("accuracy vs size (search-time, low-fidelity accuracies)")
+    ax.set_title("accuracy vs size: students at search time (low fidelity);\n"
+                 "teacher and final student on the whole validation split", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(run_dir / "pareto.png", dpi=120)
@@ -274,6 +275,8 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         _atomic_write_text(config_path, json.dumps(config, indent=1, sort_keys=True))
     args = Args(**{k: v for k, v in config.items() if k in arg_names})
     args.progress = ns.progress
+    if not ns.progress:  # also silence the env's teacher-training bar (not saved in config.json)
+        args.env_kwargs = {"progress": False, **args.env_kwargs}
     final_epochs, export = int(config.get("final_epochs", DEFAULT_FINAL_EPOCHS)), bool(config.get("export", True))
     final_lr = float(config.get("final_lr", 1e-3))
 
@@ -324,7 +327,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         return 1
 
     # ---- final distillation of the best student, exports, report, plots
-    env = gym.make(args.env_id, protocol=args.protocol, device=args.device, **args.env_kwargs)
+    env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     unwrapped = env.unwrapped
     arch = Architecture.from_json(best["architecture"])
     teacher = unwrapped.teacher
@@ -424,13 +427,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_args(co, skip=("env_id", "out", "save_policy"))
     co.set_defaults(func=cmd_compress)
+
+    for name, (_, help_text) in FORWARDED.items():  # listed here; main() hands their arguments over whole
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+# subcommands implemented in benchmarks/, each with its own argument parser (`n2n-gym bench --help`)
+FORWARDED = {
+    "bench": ("benchmarks.runner", "run agents x seeds at a budget of student evaluations; append JSONL records"),
+    "leaderboard": ("benchmarks.leaderboard", "rank agents from results files (md/csv/html) with plots"),
+    "validate": ("benchmarks.validate", "replay every record of a results file and re-check its reward"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     here = str(pathlib.Path(__file__).resolve().parents[1])
     if here not in sys.path:  # `agents` sits next to the package in a source checkout
         sys.path.append(here)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED:
+        import importlib
+
+        return int(importlib.import_module(FORWARDED[argv[0]][0]).main(argv[1:]) or 0)
     parser = build_parser()
     ns = parser.parse_args(argv)
     return int(ns.func(ns) or 0)

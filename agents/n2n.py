@@ -1,0 +1,626 @@
+"""N2N agent: recurrent REINFORCE policies that compress a network in two stages.
+
+Ashok, Rhinehart, Beainy, Kitani, "N2N Learning: Network to Network Compression via
+Policy Gradient Reinforcement Learning", ICLR 2018 (arXiv 1709.06030).
+
+One readable file, CleanRL style::
+
+    python -m agents.n2n --help
+    python -m agents.n2n --updates 20,40 --seed 1 --out runs/n2n-digits
+
+The agent talks to the environment through the Gymnasium API only (``reset``, ``step``,
+the observation and ``info``); whatever it does, a third-party agent can do too.
+
+Policies (hidden size and depth from the paper's code)
+-------------------------------------------------------
+- **Removal** (stage 1, ``stage="remove"``): a bidirectional 2-layer LSTM (hidden 30) reads
+  the per-layer rows of the observation at ``reset``; a linear head turns each layer's
+  output into logits over the env's actions (keep / remove), so the action of layer t
+  depends on the layers before and after it: pi(a_t | h_{t-1}, h_{t+1}, x_t).
+- **Shrink** (stage 2, ``stage="shrink"``; also used for ``"joint"``): a unidirectional
+  2-layer LSTM (hidden 30), fed at step t the observation row of the current layer and a
+  one-hot of its previous action: pi(a_t | a_{t-1}, h_{t-1}, x_t), logits over the ratio
+  table (``ratios="paper"``: 0.25, 0.5 x5, 0.6 ... 1.0).
+- Layer rows are all the observation's columns (``n2n_gym.encoding.FEATURES``: the paper's
+  (type, kernel, stride, padding, outputs, skip start, skip end) plus input width and the
+  removable / shrinkable flags). The number of layers is read from the ``present``
+  column, so a policy runs on any architecture: one trained on a small teacher can be
+  loaded for a larger one (the paper's transfer result).
+- Action masks: logits of actions that ``info["action_mask"]`` (the current row of
+  ``info["layer_masks"]``) forbids are set to -1e9 before sampling and in the update, so a
+  masked action is never sampled and a layer with one allowed action contributes nothing
+  to the gradient.
+
+Optimisation (defaults from the paper's code)
+---------------------------------------------
+REINFORCE, gamma = 1 (the only reward is the final student's ``R = Rc * Ra``); N
+rollouts (students) per policy update (default 5); per-rollout advantages
+``A_i = R_i - b`` with the moving-average baseline ``b`` = mean of the earlier updates'
+batch-mean rewards (0 at the first update); loss ``-mean_i(A_i * sum_t log pi(a_t^i))
+- entropy_coef * H`` (no entropy term by default, as in the paper), one Adam step per
+update. Adam lr 0.003 for removal, 0.01 for shrinkage; the paper's code uses 0.1 for
+shrinking ResNets, which ``--lr-shrink`` left unset applies when the observation shows a
+residual network (its ``skip_start`` column).
+
+Not reproduced (defects of the official code, see ../shared/reference/papers.md)
+-------------------------------------------------------------------------------
+- every rollout of a batch got the same advantage ``mean(R) - b`` (here ``R_i - b``;
+  ``--shared-advantage`` restores the old behaviour for comparison);
+- the shrink LSTM cells sat in a plain Python list and were never trained (here one
+  registered ``nn.LSTM``);
+- actions drifted out of step with layers after projection shortcuts (here one env step
+  per layer of the observation: the env owns the layer order);
+- rewards from test accuracy (the env rewards validation accuracy, reports test);
+- the official baseline divides the sum of e earlier batch means by e + 1 (an extra 0);
+  here it is their mean.
+
+Two-stage pipeline
+------------------
+Stage 1 runs on ``gym.make(env_id, stage="remove")``; stage 2 on
+``gym.make(env_id, stage="shrink", ratios="paper", start_architecture=<best stage-1
+student's info["architecture"]>)``. The env rewards every student against the original
+teacher, so rewards of both stages compare. :class:`N2N` returns the history of every
+evaluated student (its terminal ``info`` plus stage, update and rollout indices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import n2n_gym  # noqa: F401  (registers the environments)
+from n2n_gym.encoding import COLUMN
+
+STAGE_NAMES = ("remove", "shrink", "joint")
+MASKED = -1e9  # logit of a forbidden action
+POLICY_FORMAT = "n2n-gym-policies"
+
+
+@dataclass
+class Args:
+    """Settings of an N2N search (``python -m agents.n2n --help``)."""
+
+    env_id: str = "N2N-DigitsNet-Digits-v0"
+    """Gymnasium id of the compression environment (default: the embedded digits env)"""
+    env_kwargs: dict = field(default_factory=dict)
+    """extra keyword arguments of gym.make, as JSON (e.g. '{"teacher_recipe": {"epochs": 3}}')"""
+    protocol: str = "fast"
+    """student evaluation protocol of the env: fast | paper | tiny"""
+    stages: str = "remove,shrink"
+    """comma-separated stages, run in order; each starts from the best student of the one before"""
+    updates: str = "20,40"
+    """policy updates per stage: one number for every stage, or one per stage (paper: 100 each; default 20 + 40 = 300 students, about a minute on 2 CPU cores on the digits env)"""
+    rollouts: int = 5
+    """rollouts (evaluated students) per policy update: N of the paper (5)"""
+    seed: int = 0
+    """seed of the policies' initialisation and of action sampling"""
+    device: str = "auto"
+    """device of the env's student training: auto | cpu | cuda (the policies stay on the CPU)"""
+    ratios: str = "paper"
+    """width-ratio table of the shrink stage: paper (0.25, 0.5 x5, 0.6 .. 1.0) | uniform (0.1 .. 1.0)"""
+    hidden: int = 30
+    """LSTM hidden size of both policies (paper code: 30)"""
+    lstm_layers: int = 2
+    """stacked LSTM layers of both policies (paper code: 2)"""
+    lr_remove: float = 0.003
+    """Adam learning rate of the removal policy (paper code: 0.003)"""
+    lr_shrink: float | None = None
+    """Adam learning rate of the shrink policy; unset: 0.01, or 0.1 when the observation shows a residual network (paper code)"""
+    entropy_coef: float = 0.0
+    """weight of the policy-entropy bonus (paper: none)"""
+    baseline: str = "mean"
+    """reward baseline: mean (running mean of earlier batch means, paper code) | ema | none"""
+    baseline_decay: float = 0.8
+    """decay of the ema baseline (only with --baseline ema)"""
+    shared_advantage: bool = False
+    """reproduce the official code's defect: every rollout of a batch gets mean(R) - b"""
+    random_search: bool = False
+    """ablation: uniform random mask-respecting actions, no learning (the random-search baseline)"""
+    load_policy: str | None = None
+    """policy weights (.pt from --save-policy) to start from, e.g. pre-trained on a smaller teacher"""
+    save_policy: str | None = None
+    """where to save the trained policy weights (.pt) at the end"""
+    out: str | None = None
+    """folder for history.jsonl and policies.pt of this search (the script only; see n2n-gym compress)"""
+    progress: bool = True
+    """show a progress bar"""
+
+    def stage_list(self) -> list[str]:
+        stages = [s.strip() for s in self.stages.split(",") if s.strip()]
+        bad = [s for s in stages if s not in STAGE_NAMES]
+        if not stages or bad:
+            raise ValueError(f"stages must be a comma-separated list of {STAGE_NAMES}, got {self.stages!r}")
+        return stages
+
+    def update_list(self) -> list[int]:
+        values = [int(v) for v in str(self.updates).split(",") if v.strip()]
+        stages = self.stage_list()
+        if len(values) == 1:
+            values = values * len(stages)
+        if len(values) != len(stages) or any(v < 0 for v in values):
+            raise ValueError(f"updates must be one number or one per stage ({len(stages)}), got {self.updates!r}")
+        return values
+
+
+# ---------------------------------------------------------------------------- policies
+class RemovalPolicy(nn.Module):
+    """Bidirectional LSTM over the layer rows -> linear -> logits per layer."""
+
+    autoregressive = False
+
+    def __init__(self, num_features: int, num_actions: int = 2, hidden: int = 30, layers: int = 2):
+        super().__init__()
+        self.config = {"kind": "removal", "num_features": num_features, "num_actions": num_actions,
+                       "hidden": hidden, "layers": layers}
+        self.lstm = nn.LSTM(num_features, hidden, layers, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(2 * hidden, num_actions)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, prev_actions: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B, L, F) rows, ``lengths`` (B,) layers per sequence -> logits (B, L, A)."""
+        if bool((lengths == x.shape[1]).all()):
+            out, _ = self.lstm(x)
+        else:  # pack so that the backward direction starts at each sequence's last layer
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+        return self.head(out)
+
+
+class ShrinkPolicy(nn.Module):
+    """LSTM fed the current layer's row and a one-hot of the previous action -> logits."""
+
+    autoregressive = True
+
+    def __init__(self, num_features: int, num_actions: int, hidden: int = 30, layers: int = 2):
+        super().__init__()
+        self.config = {"kind": "shrink", "num_features": num_features, "num_actions": num_actions,
+                       "hidden": hidden, "layers": layers}
+        self.num_actions = num_actions
+        self.lstm = nn.LSTM(num_features + num_actions, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, num_actions)
+
+    def _inputs(self, x: torch.Tensor, prev_actions: torch.Tensor) -> torch.Tensor:
+        # prev_actions: -1 before the first layer (an all-zero one-hot)
+        onehot = F.one_hot(prev_actions.clamp(min=0), self.num_actions).to(x.dtype)
+        onehot = onehot * (prev_actions >= 0).unsqueeze(-1).to(x.dtype)
+        return torch.cat([x, onehot], dim=-1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, prev_actions: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, L, F), ``prev_actions`` (B, L) -> logits (B, L, A). A unidirectional LSTM
+        needs no packing: padding after a sequence does not change its outputs."""
+        out, _ = self.lstm(self._inputs(x, prev_actions))
+        return self.head(out)
+
+    def step(self, row: torch.Tensor, prev_action: int, state=None):
+        """One layer: ``row`` (F,) -> logits (A,), new LSTM state."""
+        inp = self._inputs(row.view(1, 1, -1), torch.tensor([[prev_action]]))
+        out, state = self.lstm(inp, state)
+        return self.head(out)[0, 0], state
+
+
+def make_policy(config: dict) -> nn.Module:
+    cls = {"removal": RemovalPolicy, "shrink": ShrinkPolicy}[config["kind"]]
+    return cls(config["num_features"], config["num_actions"], config["hidden"], config["layers"])
+
+
+def masked_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return logits.masked_fill(~mask, MASKED)
+
+
+# ---------------------------------------------------------------------------- rollouts
+@dataclass
+class Rollout:
+    """One episode: the policy inputs, actions and masks per layer, the reward and the final info."""
+
+    x: torch.Tensor  # (n, F) rows the policy read
+    prev: torch.Tensor  # (n,) previous action fed to an autoregressive policy (-1 first)
+    actions: torch.Tensor  # (n,)
+    masks: torch.Tensor  # (n, A) bool
+    reward: float
+    info: dict
+
+
+def num_layers_of(obs: np.ndarray) -> int:
+    """Layers of the starting architecture, from the observation's ``present`` column."""
+    return int(np.asarray(obs)[:, COLUMN["present"]].sum())
+
+
+def sample_action(logits: torch.Tensor, mask: np.ndarray, generator: torch.Generator) -> int:
+    m = torch.as_tensor(np.asarray(mask, dtype=bool))
+    probs = torch.softmax(masked_logits(logits, m), dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def uniform_action(mask: np.ndarray, generator: torch.Generator) -> int:
+    allowed = np.flatnonzero(np.asarray(mask))
+    return int(allowed[int(torch.randint(len(allowed), (1,), generator=generator))])
+
+
+def run_episode(env: gym.Env, policy: nn.Module | None, generator: torch.Generator,
+                update: int = 0, seed: int | None = None) -> Rollout:
+    """Play one episode with ``policy`` (None: uniform over the allowed actions).
+
+    Only the policy runs under ``no_grad``: ``env.step`` trains the final student."""
+    obs, info = env.reset(seed=seed, options={"update": update})
+    n = num_layers_of(obs)
+    xs, prevs, actions, masks = [], [], [], []
+    autoregressive = policy is not None and policy.autoregressive
+    all_logits, state, prev = None, None, -1
+    if policy is not None and not autoregressive:
+        x0 = torch.as_tensor(obs[:n], dtype=torch.float32)
+        with torch.no_grad():
+            all_logits = policy(x0.unsqueeze(0), torch.tensor([n]))[0]
+    reward, terminated, t = 0.0, False, 0
+    while not terminated:
+        if t >= n:
+            raise RuntimeError(f"the episode did not end after the {n} layers of the observation")
+        mask = np.asarray(info["action_mask"], dtype=bool)
+        row = torch.as_tensor(obs[t], dtype=torch.float32)
+        if policy is None:
+            a = uniform_action(mask, generator)
+        elif autoregressive:
+            with torch.no_grad():
+                logits, state = policy.step(row, prev, state)
+            a = sample_action(logits, mask, generator)
+        else:
+            a = sample_action(all_logits[t], mask, generator)
+        xs.append(row if autoregressive or policy is None else x0[t])
+        prevs.append(prev)
+        actions.append(a)
+        masks.append(torch.as_tensor(mask))
+        obs, reward, terminated, truncated, info = env.step(a)
+        if truncated and not terminated:
+            raise RuntimeError("the environment truncated an episode; N2N needs the final student's reward")
+        prev, t = a, t + 1
+    return Rollout(torch.stack(xs), torch.tensor(prevs), torch.tensor(actions), torch.stack(masks),
+                   float(reward), info)
+
+
+def trajectory_log_probs(policy: nn.Module, batch: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum over layers of log pi(a_t) per rollout (B,), and the mean per-step entropy."""
+    lengths = torch.tensor([len(r.actions) for r in batch])
+    x = nn.utils.rnn.pad_sequence([r.x for r in batch], batch_first=True)
+    prev = nn.utils.rnn.pad_sequence([r.prev for r in batch], batch_first=True, padding_value=-1)
+    actions = nn.utils.rnn.pad_sequence([r.actions for r in batch], batch_first=True)
+    masks = nn.utils.rnn.pad_sequence([r.masks for r in batch], batch_first=True, padding_value=True)
+    valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+    logp = torch.log_softmax(masked_logits(policy(x, lengths, prev), masks), dim=-1)
+    taken = logp.gather(-1, actions.unsqueeze(-1)).squeeze(-1) * valid
+    entropy = -(logp.exp() * logp).sum(-1)
+    return taken.sum(1), (entropy * valid).sum() / valid.sum()
+
+
+class Baseline:
+    """The reward baseline b: ``mean`` of the earlier updates' batch means (paper code), an
+    ``ema`` of them, or ``none`` (b = 0)."""
+
+    def __init__(self, kind: str = "mean", decay: float = 0.8):
+        if kind not in ("mean", "ema", "none"):
+            raise ValueError(f"baseline must be mean, ema or none, got {kind!r}")
+        self.kind, self.decay, self.total, self.count, self.ema = kind, decay, 0.0, 0, 0.0
+
+    @property
+    def value(self) -> float:
+        if self.kind == "none" or self.count == 0:
+            return 0.0
+        return self.total / self.count if self.kind == "mean" else self.ema
+
+    def observe(self, batch_mean: float) -> None:
+        self.ema = batch_mean if self.count == 0 else self.decay * self.ema + (1 - self.decay) * batch_mean
+        self.total += batch_mean
+        self.count += 1
+
+    def state_dict(self) -> dict:
+        return {"kind": self.kind, "decay": self.decay, "total": self.total, "count": self.count, "ema": self.ema}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kind, self.decay = state["kind"], state["decay"]
+        self.total, self.count, self.ema = state["total"], state["count"], state["ema"]
+
+
+def reinforce_update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: list[Rollout], baseline: float,
+                     entropy_coef: float = 0.0, shared_advantage: bool = False) -> dict:
+    """One REINFORCE step on a batch of rollouts; returns statistics."""
+    rewards = torch.tensor([r.reward for r in batch])
+    advantages = rewards - baseline
+    if shared_advantage:
+        advantages = torch.full_like(rewards, float(rewards.mean()) - baseline)
+    logp, entropy = trajectory_log_probs(policy, batch)
+    loss = -(advantages * logp).mean() - entropy_coef * entropy
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), "entropy": entropy.item(), "mean_reward": float(rewards.mean()),
+            "baseline": baseline}
+
+
+# ---------------------------------------------------------------------------- the search
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def student_record(info: dict, **extra) -> dict:
+    """A JSON-safe history row: the terminal info (without the mask arrays) plus ``extra``."""
+    row = {k: v for k, v in info.items() if k not in ("action_mask", "layer_masks")}
+    return _json_safe({**extra, **row})
+
+
+def better(a: dict | None, b: dict | None) -> bool:
+    """Is student ``a`` better than ``b``: higher reward, then fewer parameters."""
+    if a is None:
+        return False
+    if b is None:
+        return True
+    return (a["reward"], -a.get("params", 0)) > (b["reward"], -b.get("params", 0))
+
+
+class N2N:
+    """The two-stage N2N search. ``run()`` returns the history of every evaluated student.
+
+    ``on_student(record)`` is called after every evaluated student, ``on_update(self)``
+    after every policy update (and at each stage boundary): the CLI appends the record to
+    a JSONL file and saves :meth:`state_dict` there, which :meth:`load_state_dict` resumes.
+    """
+
+    def __init__(self, args: Args, on_student: Callable[[dict], None] | None = None,
+                 on_update: Callable[["N2N"], None] | None = None):
+        self.args = args
+        self.stages, self.updates = args.stage_list(), args.update_list()
+        self.on_student, self.on_update = on_student, on_update
+        self.generator = torch.Generator().manual_seed(args.seed)
+        self.policies: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.lrs: dict[str, float] = {}
+        self.baselines = {s: Baseline(args.baseline, args.baseline_decay) for s in self.stages}
+        self.stage_index, self.update, self.evaluations = 0, 0, 0
+        self.stage_best: dict[str, dict] = {}
+        self.best: dict | None = None
+        self.history: list[dict] = []
+        self.update_log: list[dict] = []
+        self._pretrained = load_policies(args.load_policy) if args.load_policy else {}
+
+    @property
+    def total_evaluations(self) -> int:
+        return sum(self.updates) * self.args.rollouts
+
+    @property
+    def done(self) -> bool:
+        return self.stage_index >= len(self.stages)
+
+    # ---- envs and policies -------------------------------------------------------
+    def start_architecture(self, stage_index: int) -> str | None:
+        """The IR JSON a stage starts from: the best valid student of the stage before."""
+        if stage_index == 0:
+            return None
+        prev = self.stage_best.get(self.stages[stage_index - 1])
+        if prev is None or not prev.get("valid") or not prev.get("architecture"):
+            return None
+        return prev["architecture"]
+
+    def make_env(self, stage_index: int) -> gym.Env:
+        stage = self.stages[stage_index]
+        kwargs: dict[str, Any] = {"protocol": self.args.protocol, "device": self.args.device,
+                                  **self.args.env_kwargs, "stage": stage}
+        if stage != "remove":
+            kwargs.setdefault("ratios", self.args.ratios)
+        start = self.start_architecture(stage_index)
+        if start is not None:
+            kwargs["start_architecture"] = start
+        return gym.make(self.args.env_id, **kwargs)
+
+    def ensure_policy(self, stage: str, env: gym.Env) -> None:
+        if stage in self.policies or self.args.random_search:
+            return
+        num_features, num_actions = env.observation_space.shape[1], int(env.action_space.n)
+        kind = "removal" if stage == "remove" else "shrink"
+        config = {"kind": kind, "num_features": num_features, "num_actions": num_actions,
+                  "hidden": self.args.hidden, "layers": self.args.lstm_layers}
+        with torch.random.fork_rng(devices=[]):  # the same init whatever ran before (teacher training, resume)
+            torch.manual_seed(self.args.seed * 1000 + self.stage_index)
+            policy = make_policy(config)
+        if stage in self._pretrained:
+            saved = self._pretrained[stage]
+            if saved["config"] != config:
+                raise ValueError(f"the loaded {stage} policy has config {saved['config']}, this env needs {config}")
+            policy.load_state_dict(saved["state_dict"])
+        lr = self.args.lr_remove if stage == "remove" else self.args.lr_shrink
+        if lr is None:
+            obs, _ = env.reset()
+            residual = bool(np.asarray(obs)[:, COLUMN["skip_start"]].any())
+            lr = 0.1 if residual else 0.01
+        self.policies[stage], self.lrs[stage] = policy, lr
+        self.optimizers[stage] = torch.optim.Adam(policy.parameters(), lr=lr)
+
+    # ---- the loop ----------------------------------------------------------------
+    def run(self) -> list[dict]:
+        while not self.done:
+            stage = self.stages[self.stage_index]
+            env = self.make_env(self.stage_index)
+            try:
+                self.ensure_policy(stage, env)
+                while self.update < self.updates[self.stage_index]:
+                    self._one_update(stage, env)
+                    self.update += 1
+                    if self.on_update:
+                        self.on_update(self)
+            finally:
+                env.close()
+            self.stage_index, self.update = self.stage_index + 1, 0
+            if self.on_update:
+                self.on_update(self)
+        return self.history
+
+    def _one_update(self, stage: str, env: gym.Env) -> None:
+        policy = self.policies.get(stage)
+        batch = []
+        for i in range(self.args.rollouts):
+            seed = self.args.seed if (self.update == 0 and i == 0) else None
+            r = run_episode(env, policy, self.generator, update=self.update, seed=seed)
+            batch.append(r)
+            record = student_record(r.info, evaluation=self.evaluations, stage=stage, stage_index=self.stage_index,
+                                    update=self.update, rollout=i)
+            self.evaluations += 1
+            self.history.append(record)
+            if better(record, self.stage_best.get(stage)):
+                self.stage_best[stage] = record
+            if better(record, self.best):
+                self.best = record
+            if self.on_student:
+                self.on_student(record)
+        baseline = self.baselines[stage]
+        stats = {"stage": stage, "update": self.update, "mean_reward": float(np.mean([r.reward for r in batch])),
+                 "baseline": baseline.value}
+        if policy is not None:
+            stats.update(reinforce_update(policy, self.optimizers[stage], batch, baseline.value,
+                                          self.args.entropy_coef, self.args.shared_advantage))
+        baseline.observe(stats["mean_reward"])
+        self.update_log.append(stats)
+
+    # ---- state -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "format": "n2n-gym-search", "version": 1, "args": dataclasses.asdict(self.args),
+            "stage_index": self.stage_index, "update": self.update, "evaluations": self.evaluations,
+            "generator": self.generator.get_state(),
+            "policies": {s: {"config": p.config, "state_dict": p.state_dict()} for s, p in self.policies.items()},
+            "optimizers": {s: o.state_dict() for s, o in self.optimizers.items()},
+            "lrs": dict(self.lrs),
+            "baselines": {s: b.state_dict() for s, b in self.baselines.items()},
+            "stage_best": self.stage_best, "best": self.best, "update_log": self.update_log,
+        }
+
+    def load_state_dict(self, state: dict, history: list[dict] | None = None) -> None:
+        """Continue a search from :meth:`state_dict`; ``history``: the students evaluated
+        by the completed updates (the caller's record of them)."""
+        if state.get("format") != "n2n-gym-search":
+            raise ValueError("not an n2n-gym search state")
+        self.stage_index, self.update, self.evaluations = state["stage_index"], state["update"], state["evaluations"]
+        self.generator.set_state(state["generator"])
+        for stage, saved in state["policies"].items():
+            policy = make_policy(saved["config"])
+            policy.load_state_dict(saved["state_dict"])
+            self.policies[stage], self.lrs[stage] = policy, state["lrs"][stage]
+            self.optimizers[stage] = torch.optim.Adam(policy.parameters(), lr=self.lrs[stage])
+            self.optimizers[stage].load_state_dict(state["optimizers"][stage])
+        for stage, b in state["baselines"].items():
+            self.baselines[stage].load_state_dict(b)
+        self.stage_best, self.best = state["stage_best"], state["best"]
+        self.update_log = list(state.get("update_log", []))
+        self.history = list(history or [])
+
+
+def save_policies(search: N2N, path: str | os.PathLike) -> None:
+    """Save the trained policies (per stage) for transfer to another teacher."""
+    torch.save({"format": POLICY_FORMAT, "version": 1,
+                "policies": {s: {"config": p.config, "state_dict": p.state_dict()}
+                             for s, p in search.policies.items()}}, path)
+
+
+def load_policies(path: str | os.PathLike) -> dict[str, dict]:
+    """``{stage: {"config", "state_dict"}}`` from :func:`save_policies` (or a search state)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("format") not in (POLICY_FORMAT, "n2n-gym-search"):
+        raise ValueError(f"{path} holds no n2n-gym policies")
+    return saved["policies"]
+
+
+# ---------------------------------------------------------------------------- script
+def _field_docs(cls) -> dict[str, str]:
+    """The string literal under each dataclass field (CleanRL / tyro style)."""
+    docs: dict[str, str] = {}
+    body = ast.parse(inspect.getsource(cls)).body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = str(nxt.value.value)
+    return docs
+
+
+def add_args(parser: argparse.ArgumentParser, cls=Args, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per dataclass field, with the field's docstring as help."""
+    docs = _field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        help_ = f"{docs.get(f.name, '')} (default: {json.dumps(default) if isinstance(default, dict) else default})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        elif f.type in (dict, "dict"):
+            parser.add_argument(flag, type=json.loads, default=default, help=help_, metavar="JSON")
+        elif f.type in (int, "int"):
+            parser.add_argument(flag, type=int, default=default, help=help_)
+        elif f.type in (float, "float", "float | None"):
+            parser.add_argument(flag, type=float, default=default, help=help_)
+        else:
+            parser.add_argument(flag, type=str, default=default, help=help_)
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(prog="python -m agents.n2n", description=__doc__.split("\n\n")[0])
+    add_args(parser)
+    ns = parser.parse_args(argv)
+    return Args(**vars(ns))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tqdm.auto import tqdm
+
+    args = parse_args(argv)
+    out = pathlib.Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    history_file = open(out / "history.jsonl", "w") if out else None
+    bar = tqdm(total=0, disable=not args.progress, unit="student", desc="N2N")
+
+    def on_student(record: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(stage=record["stage"], best=f"{search.best['reward']:.4f}")
+        if history_file:
+            history_file.write(json.dumps(record) + "\n")
+            history_file.flush()
+
+    search = N2N(args, on_student=on_student)
+    bar.total = search.total_evaluations
+    start = time.perf_counter()
+    search.run()
+    bar.close()
+    if history_file:
+        history_file.close()
+        save_policies(search, out / "policies.pt")
+    if args.save_policy:
+        save_policies(search, args.save_policy)
+    best = search.best
+    print(f"{search.evaluations} students in {time.perf_counter() - start:.1f} s; best reward {best['reward']:.4f}: "
+          f"val acc {best['accuracy']:.4f} (teacher {best['teacher_accuracy']:.4f}), "
+          f"{best['params']:,} params ({best['compression']:.2f}x smaller), stage {best['stage']}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

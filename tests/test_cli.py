@@ -1,0 +1,161 @@
+"""The ``n2n-gym`` command line, end to end in subprocesses (tiny protocol, tiny budget).
+
+The subprocesses use the session's cache (conftest.py) and the shared small digits
+teacher recipe (``--env-kwargs``), so the teacher is trained at most once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from conftest import SMALL_DIGITS_RECIPE, subprocess_env  # noqa: E402
+
+ENV_KWARGS = json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE})
+SEARCH = ["--protocol", "tiny", "--updates", "2,2", "--rollouts", "2", "--seed", "3", "--env-kwargs", ENV_KWARGS,
+          "--final-epochs", "1", "--no-progress"]
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def cache_dir(n2n_cache_dir):
+    return n2n_cache_dir
+
+
+def _env(cache_dir) -> dict:
+    # the session's cache, offline, one torch thread (conftest.subprocess_env)
+    return subprocess_env(N2N_CACHE=str(cache_dir), N2N_OFFLINE="1", MPLBACKEND="Agg",
+                          PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "n2n_gym.cli", *args]
+
+
+def _keys(history: list[dict]) -> list[tuple]:
+    return [(r["stage_index"], r["update"], r["rollout"]) for r in history]
+
+
+def _history(run: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(cache_dir, tmp_path_factory):
+    """One uninterrupted `n2n-gym compress` (with exports)."""
+    run = tmp_path_factory.mktemp("runs") / "full"
+    out = subprocess.run(_cli("compress", *SEARCH, "--out", str(run)), env=_env(cache_dir), cwd=REPO,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run, out
+
+
+def test_compress_end_to_end(full_run):
+    run, out = full_run
+    for name in ("config.json", "state.pt", "history.jsonl", "policies.pt", "student.json", "student.pt",
+                 "student.pt2", "student.onnx", "report.json", "report.txt", "rewards.png", "pareto.png"):
+        assert (run / name).is_file(), name
+    history = _history(run)
+    assert _keys(history) == [(s, u, i) for s in range(2) for u in range(2) for i in range(2)]
+    assert [r["evaluation"] for r in history] == list(range(8))
+    report = json.loads((run / "report.json").read_text())
+    assert report["students"] == 8
+    assert report["final"]["params"] < report["teacher"]["params"]
+    assert report["final"]["compression"] > 1
+    assert "teacher" in out.stdout and "final distillation" in out.stdout and "LOW FIDELITY" in out.stdout
+    best = max(history, key=lambda r: (r["reward"], -r["params"]))
+    assert report["search_best"]["reward"] == pytest.approx(best["reward"])
+
+
+def test_load_student_and_exports_agree(full_run):
+    import n2n_gym
+
+    run, _ = full_run
+    student = n2n_gym.load_student(run)
+    info = student.student_info
+    assert student.arch.params == info["params"] == json.loads((run / "report.json").read_text())["final"]["params"]
+    for path in (run, run / "student.json", run / "student.pt"):
+        assert n2n_gym.load_student(path).arch == student.arch
+    x = torch.randn(5, *student.arch.input_shape)
+    with torch.no_grad():
+        expected = student(x)
+    program = torch.export.load(run / "student.pt2")
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-4, atol=1e-4)
+    from onnx.reference import ReferenceEvaluator
+
+    got = ReferenceEvaluator(str(run / "student.onnx")).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_existing_run_needs_resume(full_run):
+    from n2n_gym.cli import main
+
+    run, _ = full_run
+    before = (run / "history.jsonl").read_text()
+    with pytest.raises(SystemExit, match="--resume"):
+        main(["compress", *SEARCH, "--out", str(run)])
+    assert (run / "history.jsonl").read_text() == before
+
+
+def test_resume_after_kill(full_run, cache_dir, tmp_path):
+    reference, _ = full_run
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli("compress", *SEARCH, "--out", str(run), "--no-export"), env=_env(cache_dir),
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + TIMEOUT
+    try:
+        while not (run / "state.pt").exists():
+            assert proc.poll() is None, "compress ended before writing its first state"
+            assert time.time() < deadline
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own child's process group
+        proc.wait()
+    assert not (run / "report.json").exists(), "the run finished before the kill"
+    killed_at = len(_history(run))
+    out = subprocess.run(_cli("compress", "--resume", str(run), "--no-progress"), env=_env(cache_dir), cwd=REPO,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    history = _history(run)
+    assert len(history) >= killed_at
+    keys = _keys(history)
+    assert len(keys) == len(set(keys)), "duplicated students"
+    assert keys == _keys(_history(reference)), "lost students"
+    # the resumed search is the uninterrupted one: same students, same rewards
+    strip = [(r["actions"], r["architecture"], round(r["reward"], 6)) for r in history]
+    assert strip == [(r["actions"], r["architecture"], round(r["reward"], 6)) for r in _history(reference)]
+    assert (run / "report.json").exists() and (run / "student.pt").exists()
+
+
+def test_episode_command(capsys):
+    from n2n_gym.cli import main
+
+    assert main(["episode", "--episodes", "2", "--stage", "remove", "--protocol", "tiny", "--env-kwargs", ENV_KWARGS]) == 0
+    out = capsys.readouterr().out
+    assert "episode 0: reward" in out and "episode 1: reward" in out and "decision" in out
+
+
+def test_help(capsys):
+    from n2n_gym.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--env", "--protocol", "--stages", "--updates", "--rollouts", "--seed", "--device", "--out",
+                 "--resume", "--final-epochs", "--env-kwargs"):
+        assert flag in out
