@@ -42,6 +42,11 @@ def train_epoch(
     progress=None,
 ) -> float:
     """One epoch of cross-entropy training; returns the mean loss."""
+    with torch.enable_grad():  # callers may step the env inside torch.no_grad()
+        return _train_epoch(model, optimizer, scheduler, data, x, y, batch_size, generator, augment, progress)
+
+
+def _train_epoch(model, optimizer, scheduler, data, x, y, batch_size, generator, augment, progress) -> float:
     model.train()
     total, n = 0.0, 0
     for xb, yb in batches(x, y, batch_size, shuffle=True, generator=generator, augment=augment,
@@ -76,6 +81,12 @@ def distill(
 
     ``teacher_logits`` (for ``x`` in order) are reused when given and ``augment`` is off.
     """
+    with torch.enable_grad():  # callers may step the env inside torch.no_grad()
+        return _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator,
+                        teacher_logits)
+
+
+def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator, teacher_logits):
     if augment and teacher_logits is not None:
         raise ValueError("teacher logits cannot be reused when the inputs are augmented")
     if teacher_logits is None and not augment:

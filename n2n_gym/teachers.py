@@ -157,16 +157,17 @@ def load_teacher(
     cache, else trained now with ``recipe`` (default: the data set's)."""
     arch = teacher_architecture(name, data.info.input_shape, data.info.num_classes)
     if checkpoint is not None:
-        return _load_checkpoint(name, arch, pathlib.Path(checkpoint), data, device, verify_sidecar=False)
+        with torch.random.fork_rng():
+            return _load_checkpoint(name, arch, pathlib.Path(checkpoint), data, device, verify_sidecar=False)
     recipe = recipe or default_recipe(data.info.name)
     key = cache_key(arch=arch.canonical_hash(), data=data.variant, recipe=dataclasses.asdict(recipe),
                     val=len(data.val_idx), split=data.val_idx[:16].tolist())
     slug = re.sub(r"[^A-Za-z0-9]+", "-", data.variant).strip("-")
     path = pathlib.Path(cache_dir or default_cache_dir()) / "teachers" / f"{name}-{slug}-{key[:12]}.pt"
-    with _file_lock(path.with_suffix(".lock")):
+    with _file_lock(path.with_suffix(".lock")), torch.random.fork_rng():  # leave the caller's RNG alone
         if not path.exists():
             _train(arch, data, recipe, path, device, progress)
-    return _load_checkpoint(name, arch, path, data, device, verify_sidecar=True)
+        return _load_checkpoint(name, arch, path, data, device, verify_sidecar=True)
 
 
 def _load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset, device, verify_sidecar: bool) -> Teacher:

@@ -72,7 +72,7 @@ class ToyEnv(gym.Env):
         return obs, reward, True, False, info
 
 
-gym.register("N2NTestToy-v0", entry_point=ToyEnv)
+gym.register("AgentTestToy-v0", entry_point=ToyEnv)
 
 
 # ---------------------------------------------------------------------------- shapes
@@ -213,7 +213,7 @@ def test_baseline_is_the_mean_of_earlier_batch_means():
 
 # ---------------------------------------------------------------------------- the search
 def _args(**kw):
-    base = dict(env_id="N2NTestToy-v0", env_kwargs={"num_layers": 3, "num_actions": 2}, stages="remove,shrink",
+    base = dict(env_id="AgentTestToy-v0", env_kwargs={"num_layers": 3, "num_actions": 2}, stages="remove,shrink",
                 updates="3,4", rollouts=3, seed=5, progress=False)
     base.update(kw)
     return agent.Args(**base)
