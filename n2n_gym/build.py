@@ -87,6 +87,7 @@ def inherit_weights(student: Network, teacher: Network) -> Network:
     s_arch, t_arch = student.arch, teacher.arch
     t_groups, t_prod = channel_groups(t_arch), producers(t_arch)
     s_groups, s_prod = channel_groups(s_arch), producers(s_arch)
+    s_shapes, t_shapes = s_arch.shapes(), t_arch.shapes()
 
     # kept channel indices (teacher numbering) per student channel space
     members: dict[int, list[int]] = {}
@@ -123,7 +124,7 @@ def inherit_weights(student: Network, teacher: Network) -> Network:
         same_input = space_of.get(s_space) == input_space(t_groups, t_prod, o)
         in_idx = kept[s_space] if same_input else None
         if layer.kind == LINEAR:
-            _copy_linear(s_w, t_w, out_idx, in_idx, s_arch.shapes()[i], t_arch.shapes()[o])
+            _copy_linear(s_w, t_w, out_idx, in_idx, s_shapes[i], t_shapes[o])
         else:
             _copy_rows(s_w.weight, t_w.weight, out_idx, in_idx)
         if s_bn is not None:

@@ -24,38 +24,19 @@ import dataclasses
 import datetime
 import json
 import math
-import os
 import pathlib
 import re
 import sys
 import time
 from typing import Any
 
+from n2n_gym.files import atomic_torch_save, atomic_write_text
+
 RUNS_ROOT = pathlib.Path("runs")
 DEFAULT_FINAL_EPOCHS = 30
 
 
 # ---------------------------------------------------------------------------- helpers
-def _atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_torch_save(obj, path: pathlib.Path) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_history(path: pathlib.Path) -> list[dict]:
     """The records of a history file; a line cut short by a kill is skipped."""
     rows = []
@@ -272,7 +253,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
                              "or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         config = {k: v for k, v in vars(ns).items() if k not in ("func", "resume", "out", "progress", "command")}
-        _atomic_write_text(config_path, json.dumps(config, indent=1, sort_keys=True))
+        atomic_write_text(config_path, json.dumps(config, indent=1, sort_keys=True))
     args = Args(**{k: v for k, v in config.items() if k in arg_names})
     args.progress = ns.progress
     if not ns.progress:  # also silence the env's teacher-training bar (not saved in config.json)
@@ -289,7 +270,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     if state and len(kept) != state["evaluations"]:
         print(f"warning: history holds {len(kept)} students of completed updates, the state "
               f"{state['evaluations']}", file=sys.stderr)
-    _atomic_write_text(history_path, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic_write_text(history_path, "".join(json.dumps(r) + "\n" for r in kept))
     history_file = open(history_path, "a")
 
     bar: Any = None
@@ -302,7 +283,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
                             f"{search.best['reward']:.4f}")
 
     def on_update(s: N2N) -> None:
-        _atomic_torch_save(s.state_dict(), state_path)
+        atomic_torch_save(s.state_dict(), state_path)
 
     search = N2N(args, on_student=on_student, on_update=on_update)
     if state:
@@ -323,7 +304,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     best = search.best
     if best is None or not best.get("valid"):
         print("no valid student was found; nothing to distil or export", file=sys.stderr)
-        _atomic_write_text(run_dir / "report.json", json.dumps({"best": best, "students": len(history)}, indent=1))
+        atomic_write_text(run_dir / "report.json", json.dumps({"best": best, "students": len(history)}, indent=1))
         return 1
 
     # ---- final distillation of the best student, exports, report, plots
@@ -373,12 +354,12 @@ def cmd_compress(ns: argparse.Namespace) -> int:
                     "export": export_seconds},
         "notes": notes,
     }
-    _atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
     text = (f"{table}\n\n{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
             f"{len(history)}; {report['distinct_students']} distinct students; "
             f"{total_seconds:.0f} s (search {search_seconds:.0f} s, final distillation {final_seconds:.0f} s, "
             f"export {export_seconds:.0f} s)\n\n{arch.table()}\n")
-    _atomic_write_text(run_dir / "report.txt", text)
+    atomic_write_text(run_dir / "report.txt", text)
     print(text)
     for fmt, path in exports.items():
         print(f"{fmt}: {path}")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import inspect
-import json
 import os
 import time
 from typing import Any, Sequence
@@ -19,7 +17,7 @@ from .cache import NullCache, ResultCache
 from .data import dataset_info, load_dataset
 from .edits import MIN_WIDTH, InvalidStudent, apply_decisions, layer_rules
 from .encoding import COLUMN, NUM_FEATURES, STAGES, static_features, width_scale
-from .protocols import PROTOCOLS, Protocol, get_protocol
+from .protocols import Protocol, get_protocol
 from .reward import PENALTIES, n2n_reward, parse_constraints
 from .teachers import Recipe, load_teacher
 from .zoo import teacher_architecture

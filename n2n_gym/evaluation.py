@@ -47,7 +47,14 @@ class Evaluator:
                  cache: ResultCache | NullCache | None = None):
         self.teacher, self.data, self.device = teacher, data, torch.device(device)
         self.cache = cache if cache is not None else NullCache()
-        self._teacher_logits: dict[tuple, torch.Tensor] = {}
+        self._teacher_logits: dict[int | None, torch.Tensor] = {}
+        self._subsets: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _subset(self, which: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed evaluation subsets, drawn once per evaluator rather than per student."""
+        if (which, n) not in self._subsets:
+            self._subsets[(which, n)] = self.data.subset(which, n, seed=0)
+        return self._subsets[(which, n)]
 
     def key(self, arch: Architecture, protocol: Protocol, seed: int) -> str:
         return cache_key(v=EVAL_VERSION, teacher=self.teacher.sha256, data=self.data.variant,
@@ -84,16 +91,14 @@ class Evaluator:
         student = build(arch, self.device)
         if protocol.init == "inherit":
             inherit_weights(student, self.teacher.module)
-        x, _ = self.data.subset("train", protocol.train_images, seed=0)
+        x, _ = self._subset("train", protocol.train_images)
         logits = None
         if not protocol.augment:
-            cache_id = (protocol.train_images,)
-            if cache_id not in self._teacher_logits:
-                self._teacher_logits[cache_id] = predict_logits(self.teacher.module, self.data, x)
-            logits = self._teacher_logits[cache_id]
+            if protocol.train_images not in self._teacher_logits:
+                self._teacher_logits[protocol.train_images] = predict_logits(self.teacher.module, self.data, x)
+            logits = self._teacher_logits[protocol.train_images]
         distill(student, self.teacher.module, self.data, x, epochs=protocol.epochs, batch_size=protocol.batch_size,
                 lr=protocol.lr, weight_decay=protocol.weight_decay, augment=protocol.augment,
                 generator=torch.Generator().manual_seed(seed), teacher_logits=logits)
-        val = self.data.subset("val", protocol.val_images, seed=0)
-        test = self.data.subset("test", protocol.test_images, seed=0)
+        val, test = self._subset("val", protocol.val_images), self._subset("test", protocol.test_images)
         return accuracy(student, self.data, *val), accuracy(student, self.data, *test)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import pathlib
@@ -27,6 +26,7 @@ from .build import Network, build
 from .cache import cache_key, default_cache_dir
 from .data import Dataset
 from .distill import accuracy, train_epoch
+from .files import atomic_torch_save, atomic_write_text, file_sha256
 from .zoo import teacher_architecture
 
 FORMAT = "n2n-gym-teacher"
@@ -85,28 +85,6 @@ class Teacher:
         return {"name": self.name, "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
                 "params": self.params, "flops": self.architecture.flops, "sha256": self.sha256,
                 "data_variant": self.data_variant, "path": self.path}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_torch_save(obj, path: pathlib.Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
