@@ -145,7 +145,8 @@ def agent_row(label: str, runs: list[dict]) -> dict[str, Any]:
         "episodes_mean": _mean([b.get("episodes") for b in budget]),
         "env_steps_mean": _mean([b.get("env_steps") for b in budget]),
         "wall_seconds_mean": _mean([b.get("wall_seconds") for b in budget]),
-        "stopped_early": sum(b.get("stop_reason") not in (None, "budget") for b in budget),
+        # a cap cut the run short; "agent_finished" (TAS: one search, one evaluation) is not early
+        "stopped_early": sum(b.get("stop_reason") in ("max_episodes", "max_seconds") for b in budget),
     }
 
 

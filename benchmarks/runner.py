@@ -248,8 +248,9 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str = 
             env_kwargs: dict | None = None, hparams: dict | None = None, eval_seed: int | None = None,
             device: str | None = None, max_episodes: int | None = None, max_seconds: float | None = None,
             results: str | os.PathLike | None = None, track: bool = False, wandb_project: str = "n2n-gym",
-            wandb_group: str | None = None, wandb_dir: str | None = None) -> dict:
-    """One benchmark run; appends its record to ``results`` (if given) and returns it."""
+            wandb_group: str | None = None, wandb_dir: str | None = None, progress: bool = False) -> dict:
+    """One benchmark run; appends its record to ``results`` (if given) and returns it.
+    ``progress``: a tqdm bar over the budget's evaluations, with the best reward so far."""
     import n2n_gym  # noqa: F401  (registers the environments)
 
     fn = load_agent(agent)
@@ -268,14 +269,24 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str = 
         run = start_wandb(wandb_project, env_id=env_id, agent=agent, seed=seed, protocol=protocol, budget=budget,
                           stage=stage, env_kwargs=user_kwargs, hparams=hparams or {}, sb3=AGENTS[agent].sb3,
                           group=wandb_group, directory=wandb_dir)
+    callbacks = [_wandb_logger(run)] if run is not None else []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=budget, desc=f"{agent} seed {seed}", unit="eval", leave=False)
+        callbacks.append(lambda t, row: (bar.update(1), bar.set_postfix(best=f"{t.curve[-1]:.4f}")))
     tracker = BudgetTracker(budget, max_episodes=max_episodes, max_seconds=max_seconds,
-                            on_evaluation=_wandb_logger(run) if run is not None else None)
+                            on_evaluation=(lambda t, row: [cb(t, row) for cb in callbacks]) if callbacks else None)
     try:
         out = fn(env_id, seed, budget, kwargs, dict(hparams or {}), tracker=tracker, wandb_run=run)
     except BaseException:
         if run is not None:
             run.finish(exit_code=1)
         raise
+    finally:
+        if bar is not None:
+            bar.close()
     record = make_record(env_id=env_id, agent=agent, hparams=out["hparams"], seed=seed,
                          stage=stage or AGENTS[agent].default_stage,
                          env_kwargs=user_kwargs, tracker=tracker, protocol=protocol, eval_seed=eval_seed,
@@ -334,6 +345,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip (env, agent, seed, protocol, stage, budget) already in the results file (resume)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar per run (default on)")
     p.add_argument("--track", action="store_true", help="log each run to W&B (pip install 'n2n-gym[wandb]')")
     p.add_argument("--wandb-project", default="n2n-gym", help="[ENTITY/]PROJECT of --track (default n2n-gym)")
     p.add_argument("--wandb-group", default=None, help="W&B group (default ENV/AGENT)")
@@ -371,7 +384,7 @@ def run_args(args: argparse.Namespace) -> int:
                          env_kwargs=args.env_kwargs, hparams=args.hparams, eval_seed=args.eval_seed,
                          device=args.device, max_episodes=args.max_episodes, max_seconds=args.max_seconds,
                          results=results, track=args.track, wandb_project=args.wandb_project,
-                         wandb_group=args.wandb_group)
+                         wandb_group=args.wandb_group, progress=args.progress)
         print(summary_line(record) + f" -> {results} ({time.perf_counter() - start:.1f} s)", flush=True)
     return 0
 

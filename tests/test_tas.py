@@ -20,12 +20,15 @@ from agents.tas import (  # noqa: E402
     Args, SearchableNetwork, TAS, actions_for, channel_wise_interpolate, cost_loss, cwi_matrix, depth_choices,
     kd_loss, make_searchable, mix_candidates, search, tau_at,
 )
+from benchmarks.records import read_records  # noqa: E402
 from conftest import SMALL_DIGITS_RECIPE  # noqa: E402
 from n2n_gym.arch import Architecture  # noqa: E402
 from n2n_gym.build import build  # noqa: E402
 from n2n_gym.data import dataset_info  # noqa: E402
 from n2n_gym.edits import apply_decisions  # noqa: E402
 from n2n_gym.zoo import teacher_architecture  # noqa: E402
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SHAPES = {"digitsnet": (1, 8, 8), "resnet20": (3, 16, 16), "resnet56": (3, 32, 32), "vgg11": (3, 32, 32),
           "resnet18": (3, 32, 32), "resnet34": (3, 32, 32)}
 
@@ -320,3 +323,24 @@ def test_budget_sizes_the_search_and_the_runner_runs_tas(monkeypatch):
 
     want = 2 * evaluation_epochs(get_protocol("tiny"), len(load_dataset("digits").train_idx))
     assert want / 2 < tas["student_epochs"] < 2 * want, (tas["student_epochs"], want)
+
+
+def test_tas_vs_n2n_runs_both_at_one_budget_and_reports_their_compute(tmp_path):
+    from benchmarks import tas_vs_n2n
+
+    results = tmp_path / "results.jsonl"
+    argv = ["--budget", "2", "--seeds", "0", "--protocol", "tiny", "--results", str(results), "--out", str(tmp_path),
+            "--env-kwargs", json.dumps({"teacher_recipe": dict(SMALL_DIGITS_RECIPE)})]
+    with pytest.raises(SystemExit, match="add --run"):
+        tas_vs_n2n.main(argv[:6] + ["--results", str(FIXTURES / "bench-records.jsonl")])
+    result = tas_vs_n2n.main(argv + ["--run"])
+    n2n, tas = result["runs"]["n2n"][0], result["runs"]["tas"][0]
+    assert n2n["evaluations"] == 2 and tas["evaluations"] == 1
+    # an RL evaluation costs epochs_per_evaluation; TAS reports what its search really spent
+    # (at least one step of batch 256 here, which is more than 2 tiny evaluations)
+    assert n2n["student_epochs"] == pytest.approx(2 * result["epochs_per_evaluation"])
+    assert tas["student_epochs"] > result["epochs_per_evaluation"]
+    assert (tmp_path / "tas_vs_n2n_n2n-digitsnet-digits-v0.png").stat().st_size > 0
+    assert len(read_records(results)) == 2
+    tas_vs_n2n.main(argv + ["--run"])  # nothing missing: runs nothing
+    assert len(read_records(results)) == 2
