@@ -48,6 +48,7 @@ def epochs_per_evaluation(env_id: str, protocol: str, env_kwargs: dict | None = 
     import gymnasium as gym
 
     import n2n_gym  # noqa: F401
+    from agents.tas import evaluation_epochs  # the same count TAS sizes its search with
     from n2n_gym.protocols import get_protocol
 
     env = gym.make(env_id, **{**(env_kwargs or {}), "protocol": protocol})
@@ -55,8 +56,7 @@ def epochs_per_evaluation(env_id: str, protocol: str, env_kwargs: dict | None = 
         split = len(env.unwrapped.evaluator.data.train_idx)
     finally:
         env.close()
-    p = get_protocol(protocol)
-    return p.epochs * min(p.train_images or split, split) / split
+    return evaluation_epochs(get_protocol(protocol), split)
 
 
 def select(records: list[dict], env_id: str, agent: str, stage: str, budget: int, protocol: str,
