@@ -125,7 +125,7 @@ class Args:
     entropy_coef: float = 0.0
     """weight of the policy-entropy bonus (paper: none)"""
     baseline: str = "mean"
-    """reward baseline: mean (running mean of earlier batch means, paper code) | ema | none"""
+    """reward baseline: mean (running mean of earlier batch means, paper code) | ema | loo (leave-one-out mean of the other rollouts of the batch) | none"""
     baseline_decay: float = 0.8
     """decay of the ema baseline (only with --baseline ema)"""
     shared_advantage: bool = False
@@ -308,18 +308,30 @@ def trajectory_log_probs(policy: nn.Module, batch: list[Rollout]) -> tuple[torch
 
 class Baseline:
     """The reward baseline b: ``mean`` of the earlier updates' batch means (paper code), an
-    ``ema`` of them, or ``none`` (b = 0)."""
+    ``ema`` of them, ``loo`` (each rollout's b is the mean reward of the other rollouts of
+    its batch: Kool et al. 2019, "Buy 4 REINFORCE samples, get a baseline for free"; no
+    state, so the first update already has a baseline) or ``none`` (b = 0)."""
+
+    KINDS = ("mean", "ema", "loo", "none")
 
     def __init__(self, kind: str = "mean", decay: float = 0.8):
-        if kind not in ("mean", "ema", "none"):
-            raise ValueError(f"baseline must be mean, ema or none, got {kind!r}")
+        if kind not in self.KINDS:
+            raise ValueError(f"baseline must be one of {self.KINDS}, got {kind!r}")
         self.kind, self.decay, self.total, self.count, self.ema = kind, decay, 0.0, 0, 0.0
 
     @property
     def value(self) -> float:
-        if self.kind == "none" or self.count == 0:
+        """The scalar baseline of the next batch (``loo``: 0, its baselines are per rollout)."""
+        if self.kind in ("none", "loo") or self.count == 0:
             return 0.0
         return self.total / self.count if self.kind == "mean" else self.ema
+
+    def values(self, rewards: torch.Tensor) -> torch.Tensor:
+        """The baseline of each rollout of a batch with these ``rewards``."""
+        if self.kind == "loo":
+            n = len(rewards)
+            return (rewards.sum() - rewards) / (n - 1) if n > 1 else torch.zeros_like(rewards)
+        return torch.full_like(rewards, self.value)
 
     def observe(self, batch_mean: float) -> None:
         self.ema = batch_mean if self.count == 0 else self.decay * self.ema + (1 - self.decay) * batch_mean
@@ -334,20 +346,22 @@ class Baseline:
         self.total, self.count, self.ema = state["total"], state["count"], state["ema"]
 
 
-def reinforce_update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: list[Rollout], baseline: float,
-                     entropy_coef: float = 0.0, shared_advantage: bool = False) -> dict:
-    """One REINFORCE step on a batch of rollouts; returns statistics."""
+def reinforce_update(policy: nn.Module, optimizer: torch.optim.Optimizer, batch: list[Rollout],
+                     baseline: float | torch.Tensor, entropy_coef: float = 0.0, shared_advantage: bool = False) -> dict:
+    """One REINFORCE step on a batch of rollouts; ``baseline``: one value, or one per
+    rollout (:meth:`Baseline.values`). Returns statistics."""
     rewards = torch.tensor([r.reward for r in batch])
+    baseline = torch.as_tensor(baseline, dtype=rewards.dtype)
     advantages = rewards - baseline
     if shared_advantage:
-        advantages = torch.full_like(rewards, float(rewards.mean()) - baseline)
+        advantages = torch.full_like(rewards, float(rewards.mean() - baseline.mean()))
     logp, entropy = trajectory_log_probs(policy, batch)
     loss = -(advantages * logp).mean() - entropy_coef * entropy
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return {"loss": loss.item(), "entropy": entropy.item(), "mean_reward": float(rewards.mean()),
-            "baseline": baseline}
+            "baseline": float(baseline.mean())}
 
 
 # ---------------------------------------------------------------------------- the search
@@ -497,7 +511,8 @@ class N2N:
         stats = {"stage": stage, "update": self.update, "mean_reward": float(np.mean([r.reward for r in batch])),
                  "baseline": baseline.value}
         if policy is not None:
-            stats.update(reinforce_update(policy, self.optimizers[stage], batch, baseline.value,
+            rewards = torch.tensor([r.reward for r in batch])
+            stats.update(reinforce_update(policy, self.optimizers[stage], batch, baseline.values(rewards),
                                           self.args.entropy_coef, self.args.shared_advantage))
         baseline.observe(stats["mean_reward"])
         self.update_log.append(stats)

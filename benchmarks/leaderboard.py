@@ -106,8 +106,9 @@ def _std(xs: list) -> float | None:
 
 
 def group_records(records: list[dict]) -> dict[tuple[str, str], dict[str, list[dict]]]:
-    """``{(env_id, protocol): {agent label: [records]}}``; the label adds the stage when an
-    agent ran several stages on the same env."""
+    """``{(env_id, protocol): {agent label: [records]}}``; the label is the record's
+    ``label`` (``n2n-gym bench --label``) if it has one, else the agent, plus the stage
+    when the agent ran several stages on the same env."""
     stages: dict[tuple, set] = defaultdict(set)
     for r in records:
         stages[(r.get("env_id"), r.get("protocol"), r.get("agent"))].add(r.get("stage"))
@@ -115,7 +116,9 @@ def group_records(records: list[dict]) -> dict[tuple[str, str], dict[str, list[d
     for r in records:
         key = (r.get("env_id"), r.get("protocol"))
         label = str(r.get("agent"))
-        if len(stages[(*key, r.get("agent"))]) > 1:
+        if r.get("label"):
+            label = str(r["label"])
+        elif len(stages[(*key, r.get("agent"))]) > 1:
             label += f" [{r.get('stage')}]"
         groups[key][label].append(r)
     return {k: dict(v) for k, v in groups.items()}

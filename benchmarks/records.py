@@ -368,8 +368,10 @@ class TrackedEnv(gym.Wrapper):
 
 # ---------------------------------------------------------------------------- the record
 def make_record(*, env_id: str, agent: str, hparams: dict, seed: int, stage: str | None, env_kwargs: dict,
-                tracker: BudgetTracker, protocol: str, eval_seed: int, extra: dict | None = None) -> dict:
-    """One replayable leaderboard record of a finished run."""
+                tracker: BudgetTracker, protocol: str, eval_seed: int, extra: dict | None = None,
+                label: str | None = None) -> dict:
+    """One replayable leaderboard record of a finished run; ``label`` names a variant of
+    the agent (its hparams) on the leaderboard."""
     import n2n_gym
 
     best = tracker.best or {"reward": None, "actions": [], "architecture": None, "arch_hash": None, "replay": {},
@@ -396,6 +398,8 @@ def make_record(*, env_id: str, agent: str, hparams: dict, seed: int, stage: str
     }
     if extra:
         record["extra"] = json_safe(extra)
+    if label:
+        record["label"] = str(label)
     return record
 
 

@@ -248,9 +248,11 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str = 
             env_kwargs: dict | None = None, hparams: dict | None = None, eval_seed: int | None = None,
             device: str | None = None, max_episodes: int | None = None, max_seconds: float | None = None,
             results: str | os.PathLike | None = None, track: bool = False, wandb_project: str = "n2n-gym",
-            wandb_group: str | None = None, wandb_dir: str | None = None, progress: bool = False) -> dict:
+            wandb_group: str | None = None, wandb_dir: str | None = None, progress: bool = False,
+            label: str | None = None) -> dict:
     """One benchmark run; appends its record to ``results`` (if given) and returns it.
-    ``progress``: a tqdm bar over the budget's evaluations, with the best reward so far."""
+    ``progress``: a tqdm bar over the budget's evaluations, with the best reward so far.
+    ``label``: the leaderboard name of this variant of the agent (e.g. its hparams)."""
     import n2n_gym  # noqa: F401  (registers the environments)
 
     fn = load_agent(agent)
@@ -268,7 +270,7 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str = 
     if track:
         run = start_wandb(wandb_project, env_id=env_id, agent=agent, seed=seed, protocol=protocol, budget=budget,
                           stage=stage, env_kwargs=user_kwargs, hparams=hparams or {}, sb3=AGENTS[agent].sb3,
-                          group=wandb_group, directory=wandb_dir)
+                          group=wandb_group or (f"{env_id}/{label}" if label else None), directory=wandb_dir)
     callbacks = [_wandb_logger(run)] if run is not None else []
     bar = None
     if progress:
@@ -290,7 +292,7 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str = 
     record = make_record(env_id=env_id, agent=agent, hparams=out["hparams"], seed=seed,
                          stage=stage or AGENTS[agent].default_stage,
                          env_kwargs=user_kwargs, tracker=tracker, protocol=protocol, eval_seed=eval_seed,
-                         extra=out.get("extra"))
+                         extra=out.get("extra"), label=label)
     if results is not None:
         append_record(results, record)
     if run is not None:
@@ -316,9 +318,9 @@ def _done_keys(path: pathlib.Path) -> set[tuple]:
     return {_key(r) for r in read_records(path)}
 
 
-def _key(r: dict) -> tuple:
+def _key(r: dict) -> tuple:  # what --skip-existing compares
     return (r.get("env_id"), r.get("agent"), r.get("seed"), r.get("protocol"), r.get("stage"),
-            (r.get("budget") or {}).get("requested"))
+            (r.get("budget") or {}).get("requested"), r.get("label"))
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -337,6 +339,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"JSONL file to append to (default {DEFAULT_RESULTS})")
     p.add_argument("--env-kwargs", default="{}", type=json.loads, help="extra gym.make kwargs as JSON")
     p.add_argument("--hparams", default="{}", type=json.loads, help="agent hyperparameter overrides as JSON")
+    p.add_argument("--label", default=None,
+                   help="leaderboard name of this variant of the agent, e.g. 'n2n loo lr0.03' (default: the agent, "
+                        "plus the stage when it ran several)")
     p.add_argument("--eval-seed", type=int, default=None, help="the env's evaluation seed (default: the run's seed)")
     p.add_argument("--device", default=None, help="device of the env's student training: auto | cpu | cuda")
     p.add_argument("--max-episodes", type=int, default=None,
@@ -375,7 +380,8 @@ def run_args(args: argparse.Namespace) -> int:
     results = pathlib.Path(args.results)
     done = _done_keys(results) if args.skip_existing else set()
     for seed in args.seeds:
-        key = (args.env, args.agent, seed, args.protocol, args.stage or AGENTS[args.agent].default_stage, args.budget)
+        key = (args.env, args.agent, seed, args.protocol, args.stage or AGENTS[args.agent].default_stage, args.budget,
+               args.label)
         if key in done:
             print(f"{args.agent} seed {seed}: already in {results}, skipped")
             continue
@@ -384,7 +390,7 @@ def run_args(args: argparse.Namespace) -> int:
                          env_kwargs=args.env_kwargs, hparams=args.hparams, eval_seed=args.eval_seed,
                          device=args.device, max_episodes=args.max_episodes, max_seconds=args.max_seconds,
                          results=results, track=args.track, wandb_project=args.wandb_project,
-                         wandb_group=args.wandb_group, progress=args.progress)
+                         wandb_group=args.wandb_group, progress=args.progress, label=args.label)
         print(summary_line(record) + f" -> {results} ({time.perf_counter() - start:.1f} s)", flush=True)
     return 0
 
