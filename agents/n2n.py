@@ -42,6 +42,12 @@ update. Adam lr 0.003 for removal, 0.01 for shrinkage; the paper's code uses 0.1
 shrinking ResNets, which ``--lr-shrink`` left unset applies when the observation shows a
 residual network (its ``skip_start`` column).
 
+``--baseline loo`` (not in the paper) gives each rollout the mean reward of the other
+rollouts of its batch as baseline (Kool et al., 2019): the first update already has a
+baseline, where the paper's running mean starts at 0 and turns every early advantage
+positive. At the small budgets of ``n2n-gym bench`` it is what lets N2N learn in a few
+updates (README, "N2N vs random search").
+
 Not reproduced (defects of the official code, see ../shared/reference/papers.md)
 -------------------------------------------------------------------------------
 - every rollout of a batch got the same advantage ``mean(R) - b`` (here ``R_i - b``;

@@ -226,9 +226,10 @@ def section_note(sec: dict) -> str:
     return text
 
 
-def plot_names(sec: dict) -> tuple[str, str]:
+def plot_names(sec: dict) -> tuple[str, str, str]:
+    """File names of the anytime, Pareto and learning plots of a section."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{sec['env_id']}-{sec['protocol']}")
-    return f"anytime-{slug}.png", f"pareto-{slug}.png"
+    return f"anytime-{slug}.png", f"pareto-{slug}.png", f"learning-{slug}.png"
 
 
 def render_md(sections: list[dict], plots: bool = False) -> str:
@@ -241,8 +242,9 @@ def render_md(sections: list[dict], plots: bool = False) -> str:
             out.append("| " + " | ".join(_table_cells(row)) + " |")
         out.append("")
         if plots:
-            anytime, pareto = plot_names(sec)
-            out += [f"![anytime curves]({anytime})", "", f"![accuracy vs params]({pareto})", ""]
+            anytime, pareto, learning = plot_names(sec)
+            out += [f"![anytime curves]({anytime})", "", f"![accuracy vs params]({pareto})", "",
+                    f"![mean reward of new students]({learning})", ""]
     return "\n".join(out)
 
 
@@ -274,9 +276,9 @@ def render_html(sections: list[dict], plots: bool = False) -> str:
             out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in _table_cells(row)) + "</tr>")
         out.append("</table>")
         if plots:
-            anytime, pareto = plot_names(sec)
+            anytime, pareto, learning = plot_names(sec)
             out.append(f"<p><img src='{e(anytime)}' alt='anytime curves'> <img src='{e(pareto)}' "
-                       f"alt='accuracy vs params'></p>")
+                       f"alt='accuracy vs params'> <img src='{e(learning)}' alt='mean reward of new students'></p>")
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -326,6 +328,47 @@ def plot_anytime(sec: dict, path: str | os.PathLike, band: str = "minmax") -> No
     what = "min-max over seeds" if band != "std" else "mean ± std over seeds"
     ax.set_title(f"{sec['env_id']}, protocol {sec['protocol']}: anytime best reward\n(line: mean; band: {what})",
                  fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def window_means(rewards: list[float], window: int) -> list[float]:
+    """Mean of each consecutive ``window`` of rewards (the last one may be shorter)."""
+    return [sum(rewards[i:i + window]) / len(rewards[i:i + window]) for i in range(0, len(rewards), window)]
+
+
+def plot_learning(sec: dict, path: str | os.PathLike, window: int = 5) -> None:
+    """Mean reward of the newly evaluated (valid, not cached) students per ``window`` evaluations (an N2N
+    update's batch by default), mean over seeds: flat for a searcher that does not learn,
+    rising for one that does. Agents with fewer than two windows (TAS) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = _colors(list(sec["agents"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label in [row["agent"] for row in sec["rows"]]:
+        curves = []
+        for r in sec["agents"][label]:
+            cols = (r.get("students") or {}).get("columns") or []
+            if "reward" not in cols:
+                continue
+            rewards = [row[cols.index("reward")] for row in r["students"]["data"] if row[cols.index("reward")] is not None]
+            curves.append(window_means(rewards, window))
+        arr = _padded(curves)
+        if arr is None or arr.shape[1] < 2:
+            continue
+        x = (np.arange(arr.shape[1]) + 1) * window
+        ax.plot(x, arr.mean(0), marker="o", ms=3, color=colors[label], label=f"{label} (n={arr.shape[0]})", lw=1.6)
+    ax.set_xlabel("student evaluations (not cache hits)")
+    ax.set_ylabel(f"mean reward of the last {window} new students")
+    ax.set_title(f"{sec['env_id']}, protocol {sec['protocol']}: does the agent learn?\n(mean over seeds; "
+                 f"valid students only, repeats not counted)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -402,10 +445,11 @@ def write(sections: list[dict], out: str | os.PathLike, fmt: str = "md", plots: 
     written = []
     if plots:
         for sec in sections:
-            anytime, pareto = plot_names(sec)
+            anytime, pareto, learning = plot_names(sec)
             plot_anytime(sec, out / anytime, band)
             plot_pareto(sec, out / pareto, metric)
-            written += [out / anytime, out / pareto]
+            plot_learning(sec, out / learning)
+            written += [out / anytime, out / pareto, out / learning]
     path = out / f"leaderboard.{fmt}"
     text = render_csv(sections) if fmt == "csv" else RENDER[fmt](sections, plots=plots)
     path.write_text(text)

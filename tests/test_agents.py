@@ -152,15 +152,15 @@ def test_layer_count_from_present_column():
 
 # ---------------------------------------------------------------------------- REINFORCE
 @pytest.mark.parametrize("kind", ["removal", "shrink"])
-@pytest.mark.parametrize("shared", [False, True])
-def test_reinforce_moves_probability_to_the_better_action(kind, shared):
+@pytest.mark.parametrize(("shared", "baseline_kind"), [(False, "mean"), (True, "mean"), (False, "loo")])
+def test_reinforce_moves_probability_to_the_better_action(kind, shared, baseline_kind):
     """A one-layer bandit: action 1 pays 1, action 0 pays 0."""
     torch.manual_seed(0)
     env = ToyEnv(num_layers=1, num_actions=2, good=1)
     policy = (agent.RemovalPolicy if kind == "removal" else agent.ShrinkPolicy)(NUM_FEATURES, 2)
     optimizer = torch.optim.Adam(policy.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(0)
-    baseline = agent.Baseline("mean")
+    baseline = agent.Baseline(baseline_kind)
 
     def p_good():
         r = agent.run_episode(env, policy, gen)
@@ -171,8 +171,9 @@ def test_reinforce_moves_probability_to_the_better_action(kind, shared):
     before = p_good()
     for _ in range(30):
         batch = [agent.run_episode(env, policy, gen) for _ in range(5)]
-        agent.reinforce_update(policy, optimizer, batch, baseline.value, shared_advantage=shared)
-        baseline.observe(float(np.mean([b.reward for b in batch])))
+        rewards = torch.tensor([b.reward for b in batch])
+        agent.reinforce_update(policy, optimizer, batch, baseline.values(rewards), shared_advantage=shared)
+        baseline.observe(float(rewards.mean()))
     after = p_good()
     assert after > before + 0.2, (before, after)
 
@@ -209,6 +210,18 @@ def test_baseline_is_the_mean_of_earlier_batch_means():
     e.observe(1.0)
     e.observe(0.0)
     assert e.value == pytest.approx(0.5)
+
+
+def test_leave_one_out_baseline_is_the_mean_of_the_other_rollouts():
+    b = agent.Baseline("loo")
+    rewards = torch.tensor([0.0, 1.0, 2.0, 5.0])
+    assert b.values(rewards).tolist() == pytest.approx([8 / 3, 7 / 3, 2.0, 1.0])
+    b.observe(3.0)  # no state: earlier batches do not matter
+    assert b.values(rewards).tolist() == pytest.approx([8 / 3, 7 / 3, 2.0, 1.0])
+    assert b.values(torch.tensor([0.7])).tolist() == [0.0]
+    assert agent.Baseline("mean").values(rewards).tolist() == [0.0] * 4
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        agent.Baseline("median")
 
 
 # ---------------------------------------------------------------------------- the search

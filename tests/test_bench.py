@@ -244,13 +244,31 @@ def test_leaderboard_ranks_by_mean_best_reward():
     assert leaderboard.accuracy_drop(r0, "test") == pytest.approx(drop)
 
 
+def test_a_labelled_variant_gets_its_own_leaderboard_row():
+    records = read_records(FIXTURE_RECORDS)
+    agent = records[0]["agent"]
+    variant = [{**copy.deepcopy(r), "label": f"{agent} tuned"} for r in records if r["agent"] == agent]
+    for r in variant:
+        r["best"]["reward"] = 2.0
+    (sec,) = leaderboard.leaderboard(records + variant)
+    labels = [row["agent"] for row in sec["rows"]]
+    assert labels[0] == f"{agent} tuned" and agent in labels
+    assert sec["rows"][0]["seeds"] == len(variant)
+    assert runner._key(variant[0]) != runner._key(records[0])  # --skip-existing tells them apart
+
+
+def test_window_means_of_the_learning_plot():
+    assert leaderboard.window_means([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.5, 3.5, 5.0]
+    assert leaderboard.window_means([], 5) == []
+
+
 @pytest.mark.parametrize("fmt", ["md", "csv", "html"])
 def test_leaderboard_renders_tables_and_plots(tmp_path, fmt, capsys):
     out = tmp_path / "lb"
     assert leaderboard.main([str(FIXTURE_RECORDS), "--format", fmt, "--out", str(out)]) == 0
     table = (out / f"leaderboard.{fmt}").read_text()
     pngs = sorted(out.glob("*.png"))
-    assert [p.name.split("-")[0] for p in pngs] == ["anytime", "pareto"]
+    assert [p.name.split("-")[0] for p in pngs] == ["anytime", "learning", "pareto"]
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
     agents = {r["agent"] for r in read_records(FIXTURE_RECORDS)}
@@ -323,3 +341,21 @@ def test_leaderboard_reads_a_wandb_project(monkeypatch, capsys):
     assert len(leaderboard.load([FIXTURE_RECORDS], wandb_project="me/n2n")) == len(records)
     assert leaderboard.main(["--wandb-project", "me/n2n"]) == 0
     assert "maskable_ppo" in capsys.readouterr().out
+
+
+def test_n2n_hparams_grid_labels_each_point_and_resumes(digits_teacher, tmp_path, capsys):
+    from benchmarks import n2n_hparams
+
+    results = tmp_path / "grid.jsonl"
+    argv = ["--budget", "2", "--seeds", "0", "--lrs", "0.03", "--baselines", "mean", "loo", "--protocol", "tiny",
+            "--env-kwargs", json.dumps(ENV_KWARGS), "--results", str(results)]
+    assert n2n_hparams.main(argv) == 0
+    records = read_records(results)
+    labels = sorted(r.get("label") or r["agent"] for r in records)
+    assert labels == ["n2n [joint, loo, lr 0.03]", "n2n [joint, mean, lr 0.03]", "random"]
+    loo = next(r for r in records if r.get("label") == "n2n [joint, loo, lr 0.03]")
+    assert loo["hparams"]["baseline"] == "loo" and loo["hparams"]["lr_shrink"] == 0.03 and loo["stage"] == "joint"
+    assert all(r["budget"]["evaluations"] == 2 for r in records)
+    assert "n2n [joint, loo, lr 0.03]" in capsys.readouterr().out
+    n2n_hparams.main(argv)  # every (label, seed) done: runs nothing
+    assert len(read_records(results)) == 3
