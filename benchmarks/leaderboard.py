@@ -370,7 +370,8 @@ def plot_learning(sec: dict, path: str | os.PathLike, window: int = 5) -> None:
     ax.set_title(f"{sec['env_id']}, protocol {sec['protocol']}: does the agent learn?\n(mean over seeds; "
                  f"valid students only, repeats not counted)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # no agent with two windows: an empty plot, no legend
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
