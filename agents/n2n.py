@@ -514,10 +514,9 @@ class N2N:
             if self.on_student:
                 self.on_student(record)
         baseline = self.baselines[stage]
-        stats = {"stage": stage, "update": self.update, "mean_reward": float(np.mean([r.reward for r in batch])),
-                 "baseline": baseline.value}
+        rewards = torch.tensor([r.reward for r in batch])
+        stats = {"stage": stage, "update": self.update, "mean_reward": float(rewards.mean()), "baseline": baseline.value}
         if policy is not None:
-            rewards = torch.tensor([r.reward for r in batch])
             stats.update(reinforce_update(policy, self.optimizers[stage], batch, baseline.values(rewards),
                                           self.args.entropy_coef, self.args.shared_advantage))
         baseline.observe(stats["mean_reward"])

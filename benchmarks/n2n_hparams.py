@@ -9,7 +9,7 @@ skipped) and the script prints their leaderboard.
     python -m benchmarks.n2n_hparams                                  # digits, 60 evaluations, 5 seeds
     python -m benchmarks.n2n_hparams --lrs 0.01 0.03 --baselines loo --seeds 0 1 2
 
-The grid is chosen on the embedded env only; MNIST then confirms the chosen variant
+The variant is chosen on the embedded env only; the MNIST comparison then runs it
 without further tuning (README, "N2N vs random search").
 """
 
