@@ -515,7 +515,8 @@ class N2N:
                 self.on_student(record)
         baseline = self.baselines[stage]
         rewards = torch.tensor([r.reward for r in batch])
-        stats = {"stage": stage, "update": self.update, "mean_reward": float(rewards.mean()), "baseline": baseline.value}
+        stats = {"stage": stage, "update": self.update, "mean_reward": float(np.mean([r.reward for r in batch])),
+                 "baseline": baseline.value}  # float64 mean: the running baseline's exact history
         if policy is not None:
             stats.update(reinforce_update(policy, self.optimizers[stage], batch, baseline.values(rewards),
                                           self.args.entropy_coef, self.args.shared_advantage))
