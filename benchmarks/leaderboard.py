@@ -358,7 +358,8 @@ def plot_learning(sec: dict, path: str | os.PathLike, window: int = 5) -> None:
             cols = (r.get("students") or {}).get("columns") or []
             if "reward" not in cols:
                 continue
-            rewards = [row[cols.index("reward")] for row in r["students"]["data"] if row[cols.index("reward")] is not None]
+            i = cols.index("reward")
+            rewards = [row[i] for row in r["students"]["data"] if row[i] is not None]
             curves.append(window_means(rewards, window))
         arr = _padded(curves)
         if arr is None or arr.shape[1] < 2:

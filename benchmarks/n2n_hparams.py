@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import leaderboard  # noqa: E402
 from benchmarks.records import read_records  # noqa: E402
-from benchmarks.runner import run_one  # noqa: E402
+from benchmarks.runner import done_keys, run_key, run_one  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "n2n-hparams-digits-60.jsonl"
 
@@ -57,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     results = pathlib.Path(args.results)
-    done = {(r.get("label") or r["agent"], r["seed"]) for r in read_records(results)} if results.exists() else set()
+    done = done_keys(results)
     jobs = [("random", None, s) for s in args.seeds] if args.random else []
     jobs += [(label_of(lr, b), {"lr_shrink": lr, "baseline": b}, s)
              for (lr, b), s in itertools.product(itertools.product(args.lrs, args.baselines), args.seeds)]
-    todo = [j for j in jobs if (j[0], j[2]) not in done]
+    todo = [(label, hparams, seed) for label, hparams, seed in jobs
+            if run_key(args.env, "random" if hparams is None else "n2n", seed, args.protocol,
+                       None if hparams is None else "joint", args.budget, None if hparams is None else label) not in done]
     for label, hparams, seed in tqdm(todo, desc="n2n hparams", unit="run"):
         if hparams is None:
             run_one(args.env, "random", seed, args.budget, protocol=args.protocol, env_kwargs=args.env_kwargs,

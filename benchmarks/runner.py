@@ -312,15 +312,25 @@ def summary_line(record: dict) -> str:
             f"{b['wall_seconds']:.1f} s [{b['stop_reason']}]")
 
 
-def _done_keys(path: pathlib.Path) -> set[tuple]:
+def run_key(env_id: str, agent: str, seed: int, protocol: str, stage: str | None, budget: int,
+            label: str | None = None) -> tuple:
+    """What identifies a run for ``--skip-existing`` (``stage=None``: the agent's default)."""
+    if stage is None and agent in AGENTS:
+        stage = AGENTS[agent].default_stage
+    return (env_id, agent, seed, protocol, stage, budget, label or None)
+
+
+def done_keys(path: str | os.PathLike) -> set[tuple]:
+    """The :func:`run_key` of every record of a results file (empty if there is none)."""
+    path = pathlib.Path(path)
     if not path.exists():
         return set()
     return {_key(r) for r in read_records(path)}
 
 
-def _key(r: dict) -> tuple:  # what --skip-existing compares
-    return (r.get("env_id"), r.get("agent"), r.get("seed"), r.get("protocol"), r.get("stage"),
-            (r.get("budget") or {}).get("requested"), r.get("label"))
+def _key(r: dict) -> tuple:
+    return run_key(r.get("env_id"), r.get("agent"), r.get("seed"), r.get("protocol"), r.get("stage"),
+                   (r.get("budget") or {}).get("requested"), r.get("label"))
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -378,11 +388,9 @@ def run_args(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     results = pathlib.Path(args.results)
-    done = _done_keys(results) if args.skip_existing else set()
+    done = done_keys(results) if args.skip_existing else set()
     for seed in args.seeds:
-        key = (args.env, args.agent, seed, args.protocol, args.stage or AGENTS[args.agent].default_stage, args.budget,
-               args.label)
-        if key in done:
+        if run_key(args.env, args.agent, seed, args.protocol, args.stage, args.budget, args.label) in done:
             print(f"{args.agent} seed {seed}: already in {results}, skipped")
             continue
         start = time.perf_counter()
