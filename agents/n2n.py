@@ -5,8 +5,8 @@ Policy Gradient Reinforcement Learning", ICLR 2018 (arXiv 1709.06030).
 
 One readable file, CleanRL style::
 
-    python -m agents.n2n --help
-    python -m agents.n2n --updates 20,40 --seed 1 --out runs/n2n-digits
+    python -m n2n_gym.agents.n2n --help
+    python -m n2n_gym.agents.n2n --updates 20,40 --seed 1 --out runs/n2n-digits
 
 The agent talks to the environment through the Gymnasium API only (``reset``, ``step``,
 the observation and ``info``); whatever it does, a third-party agent can do too.
@@ -100,7 +100,7 @@ POLICY_FORMAT = "n2n-gym-policies"
 
 @dataclass
 class Args:
-    """Settings of an N2N search (``python -m agents.n2n --help``)."""
+    """Settings of an N2N search (``python -m n2n_gym.agents.n2n --help``)."""
 
     env_id: str = "N2N-DigitsNet-Digits-v0"
     """Gymnasium id of the compression environment (default: the embedded digits env)"""
@@ -604,7 +604,7 @@ def add_args(parser: argparse.ArgumentParser, cls=Args, skip: tuple[str, ...] = 
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(prog="python -m agents.n2n", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m n2n_gym.agents.n2n", description=__doc__.split("\n\n")[0])
     add_args(parser)
     ns = parser.parse_args(argv)
     return Args(**vars(ns))

@@ -5,7 +5,7 @@ Every action is drawn uniformly among the actions the env allows for the current
 to the env through the plain Gymnasium API only, so it runs on any registered env and
 stage::
 
-    from agents.random_search import run
+    from n2n_gym.agents.random_search import run
     result = run("N2N-DigitsNet-Digits-v0", seed=0, budget=20, env_kwargs={"protocol": "tiny"})
     result["best"]["reward"], result["curve"]
 
@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from benchmarks.records import BudgetTracker, TrackedEnv, private_cache
+from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
 DEFAULT_HPARAMS: dict[str, Any] = {}  # uniform search has no hyperparameters
 
@@ -45,7 +45,7 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
     tracker = tracker or BudgetTracker(budget)
     rng = np.random.default_rng(seed)
     with private_cache(env_kwargs) as kwargs:
-        env = TrackedEnv(gym.make(env_id, **kwargs), tracker)
+        env = BudgetWrapper(gym.make(env_id, **kwargs), tracker)
         try:
             episode = 0
             while not tracker.exhausted:

@@ -3,7 +3,7 @@
 Each talks to the env through the plain Gymnasium API (SB3 wraps it in its ``Monitor``
 and a ``DummyVecEnv``) and runs on any registered env and stage::
 
-    from agents.sb3_baselines import run
+    from n2n_gym.agents.sb3_baselines import run
     result = run("maskable_ppo", "N2N-DigitsNet-Digits-v0", seed=0, budget=20,
                  env_kwargs={"protocol": "tiny", "stage": "joint"})
 
@@ -62,7 +62,7 @@ from typing import Any
 import gymnasium as gym
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from benchmarks.records import BudgetTracker, TrackedEnv, private_cache
+from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
 ALGOS = ("ppo", "a2c", "dqn", "maskable_ppo", "recurrent_ppo")
 
@@ -180,7 +180,7 @@ def run(algo: str, env_id: str, seed: int, budget: int, env_kwargs: dict | None 
     that calls ``wandb_run.log``."""
     tracker = tracker or BudgetTracker(budget)
     with private_cache(env_kwargs) as kwargs, tempfile.TemporaryDirectory(prefix="n2n-sb3-") as tmp:
-        env = TrackedEnv(gym.make(env_id, **kwargs), tracker)
+        env = BudgetWrapper(gym.make(env_id, **kwargs), tracker)
         try:
             L = env.unwrapped.num_layers
             hp = {**default_hparams(algo, L, budget), **(hparams or {})}

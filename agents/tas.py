@@ -7,9 +7,9 @@ are in ../shared/reference/papers.md (TAS section).
 
 One readable file, CleanRL style::
 
-    python -m agents.tas --help
-    python -m agents.tas --flops-ratio 0.5 --epochs 100 --out runs/tas-digits
-    python -m agents.tas --env-id N2N-ResNet20-CIFAR10-v0 --flops-ratio 0.55 --final-epochs 300
+    python -m n2n_gym.agents.tas --help
+    python -m n2n_gym.agents.tas --flops-ratio 0.5 --epochs 100 --out runs/tas-digits
+    python -m n2n_gym.agents.tas --env-id N2N-ResNet20-CIFAR10-v0 --flops-ratio 0.55 --final-epochs 300
 
 Searchable network (:class:`SearchableNetwork`, built from any teacher of the zoo)
 --------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import n2n_gym
-from agents.n2n import add_args, student_record
+from n2n_gym.agents.n2n import add_args, student_record
 from n2n_gym.arch import CONV, LINEAR, Architecture
 from n2n_gym.build import Network, build
 from n2n_gym.data import Dataset, DatasetInfo, batches
@@ -126,7 +126,7 @@ TAS_RATIOS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the same float literals
 
 @dataclass
 class Args:
-    """Settings of a TAS search (``python -m agents.tas --help``)."""
+    """Settings of a TAS search (``python -m n2n_gym.agents.tas --help``)."""
 
     env_id: str = n2n_gym.DEFAULT_ENV_ID
     """Gymnasium id of the compression environment (teacher, data, evaluation protocol)"""
@@ -914,13 +914,13 @@ _RUNNER_SKIP = ("env_id", "env_kwargs", "protocol", "seed", "device", "out", "pr
 
 def run_benchmark(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hparams: dict | None = None,
                   *, tracker=None, wandb_run: Any = None) -> dict:
-    """TAS as an agent of ``benchmarks.runner`` (``register_agent("tas", "agents.tas:run_benchmark")``).
+    """TAS as an agent of ``n2n_gym.benchmarks.runner`` (``register_agent("tas", "n2n_gym.agents.tas:run_benchmark")``).
 
     ``budget`` (student evaluations of an RL agent) becomes the search's compute
     (``Args.budget_evaluations``) unless ``hparams`` fix ``steps`` or ``epochs``; the derived
     student is TAS's one evaluation, fed to ``tracker`` through ``TrackedEnv``. Other
     hparams are fields of :class:`Args`."""
-    from benchmarks.records import BudgetTracker, TrackedEnv, private_cache, resolve_device
+    from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache, resolve_device
 
     tracker = tracker or BudgetTracker(budget)
     hparams = dict(hparams or {})
@@ -938,7 +938,7 @@ def run_benchmark(env_id: str, seed: int, budget: int, env_kwargs: dict | None =
         args = Args(env_id=env_id, env_kwargs=kwargs, protocol=protocol, seed=seed, device=device, progress=False,
                     **hparams)
         tracker.device = resolve_device(device)
-        tas = TAS(args, wrap_env=lambda env: TrackedEnv(env, tracker))
+        tas = TAS(args, wrap_env=lambda env: BudgetWrapper(env, tracker))
         record = tas.run()
     keep = ("flops_ratio", "target_flops_ratio", "in_band", "search_steps", "search_seconds", "student_epochs",
             "teacher_epochs", "total_student_epochs", "selected_step", "selected_accuracy", "in_band_checkpoints",
@@ -949,7 +949,7 @@ def run_benchmark(env_id: str, seed: int, budget: int, env_kwargs: dict | None =
 
 # ---------------------------------------------------------------------------- script
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(prog="python -m agents.tas", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m n2n_gym.agents.tas", description=__doc__.split("\n\n")[0])
     add_args(parser, Args)
     ns = parser.parse_args(argv)
     return Args(**vars(ns))

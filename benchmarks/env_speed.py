@@ -1,7 +1,7 @@
 """Env speed: gym.make latency, non-terminal step latency, and reward evaluation time
 per protocol (cache off), on one env.
 
-    python -m benchmarks.env_speed --env N2N-DigitsNet-Digits-v0 --students 10
+    python -m n2n_gym.benchmarks.env_speed --env N2N-DigitsNet-Digits-v0 --students 10
 """
 
 from __future__ import annotations

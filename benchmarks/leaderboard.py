@@ -40,10 +40,7 @@ import warnings
 from collections import defaultdict
 from typing import Any, Iterable
 
-if __package__ in (None, ""):  # python benchmarks/leaderboard.py
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from benchmarks.records import FLOP_CONVENTION, accuracy_drop, read_records  # noqa: E402
+from n2n_gym.benchmarks.records import FLOP_CONVENTION, accuracy_drop, read_records
 
 CSV_COLUMNS = (
     "env_id", "env_version", "protocol", "rank", "agent", "stage", "seeds", "best_reward_mean", "best_reward_std",

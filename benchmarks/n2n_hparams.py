@@ -6,8 +6,8 @@ point is one labelled agent of ``n2n-gym bench`` (``--agent n2n --stage joint`` 
 evaluations; the records go to ``--results`` (resumable: finished (label, seed) pairs are
 skipped) and the script prints their leaderboard.
 
-    python -m benchmarks.n2n_hparams                                  # digits, 60 evaluations, 5 seeds
-    python -m benchmarks.n2n_hparams --lrs 0.01 0.03 --baselines loo --seeds 0 1 2
+    python -m n2n_gym.benchmarks.n2n_hparams                                  # digits, 60 evaluations, 5 seeds
+    python -m n2n_gym.benchmarks.n2n_hparams --lrs 0.01 0.03 --baselines loo --seeds 0 1 2
 
 The variant is chosen on the embedded env only; the MNIST comparison then runs it
 without further tuning (README, "N2N vs random search").
@@ -22,12 +22,9 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import leaderboard  # noqa: E402
-from benchmarks.records import read_records  # noqa: E402
-from benchmarks.runner import done_keys, run_key, run_one  # noqa: E402
+from n2n_gym.benchmarks import leaderboard
+from n2n_gym.benchmarks.records import read_records
+from n2n_gym.benchmarks.runner import done_keys, run_key, run_one
 
 RESULTS = ROOT / "benchmarks" / "results" / "n2n-hparams-digits-60.jsonl"
 
@@ -39,7 +36,7 @@ def label_of(lr: float, baseline: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.n2n_hparams", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m n2n_gym.benchmarks.n2n_hparams", description=__doc__.split("\n\n")[0])
     p.add_argument("--env", default="N2N-DigitsNet-Digits-v0")
     p.add_argument("--budget", type=int, default=60, help="student evaluations per run (default 60)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])

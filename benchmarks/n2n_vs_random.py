@@ -6,8 +6,8 @@ random searcher draws every action uniformly among the allowed ones
 (``info["action_mask"]``) and never learns. We compare the best reward found after each
 number of evaluations, over several seeds.
 
-    python -m benchmarks.n2n_vs_random                       # embedded digits env, 3 seeds
-    python -m benchmarks.n2n_vs_random --env N2N-VGG13-MNIST-v0 --updates 10,20 --seeds 0 1 2
+    python -m n2n_gym.benchmarks.n2n_vs_random                       # embedded digits env, 3 seeds
+    python -m n2n_gym.benchmarks.n2n_vs_random --env N2N-VGG13-MNIST-v0 --updates 10,20 --seeds 0 1 2
 
 Results: ``benchmarks/results/n2n_vs_random_<env>.json`` (written after every run, so an
 interrupted benchmark keeps its finished runs and skips them when started again) and
@@ -28,10 +28,7 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from agents.n2n import Args, N2N  # noqa: E402
+from n2n_gym.agents.n2n import Args, N2N
 
 RESULTS = ROOT / "benchmarks" / "results"
 METHODS = ("n2n", "random")
@@ -217,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             n_eval = len(runs[0]["rewards"])
             checkpoints = sorted({c for c in (25, 50, 100, 150, 200, 300, 400, 500) if c < n_eval} | {n_eval})
             result = {"setup": setup, "summary": summarise(runs, checkpoints), "runs": runs,
-                      "command": "python -m benchmarks.n2n_vs_random " + " ".join(argv if argv is not None
+                      "command": "python -m n2n_gym.benchmarks.n2n_vs_random " + " ".join(argv if argv is not None
                                                                                else sys.argv[1:])}
             tmp = json_path.with_name(json_path.name + ".tmp")
             tmp.write_text(json.dumps(result, indent=1))

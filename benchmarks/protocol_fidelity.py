@@ -6,7 +6,7 @@ validation accuracies, with a scatter plot. On a small data set the paper protoc
 epochs are few optimizer steps, so ``--reference-epochs N`` adds a converged reference
 (the paper protocol trained for N epochs) and reports every pair's correlation.
 
-    python -m benchmarks.protocol_fidelity --env N2N-DigitsNet-Digits-v0 --students 40
+    python -m n2n_gym.benchmarks.protocol_fidelity --env N2N-DigitsNet-Digits-v0 --students 40
 """
 
 from __future__ import annotations

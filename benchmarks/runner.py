@@ -1,4 +1,4 @@
-"""Benchmark runner: ``n2n-gym bench`` (also ``python -m benchmarks.runner``).
+"""Benchmark runner: ``n2n-gym bench`` (also ``python -m n2n_gym.benchmarks.runner``).
 
     n2n-gym bench --env N2N-DigitsNet-Digits-v0 --agent maskable_ppo --seeds 0 1 2 --budget 60
     n2n-gym bench --agent random --budget 20 --protocol tiny --results runs/bench.jsonl --track
@@ -45,10 +45,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-if __package__ in (None, ""):  # python benchmarks/runner.py
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from benchmarks.records import (  # noqa: E402
+from n2n_gym.benchmarks.records import (
     STUDENT_COLUMNS,
     BudgetExhausted,
     BudgetTracker,
@@ -78,16 +75,16 @@ class AgentSpec:
 
 
 AGENTS: dict[str, AgentSpec] = {
-    "random": AgentSpec("agents.random_search:run", "uniform random search over the allowed actions"),
-    "ppo": AgentSpec("agents.sb3_baselines:run_ppo", "Stable-Baselines3 PPO (MlpPolicy, no masks)", True),
-    "a2c": AgentSpec("agents.sb3_baselines:run_a2c", "Stable-Baselines3 A2C (MlpPolicy, no masks)", True),
-    "dqn": AgentSpec("agents.sb3_baselines:run_dqn", "Stable-Baselines3 DQN (MlpPolicy, no masks)", True),
-    "maskable_ppo": AgentSpec("agents.sb3_baselines:run_maskable_ppo", "sb3-contrib MaskablePPO (action_masks())", True),
-    "recurrent_ppo": AgentSpec("agents.sb3_baselines:run_recurrent_ppo", "sb3-contrib RecurrentPPO (MlpLstmPolicy)",
+    "random": AgentSpec("n2n_gym.agents.random_search:run", "uniform random search over the allowed actions"),
+    "ppo": AgentSpec("n2n_gym.agents.sb3_baselines:run_ppo", "Stable-Baselines3 PPO (MlpPolicy, no masks)", True),
+    "a2c": AgentSpec("n2n_gym.agents.sb3_baselines:run_a2c", "Stable-Baselines3 A2C (MlpPolicy, no masks)", True),
+    "dqn": AgentSpec("n2n_gym.agents.sb3_baselines:run_dqn", "Stable-Baselines3 DQN (MlpPolicy, no masks)", True),
+    "maskable_ppo": AgentSpec("n2n_gym.agents.sb3_baselines:run_maskable_ppo", "sb3-contrib MaskablePPO (action_masks())", True),
+    "recurrent_ppo": AgentSpec("n2n_gym.agents.sb3_baselines:run_recurrent_ppo", "sb3-contrib RecurrentPPO (MlpLstmPolicy)",
                                True),
-    "n2n": AgentSpec("benchmarks.runner:run_n2n", "N2N two-stage REINFORCE (agents/n2n.py): remove, then shrink",
+    "n2n": AgentSpec("n2n_gym.benchmarks.runner:run_n2n", "N2N two-stage REINFORCE (agents/n2n.py): remove, then shrink",
                      default_stage="remove,shrink"),
-    "tas": AgentSpec("agents.tas:run_benchmark", "TAS differentiable width/depth search (agents/tas.py); "
+    "tas": AgentSpec("n2n_gym.agents.tas:run_benchmark", "TAS differentiable width/depth search (agents/tas.py); "
                      "budget = the compute of that many RL evaluations"),
 }
 
@@ -124,7 +121,7 @@ def run_n2n(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None,
     removal stage gets ``remove_fraction`` (default 1/3, the paper's 20:40 updates) of the
     budget in episodes, rounded up to whole updates of ``rollouts`` students; the last
     stage runs until the budget is spent. Other hparams are fields of ``agents.n2n.Args``."""
-    from agents.n2n import Args, N2N
+    from n2n_gym.agents.n2n import Args, N2N
     from n2n_gym.env import RATIO_TABLES
 
     tracker = tracker or BudgetTracker(budget)
@@ -192,7 +189,7 @@ def start_wandb(project: str, *, env_id: str, agent: str, seed: int, protocol: s
         raise SystemExit("--track needs wandb: pip install 'n2n-gym[wandb]'") from exc
     sync_tb = False
     if sb3:
-        from agents.sb3_baselines import tensorboard_available
+        from n2n_gym.agents.sb3_baselines import tensorboard_available
 
         sync_tb = tensorboard_available()
         if not sync_tb and os.environ.get("WANDB_MODE") != "disabled":

@@ -4,7 +4,7 @@ Evaluation cost depends on the student's shape and the protocol, not on the teac
 weights, so this times random students against an *untrained* teacher checkpoint of the
 env's architecture (their accuracies mean nothing and are not reported).
 
-    python -m benchmarks.student_eval_time --env N2N-VGG13-MNIST-v0 --students 5
+    python -m n2n_gym.benchmarks.student_eval_time --env N2N-VGG13-MNIST-v0 --students 5
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-import n2n_gym
 from n2n_gym.build import build
 from n2n_gym.data import load_dataset
 from n2n_gym.teachers import save_teacher

@@ -15,9 +15,9 @@ For every run both students are reported: the one TAS selects (``best-in-band``:
 accurate in-band genotype checkpoint, the official code's selection) and the final argmax
 (``last``), and the share of checkpoints that were in the band.
 
-    python -m benchmarks.tas_flops                       # everything, small budget, 1 thread
-    python -m benchmarks.tas_flops --cases digits --seeds 0 1 2
-    python -m benchmarks.tas_flops --cases resnet20 --steps 300 --batch-size 32
+    python -m n2n_gym.benchmarks.tas_flops                       # everything, small budget, 1 thread
+    python -m n2n_gym.benchmarks.tas_flops --cases digits --seeds 0 1 2
+    python -m n2n_gym.benchmarks.tas_flops --cases resnet20 --steps 300 --batch-size 32
 
 Measured (1 CPU thread, shared machine; CIFAR: 300 steps of batch 32 on 4,096 images,
 checkpoints every 10 steps; digits: 600 steps of batch 64): the selected student landed
@@ -43,13 +43,10 @@ import time
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from agents.tas import TAS, Args, make_searchable, search  # noqa: E402
-from n2n_gym.data import load_dataset  # noqa: E402
-from n2n_gym.edits import apply_decisions  # noqa: E402
-from n2n_gym.zoo import teacher_architecture  # noqa: E402
+from n2n_gym.agents.tas import TAS, Args, make_searchable, search
+from n2n_gym.data import load_dataset
+from n2n_gym.edits import apply_decisions
+from n2n_gym.zoo import teacher_architecture
 
 RESULTS = ROOT / "benchmarks" / "results" / "tas_flops.json"
 # target FLOPs ratios: TAS's searched CIFAR-10 configurations (ResNet-20: 45 % reduction,
@@ -150,7 +147,7 @@ def table(runs: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.tas_flops", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m n2n_gym.benchmarks.tas_flops", description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--steps", type=int, default=300, help="search steps on CIFAR-10 (weight + architecture step pairs)")

@@ -1,11 +1,11 @@
 """TAS vs the N2N agent at equal compute, from benchmark-runner records.
 
-    python -m benchmarks.tas_vs_n2n --env N2N-DigitsNet-Digits-v0 --budget 60 --seeds 0 1 2 \
+    python -m n2n_gym.benchmarks.tas_vs_n2n --env N2N-DigitsNet-Digits-v0 --budget 60 --seeds 0 1 2 \
         --results benchmarks/results/leaderboard-digits.jsonl --run
-    python -m benchmarks.tas_vs_n2n --env N2N-VGG13-MNIST-v0 --budget 40 \
+    python -m n2n_gym.benchmarks.tas_vs_n2n --env N2N-VGG13-MNIST-v0 --budget 40 \
         --results benchmarks/results/leaderboard-mnist.jsonl
 
-Both methods go through ``n2n-gym bench`` (``benchmarks.runner.run_one``) with the same
+Both methods go through ``n2n-gym bench`` (``n2n_gym.benchmarks.runner.run_one``) with the same
 ``--budget``: the N2N agent may evaluate that many distinct students; TAS gets a search
 whose compute equals that many evaluations (``agents/tas.py``, ``--budget-evaluations``)
 plus its one evaluation. ``--run`` runs whatever (agent, seed) is missing from the
@@ -28,13 +28,9 @@ import argparse
 import json
 import pathlib
 import statistics
-import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.records import read_records  # noqa: E402
+from n2n_gym.benchmarks.records import read_records
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: (label, runner agent, stage): the paper's two-stage N2N, N2N's shrink policy on the joint
@@ -48,7 +44,7 @@ def epochs_per_evaluation(env_id: str, protocol: str, env_kwargs: dict | None = 
     import gymnasium as gym
 
     import n2n_gym  # noqa: F401
-    from agents.tas import evaluation_epochs  # the same count TAS sizes its search with
+    from n2n_gym.agents.tas import evaluation_epochs  # the same count TAS sizes its search with
     from n2n_gym.protocols import get_protocol
 
     env = gym.make(env_id, **{**(env_kwargs or {}), "protocol": protocol})
@@ -141,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.run:
         import torch
 
-        from benchmarks.runner import run_one, summary_line
+        from n2n_gym.benchmarks.runner import run_one, summary_line
 
         torch.set_num_threads(args.threads)
         for agent, stage in (("n2n", "remove,shrink"), ("tas", "joint")):

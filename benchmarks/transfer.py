@@ -7,8 +7,8 @@ from a fresh initialisation, over several seeds, and count the policy updates un
 batch-mean reward first reaches a threshold. The policies read the layer count from the
 observation, so the weights load whatever the depth of the target.
 
-    python -m benchmarks.transfer                                    # digitsnet -> resnet20 on digits
-    python -m benchmarks.transfer --source resnet20 --target resnet56 --threshold 0.8
+    python -m n2n_gym.benchmarks.transfer                                    # digitsnet -> resnet20 on digits
+    python -m n2n_gym.benchmarks.transfer --source resnet20 --target resnet56 --threshold 0.8
 
 Results: ``benchmarks/results/transfer_<source>_to_<target>_<stage>.json`` (written after
 every run; finished runs are skipped when started again) and the ``.png`` beside it.
@@ -19,16 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from agents.n2n import Args, N2N, save_policies  # noqa: E402
+from n2n_gym.agents.n2n import Args, N2N, save_policies
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -25,14 +25,10 @@ import argparse
 import contextlib
 import json
 import math
-import pathlib
 import sys
 from typing import Any
 
-if __package__ in (None, ""):  # python benchmarks/validate.py
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from benchmarks.records import read_records, schema_errors  # noqa: E402
+from n2n_gym.benchmarks.records import read_records, schema_errors
 
 
 @contextlib.contextmanager

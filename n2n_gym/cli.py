@@ -232,7 +232,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import n2n_gym  # noqa: F401
-    from agents.n2n import Args, N2N, save_policies
+    from n2n_gym.agents.n2n import Args, N2N, save_policies
     from n2n_gym.arch import Architecture
     from n2n_gym.protocols import get_protocol
     from n2n_gym.reward import n2n_reward
@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Adam lr of the final distillation (last third at lr/10) (default: %(default)s)")
     co.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                     help="write the torch.export and ONNX files (default: on)")
-    from agents.n2n import add_args
+    from n2n_gym.agents.n2n import add_args
 
     add_args(co, skip=("env_id", "out", "save_policy"))
     co.set_defaults(func=cmd_compress)
@@ -416,9 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # subcommands implemented in benchmarks/, each with its own argument parser (`n2n-gym bench --help`)
 FORWARDED = {
-    "bench": ("benchmarks.runner", "run agents x seeds at a budget of student evaluations; append JSONL records"),
-    "leaderboard": ("benchmarks.leaderboard", "rank agents from results files (md/csv/html) with plots"),
-    "validate": ("benchmarks.validate", "replay every record of a results file and re-check its reward"),
+    "bench": ("n2n_gym.benchmarks.runner", "run agents x seeds at a budget of student evaluations; append JSONL records"),
+    "leaderboard": ("n2n_gym.benchmarks.leaderboard", "rank agents from results files (md/csv/html) with plots"),
+    "validate": ("n2n_gym.benchmarks.validate", "replay every record of a results file and re-check its reward"),
 }
 
 

@@ -40,18 +40,22 @@ def train_epoch(
     generator: torch.Generator,
     augment: bool = True,
     progress=None,
+    label_smoothing: float = 0.0,
 ) -> float:
-    """One epoch of cross-entropy training; returns the mean loss."""
+    """One epoch of cross-entropy training (with ``label_smoothing``, Szegedy et al. 2016);
+    returns the mean loss."""
     with torch.enable_grad():  # callers may step the env inside torch.no_grad()
-        return _train_epoch(model, optimizer, scheduler, data, x, y, batch_size, generator, augment, progress)
+        return _train_epoch(model, optimizer, scheduler, data, x, y, batch_size, generator, augment, progress,
+                            label_smoothing)
 
 
-def _train_epoch(model, optimizer, scheduler, data, x, y, batch_size, generator, augment, progress) -> float:
+def _train_epoch(model, optimizer, scheduler, data, x, y, batch_size, generator, augment, progress,
+                 label_smoothing=0.0) -> float:
     model.train()
     total, n = 0.0, 0
     for xb, yb in batches(x, y, batch_size, shuffle=True, generator=generator, augment=augment,
                           info=data.info, normalize=data.normalize, drop_last=len(x) > batch_size):
-        loss = F.cross_entropy(model(xb), yb)
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -16,11 +16,9 @@ import torch
 from gymnasium import spaces
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from n2n_gym.agents import n2n as agent
 
-from agents import n2n as agent  # noqa: E402
-from n2n_gym.encoding import COLUMN, NUM_FEATURES  # noqa: E402
+from n2n_gym.encoding import COLUMN, NUM_FEATURES
 
 MAX_LAYERS = 12
 
@@ -290,7 +288,7 @@ def test_script_help():
 
     from conftest import subprocess_env
 
-    out = subprocess.run([sys.executable, "-m", "agents.n2n", "--help"], cwd=REPO, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "n2n_gym.agents.n2n", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=120, env=subprocess_env(PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")))
     assert out.returncode == 0
     assert "--rollouts" in out.stdout and "--lr-shrink" in out.stdout

@@ -10,17 +10,13 @@ from __future__ import annotations
 import ast
 import pathlib
 import re
-import sys
 
 import pytest
 from conftest import SMALL_DIGITS_RECIPE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import runner  # noqa: E402
-from benchmarks.records import BudgetTracker, read_records  # noqa: E402
+from n2n_gym.benchmarks import runner
+from n2n_gym.benchmarks.records import BudgetTracker, read_records
 
 ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
 SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "recurrent_ppo")
@@ -28,7 +24,7 @@ SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "recurrent_ppo")
 
 def _n2n_available() -> bool:
     try:
-        import agents.n2n  # noqa: F401
+        import n2n_gym.agents.n2n  # noqa: F401
     except ImportError:
         return False
     return True
@@ -83,7 +79,7 @@ def test_cache_hits_do_not_count_and_max_episodes_stops_a_stuck_agent(digits_tea
 
 
 def test_sb3_defaults_align_rollouts_to_episodes():
-    from agents.sb3_baselines import ALGOS, default_hparams
+    from n2n_gym.agents.sb3_baselines import ALGOS, default_hparams
 
     for algo in ALGOS:
         hp = default_hparams(algo, episode_length=9, budget=60)
@@ -103,7 +99,7 @@ def test_hparam_overrides_are_recorded(digits_teacher):
 
 
 def test_agent_run_function_works_without_the_runner(digits_teacher):
-    from agents import random_search
+    from n2n_gym.agents import random_search
 
     out = random_search.run("N2N-DigitsNet-Digits-v0", seed=1, budget=2,
                             env_kwargs={**ENV_KWARGS, "protocol": "tiny", "progress": False, "device": "cpu"})
@@ -112,7 +108,7 @@ def test_agent_run_function_works_without_the_runner(digits_teacher):
 
 
 def test_register_agent_extends_the_runner(digits_teacher):
-    from agents import random_search
+    from n2n_gym.agents import random_search
 
     def my_agent(env_id, seed, budget, env_kwargs=None, hparams=None, **kw):
         return random_search.run(env_id, seed, budget, env_kwargs, hparams, **kw)
@@ -153,7 +149,7 @@ def test_example_script_main(digits_teacher):
 
 
 def test_sb3_metrics_reach_wandb_without_tensorboard():
-    from agents.sb3_baselines import _wandb_logger
+    from n2n_gym.agents.sb3_baselines import _wandb_logger
 
     class FakeRun:
         logged: list = []

@@ -18,11 +18,8 @@ import pytest
 from conftest import SMALL_DIGITS_RECIPE, subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import leaderboard, runner, validate  # noqa: E402
-from benchmarks.records import (  # noqa: E402
+from n2n_gym.benchmarks import leaderboard, runner, validate
+from n2n_gym.benchmarks.records import (
     FLOP_CONVENTION,
     REQUIRED_FIELDS,
     append_record,
@@ -97,8 +94,7 @@ def test_a_cut_last_line_is_skipped_and_the_next_append_starts_a_new_line(tmp_pa
 
 _WRITER = """
 import sys, time
-sys.path.insert(0, {repo!r})
-from benchmarks.records import append_record
+from n2n_gym.benchmarks.records import append_record
 i = 0
 while True:
     append_record({path!r}, {{"i": i, "payload": "x" * 200000}})
@@ -213,9 +209,9 @@ def test_runner_rejects_protocol_in_env_kwargs():
 
 
 def test_wandb_is_imported_only_when_tracking():
-    code = ("import sys; sys.path.insert(0, %r); import benchmarks.runner, benchmarks.leaderboard, "
-            "benchmarks.validate, agents.random_search, agents.sb3_baselines; "
-            "assert 'wandb' not in sys.modules, 'wandb imported'" % str(REPO))
+    code = ("import sys, n2n_gym.benchmarks.runner, n2n_gym.benchmarks.leaderboard, "
+            "n2n_gym.benchmarks.validate, n2n_gym.agents.random_search, n2n_gym.agents.sb3_baselines; "
+            "assert 'wandb' not in sys.modules, 'wandb imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env())
 
 
@@ -344,7 +340,7 @@ def test_leaderboard_reads_a_wandb_project(monkeypatch, capsys):
 
 
 def test_n2n_hparams_grid_labels_each_point_and_resumes(digits_teacher, tmp_path, capsys):
-    from benchmarks import n2n_hparams
+    from n2n_gym.benchmarks import n2n_hparams
 
     results = tmp_path / "grid.jsonl"
     argv = ["--budget", "2", "--seeds", "0", "--lrs", "0.03", "--baselines", "mean", "loo", "--protocol", "tiny",

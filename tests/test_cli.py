@@ -19,10 +19,7 @@ import pytest
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from conftest import SMALL_DIGITS_RECIPE, subprocess_env  # noqa: E402
+from conftest import SMALL_DIGITS_RECIPE, subprocess_env
 
 ENV_KWARGS = json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE})
 SEARCH = ["--protocol", "tiny", "--updates", "2,2", "--rollouts", "2", "--seed", "3", "--env-kwargs", ENV_KWARGS,

@@ -6,27 +6,35 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from agents.tas import (  # noqa: E402
-    Args, SearchableNetwork, TAS, actions_for, channel_wise_interpolate, cost_loss, cwi_matrix, depth_choices,
-    kd_loss, make_searchable, mix_candidates, search, tau_at,
+from conftest import SMALL_DIGITS_RECIPE
+from n2n_gym.agents.tas import (
+    TAS,
+    Args,
+    SearchableNetwork,
+    actions_for,
+    channel_wise_interpolate,
+    cost_loss,
+    cwi_matrix,
+    depth_choices,
+    kd_loss,
+    make_searchable,
+    mix_candidates,
+    search,
+    tau_at,
 )
-from benchmarks.records import read_records  # noqa: E402
-from conftest import SMALL_DIGITS_RECIPE  # noqa: E402
-from n2n_gym.arch import Architecture  # noqa: E402
-from n2n_gym.build import build  # noqa: E402
-from n2n_gym.data import dataset_info  # noqa: E402
-from n2n_gym.edits import apply_decisions  # noqa: E402
-from n2n_gym.zoo import teacher_architecture  # noqa: E402
+from n2n_gym.benchmarks.records import read_records
+
+from n2n_gym.arch import Architecture
+from n2n_gym.build import build
+from n2n_gym.data import dataset_info
+from n2n_gym.edits import apply_decisions
+from n2n_gym.zoo import teacher_architecture
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SHAPES = {"digitsnet": (1, 8, 8), "resnet20": (3, 16, 16), "resnet56": (3, 32, 32), "vgg11": (3, 32, 32),
@@ -270,6 +278,7 @@ def test_tiny_search_end_to_end_on_the_embedded_env(tmp_path):
     assert record["flops_ratio"] == pytest.approx(student.flops / teacher_architecture("digitsnet", (1, 8, 8)).flops)
     # the actions replay to the same student in a fresh env
     import gymnasium as gym
+
     import n2n_gym
 
     env = gym.make(n2n_gym.DEFAULT_ENV_ID, stage="joint", ratios=args.ratio_list(), protocol="tiny",
@@ -284,7 +293,7 @@ def test_tiny_search_end_to_end_on_the_embedded_env(tmp_path):
 
 
 def test_script_arguments(capsys):
-    from agents.tas import parse_args
+    from n2n_gym.agents.tas import parse_args
 
     with pytest.raises(SystemExit) as exc:
         parse_args(["--help"])
@@ -297,9 +306,9 @@ def test_script_arguments(capsys):
 
 
 def test_budget_sizes_the_search_and_the_runner_runs_tas(monkeypatch):
-    from benchmarks import runner
+    from n2n_gym.agents.tas import evaluation_epochs, steps_for_budget
+    from n2n_gym.benchmarks import runner
 
-    from agents.tas import evaluation_epochs, steps_for_budget
     from n2n_gym.protocols import get_protocol
 
     arch = teacher_architecture("digitsnet", (1, 8, 8), 10)
@@ -309,7 +318,7 @@ def test_budget_sizes_the_search_and_the_runner_runs_tas(monkeypatch):
     assert evaluation_epochs(fast, 2048) == pytest.approx(fast.epochs * fast.train_images / 2048)
     assert steps_for_budget(net, args, 20.0, 1000) == pytest.approx(2 * steps_for_budget(net, args, 10.0, 1000), abs=1)
 
-    monkeypatch.setitem(runner.AGENTS, "tas", runner.AgentSpec("agents.tas:run_benchmark", "TAS"))
+    monkeypatch.setitem(runner.AGENTS, "tas", runner.AgentSpec("n2n_gym.agents.tas:run_benchmark", "TAS"))
     record = runner.run_one("N2N-DigitsNet-Digits-v0", "tas", 0, 3, protocol="tiny", device="cpu",
                             env_kwargs={"teacher_recipe": dict(SMALL_DIGITS_RECIPE)},
                             hparams={"batch_size": 64, "select_every": 2})
@@ -326,7 +335,7 @@ def test_budget_sizes_the_search_and_the_runner_runs_tas(monkeypatch):
 
 
 def test_tas_vs_n2n_runs_both_at_one_budget_and_reports_their_compute(tmp_path):
-    from benchmarks import tas_vs_n2n
+    from n2n_gym.benchmarks import tas_vs_n2n
 
     results = tmp_path / "results.jsonl"
     argv = ["--budget", "2", "--seeds", "0", "--protocol", "tiny", "--results", str(results), "--out", str(tmp_path),
