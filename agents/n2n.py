@@ -91,6 +91,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import n2n_gym  # noqa: F401  (registers the environments)
+from n2n_gym.checks import check_choice, check_float, check_int, json_object
 from n2n_gym.encoding import COLUMN
 
 STAGE_NAMES = ("remove", "shrink", "joint")
@@ -147,20 +148,51 @@ class Args:
     progress: bool = True
     """show a progress bar"""
 
+    def __post_init__(self) -> None:
+        """Every setting checked where it is given (a bad one fails before any episode)."""
+        from n2n_gym.env import RATIO_TABLES
+        from n2n_gym.protocols import PROTOCOLS
+
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise TypeError(f"env_id must be a Gymnasium id (str), got {self.env_id!r}")
+        if not isinstance(self.env_kwargs, dict):
+            raise TypeError(f"env_kwargs must be a dict (JSON object), got {type(self.env_kwargs).__name__}")
+        for name in ("protocol", "device", "stages", "baseline"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name} must be a str, got {getattr(self, name)!r}")
+        check_choice("protocol", self.protocol, sorted(PROTOCOLS))
+        self.update_list()  # checks stages too
+        check_int("rollouts", self.rollouts, min=1)
+        check_int("seed", self.seed, min=0)
+        check_choice("ratios", self.ratios, sorted(RATIO_TABLES))
+        check_int("hidden", self.hidden, min=1)
+        check_int("lstm_layers", self.lstm_layers, min=1)
+        check_float("lr_remove", self.lr_remove, min=0.0, min_open=True)
+        if self.lr_shrink is not None:
+            check_float("lr_shrink", self.lr_shrink, min=0.0, min_open=True)
+        check_float("entropy_coef", self.entropy_coef, min=0.0)
+        check_choice("baseline", self.baseline, Baseline.KINDS)
+        check_float("baseline_decay", self.baseline_decay, min=0.0, max=1.0, max_open=True)
+
     def stage_list(self) -> list[str]:
-        stages = [s.strip() for s in self.stages.split(",") if s.strip()]
+        stages = [s.strip() for s in str(self.stages).split(",") if s.strip()]
         bad = [s for s in stages if s not in STAGE_NAMES]
         if not stages or bad:
-            raise ValueError(f"stages must be a comma-separated list of {STAGE_NAMES}, got {self.stages!r}")
+            raise ValueError(f"stages must be a comma-separated list of {', '.join(STAGE_NAMES)} (e.g. "
+                             f"'remove,shrink'), got {self.stages!r}")
         return stages
 
     def update_list(self) -> list[int]:
-        values = [int(v) for v in str(self.updates).split(",") if v.strip()]
         stages = self.stage_list()
+        try:
+            values = [int(v) for v in str(self.updates).split(",") if v.strip()]
+        except ValueError:
+            values = []
         if len(values) == 1:
             values = values * len(stages)
-        if len(values) != len(stages) or any(v < 0 for v in values):
-            raise ValueError(f"updates must be one number or one per stage ({len(stages)}), got {self.updates!r}")
+        if len(values) != len(stages) or any(v < 1 for v in values):
+            raise ValueError(f"updates must be one integer >= 1, or one per stage ({len(stages)}: {','.join(stages)}), "
+                             f"e.g. '20,40'; got {self.updates!r}")
         return values
 
 
@@ -594,7 +626,7 @@ def add_args(parser: argparse.ArgumentParser, cls=Args, skip: tuple[str, ...] = 
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         elif f.type in (dict, "dict"):
-            parser.add_argument(flag, type=json.loads, default=default, help=help_, metavar="JSON")
+            parser.add_argument(flag, type=json_object, default=default, help=help_, metavar="JSON")
         elif f.type in (int, "int"):
             parser.add_argument(flag, type=int, default=default, help=help_)
         elif f.type in (float, "float", "float | None"):
@@ -603,11 +635,19 @@ def add_args(parser: argparse.ArgumentParser, cls=Args, skip: tuple[str, ...] = 
             parser.add_argument(flag, type=str, default=default, help=help_)
 
 
+def args_or_exit(parser: argparse.ArgumentParser, cls, values: dict):
+    """``cls(**values)``, or argparse's one-line usage error (exit 2) naming the bad setting."""
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        parser.error(f"{exc} (see --help)")
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
     parser = argparse.ArgumentParser(prog="python -m n2n_gym.agents.n2n", description=__doc__.split("\n\n")[0])
     add_args(parser)
     ns = parser.parse_args(argv)
-    return Args(**vars(ns))
+    return args_or_exit(parser, Args, vars(ns))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -114,7 +114,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import n2n_gym
-from n2n_gym.agents.n2n import add_args, student_record
+from n2n_gym.agents.n2n import add_args, args_or_exit, student_record
+from n2n_gym.checks import check_choice, check_float, check_int
 from n2n_gym.arch import CONV, LINEAR, Architecture
 from n2n_gym.build import Network, build
 from n2n_gym.data import Dataset, DatasetInfo, batches
@@ -203,8 +204,36 @@ class Args:
     progress: bool = True
     """show a progress bar"""
 
+    def __post_init__(self) -> None:
+        """Every setting checked where it is given (flops_ratio 1.5 used to run to the end)."""
+        from n2n_gym.protocols import PROTOCOLS
+
+        if not isinstance(self.env_kwargs, dict):
+            raise TypeError(f"env_kwargs must be a dict (JSON object), got {type(self.env_kwargs).__name__}")
+        check_choice("protocol", self.protocol, sorted(PROTOCOLS))
+        check_float("flops_ratio", self.flops_ratio, min=0.0, max=1.0, min_open=True)
+        check_float("tolerance", self.tolerance, min=0.0, max=1.0)
+        check_float("cost_weight", self.cost_weight, min=0.0)
+        self.ratio_list()
+        for name, lo in (("num_sampled", 1), ("epochs", 1), ("steps", 0), ("budget_evaluations", 0),
+                         ("train_images", 0), ("batch_size", 1), ("select_every", 0), ("eval_images", 1),
+                         ("final_epochs", 0), ("final_batch_size", 1), ("seed", 0), ("threads", 0), ("log_every", 1)):
+            check_int(name, getattr(self, name), min=lo)
+        for name in ("lr", "arch_lr", "final_lr", "tau_min", "kd_temperature"):
+            check_float(name, getattr(self, name), min=0.0, min_open=True)
+        for name in ("weight_decay", "arch_weight_decay"):
+            check_float(name, getattr(self, name), min=0.0)
+        check_float("momentum", self.momentum, min=0.0, max=1.0, max_open=True)
+        check_float("kd_alpha", self.kd_alpha, min=0.0, max=1.0)
+        check_float("tau_max", self.tau_max, min=self.tau_min)
+        check_choice("select", self.select, ("best-in-band", "last"))
+        check_choice("init", self.init, ("teacher", "random"))
+
     def ratio_list(self) -> tuple[float, ...]:
-        ratios = tuple(sorted(float(r) for r in str(self.ratios).split(",") if r.strip()))
+        try:
+            ratios = tuple(sorted(float(r) for r in str(self.ratios).split(",") if r.strip()))
+        except ValueError:
+            ratios = ()
         if not ratios or 1.0 not in ratios or any(not 0 < r <= 1 for r in ratios):
             raise ValueError(f"--ratios must be values in (0, 1] including 1.0, got {self.ratios!r}")
         return ratios
@@ -952,7 +981,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser = argparse.ArgumentParser(prog="python -m n2n_gym.agents.tas", description=__doc__.split("\n\n")[0])
     add_args(parser, Args)
     ns = parser.parse_args(argv)
-    return Args(**vars(ns))
+    return args_or_exit(parser, Args, vars(ns))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from n2n_gym.checks import int_at_least, json_object, positive_float
+from n2n_gym.protocols import PROTOCOLS
 from n2n_gym.benchmarks.records import (
     STUDENT_COLUMNS,
     BudgetExhausted,
@@ -337,24 +339,25 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default=DEFAULT_ENV_ID, help=f"environment id (default {DEFAULT_ENV_ID})")
     p.add_argument("--agent", help=f"one of: {', '.join(AGENTS)}")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one run each (default 0)")
-    p.add_argument("--budget", type=int, default=60,
+    p.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0], help="seeds, one run each (default 0)")
+    p.add_argument("--budget", type=int_at_least(1), default=60,
                    help="student evaluations per run that were not cache hits (default 60)")
-    p.add_argument("--protocol", default="fast", help="evaluation protocol: fast | paper | tiny (default fast)")
-    p.add_argument("--stage", default=None,
+    p.add_argument("--protocol", default="fast", choices=sorted(PROTOCOLS),
+                   help="evaluation protocol: fast | paper | tiny (default fast)")
+    p.add_argument("--stage", default=None, choices=("remove", "shrink", "joint"),
                    help="remove | shrink | joint (default: joint for the baselines, remove then shrink for n2n)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"JSONL file to append to (default {DEFAULT_RESULTS})")
-    p.add_argument("--env-kwargs", default="{}", type=json.loads, help="extra gym.make kwargs as JSON")
-    p.add_argument("--hparams", default="{}", type=json.loads, help="agent hyperparameter overrides as JSON")
+    p.add_argument("--env-kwargs", default="{}", type=json_object, help="extra gym.make kwargs as JSON")
+    p.add_argument("--hparams", default="{}", type=json_object, help="agent hyperparameter overrides as JSON")
     p.add_argument("--label", default=None,
                    help="leaderboard name of this variant of the agent, e.g. 'n2n loo lr0.03' (default: the agent, "
                         "plus the stage when it ran several)")
-    p.add_argument("--eval-seed", type=int, default=None, help="the env's evaluation seed (default: the run's seed)")
+    p.add_argument("--eval-seed", type=int_at_least(0), default=None, help="the env's evaluation seed (default: the run's seed)")
     p.add_argument("--device", default=None, help="device of the env's student training: auto | cpu | cuda")
-    p.add_argument("--max-episodes", type=int, default=None,
+    p.add_argument("--max-episodes", type=int_at_least(1), default=None,
                    help="stop a run after this many episodes even if the budget is not spent (default 20 x budget + 20)")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop a run after this many seconds")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--max-seconds", type=positive_float, default=None, help="stop a run after this many seconds")
+    p.add_argument("--threads", type=int_at_least(1), default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip (env, agent, seed, protocol, stage, budget) already in the results file (resume)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -371,6 +374,24 @@ def main(argv: list[str] | None = None) -> int:
     return run_args(build_parser().parse_args(argv))
 
 
+def check_env_kwargs(args: argparse.Namespace) -> None:
+    """Make the env once with the run's kwargs, so that a bad one is a one-line error now
+    rather than a traceback after the first run (``gym.make`` loads no data)."""
+    import gymnasium as gym
+
+    import n2n_gym  # noqa: F401  (registers the environments)
+
+    kwargs = {**args.env_kwargs, "protocol": args.protocol, "progress": False}
+    if args.stage is not None:
+        kwargs["stage"] = args.stage
+    if args.device is not None:
+        kwargs["device"] = args.device
+    try:
+        gym.make(args.env, **kwargs).close()
+    except (TypeError, ValueError, OSError, gym.error.Error) as exc:
+        raise SystemExit(f"n2n-gym bench: error: {str(exc).split(' was raised from the environment creator')[0]}")
+
+
 def run_args(args: argparse.Namespace) -> int:
     """Run the parsed arguments of :func:`build_parser` (for a CLI with subcommands)."""
     if args.list_agents:
@@ -380,6 +401,7 @@ def run_args(args: argparse.Namespace) -> int:
     if not args.agent:
         raise SystemExit("--agent is required (see --list-agents)")
     load_agent(args.agent)  # fail early on an unknown agent
+    check_env_kwargs(args)
     if args.threads:
         import torch
 

@@ -103,7 +103,11 @@ class ResultCache:
             self.path = default_cache_dir() / "results.sqlite"
         else:
             self.path = pathlib.Path(path).expanduser()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot create the folder of the result cache {str(self.path)!r}: "
+                                         f"{exc.strerror}; pass a writable path or cache=False") from exc
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
@@ -127,13 +131,27 @@ class ResultCache:
                 check_same_thread=False,  # guarded by self._lock
             )
         except sqlite3.OperationalError as exc:
-            raise sqlite3.OperationalError(f"cannot open result cache {str(self.path)!r}: {exc}") from exc
+            raise self._unusable(exc) from exc
         try:
             self._retry(lambda: self._init_schema(conn))
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            raise self._unusable(exc) from exc
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def _unusable(self, exc: sqlite3.OperationalError) -> sqlite3.OperationalError:
+        """SQLite's own message ("unable to open database file", "database or disk is full",
+        "attempt to write a readonly database") with the path and the fix."""
+        msg = str(exc)
+        if "full" in msg.lower():
+            fix = "free disk space there, or pass cache=<path elsewhere> / cache=False"
+        else:
+            fix = ("make the folder and file writable, or set N2N_CACHE / pass cache=<a writable path> "
+                   "(cache=False: no cache)")
+        return sqlite3.OperationalError(f"result cache {str(self.path)!r}: {msg}; {fix}")
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         try:
@@ -185,6 +203,8 @@ class ResultCache:
             except sqlite3.DatabaseError as exc:
                 if _is_corruption(exc):
                     raise self._corrupt(exc) from exc
+                if isinstance(exc, sqlite3.OperationalError) and not _is_lock_error(exc):
+                    raise self._unusable(exc) from exc
                 raise
 
     # -------------------------------------------------------------- interface

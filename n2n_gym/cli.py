@@ -30,7 +30,8 @@ import sys
 import time
 from typing import Any
 
-from n2n_gym.files import atomic_torch_save, atomic_write_text
+from n2n_gym.checks import int_at_least, json_object
+from n2n_gym.files import atomic_torch_save, atomic_write_text, remove_stale_temps
 
 RUNS_ROOT = pathlib.Path("runs")
 DEFAULT_FINAL_EPOCHS = 30
@@ -240,6 +241,8 @@ def cmd_compress(ns: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     run_dir, resuming = _run_dir(ns)
+    for stale in remove_stale_temps(run_dir):  # left by a run killed mid-write
+        print(f"removed {stale}, a temporary file of an interrupted write", file=sys.stderr)
     config_path, state_path, history_path = run_dir / "config.json", run_dir / "state.pt", run_dir / "history.jsonl"
     arg_names = {f.name for f in dataclasses.fields(Args)}
     if resuming:
@@ -382,11 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--env", dest="env", default=DEFAULT_ENV_ID, help="env id (default: %(default)s)")
     ep.add_argument("--stage", default="joint", choices=("remove", "shrink", "joint"),
                     help="the env's stage (default: %(default)s)")
-    ep.add_argument("--episodes", type=int, default=3, help="number of episodes (default: %(default)s)")
+    ep.add_argument("--episodes", type=int_at_least(1), default=3, help="number of episodes (default: %(default)s)")
     ep.add_argument("--protocol", default="fast", help="evaluation protocol: fast | paper | tiny (default: fast)")
-    ep.add_argument("--seed", type=int, default=0, help="seed of the random actions (default: %(default)s)")
+    ep.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random actions (default: %(default)s)")
     ep.add_argument("--device", default="auto", help="device of student training (default: %(default)s)")
-    ep.add_argument("--env-kwargs", type=json.loads, default={}, metavar="JSON",
+    ep.add_argument("--env-kwargs", type=json_object, default={}, metavar="JSON",
                     help="extra gym.make keyword arguments as JSON")
     ep.set_defaults(func=cmd_episode)
 
@@ -433,6 +436,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(importlib.import_module(FORWARDED[argv[0]][0]).main(argv[1:]) or 0)
     parser = build_parser()
     ns = parser.parse_args(argv)
+    if ns.command == "compress":  # the search settings, checked before a run folder is made
+        from n2n_gym.agents.n2n import Args, args_or_exit
+
+        fields = {f.name for f in dataclasses.fields(Args)}
+        args_or_exit(parser, Args, {k: v for k, v in vars(ns).items() if k in fields})
+        for name in ("final_epochs",):
+            if getattr(ns, name) < 0:
+                parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(ns, name)}")
+        if not (math.isfinite(ns.final_lr) and ns.final_lr > 0):
+            parser.error(f"--final-lr must be a finite number > 0, got {ns.final_lr}")
     return int(ns.func(ns) or 0)
 
 

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import check_splits
+
 __all__ = [
     "DATASETS",
     "DatasetInfo",
@@ -238,6 +240,8 @@ def _npz_info(path: pathlib.Path) -> DatasetInfo:
             shape = shape + (1,)
         if len(shape) != 4:
             raise ValueError(f"{path}: {xk} must have shape (N, H, W, C), got {shape}")
+        if shape[0] == 0:
+            raise ValueError(f"{path}: {xk} holds no images; every split needs images")
         shapes.append(shape)
     if len({s[1:] for s in shapes}) != 1:
         raise ValueError(f"{path}: train and test images differ in shape: {[s[1:] for s in shapes]}")
@@ -631,6 +635,7 @@ def load_dataset(
         train_idx=torch.from_numpy(tr).to(torch.int64),
         val_idx=torch.from_numpy(va).to(torch.int64),
     )
+    check_splits(ds)  # empty split / one class: ValueError; splits too small to rank students: warning
     _MEMO[key] = ds
     return ds
 

@@ -99,7 +99,9 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
     student.train()
     optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
     index = torch.arange(len(x), device=x.device)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        # summed on the device and checked once per epoch: no host sync per step
+        total = torch.zeros((), device=x.device)
         for xb, ib in batches(x, index, batch_size, shuffle=True, generator=generator, augment=augment,
                               info=data.info, normalize=data.normalize, drop_last=len(x) > batch_size):
             if teacher_logits is not None:
@@ -110,6 +112,31 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
             loss = F.mse_loss(student(xb), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as exc:  # Adam with a huge lr: "value cannot be converted ... without overflow"
+                if "overflow" not in str(exc):
+                    raise
+                raise NonFiniteError(f"distillation diverged: the optimizer step overflows in epoch {epoch + 1} "
+                                     f"(lr {lr:g}; a smaller lr fixes it)") from exc
+            total = total + loss.detach()
+        if not bool(torch.isfinite(total)):
+            raise NonFiniteError(f"distillation diverged: the loss is not finite in epoch {epoch + 1} of {epochs} "
+                                 f"(lr {lr:g}; a smaller lr fixes it)")
     student.eval()
     return student
+
+
+class NonFiniteError(ArithmeticError):
+    """Training produced a NaN or infinite loss, weight or logit (a diverged run)."""
+
+
+def check_finite_weights(model: nn.Module, what: str = "student") -> None:
+    """Raise :class:`NonFiniteError` if any parameter or buffer of ``model`` is NaN/inf
+    (one host sync for the whole model)."""
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point() and t.numel()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        names = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                 if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        raise NonFiniteError(f"the {what}'s weights are not finite after training ({', '.join(names[:4])}"
+                             f"{' ...' if len(names) > 4 else ''})")

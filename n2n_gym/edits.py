@@ -65,7 +65,9 @@ def layer_rules(arch: Architecture) -> list[LayerRules]:
 
 
 def shrunk_width(n: int, ratio: float, min_width: int = MIN_WIDTH) -> int:
-    return min(n, max(math.floor(n * ratio + 1e-9), min_width))
+    """``min(n, max(floor(n * ratio), min_width, 1))``: never wider than ``n``, never below 1
+    (a layer of width 0 does not exist; the env also refuses ``min_width < 1``)."""
+    return min(n, max(math.floor(n * ratio + 1e-9), min_width, 1))
 
 
 def apply_decisions(

@@ -14,6 +14,7 @@ from gymnasium import spaces
 
 from .arch import Architecture, ArchitectureError
 from .cache import NullCache, ResultCache
+from .checks import check_env_args, check_reset_options, check_start_architecture
 from .data import dataset_info, load_dataset
 from .edits import MIN_WIDTH, InvalidStudent, apply_decisions, layer_rules
 from .encoding import COLUMN, NUM_FEATURES, STAGES, static_features, width_scale
@@ -139,6 +140,11 @@ class N2NEnv(gym.Env):
             hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
                      for k in unknown]
             raise TypeError(f"N2NEnv got unknown argument(s) {', '.join(hints)}; valid arguments: {', '.join(valid)}")
+        check_env_args(teacher=teacher, dataset=dataset, protocol=protocol, ratios=ratios,
+                       start_architecture=start_architecture, teacher_checkpoint=teacher_checkpoint,
+                       teacher_recipe=teacher_recipe, penalty_horizon=penalty_horizon,
+                       episodes_per_update=episodes_per_update, min_width=min_width, eval_seed=eval_seed,
+                       data_root=data_root, device=device, cache=cache, progress=progress)
         _check_choice("stage", stage, STAGES)
         _check_choice("penalty", penalty, PENALTIES)
         _check_choice("illegal_action", illegal_action, ("noop", "invalid"))
@@ -148,6 +154,9 @@ class N2NEnv(gym.Env):
         self.stage, self.render_mode, self.illegal_action = stage, render_mode, illegal_action
         self.teacher_name, self.dataset_name = teacher, dataset
         self.data_info = dataset_info(dataset)
+        if self.data_info.num_classes < 2:
+            raise ValueError(f"dataset {dataset!r} has {self.data_info.num_classes} class(es); a classifier needs "
+                             "at least 2 (a one-class data set makes every reward meaningless)")
         self.teacher_architecture = teacher_architecture(teacher, self.data_info.input_shape, self.data_info.num_classes)
         self.start_architecture = _parse_start(start_architecture, self.teacher_architecture)
         self.ratios = _parse_ratios(ratios if ratios is not None else DEFAULT_RATIOS.get(stage), stage)
@@ -181,9 +190,10 @@ class N2NEnv(gym.Env):
 
     # ---- Gymnasium API -----------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        options = check_reset_options(options)
         super().reset(seed=seed)
-        options = options or {}
-        self._update = int(options.get("update", self._episodes // max(self.episodes_per_update, 1)))
+        update = options.get("update")
+        self._update = update if update is not None else self._episodes // self.episodes_per_update
         self._t = 0
         self._actions, self._decisions, self._illegal = [], [], []
         self._obs = self._static_obs.copy()
@@ -328,7 +338,7 @@ class N2NEnv(gym.Env):
         else:
             try:
                 arch = apply_decisions(self.start_architecture, self._decisions, self.min_width)
-            except InvalidStudent as exc:
+            except (InvalidStudent, ArchitectureError) as exc:  # a student problem: -1 with the reason
                 reason = str(exc)
         if arch is not None:
             result = ev.evaluate(arch, self.protocol, self.eval_seed)
@@ -404,14 +414,18 @@ def _parse_start(start, teacher: Architecture) -> Architecture:
     else:
         text = str(start)
         if not text.lstrip().startswith("{"):
-            with open(text) as f:
-                text = f.read()
-        arch = Architecture.from_json(text)
-    if arch.input_shape != teacher.input_shape or arch.num_classes != teacher.num_classes:
-        raise ValueError("start_architecture must have the teacher's input shape and number of classes")
-    if len(arch) > len(teacher) or any(not 0 <= l.origin < len(teacher) for l in arch.layers):
-        raise ValueError("start_architecture must descend from the teacher (every layer's origin a teacher layer); "
-                         "use the 'architecture' of an episode's final info")
+            try:
+                with open(text) as f:
+                    text = f.read()
+            except OSError as exc:
+                raise ValueError(f"start_architecture {text[:80]!r} is neither architecture JSON nor a readable "
+                                 f"file ({exc.strerror}); pass an Architecture, its JSON or the path to it") from None
+        try:
+            arch = Architecture.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and ArchitectureError are ValueErrors
+            raise ValueError(f"start_architecture is not valid architecture JSON ({type(exc).__name__}: {exc}); "
+                             "use Architecture.to_json() or an episode's info['architecture']") from None
+    check_start_architecture(arch, teacher)
     try:
         arch.shapes()
     except ArchitectureError as exc:

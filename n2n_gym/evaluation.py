@@ -2,12 +2,22 @@
 
 The result holds validation accuracy (what the reward uses), test accuracy (reported
 only), params, FLOPs (2 per MAC), the reward, validity with a reason, and seconds.
+
+Error contract (CompilerGym's): nothing that goes wrong with a student escapes
+:meth:`Evaluator.evaluate`. A student that cannot be built or take the teacher's weights,
+or whose distillation diverges (non-finite loss in an epoch, weights after training, or
+logits on the scored images; checked once per epoch / once per student, never per step)
+gets ``valid=False``, reward -1 and a ``reason`` naming the failure, cached like any
+result. Any other exception is scored the same way but warned about
+(:class:`StudentEvaluationWarning`, with the traceback) and not cached.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import traceback
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +26,7 @@ from .arch import Architecture, ArchitectureError
 from .build import build, inherit_weights
 from .cache import NullCache, ResultCache, cache_key
 from .data import Dataset
-from .distill import accuracy, distill, predict_logits
+from .distill import NonFiniteError, check_finite_weights, distill, predict_logits
 from .protocols import Protocol, get_protocol
 from .reward import n2n_reward
 from .teachers import Teacher
@@ -78,8 +88,22 @@ class Evaluator:
         hit = self.cache.get(key)
         if hit is not None:
             return dataclasses.replace(EvalResult(**hit), cached=True)
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            val_acc, test_acc = self._train_and_score(arch, protocol, seed)
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                val_acc, test_acc = self._train_and_score(arch, protocol, seed)
+        except STUDENT_ERRORS as exc:
+            # the student's own problem (diverged, cannot be built or inherit): a result like any other
+            result = EvalResult(False, _reason(exc), 0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
+            self.cache.put(key, result.to_dict())
+            return result
+        except Exception as exc:  # noqa: BLE001 - CompilerGym's contract: nothing escapes step()
+            # Unexpected (possibly a bug of ours, or a transient error such as out of memory):
+            # -1 with the reason and a warning holding the traceback, but not cached, so that
+            # fixing the cause is enough. The tests turn this warning into an error.
+            reason = _reason(exc)
+            warnings.warn(f"student evaluation failed unexpectedly, scored -1 ({reason}):\n"
+                          f"{traceback.format_exc()}", StudentEvaluationWarning, stacklevel=2)
+            return EvalResult(False, reason, 0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
         reward = n2n_reward(student_params=params, teacher_params=self.teacher.params,
                             student_accuracy=val_acc, teacher_accuracy=self.teacher.val_accuracy).value
         result = EvalResult(True, "", val_acc, test_acc, params, flops, reward, time.perf_counter() - start)
@@ -88,9 +112,13 @@ class Evaluator:
 
     def _train_and_score(self, arch: Architecture, protocol: Protocol, seed: int) -> tuple[float, float]:
         torch.manual_seed(seed)
-        student = build(arch, self.device)
-        if protocol.init == "inherit":
-            inherit_weights(student, self.teacher.module)
+        try:
+            student = build(arch, self.device)
+            if protocol.init == "inherit":
+                inherit_weights(student, self.teacher.module)
+        except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # shapes that do not fit the teacher
+            raise StudentBuildError(f"cannot build the student or inherit the teacher's weights: "
+                                    f"{type(exc).__name__}: {exc}") from exc
         x, _ = self._subset("train", protocol.train_images)
         logits = None
         if not protocol.augment:
@@ -100,5 +128,31 @@ class Evaluator:
         distill(student, self.teacher.module, self.data, x, epochs=protocol.epochs, batch_size=protocol.batch_size,
                 lr=protocol.lr, weight_decay=protocol.weight_decay, augment=protocol.augment,
                 generator=torch.Generator().manual_seed(seed), teacher_logits=logits)
+        check_finite_weights(student)
         val, test = self._subset("val", protocol.val_images), self._subset("test", protocol.test_images)
-        return accuracy(student, self.data, *val), accuracy(student, self.data, *test)
+        return self._accuracy(student, "validation", *val), self._accuracy(student, "test", *test)
+
+    def _accuracy(self, student: torch.nn.Module, split: str, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Top-1 accuracy; non-finite logits (weights finite, activations overflowing) fail it."""
+        if len(x) == 0:
+            raise ValueError(f"the {split} split of {self.data.variant} is empty: no accuracy to measure")
+        logits = predict_logits(student, self.data, x)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteError(f"the student's logits on the {split} images are not finite")
+        return float((logits.argmax(1) == y).float().mean())
+
+
+class StudentBuildError(RuntimeError):
+    """The student's modules cannot be built or cannot take the teacher's weights."""
+
+
+class StudentEvaluationWarning(RuntimeWarning):
+    """A student evaluation failed with an unexpected exception (scored -1, traceback in the message)."""
+
+
+#: Failures that are the student's own: scored -1 with the reason and cached like any result.
+STUDENT_ERRORS = (NonFiniteError, StudentBuildError, ArchitectureError)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

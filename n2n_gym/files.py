@@ -1,19 +1,40 @@
-"""Crash-safe file writes and hashing: a reader sees the old file or the new one, never half."""
+"""Crash-safe file writes and hashing: a reader sees the old file or the new one, never half.
+
+A write goes to ``<name>.tmp<pid>`` next to the target, is fsynced, then renamed over it.
+The temporary file is removed on any failure (full disk, kill by an exception, ...), and
+:func:`remove_stale_temps` removes those of processes that died (``kill -9``) before.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import os
 import pathlib
+import re
+
+_TMP = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")
 
 
 def _replace_atomically(path: pathlib.Path, write) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError | IsADirectoryError):
+            fix = ("free disk space or write elsewhere" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                   else "check the folder's permissions or write elsewhere")
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}; {fix}") from exc
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -21,9 +42,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` crash-safely. Serialised in memory first, so that a full disk is an
+    ``OSError`` naming ``path`` rather than a torch-internal error."""
     import torch
 
-    _replace_atomically(pathlib.Path(path), lambda f: torch.save(obj, f))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    _replace_atomically(pathlib.Path(path), lambda f: f.write(buf.getbuffer()))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """Remove the ``*.tmp<pid>`` files of :func:`atomic_write_text` / :func:`atomic_torch_save`
+    in ``folder`` whose process is gone (a run killed mid-write); returns what was removed."""
+    removed = []
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TMP.match(p.name)
+        if m and p.is_file() and (int(m["pid"]) == os.getpid() or not _pid_alive(int(m["pid"]))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def file_sha256(path: str | os.PathLike) -> str:

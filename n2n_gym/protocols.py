@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .checks import check_bool, check_choice, check_float, check_int
+
 
 @dataclass(frozen=True)
 class Protocol:
@@ -27,6 +29,20 @@ class Protocol:
     lr: float
     weight_decay: float
     augment: bool  # random crop (+ flip); teacher logits are then recomputed per batch
+
+    def __post_init__(self) -> None:
+        # checked here so that a bad protocol fails where it is written, not after a student trained
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"Protocol name must be a non-empty str, got {self.name!r}")
+        check_choice("Protocol init", self.init, ("inherit", "random"))
+        check_int("Protocol epochs", self.epochs, min=1)
+        for field in ("train_images", "val_images", "test_images"):
+            if getattr(self, field) is not None:
+                check_int(f"Protocol {field}", getattr(self, field), min=1)
+        check_int("Protocol batch_size", self.batch_size, min=1)
+        check_float("Protocol lr", self.lr, min=0.0, min_open=True)
+        check_float("Protocol weight_decay", self.weight_decay, min=0.0)
+        check_bool("Protocol augment", self.augment)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -42,6 +58,8 @@ PROTOCOLS: dict[str, Protocol] = {
 def get_protocol(protocol: "str | Protocol") -> Protocol:
     if isinstance(protocol, Protocol):
         return protocol
+    if not isinstance(protocol, str):
+        raise TypeError(f"protocol must be one of {sorted(PROTOCOLS)} or a Protocol, got {type(protocol).__name__}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)} or pass a Protocol")
     return PROTOCOLS[protocol]

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from .checks import check_float
+
 PENALTIES = ("anneal", "hard")
 
 
@@ -26,17 +28,35 @@ class Constraint:
     bound: float
     name: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.coefficients, Mapping) or not self.coefficients:
+            raise TypeError(f"Constraint coefficients must be a non-empty dict property -> number, "
+                            f"got {self.coefficients!r}")
+        for prop, c in self.coefficients.items():
+            check_float(f"Constraint coefficient of {prop!r}", c)
+        check_float("Constraint bound", self.bound)
+
     @classmethod
     def max_params(cls, n: float) -> "Constraint":
-        return cls({"params": 1.0}, float(n), f"params <= {n:,.0f}")
+        """``params <= n``; ``n`` a positive count of parameters."""
+        n = check_float("max_params", n, min=0.0, min_open=True)
+        return cls({"params": 1.0}, n, f"params <= {n:,.0f}")
 
     @classmethod
     def max_flops(cls, n: float) -> "Constraint":
-        return cls({"flops": 1.0}, float(n), f"flops <= {n:,.0f}")
+        """``flops <= n``; ``n`` a positive count of FLOPs (2 per multiply-accumulate)."""
+        n = check_float("max_flops", n, min=0.0, min_open=True)
+        return cls({"flops": 1.0}, n, f"flops <= {n:,.0f}")
 
     @classmethod
     def min_accuracy(cls, a: float) -> "Constraint":
-        return cls({"accuracy": -1.0}, -float(a), f"accuracy >= {a}")
+        """``accuracy >= a``; ``a`` a validation accuracy, a fraction in [0, 1]."""
+        a = check_float("min_accuracy", a)
+        if 1.0 < a <= 100.0:
+            raise ValueError(f"min_accuracy is a fraction in [0, 1], got {a:g}: did you mean {a / 100:g} "
+                             f"({a:g} %)?")
+        a = check_float("min_accuracy", a, min=0.0, max=1.0)
+        return cls({"accuracy": -1.0}, -a, f"accuracy >= {a}")
 
     def value(self, props: Mapping[str, float]) -> float:
         missing = set(self.coefficients) - set(props)

@@ -95,8 +95,16 @@ class Teacher:
 @contextlib.contextmanager
 def _file_lock(path: pathlib.Path):
     """One process trains a given teacher; the others wait and then load it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")  # "a": never truncates another process's lock file
+    except OSError as exc:
+        if path.with_suffix(".pt").is_file():  # a read-only cache that holds the teacher: nothing to write
+            yield
+            return
+        raise OSError(exc.errno, f"cannot create the teacher lock file {path} ({exc.strerror}): the teacher cache "
+                                 f"is not writable; point N2N_CACHE at a writable folder") from exc
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
