@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import pathlib
 import platform
@@ -115,6 +116,168 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike], *, stri
     for p in paths:
         out.extend(iter_records(p, strict=strict))
     return out
+
+
+def scan_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[tuple[str, dict | None, str]]:
+    """Every non-empty line of the JSONL files as ``(where, record, error)``: ``where`` is
+    ``path#line``; ``record`` is None and ``error`` says why when the line is cut, is not
+    JSON or not a JSON object, or the file cannot be read. Readers that must not pass
+    damage silently (``validate``, the leaderboard) use this instead of :func:`read_records`."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for path in paths:
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            yield f"{path}", None, f"cannot read the file: {exc.strerror or exc}"
+            continue
+        with f:
+            for n, raw in enumerate(f, 1):
+                text = raw.strip()
+                if not text:
+                    continue
+                try:
+                    record = json.loads(text)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    yield f"{path}#{n}", None, f"not valid JSON (a line cut by a kill?): {exc}"
+                    continue
+                if not isinstance(record, dict):
+                    yield f"{path}#{n}", None, f"not a JSON object but {type(record).__name__}"
+                    continue
+                yield f"{path}#{n}", record, ""
+
+
+def _nonfinite(value, where: str = "") -> list[str]:
+    """Paths of the NaN / infinite floats in ``value`` (json.loads accepts NaN and Infinity)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [where or "."]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _nonfinite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nonfinite(v, f"{where}[{i}]")]
+    return []
+
+
+def _is_int(v, minimum: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _rel_close(a: float, b: float, tol: float = 1e-12) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
+
+
+def record_errors(record: dict) -> list[str]:
+    """What a record asserts that contradicts itself, without replaying anything: the schema,
+    non-finite values, the types of agent / seed / teacher, the budget counts, the anytime
+    curve, the table of evaluated students (columns, indices, duplicate students, each
+    row's reward recomputed with :func:`n2n_gym.reward.n2n_reward` and its compression)
+    and the best student against that table. Empty when consistent."""
+    from n2n_gym.reward import n2n_reward
+
+    errors = schema_errors(record)
+    if errors:
+        return errors
+    bad = _nonfinite(record)
+    if bad:
+        return [f"non-finite value(s) at {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"]
+    if not isinstance(record["agent"], str) or not record["agent"]:
+        errors.append(f"agent {record['agent']!r} is not a name")
+    for name in ("seed", "eval_seed"):
+        if not _is_int(record[name]):
+            errors.append(f"{name} {record[name]!r} is not an integer >= 0")
+    teacher = record["teacher"] if isinstance(record["teacher"], dict) else {}
+    sha = teacher.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        errors.append(f"teacher.sha256 is missing or not a sha256 ({sha!r}): the teacher cannot be checked")
+    t_acc, t_params = teacher.get("val_accuracy"), teacher.get("params")
+    if not (_is_num(t_acc) and 0 < t_acc <= 1):
+        errors.append(f"teacher.val_accuracy {t_acc!r} is not a fraction in (0, 1]")
+    if not _is_int(t_params, 1):
+        errors.append(f"teacher.params {t_params!r} is not a positive integer")
+    best, budget = record["best"], record["budget"] if isinstance(record["budget"], dict) else {}
+    if not _is_num(best.get("reward")):
+        errors.append(f"best.reward {best.get('reward')!r} is not a number")
+    if not isinstance(best.get("actions"), list) or not all(_is_int(a) for a in best["actions"]):
+        errors.append("best.actions is not a list of actions (integers >= 0)")
+
+    counts = {k: budget.get(k) for k in ("requested", "evaluations", "episodes", "env_steps", "cached_episodes",
+                                         "invalid_episodes")}
+    wrong = [k for k, v in counts.items() if not _is_int(v)]
+    if wrong:
+        return errors + [f"budget.{', budget.'.join(wrong)} missing or not integers >= 0"]
+    ev, ep = counts["evaluations"], counts["episodes"]
+    if ev > counts["requested"]:
+        errors.append(f"budget: {ev} evaluations exceed the {counts['requested']} requested")
+    if ev > ep or ev + counts["cached_episodes"] + counts["invalid_episodes"] < ep:
+        errors.append(f"budget: {ev} evaluations, {counts['cached_episodes']} cached and "
+                      f"{counts['invalid_episodes']} invalid episodes do not add up to {ep} episodes")
+    if counts["env_steps"] < ep:
+        errors.append(f"budget: {counts['env_steps']} env steps for {ep} episodes")
+    if budget.get("stop_reason") == "budget" and ev < counts["requested"]:
+        errors.append(f"budget: stop_reason 'budget' after {ev} of {counts['requested']} evaluations")
+
+    curve = (record["curve"] or {}).get("best_reward") if isinstance(record["curve"], dict) else None
+    if not isinstance(curve, list) or not all(_is_num(c) for c in curve):
+        return errors + ["curve.best_reward is not a list of numbers"]
+    if len(curve) != ev:
+        errors.append(f"the anytime curve has {len(curve)} points for {ev} evaluations")
+    if any(b < a for a, b in zip(curve, curve[1:])):
+        errors.append("the anytime curve (best reward so far) decreases")
+    if curve and _is_num(best.get("reward")) and not _rel_close(curve[-1], best["reward"]):
+        errors.append(f"the anytime curve ends at {curve[-1]!r}, not at the best reward {best['reward']!r}")
+
+    students = record["students"] if isinstance(record["students"], dict) else {}
+    if students.get("columns") != list(STUDENT_COLUMNS):
+        return errors + [f"students.columns {students.get('columns')!r} are not {list(STUDENT_COLUMNS)}"]
+    rows = students.get("data")
+    if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == len(STUDENT_COLUMNS) for r in rows):
+        return errors + [f"students.data is not a list of rows of {len(STUDENT_COLUMNS)} values"]
+    if len(rows) != ev:
+        errors.append(f"the students table has {len(rows)} rows for {ev} evaluations")
+    col = {c: i for i, c in enumerate(STUDENT_COLUMNS)}
+    seen: dict[str, int] = {}
+    constrained = bool((record["env_kwargs"] or {}).get("constraints")) if isinstance(record["env_kwargs"], dict) \
+        else False
+    for i, row in enumerate(rows, 1):
+        r = dict(zip(STUDENT_COLUMNS, row))
+        if r["evaluation"] != i:
+            errors.append(f"student row {i}: evaluation index {r['evaluation']!r}, expected {i}")
+        if not (_is_int(r["params"], 1) and _is_num(r["reward"]) and _is_num(r["accuracy"])):
+            errors.append(f"student row {i}: params / reward / accuracy are not numbers")
+            continue
+        if r["arch_hash"] in seen:
+            errors.append(f"student row {i} duplicates row {seen[r['arch_hash']]} (arch {str(r['arch_hash'])[:12]}): "
+                          f"a student is evaluated once per run")
+        seen.setdefault(r["arch_hash"], i)
+        if _is_int(t_params, 1) and _is_num(r["compression"]) and not _rel_close(r["compression"],
+                                                                                t_params / r["params"]):
+            errors.append(f"student row {i}: compression {r['compression']!r} is not teacher params / params "
+                          f"({t_params / r['params']!r})")
+        if not constrained and _is_num(t_acc) and t_acc > 0 and _is_int(t_params, 1):
+            want = n2n_reward(student_params=r["params"], teacher_params=t_params, student_accuracy=r["accuracy"],
+                              teacher_accuracy=t_acc).value
+            if not _rel_close(r["reward"], want):
+                errors.append(f"student row {i}: reward {r['reward']!r} is not R = Rc * Ra = {want!r} of its params "
+                              f"and accuracy")
+    rewards = [r[col["reward"]] for r in rows if _is_num(r[col["reward"]])]
+    running = -math.inf
+    for i, (c, rw) in enumerate(zip(curve, rewards), 1):
+        running = max(running, rw)
+        if c < running:
+            errors.append(f"the anytime curve at evaluation {i} ({c!r}) is below the student reward {running!r}")
+            break
+    h = best.get("arch_hash")
+    if h in seen and _is_num(best.get("reward")) and not constrained:
+        got = rows[seen[h] - 1][col["reward"]]
+        if got != best["reward"]:
+            errors.append(f"best.reward {best['reward']!r} differs from its student row's {got!r}")
+    if rewards and not constrained and _is_num(best.get("reward")) and max(rewards) > best["reward"]:
+        errors.append(f"a student row has reward {max(rewards)!r}, above best.reward {best['reward']!r}")
+    return errors
 
 
 def schema_errors(record: dict) -> list[str]:

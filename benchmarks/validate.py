@@ -1,9 +1,12 @@
-"""Replay and re-check benchmark records: ``n2n-gym validate RESULTS... [--tolerance 1e-6]``.
+"""Replay and re-check benchmark records: ``n2n-gym validate RESULTS... [--tolerance 1e-9]``.
 
-For every record of the results files (CompilerGym's ``validate`` idea):
+For every line of the results files (CompilerGym's ``validate`` idea):
 
-1. the record follows the schema (``benchmarks/records.py``) and its anytime curve ends at
-   its best reward;
+0. a line that is cut (a kill mid-write), not JSON or a repeated run id fails;
+1. the record is consistent in itself (``records.record_errors``): schema, no NaN/inf,
+   a known agent, seeds, teacher sha256 present, budget counts that add up, the anytime
+   curve, the students table (no duplicate student, each row's reward recomputed by the
+   reward function, compression) and the best student against that table;
 2. a fresh env is made: ``gym.make(env_id, **env_kwargs, **best.replay,
    protocol=record protocol, eval_seed=record eval seed, cache=False)`` (``best.replay``:
    the stage, ratio table and start architecture of the episode that found the best
@@ -13,7 +16,9 @@ For every record of the results files (CompilerGym's ``validate`` idea):
    canonical hash of the record's architecture (and of ``best.arch_hash``);
 4. the student is trained and scored again (``cache=False``: really recomputed, with the
    record's torch thread count) and its reward, validation and test accuracy, params and
-   FLOPs must match the record within ``--tolerance``.
+   FLOPs must match the record within ``--tolerance`` (absolute; default 1e-9: on the same
+   kind of machine a replay reproduces the floats exactly); so must the teacher's sha256,
+   params, FLOPs and validation / test accuracy.
 
 One ``PASS``/``FAIL`` line per record; the exit status is 1 if any record fails, 2 if
 there was no record. Editing a record's reward, actions or architecture makes it fail.
@@ -28,7 +33,9 @@ import math
 import sys
 from typing import Any
 
-from n2n_gym.benchmarks.records import read_records, schema_errors
+from n2n_gym.benchmarks.records import record_errors, scan_records
+
+DEFAULT_TOLERANCE = 1e-9
 
 
 @contextlib.contextmanager
@@ -56,20 +63,21 @@ def _hash(arch_json: str | None) -> str | None:
     return Architecture.from_json(arch_json).canonical_hash() if arch_json else None
 
 
-def check_record(record: dict, tolerance: float = 1e-6, device: str = "cpu", threads: int | None = None) -> list[str]:
+def check_record(record: dict, tolerance: float = DEFAULT_TOLERANCE, device: str = "cpu", threads: int | None = None) -> list[str]:
     """The reasons ``record`` fails validation (empty: it passes)."""
     import gymnasium as gym
 
     import n2n_gym
     from n2n_gym.arch import ArchitectureError
 
-    errors = schema_errors(record)
+    errors = record_errors(record)
     if errors:
         return errors
+    from n2n_gym.benchmarks.runner import AGENTS
+
+    if record["agent"] not in AGENTS:
+        errors.append(f"unknown agent {record['agent']!r} (agents: {', '.join(AGENTS)})")
     best, budget = record["best"], record.get("budget") or {}
-    curve = (record.get("curve") or {}).get("best_reward") or []
-    if curve and not _close(max(curve), best["reward"], tolerance):
-        errors.append(f"the anytime curve peaks at {max(curve):.6f}, not at the best reward {best['reward']:.6f}")
     if record["env_id"] not in gym.registry:
         return errors + [f"unknown env {record['env_id']!r} (n2n-gym {n2n_gym.__version__})"]
     version = gym.spec(record["env_id"]).version
@@ -105,10 +113,7 @@ def check_record(record: dict, tolerance: float = 1e-6, device: str = "cpu", thr
                 return errors + [f"the episode did not end after the {len(actions)} recorded actions"]
     finally:
         env.close()
-    teacher_sha = (record.get("teacher") or {}).get("sha256")
-    if teacher_sha and info.get("teacher_sha256") != teacher_sha:
-        errors.append(f"the teacher differs (sha256 {str(info.get('teacher_sha256'))[:12]} vs the record's "
-                      f"{teacher_sha[:12]}): train it with the record's recipe or pass its checkpoint")
+    errors += teacher_errors(record, info, tolerance)
     if _hash(info.get("architecture")) != recorded_hash:
         errors.append("the replayed actions give a different architecture than the recorded one")
     checks = (("reward", reward, best["reward"]), ("val accuracy", info.get("accuracy"), best.get("accuracy")),
@@ -124,6 +129,23 @@ def check_record(record: dict, tolerance: float = 1e-6, device: str = "cpu", thr
     return errors
 
 
+def teacher_errors(record: dict, info: dict, tolerance: float) -> list[str]:
+    """The replayed env's teacher against the record's: sha256, params, FLOPs, accuracies."""
+    teacher = record.get("teacher") or {}
+    errors = []
+    if info.get("teacher_sha256") != teacher.get("sha256"):
+        errors.append(f"the teacher differs (sha256 {str(info.get('teacher_sha256'))[:12]} vs the record's "
+                      f"{str(teacher.get('sha256'))[:12]}): train it with the record's recipe or pass its checkpoint")
+        return errors  # another teacher: its numbers differ too, say it once
+    for name, key in (("params", "teacher_params"), ("flops", "teacher_flops")):
+        if teacher.get(name) is not None and info.get(key) != teacher[name]:
+            errors.append(f"teacher {name} {info.get(key)!r} != recorded {teacher[name]!r}")
+    for name, key in (("val_accuracy", "teacher_accuracy"), ("test_accuracy", "teacher_test_accuracy")):
+        if teacher.get(name) is not None and not _close(info.get(key), teacher[name], tolerance):
+            errors.append(f"teacher {name} {info.get(key)!r} != recorded {teacher[name]!r} (tolerance {tolerance:g})")
+    return errors
+
+
 def describe(record: dict) -> str:
     best = record.get("best") or {}
     reward = best.get("reward")
@@ -131,31 +153,53 @@ def describe(record: dict) -> str:
     return f"{record.get('env_id')} {record.get('agent')} seed {record.get('seed')} reward {r}"
 
 
-def validate_file(paths: list[str], tolerance: float = 1e-6, device: str = "cpu", threads: int | None = None,
-                  out=None) -> tuple[int, int]:
-    """Check every record of ``paths``; returns (passed, failed)."""
+def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device: str = "cpu",
+                  threads: int | None = None, out=None) -> tuple[int, int]:
+    """Check every line of ``paths``; returns (passed, failed). A line that cannot be read
+    as a record, or repeats an earlier record's run id, fails."""
     out = out or sys.stdout
     passed = failed = 0
-    for path in paths:
-        for i, record in enumerate(read_records(path), 1):
+    seen: dict[str, str] = {}
+    for where, record, problem in scan_records(paths):
+        if record is None:
+            failed += 1
+            print(f"FAIL {where}: {problem}", file=out, flush=True)
+            continue
+        rid = record.get("run_id")
+        if isinstance(rid, str) and rid in seen:
+            errors = [f"duplicate of {seen[rid]} (same run_id {rid})"]
+        else:
+            if isinstance(rid, str):
+                seen[rid] = where
             try:
                 errors = check_record(record, tolerance, device, threads)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - one bad record must not stop the others
                 errors = [f"{type(exc).__name__}: {exc}"]
-            where = f"{path}#{i}"
-            if errors:
-                failed += 1
-                print(f"FAIL {where} {describe(record)}: " + "; ".join(errors), file=out, flush=True)
-            else:
-                passed += 1
-                print(f"PASS {where} {describe(record)}", file=out, flush=True)
+        if errors:
+            failed += 1
+            print(f"FAIL {where} {describe(record)}: " + "; ".join(errors), file=out, flush=True)
+        else:
+            passed += 1
+            print(f"PASS {where} {describe(record)}", file=out, flush=True)
     return passed, failed
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="n2n-gym validate", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="JSONL results files of n2n-gym bench")
-    p.add_argument("--tolerance", type=float, default=1e-6, help="absolute tolerance on reward and accuracies")
+    p.add_argument("--tolerance", type=_tolerance, default=DEFAULT_TOLERANCE,
+                   help="absolute tolerance on rewards and accuracies (default %(default)g: a replay on the same "
+                        "kind of machine is exact)")
     p.add_argument("--device", default="cpu", help="device of the re-evaluation (default cpu)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the re-evaluation (default: the record's budget.torch_threads)")

@@ -125,19 +125,19 @@ def check_start_architecture(arch, teacher) -> None:
     for i, layer in enumerate(arch.layers):
         o = layer.origin
         if not isinstance(o, int) or not 0 <= o < len(teacher.layers):
-            raise ValueError(f"start_architecture layer {i}: origin {o!r} is not a layer of the teacher "
+            raise ValueError(f"start_architecture does not descend from the teacher: layer {i}: origin {o!r} is not a layer of the teacher "
                              f"(0..{len(teacher.layers) - 1}); {fix}")
         if o <= previous:
-            raise ValueError(f"start_architecture layer {i}: origin {o} does not follow origin {previous} "
+            raise ValueError(f"start_architecture does not descend from the teacher: layer {i}: origin {o} does not follow origin {previous} "
                              f"(layers must keep the teacher's order); {fix}")
         previous = o
         t = teacher.layers[o]
         for field in ("kind", "role", "block", "kernel", "stride", "padding"):
             if getattr(layer, field) != getattr(t, field):
-                raise ValueError(f"start_architecture layer {i}: {field} {getattr(layer, field)!r} differs from "
+                raise ValueError(f"start_architecture does not descend from the teacher: layer {i}: {field} {getattr(layer, field)!r} differs from "
                                  f"its origin, teacher layer {o} ({getattr(t, field)!r}); {fix}")
         if layer.has_weights and layer.out > t.out:
-            raise ValueError(f"start_architecture layer {i}: width {layer.out} exceeds its origin's "
+            raise ValueError(f"start_architecture does not descend from the teacher: layer {i}: width {layer.out} exceeds its origin's "
                              f"(teacher layer {o}: {t.out}); a student is never wider than its teacher")
     if len(arch.layers) == 0 or arch.layers[-1].origin != len(teacher.layers) - 1:
         raise ValueError(f"start_architecture must end with the teacher's classifier (layer {len(teacher.layers) - 1}); "
