@@ -40,7 +40,7 @@ import warnings
 from collections import defaultdict
 from typing import Any, Iterable
 
-from n2n_gym.benchmarks.records import FLOP_CONVENTION, accuracy_drop, read_records
+from n2n_gym.benchmarks.records import FLOP_CONVENTION, accuracy_drop, record_errors, scan_records
 
 CSV_COLUMNS = (
     "env_id", "env_version", "protocol", "rank", "agent", "stage", "seeds", "best_reward_mean", "best_reward_std",
@@ -76,11 +76,26 @@ def load_wandb(project: str) -> list[dict]:
     return records
 
 
-def load(paths: Iterable[str | os.PathLike], wandb_project: str | None = None) -> list[dict]:
-    """Records of local JSONL files (+ a W&B project), one per run id."""
-    records = read_records(list(paths))
+def load(paths: Iterable[str | os.PathLike], wandb_project: str | None = None,
+         skipped: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Records of local JSONL files (+ a W&B project), one per run id. Lines that are cut,
+    fail the schema or contradict themselves (``records.record_errors``: NaN rewards, ...)
+    are left out and appended to ``skipped`` as ``(where, why)``."""
+    skipped = skipped if skipped is not None else []
+    records = []
+    for where, record, problem in scan_records(list(paths)):
+        errors = [problem] if record is None else record_errors(record)
+        if errors:
+            skipped.append((where, "; ".join(errors)))
+        else:
+            records.append(record)
     if wandb_project:
-        records += load_wandb(wandb_project)
+        for i, record in enumerate(load_wandb(wandb_project), 1):
+            errors = record_errors(record)
+            if errors:
+                skipped.append((f"wandb:{wandb_project}#{i}", "; ".join(errors)))
+            else:
+                records.append(record)
     seen, out = set(), []
     for r in records:
         rid = r.get("run_id")
@@ -477,7 +492,13 @@ def run_args(args: argparse.Namespace) -> int:
     """Run the parsed arguments of :func:`build_parser` (for a CLI with subcommands)."""
     if not args.results and not args.wandb_project:
         raise SystemExit("give results files and/or --wandb-project")
-    records = load(args.results, args.wandb_project)
+    skipped: list[tuple[str, str]] = []
+    records = load(args.results, args.wandb_project, skipped)
+    for where, why in skipped:
+        print(f"skipped {where}: {why}", file=sys.stderr)
+    if skipped:
+        print(f"skipped {len(skipped)} record(s) that fail the schema or their own checks "
+              f"(n2n-gym validate says more)", file=sys.stderr)
     if not records:
         print("no records found", file=sys.stderr)
         return 2

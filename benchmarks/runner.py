@@ -141,7 +141,7 @@ def run_n2n(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None,
                              f"got {sorted(unknown | (set(hparams) & set(_N2N_SKIP)))}")
         stages = hparams.pop("stages", stage or "remove,shrink")
         args = Args(env_id=env_id, env_kwargs=kwargs, protocol=protocol, seed=seed, device=device, stages=stages,
-                    progress=False, **{k: v for k, v in hparams.items() if k != "updates"})
+                    progress=False, updates="1", **{k: v for k, v in hparams.items() if k != "updates"})  # set below
         stage_list = args.stage_list()
         rollouts = max(args.rollouts, 1)
         last = math.ceil(tracker.max_episodes / rollouts) + 1

@@ -71,7 +71,9 @@ class N2NEnv(gym.Env):
     0 on every intermediate step. On the last step ``R = Rc * Ra`` with
     ``C = 1 - params_student / params_teacher``, ``Rc = C (2 - C)``,
     ``Ra = val_acc_student / val_acc_teacher``, always relative to the original teacher;
-    -1 for an invalid student (cannot be built, or not smaller than the teacher).
+    -1 for an invalid student (cannot be built, not smaller than the teacher, or its
+    distillation diverged: non-finite loss, weights or logits), with ``info["reason"]``;
+    nothing that goes wrong with a student raises from ``step()`` (CompilerGym's contract).
     Violated ``constraints`` are penalised (``penalty``: N2N's annealed penalty or -1).
 
     ## Starting State
@@ -99,7 +101,13 @@ class N2NEnv(gym.Env):
       ``Constraint`` rows; ``penalty``: "anneal" | "hard"; ``penalty_horizon`` (updates);
       ``episodes_per_update``: how episodes map to N2N's update index (override per
       episode with ``reset(options={"update": u})``).
-    - ``illegal_action``: "noop" | "invalid". ``min_width``: floor on shrunk widths.
+    - ``illegal_action``: "noop" | "invalid". ``min_width``: floor on shrunk widths (int >= 1).
+    - ``reset(options=...)``: only ``{"update": u}`` (int >= 0); another key is a ``ValueError``.
+
+    Every argument is checked at construction (``gym.make``): a wrong type raises
+    ``TypeError``, a value out of range (``min_width=0``, ``min_accuracy=95`` instead of
+    0.95, a ``start_architecture`` that does not descend from the teacher layer by layer,
+    a one-class data set, ...) ``ValueError``, each naming the argument and the fix.
     - ``data_root`` (default ``$N2N_DATA``), ``device`` ("auto", "cpu", "cuda"),
       ``cache`` (True: the shared SQLite cache, a path, or False), ``render_mode``
       ("ansi"), ``progress`` (show teacher training progress).
@@ -394,16 +402,17 @@ def _cuda_available() -> bool:
 
 
 def _parse_ratios(ratios, stage: str) -> tuple[float, ...]:
-    if stage == "remove":
-        return (1.0,)
-    if isinstance(ratios, str):
+    if ratios is None:
+        table = (1.0,)
+    elif isinstance(ratios, str):
         if ratios not in RATIO_TABLES:
             raise ValueError(f"ratios must be one of {sorted(RATIO_TABLES)} or a sequence of floats, got {ratios!r}")
-        return RATIO_TABLES[ratios]
-    table = tuple(float(r) for r in ratios)
+        table = RATIO_TABLES[ratios]
+    else:
+        table = tuple(float(r) for r in ratios)
     if not table or any(not 0 < r <= 1 for r in table) or 1.0 not in table:
         raise ValueError(f"ratios must be values in (0, 1] including 1.0, got {table}")
-    return table
+    return (1.0,) if stage == "remove" else table  # checked even where unused: a bad table is a mistake
 
 
 def _parse_start(start, teacher: Architecture) -> Architecture:
