@@ -91,9 +91,9 @@ def load(paths: Iterable[str | os.PathLike], wandb_project: str | None = None,
             records.append(record)
     if wandb_project:
         for i, record in enumerate(load_wandb(wandb_project), 1):
-            errors = record_errors(record)
+            errors = record_errors(record, students=False)  # W&B summaries hold no students table
             if errors:
-                skipped.append((f"wandb:{wandb_project}#{i}", "; ".join(errors)))
+                skipped.append((record.get("source") or f"wandb:{wandb_project}#{i}", "; ".join(errors)))
             else:
                 records.append(record)
     seen, out = set(), []

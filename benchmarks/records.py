@@ -170,12 +170,13 @@ def _rel_close(a: float, b: float, tol: float = 1e-12) -> bool:
     return math.isclose(float(a), float(b), rel_tol=tol, abs_tol=tol)
 
 
-def record_errors(record: dict) -> list[str]:
+def record_errors(record: dict, *, students: bool = True) -> list[str]:
     """What a record asserts that contradicts itself, without replaying anything: the schema,
     non-finite values, the types of agent / seed / teacher, the budget counts, the anytime
     curve, the table of evaluated students (columns, indices, duplicate students, each
     row's reward recomputed with :func:`n2n_gym.reward.n2n_reward` and its compression)
-    and the best student against that table. Empty when consistent."""
+    and the best student against that table (``students=False``: records without their
+    table, as logged to W&B). Empty when consistent."""
     from n2n_gym.reward import n2n_reward
 
     errors = schema_errors(record)
@@ -230,6 +231,8 @@ def record_errors(record: dict) -> list[str]:
     if curve and _is_num(best.get("reward")) and not _rel_close(curve[-1], best["reward"]):
         errors.append(f"the anytime curve ends at {curve[-1]!r}, not at the best reward {best['reward']!r}")
 
+    if not students:
+        return errors
     students = record["students"] if isinstance(record["students"], dict) else {}
     if students.get("columns") != list(STUDENT_COLUMNS):
         return errors + [f"students.columns {students.get('columns')!r} are not {list(STUDENT_COLUMNS)}"]

@@ -7,6 +7,7 @@ import copy
 import csv
 import io
 import json
+import uuid
 import pathlib
 import signal
 import subprocess
@@ -142,6 +143,7 @@ def test_validate_passes_a_genuine_record(genuine, capsys):
 
 def _tampered(record: dict, what: str) -> dict:
     r = copy.deepcopy(record)
+    r["run_id"] = uuid.uuid4().hex  # another record, not a repeated one
     best = r["best"]
     if what == "reward":
         best["reward"] += 0.01
@@ -288,8 +290,9 @@ def test_leaderboard_renders_tables_and_plots(tmp_path, fmt, capsys):
 def test_leaderboard_skips_a_cut_line(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     path.write_bytes(FIXTURE_RECORDS.read_bytes() + b'{"format": "n2n-gym-bench", "env_id": "N2N-Di')
-    with pytest.warns(UserWarning):
-        assert leaderboard.main([str(path)]) == 0
+    assert leaderboard.main([str(path)]) == 0
+    n = len(FIXTURE_RECORDS.read_bytes().splitlines()) + 1
+    assert f"skipped {path}#{n}: not valid JSON" in capsys.readouterr().err
 
 
 def test_pareto_front():
