@@ -19,6 +19,8 @@ import random
 import sqlite3
 import threading
 import time
+import urllib.parse
+import warnings
 from typing import Any, Callable, Iterator, TypeVar
 
 __all__ = [
@@ -112,6 +114,7 @@ class ResultCache:
         self._conn: sqlite3.Connection | None = None
         self._pid: int | None = None
         self._closed = False
+        self.readonly = False  # True: opened read-only (see _open_readonly); put() stores nothing
         self._connection()  # open eagerly so errors surface at construction
 
     # ------------------------------------------------------------------ setup
@@ -136,10 +139,29 @@ class ResultCache:
             self._retry(lambda: self._init_schema(conn))
         except sqlite3.OperationalError as exc:
             conn.close()
-            raise self._unusable(exc) from exc
+            readonly = self._open_readonly() if self.path.is_file() and not _is_lock_error(exc) else None
+            if readonly is None:
+                raise self._unusable(exc) from exc
+            return readonly
         except BaseException:
             conn.close()
             raise
+        return conn
+
+    def _open_readonly(self) -> sqlite3.Connection | None:
+        """A read-only cache (read-only folder or file system) still serves what it holds:
+        opened ``immutable`` (SQLite then needs no -shm/-wal file), new results are not
+        stored (warned once). None when the file cannot be read that way either."""
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("SELECT 1 FROM results LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            return None
+        self.readonly = True
+        warnings.warn(f"result cache {str(self.path)!r} is not writable: it serves the results it holds, new "
+                      f"results are not stored (make it writable, or set N2N_CACHE to a writable folder)",
+                      UserWarning, stacklevel=5)
         return conn
 
     def _unusable(self, exc: sqlite3.OperationalError) -> sqlite3.OperationalError:
@@ -216,6 +238,8 @@ class ResultCache:
     def put(self, key: str, value: dict) -> None:
         """Store ``value`` (JSON-serialised) under ``key``, replacing any old value."""
         blob = json.dumps(value)  # serialise first: a bad value never opens a transaction
+        if self.readonly:
+            return
         now = time.time()
 
         def _put(conn: sqlite3.Connection) -> None:

@@ -460,3 +460,64 @@ def test_leaderboard_skips_and_lists_records_with_nan_or_failing_schema(tmp_path
     assert f"skipped {path}#3: missing field" in captured.err
     assert f"skipped {path}#4: not valid JSON" in captured.err
     assert "skipped 3 record(s)" in captured.err
+
+
+_PLAY_CACHED = """
+import json, sys, warnings
+sys.path.insert(0, {tests!r})
+from conftest import make_digits_env
+env = make_digits_env(stage="remove")
+env.reset(seed=0)
+done = False
+while not done:
+    _, reward, done, _, info = env.step(1)
+print(json.dumps({{"reward": reward, "cached": info["cached"], "valid": info["valid"]}}))
+"""
+
+
+def _read_only_command(folder: pathlib.Path, view: pathlib.Path) -> list[str] | None:
+    """A command prefix that runs with ``folder`` read-only at ``view``: chmod for a normal
+    user; for root (whom chmod does not stop) a read-only bind mount in a private mount
+    namespace. None where neither is possible."""
+    import shutil
+
+    if os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "a-w", str(folder)], check=True)
+        view.symlink_to(folder)
+        return []
+    if shutil.which("unshare") is None:
+        return None
+    view.mkdir()
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro {folder} {view} && ! touch {view}/w"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        return None
+    return ["unshare", "-m", "sh", "-c", f'mount --bind -o ro {folder} {view} && exec "$@"', "sh"]
+
+
+def test_a_read_only_cache_serves_everything_it_holds(digits_teacher, n2n_cache_dir, tmp_path):
+    import shutil
+
+    from conftest import subprocess_env
+
+    cache = tmp_path / "cache"
+    shutil.copytree(n2n_cache_dir / "teachers", cache / "teachers",
+                    ignore=shutil.ignore_patterns("*.lock", "*.partial"))
+    script = _PLAY_CACHED.format(tests=str(pathlib.Path(__file__).parent))
+    env = subprocess_env(N2N_CACHE=str(cache))
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    want = json.loads(first.stdout.splitlines()[-1])
+    assert want["valid"] and not want["cached"]
+    before = sorted(p.relative_to(cache) for p in cache.rglob("*") if not p.name.endswith((".lock", "-wal", "-shm")))
+    prefix = _read_only_command(cache, tmp_path / "ro")
+    if prefix is None:
+        pytest.skip("cannot make a folder read-only here (root without mount namespaces)")
+    second = subprocess.run(prefix + [sys.executable, "-c", script], env=subprocess_env(N2N_CACHE=str(tmp_path / "ro")),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    got = json.loads(second.stdout.splitlines()[-1])
+    assert got == {**want, "cached": True}
+    assert "is not writable: it serves the results it holds" in second.stderr
+    after = sorted(p.relative_to(cache) for p in cache.rglob("*") if not p.name.endswith((".lock", "-wal", "-shm")))
+    assert after == before
