@@ -66,7 +66,9 @@ def check_float(name: str, value: Any, *, min: float | None = None, max: float |
 
 
 def check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, __import__("numpy").bool_)):
+    import numpy as np
+
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {_type_name(value)} {value!r}")
     return bool(value)
 

@@ -25,6 +25,7 @@ import torch
 from .arch import Architecture, ArchitectureError
 from .build import build, inherit_weights
 from .cache import NullCache, ResultCache, cache_key
+from .checks import check_start_architecture
 from .data import Dataset
 from .distill import NonFiniteError, check_finite_weights, distill, predict_logits
 from .protocols import Protocol, get_protocol
@@ -81,6 +82,12 @@ class Evaluator:
         if arch.input_shape != self.teacher.architecture.input_shape or arch.num_classes != self.teacher.architecture.num_classes:
             return EvalResult(False, "input shape or classes differ from the teacher's", 0.0, 0.0, params, flops, -1.0,
                               time.perf_counter() - start)
+        if protocol.init == "inherit":  # every layer must have a teacher layer to take its weights from
+            try:
+                check_start_architecture(arch, self.teacher.architecture)
+            except ValueError as exc:
+                return EvalResult(False, str(exc).replace("start_architecture", "the student", 1), 0.0, 0.0, params,
+                                  flops, -1.0, time.perf_counter() - start)
         if params >= self.teacher.params:
             return EvalResult(False, f"not smaller than the teacher ({params:,} >= {self.teacher.params:,} params)",
                               0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
@@ -116,7 +123,7 @@ class Evaluator:
             student = build(arch, self.device)
             if protocol.init == "inherit":
                 inherit_weights(student, self.teacher.module)
-        except (RuntimeError, ValueError, KeyError, IndexError) as exc:  # shapes that do not fit the teacher
+        except (RuntimeError, ArchitectureError) as exc:  # shapes that do not fit (torch's copy_ raises RuntimeError)
             raise StudentBuildError(f"cannot build the student or inherit the teacher's weights: "
                                     f"{type(exc).__name__}: {exc}") from exc
         x, _ = self._subset("train", protocol.train_images)

@@ -521,3 +521,13 @@ def test_a_read_only_cache_serves_everything_it_holds(digits_teacher, n2n_cache_
     assert "is not writable: it serves the results it holds" in second.stderr
     after = sorted(p.relative_to(cache) for p in cache.rglob("*") if not p.name.endswith((".lock", "-wal", "-shm")))
     assert after == before
+
+
+def test_evaluating_an_architecture_of_another_teacher_is_invalid_not_an_error(digits_teacher, digits_data):
+    from n2n_gym.evaluation import Evaluator
+
+    ev = Evaluator(digits_teacher, digits_data)
+    foreign = teacher_architecture("resnet20", (1, 8, 8), 10)
+    result = ev.evaluate(foreign, TINY)
+    assert not result.valid and result.reward == -1.0
+    assert result.reason.startswith("the student does not descend from the teacher: layer 1: role")
