@@ -279,8 +279,12 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     bar: Any = None
 
     def on_student(record: dict) -> None:
-        history_file.write(json.dumps(record) + "\n")
-        history_file.flush()
+        try:
+            history_file.write(json.dumps(record) + "\n")
+            history_file.flush()
+        except OSError as exc:  # e.g. a full disk: name the file; the students before it are kept
+            raise OSError(exc.errno, f"cannot append to {history_path}: {exc.strerror}; free disk space, then "
+                                     f"n2n-gym compress --resume {run_dir}") from exc
         bar.update(1)
         bar.set_postfix_str(f"stage {record['stage']}, update {record['update']}, best reward "
                             f"{search.best['reward']:.4f}")

@@ -219,7 +219,8 @@ def test_npz_round_trip_train_test(tmp_path: pathlib.Path) -> None:
     assert info.input_shape == (3, 6, 5) and info.num_classes == 4
     assert len(info.mean) == 3 and len(info.std) == 3
 
-    ds = D.load_dataset(name, val_fraction=0.25)
+    with pytest.warns(UserWarning, match=r"\{'validation': 30, 'test': 20\} hold fewer than 100 images"):
+        ds = D.load_dataset(name, val_fraction=0.25)
     assert ds.variant == f"npz:{(tmp_path / 'd.npz').resolve()}"
     assert ds.info == info
     assert torch.equal(ds.x_train, torch.from_numpy(xtr).permute(0, 3, 1, 2))
@@ -240,7 +241,8 @@ def test_npz_round_trip_x_y_only(tmp_path: pathlib.Path) -> None:
     name = _write_npz(tmp_path / "xy.npz", x=x, y=y)
     info = D.dataset_info(name)
     assert info.input_shape == (1, 4, 4) and info.num_classes == 5
-    ds = D.load_dataset(name)
+    with pytest.warns(UserWarning, match="too coarse to rank students"):
+        ds = D.load_dataset(name)
     assert len(ds.x_test) == 20 and len(ds.x_train) == 80
     assert torch.bincount(ds.y_test).tolist() == [4] * 5  # stratified 20 % test split
     # together the splits are the file's samples, each once
