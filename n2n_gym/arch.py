@@ -3,7 +3,8 @@
 This module is the bottom of the package and imports nothing of ours (and not torch).
 
 A network is a tuple of :class:`Layer`. BatchNorm and ReLU are folded into their conv or
-linear layer. Residual structure is explicit: consecutive layers that share a ``block``
+linear layer. ``gap`` is adaptive average pooling to a ``kernel`` x ``kernel`` output
+(``kernel=1``, the default: global average pooling; torchvision's VGG pools to 7x7). Residual structure is explicit: consecutive layers that share a ``block``
 id form one residual block, ``out = relu(body(x) + shortcut(x))``, where the body is the
 block's layers with ``role="body"`` applied in order and the shortcut is its one layer
 with ``role="shortcut"`` (a 1x1 projection conv) or the identity when it has none.
@@ -67,6 +68,8 @@ class Layer:
             )
         if self.kind in (MAXPOOL, AVGPOOL) and self.padding > self.kernel // 2:
             raise ArchitectureError(f"pooling padding {self.padding} exceeds half its kernel {self.kernel}")
+        if self.kind == GAP and (self.stride != 1 or self.padding != 0):
+            raise ArchitectureError("gap (adaptive average pooling) takes only its output side (kernel)")
         if self.role not in ("", BODY, SHORTCUT):
             raise ArchitectureError(f"unknown role {self.role!r}")
         if (self.block >= 0) != (self.role != ""):
@@ -178,8 +181,8 @@ class Architecture:
             ho = (h + 2 * layer.padding - layer.kernel) // layer.stride + 1
             wo = (w + 2 * layer.padding - layer.kernel) // layer.stride + 1
             out = (c, ho, wo)
-        elif layer.kind == GAP:
-            out = (c, 1, 1)
+        elif layer.kind == GAP:  # adaptive: the output side is the layer's kernel
+            out = (c, layer.kernel, layer.kernel)
         else:  # linear flattens its input
             out = (layer.out, 1, 1)
         if out[1] < 1 or out[2] < 1:

@@ -30,7 +30,7 @@ def _make_layer(layer, shape) -> nn.Module:
     elif layer.kind == MAXPOOL:
         return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
     elif layer.kind == GAP:
-        return nn.AdaptiveAvgPool2d(1)
+        return nn.AdaptiveAvgPool2d(layer.kernel)
     else:
         return nn.AvgPool2d(layer.kernel, layer.stride, layer.padding)
     if layer.relu:

@@ -5,6 +5,8 @@
 - ``n2n-gym compress``: the N2N search (``agents/n2n.py``: removal, then shrinkage), a
   final longer distillation of the best student, exports, a report and plots, all in a
   run folder; ``--resume`` continues a killed run without losing an evaluated student.
+  ``--model package.module:factory [--checkpoint weights.pt] --dataset npz:/path.npz``
+  compresses your own network instead of a zoo teacher (``N2N-Custom-v0``).
 
 Run folder of ``compress``::
 
@@ -101,6 +103,36 @@ def cmd_episode(ns: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- compress
+def _custom_teacher(ns: argparse.Namespace) -> None:
+    """``--model``/``--checkpoint``/``--dataset``: compress the user's network on N2N-Custom-v0.
+    The env gets the factory spec and the checkpoint's absolute path (JSON, so config.json
+    and --resume hold them); the model is imported once here so that an unsupported one is
+    refused before a run folder exists."""
+    if ns.checkpoint is not None and ns.model is None:
+        raise SystemExit("n2n-gym compress: --checkpoint goes with --model package.module:factory "
+                         "(a zoo env's teacher checkpoint is --env-kwargs '{\"teacher_checkpoint\": ...}')")
+    if ns.dataset is not None:
+        ns.env_kwargs = {**ns.env_kwargs, "dataset": ns.dataset}
+    if ns.model is None:
+        return
+    from n2n_gym.data import dataset_info
+    from n2n_gym.importer import import_teacher
+    from n2n_gym.registration import CUSTOM_ENV_ID
+
+    checkpoint = str(pathlib.Path(ns.checkpoint).resolve()) if ns.checkpoint else None
+    dataset = ns.env_kwargs.get("dataset", "digits")
+    try:
+        imported = import_teacher(ns.model, dataset_info(dataset), checkpoint)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"n2n-gym compress: {exc}") from None
+    print(f"imported {ns.model}: {len(imported.architecture)} layers, {imported.architecture.params:,} params, "
+          f"logits reproduced within {imported.max_abs_diff:.1e}" + "".join(f"; {n}" for n in imported.notes),
+          file=sys.stderr)
+    ns.env_id = CUSTOM_ENV_ID
+    ns.env_kwargs = {**ns.env_kwargs, "teacher_module": ns.model, "teacher_checkpoint": checkpoint,
+                     "dataset": dataset}
+
+
 def _run_dir(ns: argparse.Namespace) -> tuple[pathlib.Path, bool]:
     """(run folder, resuming?)."""
     if ns.resume is not None:
@@ -240,6 +272,8 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     from n2n_gym.students import export_student, save_student
 
     t_start = time.perf_counter()
+    if ns.resume is None:
+        _custom_teacher(ns)
     run_dir, resuming = _run_dir(ns)
     for stale in remove_stale_temps(run_dir):  # left by a run killed mid-write
         print(f"removed {stale}, a temporary file of an interrupted write", file=sys.stderr)
@@ -411,6 +445,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Adam lr of the final distillation (last third at lr/10) (default: %(default)s)")
     co.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                     help="write the torch.export and ONNX files (default: on)")
+    co.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                    help="compress your own network: a function or class returning the trained nn.Module "
+                         "(e.g. torchvision.models:resnet18; the current folder is importable); runs on "
+                         "N2N-Custom-v0, imported with torch.fx (n2n_gym.importer)")
+    co.add_argument("--checkpoint", default=None, metavar="WEIGHTS.pt",
+                    help="a state_dict to load into the --model network")
+    co.add_argument("--dataset", default=None, metavar="NAME",
+                    help="the env's data set: digits | mnist | cifar10 | cifar100 | svhn | npz:/path/file.npz "
+                         "(default: the env's; digits with --model)")
     from n2n_gym.agents.n2n import add_args
 
     add_args(co, skip=("env_id", "out", "save_policy"))

@@ -20,7 +20,7 @@ from .edits import MIN_WIDTH, InvalidStudent, apply_decisions, layer_rules
 from .encoding import COLUMN, NUM_FEATURES, STAGES, static_features, width_scale
 from .protocols import Protocol, get_protocol
 from .reward import PENALTIES, n2n_reward, parse_constraints
-from .teachers import Recipe, load_teacher
+from .teachers import Recipe, load_teacher, teacher_from_import
 from .zoo import teacher_architecture
 
 RATIO_TABLES: dict[str, tuple[float, ...]] = {
@@ -30,6 +30,7 @@ RATIO_TABLES: dict[str, tuple[float, ...]] = {
 }
 DEFAULT_RATIOS = {"shrink": "paper", "joint": "uniform"}
 KEEP, REMOVE = 0, 1  # the actions of stage "remove"
+CUSTOM_TEACHER = "custom"  # the teacher name of N2N-Custom-v0: the network is teacher_module
 
 
 class N2NEnv(gym.Env):
@@ -91,6 +92,13 @@ class N2NEnv(gym.Env):
     ## Arguments
     - ``teacher``: zoo name (``n2n_gym.zoo.TEACHERS``); ``dataset``: "digits", "mnist",
       "cifar10", "cifar100", "svhn" or "npz:/path/file.npz".
+    - ``teacher_module``: your own trained network instead of a zoo teacher (``N2N-Custom-v0``):
+      an ``nn.Module`` or a ``"package.module:factory"`` string (the factory is called with
+      torch seeded to 0; ``teacher_checkpoint`` then names a ``state_dict`` to load into it).
+      It is imported into the IR by ``n2n_gym.importer.import_module`` (torch.fx) on an
+      input of the data set's shape and must give the data set's number of classes; its
+      accuracies are measured on the env's splits; results are cached under the digest of
+      its architecture and weights.
     - ``stage``: "remove" | "shrink" | "joint". ``ratios``: "paper" | "uniform" | a tuple
       with 1.0 in it (default: "paper" for shrink, "uniform" for joint).
     - ``protocol``: "fast" (default) | "paper" | "tiny" | a ``Protocol``; ``eval_seed``.
@@ -128,6 +136,7 @@ class N2NEnv(gym.Env):
         ratios: str | Sequence[float] | None = None,
         start_architecture: Architecture | str | os.PathLike | None = None,
         teacher_checkpoint: str | os.PathLike | None = None,
+        teacher_module: Any = None,
         teacher_recipe: Recipe | dict | None = None,
         constraints: Any = None,
         penalty: str = "anneal",
@@ -165,7 +174,21 @@ class N2NEnv(gym.Env):
         if self.data_info.num_classes < 2:
             raise ValueError(f"dataset {dataset!r} has {self.data_info.num_classes} class(es); a classifier needs "
                              "at least 2 (a one-class data set makes every reward meaningless)")
-        self.teacher_architecture = teacher_architecture(teacher, self.data_info.input_shape, self.data_info.num_classes)
+        self._imported = None
+        if teacher_module is not None or teacher == CUSTOM_TEACHER:
+            from .importer import import_teacher
+
+            if teacher not in (CUSTOM_TEACHER, "digitsnet"):
+                raise ValueError(f"pass either a zoo teacher ({teacher!r}) or teacher_module, not both")
+            if teacher_module is None:
+                raise ValueError("N2N-Custom-v0 needs teacher_module=<your nn.Module or 'package.module:factory'>, "
+                                 "e.g. gym.make('N2N-Custom-v0', teacher_module=model, dataset='npz:/path/data.npz')")
+            self._imported = import_teacher(teacher_module, self.data_info, teacher_checkpoint)
+            self.teacher_name = self._imported.architecture.name
+            self.teacher_architecture = self._imported.architecture
+        else:
+            self.teacher_architecture = teacher_architecture(teacher, self.data_info.input_shape,
+                                                             self.data_info.num_classes)
         self.start_architecture = _parse_start(start_architecture, self.teacher_architecture)
         self.ratios = _parse_ratios(ratios if ratios is not None else DEFAULT_RATIOS.get(stage), stage)
         self.constraints = parse_constraints(constraints)
@@ -275,8 +298,11 @@ class N2NEnv(gym.Env):
             from .evaluation import Evaluator
 
             data = load_dataset(self.dataset_name, self.data_root).to(self.device)
-            teacher = load_teacher(self.teacher_name, data, checkpoint=self.teacher_checkpoint,
-                                   recipe=self.teacher_recipe, device=self.device, progress=self.progress)
+            if self._imported is not None:
+                teacher = teacher_from_import(self._imported, data, device=self.device)
+            else:
+                teacher = load_teacher(self.teacher_name, data, checkpoint=self.teacher_checkpoint,
+                                       recipe=self.teacher_recipe, device=self.device, progress=self.progress)
             if self._cache_arg is False:
                 cache = NullCache()
             else:

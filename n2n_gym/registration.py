@@ -23,7 +23,14 @@ ENVS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# your own network as the teacher: gym.make(CUSTOM_ENV_ID, teacher_module=model, dataset=...)
+CUSTOM_ENV_ID = "N2N-Custom-v0"
+
+
 def register_envs() -> None:
+    if CUSTOM_ENV_ID not in gym.registry:
+        gym.register(CUSTOM_ENV_ID, entry_point="n2n_gym.env:N2NEnv",
+                     kwargs={"teacher": "custom", "dataset": "digits"}, nondeterministic=False)
     for env_id, (teacher, dataset, _) in ENVS.items():
         if env_id not in gym.registry:
             gym.register(env_id, entry_point="n2n_gym.env:N2NEnv",

@@ -257,3 +257,26 @@ def _train(arch: Architecture, data: Dataset, recipe: Recipe, path: pathlib.Path
     model.eval()
     save_teacher(path, model, data, recipe)
     partial.unlink(missing_ok=True)
+
+
+def teacher_from_import(imported, data: Dataset, *, name: str = "", device: str | torch.device = "cpu",
+                        path: str = "") -> Teacher:
+    """A :class:`Teacher` from an ``n2n_gym.importer.ImportedModel`` (a user's ``nn.Module`` in
+    the IR): built on ``device``, frozen, its accuracies measured on ``data``'s validation and
+    test splits. Its ``sha256`` is the content digest of architecture + weights
+    (``ImportedModel.sha256``), so cache keys follow the weights, not a file or a name.
+
+    Raises ``ValueError`` if the model's input shape or number of classes is not the data set's.
+    """
+    arch = imported.architecture
+    if arch.input_shape != data.info.input_shape or arch.num_classes != data.info.num_classes:
+        raise ValueError(
+            f"the imported model takes {arch.input_shape} inputs and gives {arch.num_classes} classes, but the data "
+            f"set {data.info.name} has {data.info.input_shape} images in {data.info.num_classes} classes; "
+            "import it with an example input of the data set's shape and give it that many outputs")
+    module = imported.build(device)
+    with torch.random.fork_rng(devices=[]):
+        val_acc = accuracy(module, data, *data.split("val"))
+        test_acc = accuracy(module, data, *data.split("test"))
+    return Teacher(name or arch.name, arch, module, float(val_acc), float(test_acc), imported.sha256,
+                   data.variant, path)
