@@ -21,7 +21,12 @@ def __getattr__(name):
         from .students import load_student
 
         return load_student
+    if name in ("import_module", "UnsupportedModelError"):
+        from . import importer
+
+        return getattr(importer, name)
     raise AttributeError(f"module 'n2n_gym' has no attribute {name!r}")
 
 
-__all__ = ["Architecture", "Layer", "DEFAULT_ENV_ID", "ENVS", "FLOP_CONVENTION", "N2NEnv", "__version__"]
+__all__ = ["Architecture", "Layer", "DEFAULT_ENV_ID", "ENVS", "FLOP_CONVENTION", "N2NEnv", "__version__",
+           "import_module", "UnsupportedModelError"]

@@ -117,8 +117,10 @@ def _custom_teacher(ns: argparse.Namespace) -> None:
         return
     from n2n_gym.data import dataset_info
     from n2n_gym.importer import import_teacher
-    from n2n_gym.registration import CUSTOM_ENV_ID
+    from n2n_gym.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID
 
+    if ns.env_id not in (DEFAULT_ENV_ID, CUSTOM_ENV_ID):
+        raise SystemExit(f"n2n-gym compress: --model runs on {CUSTOM_ENV_ID}, not on --env {ns.env_id}; drop --env")
     checkpoint = str(pathlib.Path(ns.checkpoint).resolve()) if ns.checkpoint else None
     dataset = ns.env_kwargs.get("dataset", "digits")
     try:

@@ -409,6 +409,8 @@ class _Parser:
         """Conv layers from ``n`` on until an addition; (groups, the addition)."""
         groups = []
         while self.kind(n) != "add":
+            if self.kind(n) == "bn":
+                self.fail(n, "batch norm that does not directly follow a conv (e.g. pre-activation)")
             if self.kind(n) != "conv":
                 self.fail(n, "only conv (+BN +ReLU) layers may sit inside a residual block")
             g, last = self.conv_group(n)
