@@ -299,7 +299,8 @@ class N2NEnv(gym.Env):
 
             data = load_dataset(self.dataset_name, self.data_root).to(self.device)
             if self._imported is not None:
-                teacher = teacher_from_import(self._imported, data, device=self.device)
+                teacher = teacher_from_import(self._imported, data, device=self.device,
+                                              path=str(self.teacher_checkpoint or ""))
             else:
                 teacher = load_teacher(self.teacher_name, data, checkpoint=self.teacher_checkpoint,
                                        recipe=self.teacher_recipe, device=self.device, progress=self.progress)

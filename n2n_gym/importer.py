@@ -668,7 +668,10 @@ def import_teacher(model: nn.Module | str, data_info, checkpoint: str | None = N
         stamp = os.stat(checkpoint).st_mtime_ns if checkpoint and os.path.exists(checkpoint) else None
         key = (model, checkpoint, stamp, tuple(data_info.input_shape), data_info.num_classes)
         if key not in _SPEC_IMPORTS:
-            _SPEC_IMPORTS[key] = import_teacher(load_model(model, checkpoint), data_info)
+            imported = import_teacher(load_model(model, checkpoint), data_info)
+            # named by the spec the user gave (the name is not part of the architecture's hash)
+            arch = dataclasses.replace(imported.architecture, name=model)
+            _SPEC_IMPORTS[key] = dataclasses.replace(imported, architecture=arch)
         return _SPEC_IMPORTS[key]
     if checkpoint is not None:
         raise ValueError("teacher_checkpoint goes with a 'package.module:factory' teacher_module; load the weights "

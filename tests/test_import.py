@@ -25,7 +25,7 @@ from torch import nn
 
 import n2n_gym
 from n2n_gym.build import build
-from n2n_gym.importer import UnsupportedModelError, import_module, import_teacher, weights_digest
+from n2n_gym.importer import UnsupportedModelError, import_module, weights_digest
 from n2n_gym.students import export_student
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -306,20 +306,21 @@ def test_env_episode_and_export(name: str, npz32: str, tmp_path: pathlib.Path, r
     env = gym.make("N2N-Custom-v0", teacher_module=model, dataset=npz32, protocol="tiny", device="cpu",
                    cache=str(tmp_path / "cache.sqlite"))
     unwrapped = env.unwrapped
-    imported = import_teacher(model, unwrapped.data_info)
-    assert unwrapped.teacher_architecture == imported.architecture
-    assert env.observation_space.shape[0] == len(imported.architecture)
+    arch = unwrapped.teacher_architecture
+    assert env.observation_space.shape[0] == len(arch)
     info = _episode(env)
+    teacher = unwrapped.teacher
+    assert teacher.architecture == arch and isinstance(teacher.module, nn.Module)
     if name == "sequential_cnn":
         request.getfixturevalue("digits_teacher")
         assert set(info) == set(_episode(make_digits_env(cache=False)))  # every info field, as for zoo envs
     assert info["valid"], info["reason"]
-    assert info["teacher_sha256"] == imported.sha256
-    assert info["teacher_params"] == imported.architecture.params > info["params"] > 0
-    assert info["teacher_flops"] == imported.architecture.flops
+    # the teacher is identified by the content of its architecture and weights
+    assert info["teacher_sha256"] == weights_digest(arch, teacher.module.state_dict())
+    assert info["teacher_params"] == arch.params > info["params"] > 0
+    assert info["teacher_flops"] == arch.flops
     assert info["reward"] == pytest.approx(info["r_c"] * info["r_a"]) and info["protocol"] == "tiny"
     assert not info["cached"]
-    teacher = unwrapped.teacher
     assert teacher.data_variant == info["data_variant"] and teacher.name == type(model).__name__
     # the teacher's accuracy is measured on the env's validation split, with its normalisation
     data = unwrapped.evaluator.data
@@ -403,6 +404,8 @@ def test_compress_model_command(npz32: str, tmp_path: pathlib.Path) -> None:
     assert config["env_kwargs"]["teacher_module"] == "kuangliu_resnet:cifar_resnet"
     student_json = json.loads((run / "student.json").read_text())
     assert student_json["teacher"]["sha256"] == imported.sha256
+    assert student_json["teacher"]["name"] == "kuangliu_resnet:cifar_resnet"
+    assert student_json["teacher"]["path"] == str(tmp_path / "weights.pt")
     assert report["final"]["params"] < report["teacher"]["params"] == imported.architecture.params
     # the exports load without n2n_gym (an import of it fails in the child)
     check = textwrap.dedent(f"""
