@@ -28,9 +28,10 @@ BN is not counted, an identity BN added to a BN-less conv is (2 per channel);
 
 The imported network reproduces the module's eval-mode logits (checked on import: max abs
 difference <= ``atol``, 1e-5 by default, fp32, in the module's memory format; measured 0
-for torchvision's resnet18/resnet50). The env runs it channels_last, like every network
-``build()`` makes, which only reorders the conv sums (resnet50 at 64x64, random weights:
-7e-5 on logits of magnitude 24, i.e. 3e-6 relative).
+for torchvision's resnet18/resnet50). :meth:`ImportedModel.build` (the env's teacher)
+keeps contiguous memory format for that reason: build()'s channels_last only reorders the
+conv sums, but that alone moves a random resnet50's logits (magnitude 24, 64x64 inputs)
+by 7e-5.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ class ImportedModel:
     notes: tuple[str, ...] = ()
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
-        """The imported network in eval mode, its parameters frozen."""
-        net = build(self.architecture, device)
+        """The imported network in eval mode, its parameters frozen, in contiguous memory
+        format (not build()'s channels_last), so that its logits equal the module's."""
+        net = build(self.architecture, device).to(memory_format=torch.contiguous_format)
         net.load_state_dict(self.state_dict)
         net.eval()
         for p in net.parameters():

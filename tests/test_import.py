@@ -428,8 +428,11 @@ def test_compress_model_command(npz32: str, tmp_path: pathlib.Path) -> None:
     assert done.returncode == 0 and "ok (4, 10)" in done.stdout, done.stderr[-3000:]
 
 
-def test_compress_refuses_unsupported_model(tmp_path: pathlib.Path) -> None:
-    (tmp_path / "mymodels.py").write_text(textwrap.dedent("""
+def test_compress_refuses_unsupported_model(tmp_path: pathlib.Path, monkeypatch) -> None:
+    """In process (the CLI's main), from the current folder as a user runs it."""
+    from n2n_gym.cli import main
+
+    (tmp_path / "concat_models.py").write_text(textwrap.dedent("""
         import torch, torch.nn as nn
         class Concat(nn.Module):
             def __init__(self):
@@ -438,16 +441,17 @@ def test_compress_refuses_unsupported_model(tmp_path: pathlib.Path) -> None:
             def forward(self, x):
                 return self.fc(torch.cat([self.a(x), self.b(x)], 1).mean((2, 3)))
     """))
-    out = subprocess.run([sys.executable, "-m", "n2n_gym.cli", "compress", "--model", "mymodels:Concat",
-                          "--dataset", "digits", "--out", str(tmp_path / "run")],
-                         cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0
-    assert re.search(r"n2n-gym compress: Cannot import Concat: 1 operation\(s\) fall outside .*\n  - function cat\(\)",
-                     out.stderr), out.stderr
-    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
-    out = subprocess.run([sys.executable, "-m", "n2n_gym.cli", "compress", "--model", "mymodels_missing:net"],
-                         cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0 and "cannot find the model factory 'mymodels_missing:net'" in out.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(SystemExit) as err:
+        main(["compress", "--model", "concat_models:Concat", "--dataset", "digits", "--out", str(tmp_path / "run")])
+    assert re.match(r"n2n-gym compress: Cannot import Concat: 1 operation\(s\) fall outside .*:\n  - function cat\(\)",
+                    str(err.value.code)), err.value.code
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit, match="cannot find the model factory 'missing_models:net'"):
+        main(["compress", "--model", "missing_models:net"])
+    with pytest.raises(SystemExit, match="--checkpoint goes with --model"):
+        main(["compress", "--checkpoint", "w.pt"])
 
 
 # --------------------------------------------------------------------- the README example
