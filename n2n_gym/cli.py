@@ -448,8 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                     help="write the torch.export and ONNX files (default: on)")
     co.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY",
-                    help="compress your own network: a function or class returning the trained nn.Module "
-                         "(e.g. torchvision.models:resnet18; the current folder is importable); runs on "
+                    help="compress your own network: a function or class returning the trained nn.Module, "
+                         "with literal keyword arguments if any (e.g. 'torchvision.models:resnet18(num_classes=10)'; "
+                         "the current folder is importable); runs on "
                          "N2N-Custom-v0, imported with torch.fx (n2n_gym.importer)")
     co.add_argument("--checkpoint", default=None, metavar="WEIGHTS.pt",
                     help="a state_dict to load into the --model network")

@@ -610,7 +610,8 @@ def _max_abs_diff(model, net, x, n: int, device, dtype) -> float:
 # ----------------------------------------------------------- models named by the user
 def load_model(spec: str, checkpoint: str | None = None) -> nn.Module:
     """The ``nn.Module`` that ``"package.module:factory"`` names: the factory (a function or
-    class) is called without arguments, with torch's RNG seeded to 0 (so a randomly
+    class) is called without arguments -- or with the literal keyword arguments of
+    ``"package.module:factory(num_classes=10)"`` -- with torch's RNG seeded to 0 (so a randomly
     initialised model is the same in every process; the caller's RNG is left alone). The
     current directory is importable, as for ``python -m``. ``checkpoint``: a ``state_dict``
     (or a dict holding one under ``"state_dict"`` / ``"model"``; a DataParallel ``module.``
@@ -623,10 +624,12 @@ def load_model(spec: str, checkpoint: str | None = None) -> nn.Module:
     import os
     import sys
 
-    module_name, sep, attr = str(spec).partition(":")
+    module_name, sep, call = str(spec).partition(":")
+    attr, kwargs = _parse_call(call)
     if not sep or not module_name or not attr:
-        raise ValueError(f"--model {spec!r}: expected 'package.module:factory', e.g. 'torchvision.models:resnet18' "
-                         "or 'mymodels:make_net' (a function or class in mymodels.py returning an nn.Module)")
+        raise ValueError(f"model {spec!r}: expected 'package.module:factory' or 'package.module:factory(key=value, "
+                         "...)' with literal values, e.g. 'torchvision.models:resnet18(num_classes=10)' or "
+                         "'mymodels:make_net' (a function or class in mymodels.py returning an nn.Module)")
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:
@@ -637,7 +640,10 @@ def load_model(spec: str, checkpoint: str | None = None) -> nn.Module:
         raise ValueError(f"cannot find the model factory {spec!r}: {type(exc).__name__}: {exc}") from exc
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = obj()
+        try:
+            model = obj(**kwargs)
+        except TypeError as exc:
+            raise ValueError(f"calling the model factory {spec!r} failed: {exc}") from exc
     if not isinstance(model, nn.Module):
         raise ValueError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
     if checkpoint is not None:
@@ -660,6 +666,34 @@ def load_model(spec: str, checkpoint: str | None = None) -> nn.Module:
 
 
 _SPEC_IMPORTS: dict[tuple, ImportedModel] = {}
+
+
+def _parse_call(text: str) -> tuple[str, dict]:
+    """``"name.attr(key=1, other='x')"`` -> ("name.attr", {...}); keyword arguments with
+    literal values only (no code runs). ("", {}) when malformed."""
+    import ast
+
+    try:
+        tree = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError:
+        return "", {}
+    if isinstance(tree, ast.Call):
+        if tree.args or any(k.arg is None for k in tree.keywords):
+            return "", {}
+        try:
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
+        except ValueError:
+            return "", {}
+        tree = tree.func
+    else:
+        kwargs = {}
+    parts = []
+    while isinstance(tree, ast.Attribute):
+        parts.append(tree.attr)
+        tree = tree.value
+    if not isinstance(tree, ast.Name):
+        return "", {}
+    return ".".join([tree.id, *reversed(parts)]), kwargs
 
 
 def import_teacher(model: nn.Module | str, data_info, checkpoint: str | None = None) -> ImportedModel:

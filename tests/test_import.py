@@ -361,6 +361,24 @@ def test_custom_env_errors(npz32: str) -> None:
         gym.make("N2N-Custom-v0", teacher="vgg11", teacher_module=_make("sequential_cnn"), dataset=npz32)
 
 
+def test_factory_spec_with_keyword_arguments(npz32: str) -> None:
+    """teacher_module as a JSON-able 'package.module:factory(key=literal)' string (what
+    compress --model passes): called with torch seeded to 0, so every process gets the same weights."""
+    spec = "torchvision.models:resnet18(num_classes=10)"
+    env = gym.make("N2N-Custom-v0", teacher_module=spec, dataset=npz32, protocol="tiny")
+    torch.manual_seed(0)
+    direct = import_module(torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32))
+    assert env.unwrapped.teacher_architecture == direct.architecture
+    assert env.unwrapped.teacher_name == spec
+    assert env.unwrapped.teacher.sha256 == direct.sha256
+    for bad, match in [("torchvision.models.resnet18", "expected 'package.module:factory'"),
+                       ("torchvision.models:resnet18(10)", "literal values"),
+                       ("torchvision.models:resnet18(num_klasses=10)", "unexpected keyword argument 'num_klasses'"),
+                       ("torchvision.models:nonexistent_net", "cannot find the model factory")]:
+        with pytest.raises(ValueError, match=re.escape(match)):
+            gym.make("N2N-Custom-v0", teacher_module=bad, dataset=npz32)
+
+
 def test_digits_sequential_cnn_and_other_stages(tmp_path) -> None:
     """The embedded 8x8 digits with a 1-channel Sequential CNN; removal and shrink stages."""
     torch.manual_seed(0)
