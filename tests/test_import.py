@@ -345,6 +345,10 @@ def test_env_episode_and_export(name: str, npz32: str, tmp_path: pathlib.Path, r
         expected = student(x)
     torch.testing.assert_close(torch.export.load(tmp_path / "student.pt2").module()(x), expected,
                                rtol=1e-4, atol=1e-4)
+    from onnx.reference import ReferenceEvaluator
+
+    got = ReferenceEvaluator(paths["onnx"]).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4)
     env.close()
 
 
