@@ -177,6 +177,8 @@ def test_import_reproduces_logits(name: str) -> None:
             x = torch.randn(batch, 3, 32, 32, generator=gen) * 2
             diff = (net(x) - model(x)).abs().max().item()
             assert diff <= 1e-5, diff
+    # exact where the folds are (bias into the running mean); eps / identity-BN folds round
+    assert imported.max_abs_diff <= (0.0 if name in ("resnet18", "vgg11_bn", "kuangliu_resnet") else 1e-6)
     assert model.training is False  # the module's flags are restored
     assert imported.sha256 == weights_digest(arch, {k: v for k, v in net.state_dict().items()})
     # the IR's counts are exact for the built network
@@ -196,6 +198,17 @@ def test_import_reproduces_logits(name: str) -> None:
         assert len(arch.blocks()) == 8
     if name == "vgg11_bn":
         assert arch.layers[13].kind == "gap" and arch.layers[13].kernel == 7  # AdaptiveAvgPool2d((7, 7))
+
+
+def test_bottleneck_resnet50_is_exact() -> None:
+    """Bottleneck blocks (3 body convs); in the module's memory format the logits are equal
+    bit for bit (the folds are exact and the kernels the same)."""
+    torch.manual_seed(0)
+    model = _randomize_bn(torchvision.models.resnet50(num_classes=10)).eval()
+    imported = import_module(model, torch.randn(2, 3, 32, 32))
+    assert imported.max_abs_diff == 0.0
+    assert imported.architecture.params == imported.module_params
+    assert len(imported.architecture.blocks()) == 16 and len(imported.architecture) == 56
 
 
 def test_import_is_training_mode_safe_and_digest_follows_weights() -> None:
