@@ -157,7 +157,7 @@ def npz32(tmp_path_factory) -> str:
         x = templates[y] + rng.normal(0, 25, (n, 32, 32, 3))
         return np.clip(x, 0, 255).astype(np.uint8), y.astype(np.int64)
 
-    (x_train, y_train), (x_test, y_test) = draw(240), draw(100)
+    (x_train, y_train), (x_test, y_test) = draw(1000), draw(100)  # 100 validation images: no small-split warning
     path = tmp_path_factory.mktemp("npz") / "learnable32.npz"
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return f"npz:{path}"
