@@ -10,7 +10,12 @@ For every line of the results files (CompilerGym's ``validate`` idea):
 2. a fresh env is made: ``gym.make(env_id, **env_kwargs, **best.replay,
    protocol=record protocol, eval_seed=record eval seed, cache=False)`` (``best.replay``:
    the stage, ratio table and start architecture of the episode that found the best
-   student), with the record's env version and teacher (sha256) checked;
+   student), with the record's env version checked; its first ``reset()`` provisions the
+   teacher, whose weights must be the record's teacher (``teacher.sha256``: the content
+   sha256 of the weights, or a legacy file sha256 that the teacher registry maps to them);
+   a record whose teacher cannot be obtained here (not pinned, not stored, too long to
+   train, data missing) is reported ``UNVERIFIABLE`` with the reason, never rescored
+   against another teacher;
 3. the best student's actions are replayed from ``reset(seed=record seed)``: the episode
    must end exactly after the last action, and the architecture it yields must have the
    canonical hash of the record's architecture (and of ``best.arch_hash``);
@@ -20,8 +25,9 @@ For every line of the results files (CompilerGym's ``validate`` idea):
    kind of machine a replay reproduces the floats exactly); so must the teacher's sha256,
    params, FLOPs and validation / test accuracy.
 
-One ``PASS``/``FAIL`` line per record; the exit status is 1 if any record fails, 2 if
-there was no record. Editing a record's reward, actions or architecture makes it fail.
+One ``PASS``/``FAIL``/``UNVERIFIABLE`` line per record; the exit status is 1 if any record
+fails, 2 if there was no record, 3 if none failed but some were unverifiable. Editing a
+record's reward, actions or architecture makes it fail.
 """
 
 from __future__ import annotations
@@ -49,6 +55,28 @@ def _torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+class Unverifiable(Exception):
+    """The record cannot be checked here (its teacher or data cannot be obtained): neither pass nor fail."""
+
+
+def teacher_mismatch(record_sha: str | None, teacher) -> str | None:
+    """Why the env's ``teacher`` is not the record's (None: it is). The record's sha256 is
+    the weights' content sha256, or a legacy file sha256 the registry maps to them."""
+    from n2n_gym.teacher_registry import by_sha
+
+    if not record_sha or record_sha == teacher.sha256:
+        return None
+    pin = by_sha(record_sha)
+    if pin is not None and pin.sha256 == teacher.sha256:
+        return None
+    if pin is not None:
+        return (f"the record's teacher is the pinned {pin.id} (weights sha256 {pin.sha256[:12]}…), but the env's "
+                f"teacher here has {teacher.sha256[:12]}… ({teacher.source}); get the pinned file {pin.file} "
+                f"into $N2N_TEACHERS or run `{pin.reproduce}`")
+    return (f"the record's teacher (sha256 {record_sha[:12]}…) is in no teacher registry and not the env's teacher "
+            f"here ({teacher.sha256[:12]}…): nobody can obtain it to rescore this record")
 
 
 def _close(a: Any, b: Any, tol: float) -> bool:
@@ -99,7 +127,16 @@ def check_record(record: dict, tolerance: float = DEFAULT_TOLERANCE, device: str
         return errors + [f"cannot make the env: {type(exc).__name__}: {exc}"]
     try:
         with _torch_threads(threads if threads is not None else budget.get("torch_threads")):
-            obs, info = env.reset(seed=record["seed"], options={"update": best.get("update") or 0})
+            from n2n_gym.data import DataUnavailableError
+            from n2n_gym.teachers import TeacherCheckpointError, TeacherTrainingTooLong
+
+            try:
+                obs, info = env.reset(seed=record["seed"], options={"update": best.get("update") or 0})
+            except (DataUnavailableError, TeacherTrainingTooLong, TeacherCheckpointError) as exc:
+                raise Unverifiable(f"the record's teacher or data cannot be obtained here: {exc}") from exc
+            why = teacher_mismatch((record.get("teacher") or {}).get("sha256"), env.unwrapped.teacher)
+            if why:
+                raise Unverifiable(why)
             actions = list(best["actions"])
             terminated = truncated = False
             for t, a in enumerate(actions):
@@ -133,7 +170,11 @@ def teacher_errors(record: dict, info: dict, tolerance: float) -> list[str]:
     """The replayed env's teacher against the record's: sha256, params, FLOPs, accuracies."""
     teacher = record.get("teacher") or {}
     errors = []
-    if info.get("teacher_sha256") != teacher.get("sha256"):
+    from n2n_gym.teacher_registry import by_sha
+
+    pin = by_sha(teacher["sha256"]) if isinstance(teacher.get("sha256"), str) else None
+    # the same weights: the content sha256, or a legacy file sha256 the registry maps to them
+    if info.get("teacher_sha256") != teacher.get("sha256") and not (pin and pin.sha256 == info.get("teacher_sha256")):
         errors.append(f"the teacher differs (sha256 {str(info.get('teacher_sha256'))[:12]} vs the record's "
                       f"{str(teacher.get('sha256'))[:12]}): train it with the record's recipe or pass its checkpoint")
         return errors  # another teacher: its numbers differ too, say it once
@@ -154,11 +195,13 @@ def describe(record: dict) -> str:
 
 
 def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device: str = "cpu",
-                  threads: int | None = None, out=None) -> tuple[int, int]:
+                  threads: int | None = None, out=None, counts: dict | None = None) -> tuple[int, int]:
     """Check every line of ``paths``; returns (passed, failed). A line that cannot be read
-    as a record, or repeats an earlier record's run id, fails."""
+    as a record, or repeats an earlier record's run id, fails; a record whose teacher or
+    data cannot be obtained here is UNVERIFIABLE (neither). ``counts`` (a dict, if given)
+    receives passed, failed and unverifiable."""
     out = out or sys.stdout
-    passed = failed = 0
+    passed = failed = unverifiable = 0
     seen: dict[str, str] = {}
     for where, record, problem in scan_records(paths):
         if record is None:
@@ -173,6 +216,10 @@ def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device
                 seen[rid] = where
             try:
                 errors = check_record(record, tolerance, device, threads)
+            except Unverifiable as exc:
+                unverifiable += 1
+                print(f"UNVERIFIABLE {where} {describe(record)}: {exc}", file=out, flush=True)
+                continue
             except Exception as exc:  # noqa: BLE001 - one bad record must not stop the others
                 errors = [f"{type(exc).__name__}: {exc}"]
         if errors:
@@ -181,6 +228,8 @@ def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device
         else:
             passed += 1
             print(f"PASS {where} {describe(record)}", file=out, flush=True)
+    if counts is not None:
+        counts.update(passed=passed, failed=failed, unverifiable=unverifiable)
     return passed, failed
 
 
@@ -213,11 +262,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_args(args: argparse.Namespace) -> int:
     """Run the parsed arguments of :func:`build_parser` (for a CLI with subcommands)."""
-    passed, failed = validate_file(args.results, args.tolerance, args.device, args.threads)
-    print(f"{passed} passed, {failed} failed")
-    if passed + failed == 0:
+    counts: dict = {}
+    passed, failed = validate_file(args.results, args.tolerance, args.device, args.threads, counts=counts)
+    unverifiable = counts.get("unverifiable", 0)
+    print(f"{passed} passed, {failed} failed, {unverifiable} unverifiable")
+    if passed + failed + unverifiable == 0:
         return 2
-    return 1 if failed else 0
+    return 1 if failed else (3 if unverifiable else 0)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
   run folder; ``--resume`` continues a killed run without losing an evaluated student.
   ``--model package.module:factory [--checkpoint weights.pt] --dataset npz:/path.npz``
   compresses your own network instead of a zoo teacher (``N2N-Custom-v0``).
+- ``n2n-gym teacher list | train ID | verify ID | pin ID PATH``: the pinned teachers
+  (``n2n_gym.teacher_registry``).
 
 Run folder of ``compress``::
 
@@ -411,6 +413,141 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- teacher
+#: training-set and evaluation (val + test) sizes of the named data sets (val 10 % of train),
+#: so that `teacher list` estimates training time without loading the data
+SPLIT_SIZES = {"mnist": (54000, 16000), "cifar10": (45000, 15000), "cifar100": (45000, 15000),
+               "svhn": (65932, 33357)}
+
+
+def _teacher_rows(ids: list[str], estimate: bool, device: str) -> list[dict]:
+    import glob
+
+    import torch  # noqa: F401
+
+    from n2n_gym import teacher_registry as reg
+    from n2n_gym.cache import default_cache_dir
+    from n2n_gym.data import dataset_info, load_dataset
+    from n2n_gym.teachers import Recipe, default_recipe, estimate_training_seconds
+    from n2n_gym.zoo import teacher_architecture
+
+    rows = []
+    for env_id in ids:
+        teacher, dataset, pin = reg.env_teacher(env_id)
+        info = dataset_info(dataset)
+        arch = teacher_architecture(teacher, info.input_shape, info.num_classes)
+        recipe = Recipe(**pin.recipe) if pin else default_recipe(dataset)
+        present = ""
+        if pin and reg.candidates(pin):
+            present = str(reg.candidates(pin)[0])
+        else:  # trained here by the same recipe (the key also holds the data digest: not checked here)
+            for side in glob.glob(str(default_cache_dir() / "teachers" / f"{teacher}-*.json")):
+                try:
+                    meta = json.loads(pathlib.Path(side).read_text())
+                except (OSError, ValueError):
+                    continue
+                if meta.get("recipe") == dataclasses.asdict(recipe) and str(meta.get("data_variant", "")).startswith(dataset):
+                    present = side[:-5] + ".pt"
+        est = None
+        if estimate:
+            if dataset == "digits":
+                d = load_dataset("digits")
+                sizes = (len(d.train_idx), len(d.val_idx) + len(d.y_test))
+            else:
+                sizes = SPLIT_SIZES[dataset]
+            est = estimate_training_seconds(arch, None, recipe, device, info=info, sizes=sizes).seconds
+        rows.append({"id": env_id, "teacher": teacher, "dataset": dataset, "pin": pin.id if pin else None,
+                     "sha256": pin.sha256 if pin else None, "val_accuracy": pin.val_accuracy if pin else None,
+                     "test_accuracy": pin.test_accuracy if pin else None, "params": arch.params,
+                     "file_bytes": pin.file_bytes if pin else None, "stored": bool(pin and pin.stored),
+                     "present": present or None, "recipe_epochs": recipe.epochs, "estimated_train_seconds": est,
+                     "train_seconds": pin.train_seconds if pin else None, "data_variant": pin.data_variant if pin else None})
+    return rows
+
+
+def cmd_teacher(ns: argparse.Namespace) -> int:
+    from n2n_gym import teacher_registry as reg
+    from n2n_gym.registration import ENVS
+
+    if ns.teacher_command == "list":
+        from n2n_gym.teachers import _fmt_duration
+
+        ids = ns.ids or list(ENVS)
+        rows = _teacher_rows(ids, ns.estimate, ns.device)
+        if ns.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        head = (f"{'env id':<26} {'teacher':<10} {'pinned sha256':<14} {'val acc':>7} {'test acc':>8} {'params':>11} "
+                f"{'file':>8} {'present':<8} {'train here':>11}")
+        print(head)
+        print("-" * len(head))
+        for r in rows:
+            size = f"{r['file_bytes'] / 1e6:.1f} MB" if r["file_bytes"] else ("-" if r["pin"] is None else "not kept")
+            est = _fmt_duration(r["estimated_train_seconds"]) if r["estimated_train_seconds"] is not None else "-"
+            print(f"{r['id']:<26} {r['teacher']:<10} {(r['sha256'] or 'not pinned')[:12]:<14} "
+                  f"{_fmt_acc(r['val_accuracy']):>7} {_fmt_acc(r['test_accuracy']):>8} {r['params']:>11,} {size:>8} "
+                  f"{'yes' if r['present'] else 'no':<8} {est:>11}")
+        print(f"\ntrain here: estimated from timed training steps on {ns.device} with the recipe's threads "
+              "(`--no-estimate` skips); present: the pinned file, or a teacher trained here by the same recipe, "
+              "is on this machine. Pinned teachers: n2n_gym/pinned/registry.json.")
+        return 0
+
+    teacher, dataset, pin = reg.env_teacher(ns.id)
+    if ns.teacher_command == "pin":
+        p = reg.pin_teacher(ns.id, ns.path, store=ns.store, train_seconds=ns.train_seconds,
+                            train_conditions=ns.conditions or "")
+        print(f"pinned {p.id}: {p.teacher} on {p.data_variant}, weights sha256 {p.sha256}, val {_fmt_acc(p.val_accuracy)}, "
+              f"test {_fmt_acc(p.test_accuracy)}" + (f", stored as {reg.PINNED_DIR / p.file} ({p.file_bytes:,} bytes)"
+                                                      if p.stored else ", not stored (reproduce by training)"))
+        return 0
+
+    import torch
+
+    from n2n_gym.data import load_dataset
+    from n2n_gym.teachers import (Recipe, _load_checkpoint, default_recipe, load_teacher, teacher_cache_path)
+    from n2n_gym.zoo import teacher_architecture
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
+    data = load_dataset(dataset).to(device)
+    recipe = Recipe(**pin.recipe) if pin else default_recipe(dataset)
+    if ns.teacher_command == "train":
+        t = load_teacher(teacher, data, recipe=recipe, device=device, progress=True, max_minutes=float("inf"))
+        print(f"{teacher} on {data.variant}: weights sha256 {t.sha256} ({t.source}, {t.path}); "
+              f"val {_fmt_acc(t.val_accuracy)}, test {_fmt_acc(t.test_accuracy)}")
+        if pin is None:
+            return 0
+        if t.sha256 == pin.sha256:
+            print(f"matches the pinned {pin.id}")
+            return 0
+        print(f"DIFFERS from the pinned {pin.id} ({pin.sha256}): records made with the pinned teacher will not "
+              "validate with this one", file=sys.stderr)
+        return 1
+    # verify: re-measure on the env's splits, check the content digest; never trains
+    arch = teacher_architecture(teacher, data.info.input_shape, data.info.num_classes)
+    paths = (reg.candidates(pin) if pin else []) + [teacher_cache_path(arch, data, recipe, device)]
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        print(f"{ns.id}: no {teacher} teacher on this machine; `n2n-gym teacher train {ns.id}`"
+              + (f" or put {pin.file} in $N2N_TEACHERS" if pin else ""), file=sys.stderr)
+        return 1
+    t = _load_checkpoint(teacher, arch, paths[0], data, device, verify_sidecar=False)  # measures
+    print(f"{paths[0]}: weights sha256 {t.sha256}; measured on {data.identity}: val {t.val_accuracy:.6f}, "
+          f"test {t.test_accuracy:.6f}")
+    if pin is None:
+        print("not pinned: nothing to compare with")
+        return 0
+    problems = []
+    if t.sha256 != pin.sha256:
+        problems.append(f"weights sha256 differs from the pinned {pin.sha256}")
+    if data.digest != pin.data_digest:
+        problems.append(f"the data differ from the pinned {pin.data_variant} (digest {pin.data_digest[:16]}…)")
+    for name, got, want in (("val", t.val_accuracy, pin.val_accuracy), ("test", t.test_accuracy, pin.test_accuracy)):
+        if abs(got - want) > 1e-6:
+            problems.append(f"{name} accuracy {got:.6f} != pinned {want:.6f}")
+    print("OK: the pinned teacher" if not problems else "MISMATCH: " + "; ".join(problems))
+    return 1 if problems else 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from n2n_gym.registration import DEFAULT_ENV_ID
@@ -461,6 +598,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_args(co, skip=("env_id", "out", "save_policy"))
     co.set_defaults(func=cmd_compress)
+
+    te = sub.add_parser("teacher", help="pinned teachers: list, train, verify, pin",
+                        description="The teachers of the registered envs (n2n_gym/pinned/registry.json).")
+    tsub = te.add_subparsers(dest="teacher_command", required=True)
+    tl = tsub.add_parser("list", help="every registered env id: its teacher, pinned sha, accuracies, size, "
+                                      "present here or not, estimated training time on this device")
+    tl.add_argument("ids", nargs="*", help="env ids (default: all)")
+    tl.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=True,
+                    help="time a few training steps per teacher to estimate the training time (default: on)")
+    tl.add_argument("--device", default="cpu", help="device of the estimate (default: %(default)s)")
+    tl.add_argument("--json", action="store_true", help="print JSON rows")
+    tt = tsub.add_parser("train", help="train an env's teacher by its recipe (progress with ETA, resumable)")
+    tt.add_argument("id", help="env id or pinned teacher id")
+    tt.add_argument("--device", default="auto", help="cpu | cuda | auto (default: %(default)s)")
+    tv = tsub.add_parser("verify", help="re-measure an env's teacher on the env's splits and check its sha256")
+    tv.add_argument("id", help="env id or pinned teacher id")
+    tv.add_argument("--device", default="cpu", help="device of the measurement (default: %(default)s)")
+    tp = tsub.add_parser("pin", help="pin a trained checkpoint as an env's teacher (writes the registry)")
+    tp.add_argument("id", help="env id")
+    tp.add_argument("path", help="teacher checkpoint (n2n-gym format, recording its recipe)")
+    tp.add_argument("--store", action=argparse.BooleanOptionalAction, default=True,
+                    help="copy it into the package's pinned/ folder (default: on; off: reproduce by training)")
+    tp.add_argument("--train-seconds", type=float, default=None, help="wall time of its training")
+    tp.add_argument("--conditions", default="", help="conditions of that wall time (machine, threads, load)")
+    te.set_defaults(func=cmd_teacher)
 
     for name, (_, help_text) in FORWARDED.items():  # listed here; main() hands their arguments over whole
         sub.add_parser(name, help=help_text, add_help=False)

@@ -20,7 +20,7 @@ from .edits import MIN_WIDTH, InvalidStudent, apply_decisions, layer_rules
 from .encoding import COLUMN, NUM_FEATURES, STAGES, static_features, width_scale
 from .protocols import Protocol, get_protocol
 from .reward import PENALTIES, n2n_reward, parse_constraints
-from .teachers import Recipe, load_teacher, teacher_from_import
+from .teachers import Recipe, load_teacher, max_train_seconds, teacher_from_import
 from .zoo import teacher_architecture
 
 RATIO_TABLES: dict[str, tuple[float, ...]] = {
@@ -103,8 +103,14 @@ class N2NEnv(gym.Env):
       with 1.0 in it (default: "paper" for shrink, "uniform" for joint).
     - ``protocol``: "fast" (default) | "paper" | "tiny" | a ``Protocol``; ``eval_seed``.
     - ``start_architecture``: an ``Architecture``, its JSON, or a path to the JSON.
-    - ``teacher_checkpoint``: a checkpoint to load instead of training the teacher;
-      ``teacher_recipe``: a ``Recipe`` (or dict of its fields) for training it.
+    - ``teacher_checkpoint``: a checkpoint to load instead of the pinned or trained teacher;
+      ``teacher_recipe``: a ``Recipe`` (or dict of its fields) for training it;
+      ``teacher_max_minutes``: the longest teacher training allowed without asking
+      (default ``$N2N_TEACHER_MAX_MINUTES`` or 30; ``float("inf")`` opts in to any wait).
+      The teacher is provisioned at the first ``reset()`` (``n2n_gym.teachers.load_teacher``:
+      checkpoint, pinned file, cache, else trained), which raises
+      ``TeacherTrainingTooLong`` within seconds, with the estimate and the ways out, if
+      training it here would take longer, and the data set's error if its data are missing.
     - ``constraints``: ``{"max_params": n, "max_flops": n, "min_accuracy": a}`` or
       ``Constraint`` rows; ``penalty``: "anneal" | "hard"; ``penalty_horizon`` (updates);
       ``episodes_per_update``: how episodes map to N2N's update index (override per
@@ -121,7 +127,9 @@ class N2NEnv(gym.Env):
       ("ansi"), ``progress`` (show teacher training progress).
 
     ## Version History
-    - v0: initial release (evaluation protocols "paper", "fast", "tiny" of n2n-gym 0.1).
+    - v0: initial release (evaluation protocols "paper", "fast", "tiny" of n2n-gym 0.1). Teachers
+      are pinned by the sha256 of their weights (``n2n-gym teacher list``); the teacher is
+      provisioned at the first ``reset()`` instead of the first terminal step.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -138,6 +146,7 @@ class N2NEnv(gym.Env):
         teacher_checkpoint: str | os.PathLike | None = None,
         teacher_module: Any = None,
         teacher_recipe: Recipe | dict | None = None,
+        teacher_max_minutes: float | None = None,
         constraints: Any = None,
         penalty: str = "anneal",
         penalty_horizon: int = 15,
@@ -196,6 +205,9 @@ class N2NEnv(gym.Env):
         self.min_width, self.eval_seed, self.progress = min_width, eval_seed, progress
         self.teacher_checkpoint, self.data_root = teacher_checkpoint, data_root
         self.teacher_recipe = Recipe(**teacher_recipe) if isinstance(teacher_recipe, dict) else teacher_recipe
+        if teacher_max_minutes is not None:
+            max_train_seconds(teacher_max_minutes)  # ValueError for a bad value, here
+        self.teacher_max_minutes = teacher_max_minutes
         self.device = ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
         self._cache_arg = cache
         self._evaluator = None
@@ -223,6 +235,7 @@ class N2NEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         options = check_reset_options(options)
         super().reset(seed=seed)
+        self.evaluator  # noqa: B018 - data and teacher are settled before an episode is played
         update = options.get("update")
         self._update = update if update is not None else self._episodes // self.episodes_per_update
         self._t = 0
@@ -303,7 +316,8 @@ class N2NEnv(gym.Env):
                                               path=str(self.teacher_checkpoint or ""))
             else:
                 teacher = load_teacher(self.teacher_name, data, checkpoint=self.teacher_checkpoint,
-                                       recipe=self.teacher_recipe, device=self.device, progress=self.progress)
+                                       recipe=self.teacher_recipe, device=self.device, progress=self.progress,
+                                       max_minutes=self.teacher_max_minutes)
             if self._cache_arg is False:
                 cache = NullCache()
             else:
@@ -414,6 +428,8 @@ class N2NEnv(gym.Env):
             "eval_seed": self.eval_seed,
             "data_variant": ev.data.variant,
             "teacher_sha256": teacher.sha256,
+            "teacher_pin": teacher.pin,
+            "data_digest": ev.data.digest,
         }
 
 

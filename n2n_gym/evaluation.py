@@ -68,7 +68,7 @@ class Evaluator:
         return self._subsets[(which, n)]
 
     def key(self, arch: Architecture, protocol: Protocol, seed: int) -> str:
-        return cache_key(v=EVAL_VERSION, teacher=self.teacher.sha256, data=self.data.variant,
+        return cache_key(v=EVAL_VERSION, teacher=self.teacher.sha256, data=self.data.digest,
                          split=[len(self.data.train_idx), len(self.data.val_idx)],
                          arch=arch.canonical_hash(), protocol=protocol.to_dict(), seed=seed)
 
