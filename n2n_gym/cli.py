@@ -495,10 +495,12 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
     teacher, dataset, pin = reg.env_teacher(ns.id)
     if ns.teacher_command == "pin":
         p = reg.pin_teacher(ns.id, ns.path, store=ns.store, train_seconds=ns.train_seconds,
-                            train_conditions=ns.conditions or "")
+                            train_conditions=ns.conditions or "", legacy_sha256=tuple(ns.legacy_sha256),
+                            legacy_note=ns.legacy_note)
         print(f"pinned {p.id}: {p.teacher} on {p.data_variant}, weights sha256 {p.sha256}, val {_fmt_acc(p.val_accuracy)}, "
               f"test {_fmt_acc(p.test_accuracy)}" + (f", stored as {reg.PINNED_DIR / p.file} ({p.file_bytes:,} bytes)"
-                                                      if p.stored else ", not stored (reproduce by training)"))
+                                                      if p.stored else ", not stored in the package (in this "
+                                                      "machine's cache; others reproduce it by training)"))
         return 0
 
     import torch
@@ -622,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="copy it into the package's pinned/ folder (default: on; off: reproduce by training)")
     tp.add_argument("--train-seconds", type=float, default=None, help="wall time of its training")
     tp.add_argument("--conditions", default="", help="conditions of that wall time (machine, threads, load)")
+    tp.add_argument("--legacy-sha256", action="append", default=[], metavar="SHA",
+                    help="a file sha256 that older records carry for these same weights (repeatable)")
+    tp.add_argument("--legacy-note", default="", help="the evidence that the legacy sha256 are these weights")
     te.set_defaults(func=cmd_teacher)
 
     for name, (_, help_text) in FORWARDED.items():  # listed here; main() hands their arguments over whole

@@ -175,10 +175,12 @@ def env_teacher(env_id_or_pin: str) -> tuple[str, str, Pin | None]:
 def pin_teacher(env_id: str, checkpoint: str | os.PathLike, *, store: bool = True, recipe: dict | None = None,
                 train_seconds: float | None = None, train_conditions: str = "", reproduce: str = "",
                 legacy_sha256: tuple[str, ...] = (), legacy_note: str = "", notes: str = "",
-                data_root: str | None = None, pin_id: str | None = None) -> Pin:
+                data_root: str | None = None, pin_id: str | None = None,
+                registry: pathlib.Path = REGISTRY_PATH, pinned_dir: pathlib.Path = PINNED_DIR) -> Pin:
     """Pin the teacher in ``checkpoint`` for the env ``env_id``: measure it on the env's data,
-    write it in the canonical format (``store``: into the package's ``pinned/`` folder, else
-    only its entry, to be reproduced by training) and add its entry to the registry."""
+    write it in the canonical format (``store``: into the package's ``pinned/`` folder; else
+    into this machine's cache only, others reproduce it by training) and add its entry to
+    the registry (``registry``, ``pinned_dir``: the package's by default)."""
     import re
 
     import torch
@@ -202,20 +204,21 @@ def pin_teacher(env_id: str, checkpoint: str | os.PathLike, *, store: bool = Tru
     slug = re.sub(r"[^A-Za-z0-9]+", "-", data.variant.split(" (")[0]).strip("-").lower()
     pid = pin_id or f"{teacher}-{slug}"
     name = f"{pid}-{t.sha256[:12]}.pt"
-    dest = PINNED_DIR / name if store else None
-    if dest is not None:
-        from .teachers import Recipe
+    from .cache import default_cache_dir
+    from .teachers import Recipe
 
-        sha = save_teacher(dest, t.module, data, Recipe(**recipe), t.val_accuracy, t.test_accuracy,
-                           extra={"train_seconds": train_seconds})
-        assert sha == t.sha256
-        dest.with_suffix(".json").unlink(missing_ok=True)  # the registry is the record
+    # not stored: the canonical file goes to this machine's cache only (found there by the search)
+    dest = (pinned_dir if store else default_cache_dir() / "teachers" / "pinned") / name
+    sha = save_teacher(dest, t.module, data, Recipe(**recipe), t.val_accuracy, t.test_accuracy,
+                       extra={"train_seconds": train_seconds})
+    assert sha == t.sha256
+    dest.with_suffix(".json").unlink(missing_ok=True)  # the registry is the record
     pin = Pin(id=pid, teacher=teacher, dataset=dataset, data_variant=data.variant, data_digest=data.digest,
               recipe=dict(recipe), sha256=t.sha256, val_accuracy=t.val_accuracy, test_accuracy=t.test_accuracy,
-              params=arch.params, file=name, file_bytes=dest.stat().st_size if dest else None, stored=store,
+              params=arch.params, file=name, file_bytes=dest.stat().st_size, stored=store,
               train_seconds=train_seconds, train_conditions=train_conditions,
               reproduce=reproduce or f"n2n-gym teacher train {env_id}",
               legacy_sha256=tuple(legacy_sha256) or (old.legacy_sha256 if old else ()),
               legacy_note=legacy_note or (old.legacy_note if old else ""), notes=notes or (old.notes if old else ""))
-    write_pin(pin)
+    write_pin(pin, registry)
     return pin

@@ -420,7 +420,7 @@ def estimate_training_seconds(arch: Architecture, data: Dataset | None, recipe: 
     overestimates, as larger batches run faster per image); if that estimate is under
     ``refine_below`` seconds, it times whole batches instead. Without ``data``: its
     ``info`` and ``sizes`` = (training images, val + test images)."""
-    from .data import make_normalizer
+    from .data import augment_batch, make_normalizer
 
     device = torch.device(device)
     if data is not None:
@@ -445,7 +445,9 @@ def estimate_training_seconds(arch: Architecture, data: Dataset | None, recipe: 
             y = torch.randint(0, info.num_classes, (k,), generator=gen).to(device)
 
             def step() -> None:
-                loss = torch.nn.functional.cross_entropy(model(normalize(x)), y)
+                xb = augment_batch(x, info, gen) if recipe.augment else x  # the real pipeline's work too
+                loss = torch.nn.functional.cross_entropy(model(normalize(xb)), y,
+                                                         label_smoothing=recipe.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

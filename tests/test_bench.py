@@ -138,7 +138,7 @@ def test_validate_passes_a_genuine_record(genuine, capsys):
     path, _ = genuine
     assert validate.main([str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("PASS ") and "1 passed, 0 failed" in out
+    assert out.startswith("PASS ") and "1 passed, 0 failed, 0 unverifiable" in out
 
 
 def _tampered(record: dict, what: str) -> dict:
@@ -176,7 +176,7 @@ def test_validate_catches_a_tampered_record(genuine, tmp_path, capsys, what):
     assert validate.main([str(bad)]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("PASS") and lines[1].startswith("FAIL")
-    assert lines[-1] == "1 passed, 1 failed"
+    assert lines[-1] == "1 passed, 1 failed, 0 unverifiable"
 
 
 def test_validate_fails_records_without_required_fields(tmp_path, capsys):

@@ -9,15 +9,13 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_DIGITS_RECIPE, make_digits_env, shared_data_root, subprocess_env
+from conftest import SMALL_DIGITS_RECIPE, make_digits_env, shared_data_root
 
 import n2n_gym
 from n2n_gym import teacher_registry as reg
@@ -244,30 +242,65 @@ def test_resnet34_cifar10_reset_fails_within_seconds_on_cpu(tmp_path, monkeypatc
 # ------------------------------------------------------------------ CLI and validate
 
 
-def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "n2n_gym.cli", *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    from n2n_gym.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().out
 
 
-def test_teacher_list_and_verify() -> None:
-    out = _cli("teacher", "list", "--no-estimate")
-    assert out.returncode == 0, out.stderr
+def test_teacher_list_and_verify(capsys) -> None:
+    code, out = _cli(capsys, "teacher", "list", "--no-estimate")
+    assert code == 0
     for env_id in n2n_gym.ENVS:
-        assert env_id in out.stdout
-    assert DIGITS_PIN.sha256[:12] in out.stdout
-    rows = json.loads(_cli("teacher", "list", "--json", n2n_gym.DEFAULT_ENV_ID).stdout)
+        assert env_id in out
+    assert DIGITS_PIN.sha256[:12] in out
+    code, out = _cli(capsys, "teacher", "list", "--json", n2n_gym.DEFAULT_ENV_ID)
+    rows = json.loads(out)
     assert rows[0]["pin"] == "digitsnet-digits" and rows[0]["present"] and rows[0]["estimated_train_seconds"] > 0
-    out = _cli("teacher", "verify", n2n_gym.DEFAULT_ENV_ID)
-    assert out.returncode == 0 and "OK: the pinned teacher" in out.stdout, out.stdout + out.stderr
+    code, out = _cli(capsys, "teacher", "verify", n2n_gym.DEFAULT_ENV_ID)
+    assert code == 0 and "OK: the pinned teacher" in out, out
 
 
-def test_committed_digits_records_validate_and_unknown_teachers_are_unverifiable(tmp_path) -> None:
+def test_committed_digits_records_validate_and_unknown_teachers_are_unverifiable(tmp_path, capsys) -> None:
     lines = (REPO / "benchmarks/results/leaderboard-digits.jsonl").read_text().splitlines()
     record = json.loads(lines[0])
     assert record["teacher"]["sha256"] in DIGITS_PIN.legacy_sha256  # written before identity by content
     unknown = dict(record, teacher=dict(record["teacher"], sha256="0" * 64))
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(record) + "\n" + json.dumps(unknown) + "\n")
-    out = _cli("validate", str(path))
-    assert "PASS" in out.stdout and "UNVERIFIABLE" in out.stdout and "in no teacher registry" in out.stdout, out.stdout
-    assert "1 passed, 0 failed, 1 unverifiable" in out.stdout and out.returncode == 3
+    code, out = _cli(capsys, "validate", str(path))
+    assert "PASS" in out and "UNVERIFIABLE" in out and "in no teacher registry" in out, out
+    assert "1 passed, 0 failed, 1 unverifiable" in out and code == 3
+
+
+def test_pin_a_checkpoint_measures_it_and_writes_the_entry(tmp_path, digits_teacher, digits_data) -> None:
+    ckpt = tmp_path / "t.pt"
+    save_teacher(ckpt, digits_teacher.module, digits_data, Recipe(**SMALL_DIGITS_RECIPE), val_accuracy=0.5,
+                 test_accuracy=0.5)  # numbers the pin must not copy
+    registry = tmp_path / "registry.json"
+    pin = reg.pin_teacher(n2n_gym.DEFAULT_ENV_ID, ckpt, registry=registry, pinned_dir=tmp_path / "pinned",
+                          train_seconds=1.0, legacy_sha256=("f" * 64,), legacy_note="test")
+    (again,) = reg.pins(registry).values()
+    assert again == pin and pin.sha256 == digits_teacher.sha256 and pin.val_accuracy == digits_teacher.val_accuracy
+    assert pin.recipe["epochs"] == SMALL_DIGITS_RECIPE["epochs"] and pin.data_digest == digits_data.digest
+    stored = tmp_path / "pinned" / pin.file
+    assert stored.stat().st_size == pin.file_bytes and pin.knows("f" * 64) and pin.knows(pin.sha256)
+    assert weights_sha256(torch.load(stored, weights_only=True)["state_dict"]) == pin.sha256
+
+
+def test_download_from_a_base_url_only_where_allowed(tmp_path, monkeypatch) -> None:
+    """$N2N_TEACHERS_URL through urllib (a file:// base URL: no network in tests)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(reg.PINNED_DIR / DIGITS_PIN.file, served / DIGITS_PIN.file)
+    monkeypatch.setenv("N2N_TEACHERS_URL", served.as_uri())
+    monkeypatch.setenv("N2N_OFFLINE", "1")
+    assert reg.download(DIGITS_PIN) is None  # offline: never fetched
+    monkeypatch.setenv("N2N_OFFLINE", "0")
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
+    got = reg.download(DIGITS_PIN)
+    assert got == tmp_path / "cache" / "teachers" / "pinned" / DIGITS_PIN.file
+    assert weights_sha256(torch.load(got, weights_only=True)["state_dict"]) == DIGITS_PIN.sha256
+    assert got in reg.candidates(DIGITS_PIN)
