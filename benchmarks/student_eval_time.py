@@ -13,15 +13,17 @@ import argparse
 import json
 import pathlib
 import statistics
-import tempfile
 
 import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
 from n2n_gym.build import build
+from n2n_gym.cache import NullCache
 from n2n_gym.data import load_dataset
-from n2n_gym.teachers import save_teacher
+from n2n_gym.edits import InvalidStudent
+from n2n_gym.evaluation import Evaluator
+from n2n_gym.teachers import Teacher, weights_sha256
 
 
 def main() -> None:
@@ -32,23 +34,31 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/student_eval_time.json")
     args = p.parse_args()
 
-    probe = gym.make(args.env).unwrapped
-    data = load_dataset(probe.dataset_name)
-    ckpt = pathlib.Path(tempfile.mkdtemp()) / "untrained.pt"
-    save_teacher(ckpt, build(probe.teacher_architecture).eval(), data, val_accuracy=0.1, test_accuracy=0.1)
-    env = gym.make(args.env, protocol=args.protocol, teacher_checkpoint=str(ckpt), cache=False).unwrapped
-    _, info = env.reset(seed=0)
+    # an untrained teacher is refused by the env (chance level): time the library's
+    # Evaluator directly, with the env's students and an untrained Teacher
+    env = gym.make(args.env, protocol=args.protocol, cache=False).unwrapped
+    data = load_dataset(env.dataset_name)
+    module = build(env.teacher_architecture).eval()
+    teacher = Teacher(env.teacher_name, env.teacher_architecture, module, 0.1, 0.1,
+                      weights_sha256(module.state_dict()), data.variant, "untrained (timing only)",
+                      data_digest=data.digest)
+    evaluator = Evaluator(teacher, data, "cpu", NullCache())
+    masks = env.layer_masks()
     rng = np.random.default_rng(0)
     rows = []
     for _ in tqdm(range(args.students), desc=f"{args.protocol} students"):
-        env.reset()
-        for m in info["layer_masks"]:
-            _, _, done, _, final = env.step(int(rng.choice(np.flatnonzero(m))))
-        if final["valid"]:
-            rows.append({"params": final["params"], "flops": final["flops"], "seconds": final["eval_seconds"]})
+        actions = [int(rng.choice(np.flatnonzero(m))) for m in masks]
+        try:
+            arch = env.student_architecture(actions)
+        except InvalidStudent:
+            continue
+        result = evaluator.evaluate(arch, args.protocol, 0)
+        if result.valid:
+            rows.append({"params": result.params, "flops": result.flops, "seconds": result.seconds})
+    final = {"data_variant": data.variant, "teacher_params": teacher.params}
     first = rows[0]["seconds"]  # includes the one-off teacher logits of the training subset
     result = {"env": args.env, "protocol": args.protocol, "data_variant": final["data_variant"],
-              "teacher": "untrained checkpoint (timing only)", "students": rows,
+              "teacher": "untrained (timing only)", "students": rows,
               "first_student_s": first, "median_s_after_first": statistics.median(r["seconds"] for r in rows[1:]),
               "teacher_params": final["teacher_params"]}
     out = pathlib.Path(args.out)

@@ -506,14 +506,21 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
     import torch
 
     from n2n_gym.data import load_dataset
-    from n2n_gym.teachers import (Recipe, _load_checkpoint, default_recipe, load_teacher, teacher_cache_path)
+    from n2n_gym.teachers import Recipe, _load_checkpoint, default_recipe, teacher_cache_path, train_teacher
     from n2n_gym.zoo import teacher_architecture
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
     data = load_dataset(dataset).to(device)
     recipe = Recipe(**pin.recipe) if pin else default_recipe(dataset)
+    arch = teacher_architecture(teacher, data.info.input_shape, data.info.num_classes)
     if ns.teacher_command == "train":
-        t = load_teacher(teacher, data, recipe=recipe, device=device, progress=True, max_minutes=float("inf"))
+        # always by the recipe, into the cache (resuming a .partial state), even where the
+        # pinned file is present: this is how a pin is reproduced and checked
+        path = teacher_cache_path(arch, data, recipe, device)
+        if not path.exists():
+            train_teacher(arch, data, recipe, path, device, progress=True)
+        t = _load_checkpoint(teacher, arch, path, data, device, verify_sidecar=True)
+        t.source = "trained"
         print(f"{teacher} on {data.variant}: weights sha256 {t.sha256} ({t.source}, {t.path}); "
               f"val {_fmt_acc(t.val_accuracy)}, test {_fmt_acc(t.test_accuracy)}")
         if pin is None:
@@ -525,7 +532,6 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
               "validate with this one", file=sys.stderr)
         return 1
     # verify: re-measure on the env's splits, check the content digest; never trains
-    arch = teacher_architecture(teacher, data.info.input_shape, data.info.num_classes)
     paths = (reg.candidates(pin) if pin else []) + [teacher_cache_path(arch, data, recipe, device)]
     paths = [p for p in paths if p.is_file()]
     if not paths:

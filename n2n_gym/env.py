@@ -270,6 +270,10 @@ class N2NEnv(gym.Env):
         self._last_info = info
         return self._obs.copy(), float(info["reward"]), True, False, info
 
+    def layer_masks(self) -> np.ndarray:
+        """Every layer's allowed actions, (layers, actions) int8 (known without a teacher)."""
+        return self._layer_masks.copy()
+
     def action_masks(self) -> np.ndarray:
         """The allowed actions of the current layer (for sb3-contrib's MaskablePPO)."""
         t = min(self._t, self.num_layers - 1)
