@@ -538,7 +538,7 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
         print(f"{ns.id}: no {teacher} teacher on this machine; `n2n-gym teacher train {ns.id}`"
               + (f" or put {pin.file} in $N2N_TEACHERS" if pin else ""), file=sys.stderr)
         return 1
-    t = _load_checkpoint(teacher, arch, paths[0], data, device, verify_sidecar=False)  # measures
+    t = _load_checkpoint(teacher, arch, paths[0], data, device, verify_sidecar=False, measure=True)
     print(f"{paths[0]}: weights sha256 {t.sha256}; measured on {data.identity}: val {t.val_accuracy:.6f}, "
           f"test {t.test_accuracy:.6f}")
     if pin is None:

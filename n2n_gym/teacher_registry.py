@@ -193,7 +193,7 @@ def pin_teacher(env_id: str, checkpoint: str | os.PathLike, *, store: bool = Tru
     data = load_dataset(dataset, data_root)
     arch = teacher_architecture(teacher, data.info.input_shape, data.info.num_classes)
     path = pathlib.Path(checkpoint)
-    t = _load_checkpoint(teacher, arch, path, data, "cpu", verify_sidecar=False)  # measures the accuracies
+    t = _load_checkpoint(teacher, arch, path, data, "cpu", verify_sidecar=False, measure=True)
     if recipe is None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         recipe = ckpt.get("recipe") if isinstance(ckpt, dict) else None

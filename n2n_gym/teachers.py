@@ -331,10 +331,11 @@ def _load_pinned(pin, arch: Architecture, data: Dataset, device) -> Teacher | No
 
 
 def _load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset, device, verify_sidecar: bool,
-                     known: tuple[str, float, float] | None = None) -> Teacher:
+                     known: tuple[str, float, float] | None = None, measure: bool = False) -> Teacher:
     """Load and check a teacher file. Accuracies: ``known`` = (weights sha, val, test)
-    when the weights have that sha and ``data`` is the pin's; those of our own cache file
-    (``verify_sidecar``) when it records this data's digest; else measured on ``data``."""
+    when the weights have that sha; the registry's when they are a pinned teacher and
+    ``data`` is the pin's data; those of our own cache file (``verify_sidecar``) when it
+    records this data's digest; else (and always with ``measure``) measured on ``data``."""
     if not path.is_file():
         raise TeacherCheckpointError(f"teacher checkpoint {path} does not exist")
     if verify_sidecar:
@@ -379,6 +380,15 @@ def _load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset
     for p in module.parameters():
         p.requires_grad_(False)
     sha = weights_sha256(module.state_dict())
+    from . import teacher_registry
+
+    pin = teacher_registry.by_sha(sha)
+    if pin is not None and (pin.sha256 != sha or pin.data_digest != data.digest):
+        pin = None
+    if known is None and pin is not None:  # a pinned teacher's own data: measured when it was pinned
+        known = (sha, pin.val_accuracy, pin.test_accuracy)
+    if measure:
+        known, verify_sidecar = None, False
     if known is not None and known[0] == sha:
         val_acc, test_acc = known[1], known[2]
     elif not (verify_sidecar and recorded_digest == data.digest and val_acc is not None and test_acc is not None):
@@ -389,7 +399,7 @@ def _load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset
         test_acc = accuracy(module, data, *data.split("test"))
     check_teacher(module, float(val_acc), data, f"from {path}")
     return Teacher(name, arch, module, float(val_acc), float(test_acc), sha, data.variant, str(path),
-                   data_digest=data.digest)
+                   data_digest=data.digest, pin=pin.id if pin else None)
 
 
 # ------------------------------------------------------------------ training

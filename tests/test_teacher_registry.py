@@ -304,3 +304,12 @@ def test_download_from_a_base_url_only_where_allowed(tmp_path, monkeypatch) -> N
     assert got == tmp_path / "cache" / "teachers" / "pinned" / DIGITS_PIN.file
     assert weights_sha256(torch.load(got, weights_only=True)["state_dict"]) == DIGITS_PIN.sha256
     assert got in reg.candidates(DIGITS_PIN)
+
+
+def test_a_given_checkpoint_of_a_pinned_teacher_is_recognised(tmp_path, digits_data) -> None:
+    """The pinned weights in any file are the pinned teacher (accuracies from the pin, on its data)."""
+    state = torch.load(reg.PINNED_DIR / DIGITS_PIN.file, weights_only=True)["state_dict"]
+    path = tmp_path / "plain.pt"
+    torch.save(state, path)
+    t = load_teacher("digitsnet", digits_data, checkpoint=path)
+    assert (t.pin, t.sha256, t.val_accuracy) == (DIGITS_PIN.id, DIGITS_PIN.sha256, DIGITS_PIN.val_accuracy)
