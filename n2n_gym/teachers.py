@@ -222,6 +222,9 @@ def max_train_seconds(minutes: float | None = None) -> float:
             minutes = float(raw) if raw else DEFAULT_MAX_TRAIN_MINUTES
         except ValueError:
             raise ValueError(f"N2N_TEACHER_MAX_MINUTES must be a number of minutes (or inf), got {raw!r}") from None
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)):
+        raise TypeError(f"the teacher training limit must be a number of minutes (or float('inf')), "
+                        f"got {type(minutes).__name__} {minutes!r}")
     if not minutes > 0:  # also NaN
         raise ValueError(f"the teacher training limit must be a positive number of minutes (or inf), got {minutes!r}")
     return float(minutes) * 60.0

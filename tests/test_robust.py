@@ -427,7 +427,7 @@ def test_validate_fails_a_cut_line_and_a_repeated_record(tmp_path, capsys):
     assert "unknown env" in lines[0]
     assert lines[1].startswith(f"FAIL {path}#2") and "duplicate of" in lines[1]
     assert lines[2].startswith(f"FAIL {path}#3: not valid JSON")
-    assert lines[-1] == "0 passed, 3 failed"
+    assert lines[-1] == "0 passed, 3 failed, 0 unverifiable"
 
 
 def test_validate_of_a_genuine_record_replays_exactly(digits_teacher, tmp_path, capsys):

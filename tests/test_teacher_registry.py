@@ -218,6 +218,8 @@ def test_the_limit_is_configurable(tmp_path, monkeypatch, digits_data) -> None:
     assert t.source == "trained"
     with pytest.raises(ValueError, match="teacher training limit"):
         make_digits_env(teacher_max_minutes=-1)
+    with pytest.raises(TypeError, match="number of minutes"):
+        make_digits_env(teacher_max_minutes="10")
 
 
 def test_resnet34_cifar10_reset_fails_within_seconds_on_cpu(tmp_path, monkeypatch) -> None:
@@ -267,7 +269,7 @@ def test_committed_digits_records_validate_and_unknown_teachers_are_unverifiable
     lines = (REPO / "benchmarks/results/leaderboard-digits.jsonl").read_text().splitlines()
     record = json.loads(lines[0])
     assert record["teacher"]["sha256"] in DIGITS_PIN.legacy_sha256  # written before identity by content
-    unknown = dict(record, teacher=dict(record["teacher"], sha256="0" * 64))
+    unknown = dict(record, run_id="another-run", teacher=dict(record["teacher"], sha256="0" * 64))
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(record) + "\n" + json.dumps(unknown) + "\n")
     code, out = _cli(capsys, "validate", str(path))
