@@ -131,6 +131,10 @@ class Args:
     """Adam learning rate of the shrink policy; unset: 0.01, or 0.1 when the observation shows a residual network (paper code)"""
     entropy_coef: float = 0.0
     """weight of the policy-entropy bonus (paper: none)"""
+    resample_cached: int = 3
+    """proposal step: extra policy samples per rollout whose student the env had already evaluated (a cache hit, free), before the update tops up with uniform proposals"""
+    explore_tries: int = 50
+    """proposal step: cached uniform proposals in a row after which a stage counts as exhausted and ends (no spinning on free episodes)"""
     baseline: str = "mean"
     """reward baseline: mean (running mean of earlier batch means, paper code) | ema | loo (leave-one-out mean of the other rollouts of the batch) | none"""
     baseline_decay: float = 0.8
@@ -455,6 +459,7 @@ class N2N:
         self.best: dict | None = None
         self.history: list[dict] = []
         self.update_log: list[dict] = []
+        self.exhausted: dict[str, str] = {}  # stage -> why it ended before its updates (see _propose)
         self._pretrained = load_policies(args.load_policy) if args.load_policy else {}
 
     @property
@@ -516,7 +521,7 @@ class N2N:
             env = self.make_env(self.stage_index)
             try:
                 self.ensure_policy(stage, env)
-                while self.update < self.updates[self.stage_index]:
+                while self.update < self.updates[self.stage_index] and stage not in self.exhausted:
                     self._one_update(stage, env)
                     self.update += 1
                     if self.on_update:
@@ -528,23 +533,64 @@ class N2N:
                 self.on_update(self)
         return self.history
 
+    def _play(self, stage: str, env: gym.Env, policy: nn.Module | None, rollout: int, proposal: str) -> Rollout:
+        """One episode and its history record (``proposal``: policy | resample | uniform)."""
+        seed = self.args.seed if (self.update == 0 and rollout == 0) else None
+        r = run_episode(env, policy, self.generator, update=self.update, seed=seed)
+        record = student_record(r.info, evaluation=self.evaluations, stage=stage, stage_index=self.stage_index,
+                                update=self.update, rollout=rollout, proposal=proposal)
+        self.evaluations += 1
+        self.history.append(record)
+        if better(record, self.stage_best.get(stage)):
+            self.stage_best[stage] = record
+        if better(record, self.best):
+            self.best = record
+        if self.on_student:
+            self.on_student(record)
+        return r
+
+    def _propose(self, stage: str, env: gym.Env, policy: nn.Module | None) -> list[Rollout]:
+        """The proposal step: ``rollouts`` students per update that the env had not evaluated.
+
+        A proposal the env answers from its cache (``info["cached"]``: a student already
+        evaluated) costs no evaluation, so a policy that has collapsed onto a few students
+        would otherwise spin through free episodes without spending its budget. Each
+        rollout gets up to ``resample_cached`` more samples from the policy; every policy
+        sample (cached or not) enters the gradient batch, so the update stays on-policy.
+        Still short of new students, the update tops up with uniform mask-respecting
+        proposals (off-policy: recorded, never in the gradient) until it has them; after
+        ``explore_tries`` cached uniform proposals in a row the stage's space is taken
+        to be exhausted: the stage ends and :attr:`exhausted` says why."""
+        def new(r: Rollout) -> bool:
+            return not r.info.get("cached", False)
+
+        batch: list[Rollout] = []
+        fresh = 0
+        for i in range(self.args.rollouts):
+            for attempt in range(1 + max(self.args.resample_cached, 0)):
+                r = self._play(stage, env, policy, len(batch), "policy" if attempt == 0 else "resample")
+                batch.append(r)
+                if new(r):
+                    fresh += 1
+                    break
+        misses = 0
+        while fresh < self.args.rollouts:
+            r = self._play(stage, env, None, len(batch) + misses, "uniform")
+            if new(r):
+                fresh, misses = fresh + 1, 0
+            else:
+                misses += 1
+            if misses >= self.args.explore_tries:
+                self.exhausted[stage] = (f"update {self.update}: {misses} uniform proposals in a row were students "
+                                         f"already evaluated; the {stage} stage's students look exhausted")
+                break
+        return batch
+
     def _one_update(self, stage: str, env: gym.Env) -> None:
         policy = self.policies.get(stage)
-        batch = []
-        for i in range(self.args.rollouts):
-            seed = self.args.seed if (self.update == 0 and i == 0) else None
-            r = run_episode(env, policy, self.generator, update=self.update, seed=seed)
-            batch.append(r)
-            record = student_record(r.info, evaluation=self.evaluations, stage=stage, stage_index=self.stage_index,
-                                    update=self.update, rollout=i)
-            self.evaluations += 1
-            self.history.append(record)
-            if better(record, self.stage_best.get(stage)):
-                self.stage_best[stage] = record
-            if better(record, self.best):
-                self.best = record
-            if self.on_student:
-                self.on_student(record)
+        batch = self._propose(stage, env, policy)
+        if not batch:
+            return
         baseline = self.baselines[stage]
         rewards = torch.tensor([r.reward for r in batch])
         stats = {"stage": stage, "update": self.update, "mean_reward": float(np.mean([r.reward for r in batch])),
@@ -566,6 +612,7 @@ class N2N:
             "lrs": dict(self.lrs),
             "baselines": {s: b.state_dict() for s, b in self.baselines.items()},
             "stage_best": self.stage_best, "best": self.best, "update_log": self.update_log,
+            "exhausted": dict(self.exhausted),
         }
 
     def load_state_dict(self, state: dict, history: list[dict] | None = None) -> None:
@@ -585,6 +632,7 @@ class N2N:
             self.baselines[stage].load_state_dict(b)
         self.stage_best, self.best = state["stage_best"], state["best"]
         self.update_log = list(state.get("update_log", []))
+        self.exhausted = dict(state.get("exhausted", {}))
         self.history = list(history or [])
 
 

@@ -292,3 +292,52 @@ def test_script_help():
                          timeout=120, env=subprocess_env(PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")))
     assert out.returncode == 0
     assert "--rollouts" in out.stdout and "--lr-shrink" in out.stdout
+
+
+# ---------------------------------------------------------------------------- no spinning on cached students
+class CachingToyEnv(ToyEnv):
+    """The toy env with the real env's cache semantics: a student (action list) seen
+    before comes back with ``info["cached"] = True`` (free, not a new evaluation)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seen: set[tuple] = set()
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if terminated:
+            key = tuple(info["actions"])
+            info["cached"] = key in self.seen
+            self.seen.add(key)
+        return obs, reward, terminated, truncated, info
+
+
+gym.register("AgentTestCachingToy-v0", entry_point=CachingToyEnv)
+
+
+def _new(history):
+    return [r for r in history if not r.get("cached")]
+
+
+@pytest.mark.parametrize("random_search", [False, True])
+def test_every_update_gets_its_new_students_when_the_space_is_large(random_search):
+    # 2^8 students: every update of 3 rollouts must add 3 students the env had not evaluated,
+    # however often the policy repeats itself (lr 1.0 collapses it fast)
+    search = agent.N2N(_args(env_id="AgentTestCachingToy-v0", env_kwargs={"num_layers": 8, "num_actions": 2},
+                             stages="shrink", updates="12", rollouts=3, lr_shrink=1.0, random_search=random_search))
+    history = search.run()
+    assert len(_new(history)) == 12 * 3 and not search.exhausted
+    assert len({tuple(r["actions"]) for r in _new(history)}) == 36
+
+
+def test_an_exhausted_stage_ends_and_says_why():
+    # 2 layers x 2 actions = 4 students; 50 updates x 3 rollouts cannot be spent on new ones
+    search = agent.N2N(_args(env_id="AgentTestCachingToy-v0", env_kwargs={"num_layers": 2, "num_actions": 2},
+                             stages="remove,shrink", updates="50", rollouts=3, explore_tries=20))
+    history = search.run()
+    for stage in ("remove", "shrink"):
+        rows = [r for r in history if r["stage"] == stage]
+        assert len(_new(rows)) == 4, stage  # every student, once
+        assert "exhausted" in search.exhausted[stage]
+        assert len(rows) < 3 * 4 + 20 * 4  # stopped: no spinning through 50 updates of free episodes
+    assert {r["proposal"] for r in history} <= {"policy", "resample", "uniform"}
