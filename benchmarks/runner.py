@@ -11,9 +11,11 @@ replayable record per run to the results file (JSONL, schema in
 ranks them.
 
 Agents (``--list-agents``): ``random`` (uniform mask-respecting search), ``ppo``, ``a2c``,
-``dqn`` (Stable-Baselines3), ``maskable_ppo``, ``recurrent_ppo`` (sb3-contrib) and ``n2n``
+``dqn`` (Stable-Baselines3), ``maskable_ppo``, ``recurrent_ppo`` (sb3-contrib), ``n2n``
 (the two-stage N2N REINFORCE agent of ``agents/n2n.py``: removal, then shrinkage from
-the best removal student). Add one with :func:`register_agent`: a function
+the best removal student), ``tas``, ``optuna_tpe`` (Optuna's TPE sampler), ``evolution``
+(regularized evolution) and ``magnitude`` (no search: uniform L1-magnitude pruning to a
+target parameter count, one evaluation). Add one with :func:`register_agent`: a function
 ``run(env_id, seed, budget, env_kwargs, hparams, *, tracker, wandb_run) -> {"hparams",
 "tracker"[, "extra"]}`` that feeds every terminal info to ``tracker`` (wrap the env in
 ``benchmarks.records.TrackedEnv``) and stops when ``tracker.exhausted``.
@@ -88,6 +90,13 @@ AGENTS: dict[str, AgentSpec] = {
                      default_stage="remove,shrink"),
     "tas": AgentSpec("n2n_gym.agents.tas:run_benchmark", "TAS differentiable width/depth search (agents/tas.py); "
                      "budget = the compute of that many RL evaluations"),
+    "optuna_tpe": AgentSpec("n2n_gym.agents.optuna_tpe:run", "Optuna TPE, one categorical per layer over its allowed "
+                            "actions (agents/optuna_tpe.py)"),
+    "evolution": AgentSpec("n2n_gym.agents.evolution:run", "regularized (aging) evolution, tournament selection, "
+                           "one-layer mutation (agents/evolution.py)"),
+    "magnitude": AgentSpec("n2n_gym.agents.magnitude_pruning:run", "no search: uniform L1-magnitude channel pruning "
+                           "to a target param count, one evaluation (agents/magnitude_pruning.py; --hparams target_*)",
+                           default_stage="shrink"),
 }
 
 
