@@ -9,6 +9,19 @@ points, on the validation split that the reward used and on the test split that 
 reported), params, FLOPs (2 per multiply-add, FlopCounterMode's convention) and the
 evaluations, episodes and wall-clock used.
 
+Statistics (rliable; Agarwal et al., "Deep Reinforcement Learning at the Edge of the
+Statistical Precipice", NeurIPS 2021): per agent the interquartile mean (IQM) of the
+seeds' best rewards with a 95 % stratified-bootstrap confidence interval (percentile
+method), the probability of improvement over uniform random search ``P(X > Y)`` (the
+Mann-Whitney U statistic over seed pairs, ties counting 1/2) with its bootstrap interval,
+and an anytime metric: the IQM of the normalised area under the best-so-far curve
+(:func:`anytime_auc`). Agents are **ranked only where intervals separate**: an agent's
+rank is 1 + the number of agents whose best-reward IQM interval lies entirely above its
+own; agents that share a rank are marked "tied". The bootstrap is seeded
+(``--bootstrap-seed``), so the same records give the same table. ``--out`` also writes
+``profile-<env>-<protocol>.png``: the performance profile (fraction of runs whose best
+reward exceeds tau, with bootstrap bands).
+
 With ``--out DIR`` it writes ``leaderboard.<format>`` there and, per env and protocol,
 two PNG plots (matplotlib, Agg):
 
@@ -26,6 +39,7 @@ Without ``--out`` the table goes to stdout (no plots).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import html
 import io
@@ -43,12 +57,18 @@ from typing import Any, Iterable
 from n2n_gym.benchmarks.records import FLOP_CONVENTION, accuracy_drop, record_errors, scan_records
 
 CSV_COLUMNS = (
-    "env_id", "env_version", "protocol", "rank", "agent", "stage", "seeds", "best_reward_mean", "best_reward_std",
+    "env_id", "env_version", "protocol", "rank", "tied", "agent", "stage", "seeds", "best_reward_iqm",
+    "best_reward_ci_low", "best_reward_ci_high", "p_improvement", "p_improvement_ci_low", "p_improvement_ci_high",
+    "auc_iqm", "auc_ci_low", "auc_ci_high", "best_reward_mean", "best_reward_std",
     "compression_mean", "compression_std", "val_acc_drop_mean", "val_acc_drop_std", "test_acc_drop_mean",
     "test_acc_drop_std", "val_acc_mean", "test_acc_mean", "params_mean", "flops_mean", "flop_convention",
     "budget", "evaluations_mean", "episodes_mean", "env_steps_mean", "wall_seconds_mean", "teacher_sha256",
     "teacher_val_accuracy", "teacher_test_accuracy", "teacher_params",
 )
+
+DEFAULT_REPS = 5000  # bootstrap resamples per interval
+DEFAULT_BOOTSTRAP_SEED = 0
+REFERENCE_AGENT = "random"  # P(improvement) is over uniform random search
 
 
 # ---------------------------------------------------------------------------- loading
@@ -165,20 +185,129 @@ def agent_row(label: str, runs: list[dict]) -> dict[str, Any]:
     }
 
 
-def leaderboard(records: list[dict]) -> list[dict]:
-    """One section per (env, protocol): its header facts and the ranked agent rows."""
+def leaderboard(records: list[dict], *, reps: int = DEFAULT_REPS, seed: int = DEFAULT_BOOTSTRAP_SEED) -> list[dict]:
+    """One section per (env, protocol): its header facts and the agent rows, ranked where
+    their bootstrap intervals separate (:func:`add_statistics`; ``reps`` bootstrap
+    resamples, ``seed`` of the bootstrap)."""
     sections = []
     for (env_id, protocol), agents in sorted(group_records(records).items(), key=lambda kv: tuple(map(str, kv[0]))):
         rows = [agent_row(label, runs) for label, runs in agents.items()]
-        rows.sort(key=lambda r: -(r["best_reward_mean"] if r["best_reward_mean"] is not None else -math.inf))
-        for i, row in enumerate(rows, 1):
-            row["rank"] = i
+        add_statistics(rows, agents, reps=reps, seed=seed)
         first = next(iter(agents.values()))[0]
         teachers = {(r.get("teacher") or {}).get("sha256") for runs in agents.values() for r in runs}
         sections.append({"env_id": env_id, "env_version": first.get("env_version"), "protocol": protocol,
                          "teacher": first.get("teacher") or {}, "teachers": len(teachers),
                          "data_variant": first.get("data_variant"), "rows": rows, "agents": agents})
     return sections
+
+
+# ---------------------------------------------------------------------------- statistics (rliable)
+
+
+def anytime_auc(record: dict) -> float | None:
+    """Normalised area under the best-so-far curve: ``(1/B) sum_{i=1..B} best_i``, with
+    ``best_i`` the best reward after ``i`` evaluations and ``B`` the run's requested
+    budget (a run that stopped early keeps its last value; one that evaluated one student,
+    like the no-search baseline, scores that student's reward). Reward units: it equals
+    the best-found reward when that came first, and is lower the later good students come."""
+    curve = [c for c in ((record.get("curve") or {}).get("best_reward") or []) if c is not None]
+    if not curve:
+        return None
+    budget = (record.get("budget") or {}).get("requested") or len(curve)
+    budget = max(int(budget), len(curve))
+    return (sum(curve) + curve[-1] * (budget - len(curve))) / budget
+
+
+@contextlib.contextmanager
+def _seeded_numpy(seed: int):
+    """rliable's stratified bootstrap draws from numpy's global generator (not only its
+    ``random_state``): seed it for the call and restore it after, so tables are reproducible."""
+    import numpy as np
+
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch: "random_state is deprecated" (rliable still passes one)
+            warnings.simplefilter("ignore", FutureWarning)
+            yield np.random.RandomState(seed)
+    finally:
+        np.random.set_state(state)
+
+
+def iqm_intervals(scores: dict[str, list[float]], *, reps: int = DEFAULT_REPS,
+                  seed: int = DEFAULT_BOOTSTRAP_SEED) -> dict[str, tuple[float, float, float]]:
+    """``{label: (IQM, CI low, CI high)}`` of each label's per-seed scores: rliable's
+    ``aggregate_iqm`` with a 95 % stratified-bootstrap percentile interval (one task, so
+    the strata are the runs)."""
+    import numpy as np
+    from rliable import library as rly
+    from rliable import metrics
+
+    data = {k: np.asarray(v, dtype=float)[:, None] for k, v in scores.items() if len(v)}
+    out = {}
+    for i, (k, x) in enumerate(sorted(data.items())):
+        with _seeded_numpy(seed + i) as rs:
+            point, ci = rly.get_interval_estimates({k: x}, lambda a: np.array([metrics.aggregate_iqm(a)]),
+                                                   reps=reps, random_state=rs)
+        out[k] = (float(point[k][0]), float(ci[k][0, 0]), float(ci[k][1, 0]))
+    return out
+
+
+def improvement_intervals(scores: dict[str, list[float]], reference: str = REFERENCE_AGENT, *,
+                          reps: int = DEFAULT_REPS, seed: int = DEFAULT_BOOTSTRAP_SEED
+                          ) -> dict[str, tuple[float, float, float]]:
+    """``{label: (P(label > reference), CI low, CI high)}``: rliable's
+    ``probability_of_improvement`` (Mann-Whitney U / (n m), ties 1/2) with a 95 %
+    bootstrap interval resampling both agents' runs independently. Empty without the
+    reference agent; the reference itself is left out."""
+    import numpy as np
+    from rliable import library as rly
+    from rliable import metrics
+
+    if not scores.get(reference):
+        return {}
+    y = np.asarray(scores[reference], dtype=float)[:, None]
+    out = {}
+    for i, (k, v) in enumerate(sorted(scores.items())):
+        if k == reference or not len(v):
+            continue
+        x = np.asarray(v, dtype=float)[:, None]
+        with _seeded_numpy(seed + 1000 + i) as rs:
+            point, ci = rly.get_interval_estimates(
+                {k: [x, y]}, lambda a, b: np.array([metrics.probability_of_improvement(a, b)]), reps=reps,
+                random_state=rs)
+        out[k] = (float(point[k][0]), float(ci[k][0, 0]), float(ci[k][1, 0]))
+    return out
+
+
+def separated_ranks(intervals: dict[str, tuple[float, float, float]]) -> dict[str, tuple[int, bool]]:
+    """``{label: (rank, tied)}``: rank = 1 + the number of labels whose interval lies
+    entirely above this one's (``low > high``); ``tied``: another label has the same rank."""
+    ranks = {k: 1 + sum(o[1] > v[2] for j, o in intervals.items() if j != k) for k, v in intervals.items()}
+    counts = defaultdict(int)
+    for r in ranks.values():
+        counts[r] += 1
+    return {k: (r, counts[r] > 1) for k, r in ranks.items()}
+
+
+def add_statistics(rows: list[dict], agents: dict[str, list[dict]], *, reps: int = DEFAULT_REPS,
+                   seed: int = DEFAULT_BOOTSTRAP_SEED) -> None:
+    """Add to each row the IQM of best rewards and of :func:`anytime_auc` with their
+    intervals, P(improvement over random search), and the interval-separated ``rank``
+    (``tied``); sorts ``rows`` by rank, then IQM. Runs without a reward are left out."""
+    best = {k: [float(r["best"]["reward"]) for r in runs if (r.get("best") or {}).get("reward") is not None]
+            for k, runs in agents.items()}
+    auc = {k: [a for a in map(anytime_auc, runs) if a is not None] for k, runs in agents.items()}
+    best_ci, auc_ci = iqm_intervals(best, reps=reps, seed=seed), iqm_intervals(auc, reps=reps, seed=seed + 500)
+    poi = improvement_intervals(best, reps=reps, seed=seed)
+    ranks = separated_ranks(best_ci)
+    for row in rows:
+        k = row["agent"]
+        row["best_reward_iqm"], row["best_reward_ci_low"], row["best_reward_ci_high"] = best_ci.get(k, (None,) * 3)
+        row["auc_iqm"], row["auc_ci_low"], row["auc_ci_high"] = auc_ci.get(k, (None,) * 3)
+        row["p_improvement"], row["p_improvement_ci_low"], row["p_improvement_ci_high"] = poi.get(k, (None,) * 3)
+        row["rank"], row["tied"] = ranks.get(k, (len(rows), False))
+    rows.sort(key=lambda r: (r["rank"], -(r["best_reward_iqm"] if r["best_reward_iqm"] is not None else -math.inf)))
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -205,13 +334,25 @@ def _si(x) -> str:
     return f"{x:.0f}"
 
 
-TABLE_HEADER = ("rank", "agent", "seeds", "best reward", "compression", "val acc drop (pp)", "test acc drop (pp)",
-                "params", "FLOPs", "evaluations", "episodes", "wall s")
+TABLE_HEADER = ("rank", "agent", "seeds", "best reward IQM [95% CI]", "P(> random) [95% CI]",
+                "anytime AUC IQM [95% CI]", "best reward mean ± std", "compression", "val acc drop (pp)",
+                "test acc drop (pp)", "params", "FLOPs", "evaluations", "episodes", "wall s")
+
+
+def _ci(point, low, high, fmt="{:.4f}") -> str:
+    if point is None:
+        return "-"
+    return f"{fmt.format(point)} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
 def _table_cells(row: dict) -> list[str]:
     agent = row["agent"] + (f" ({row['stopped_early']} stopped early)" if row["stopped_early"] else "")
-    return [str(row["rank"]), agent, str(row["seeds"]), _pm(row["best_reward_mean"], row["best_reward_std"]),
+    rank = f"{row['rank']} (tied)" if row.get("tied") else str(row["rank"])
+    return [rank, agent, str(row["seeds"]),
+            _ci(row.get("best_reward_iqm"), row.get("best_reward_ci_low"), row.get("best_reward_ci_high")),
+            _ci(row.get("p_improvement"), row.get("p_improvement_ci_low"), row.get("p_improvement_ci_high"), "{:.2f}"),
+            _ci(row.get("auc_iqm"), row.get("auc_ci_low"), row.get("auc_ci_high")),
+            _pm(row["best_reward_mean"], row["best_reward_std"]),
             _pm(row["compression_mean"], row["compression_std"], "{:.2f}", suffix="x"),
             _pm(row["val_acc_drop_mean"], row["val_acc_drop_std"], "{:.2f}", 100),
             _pm(row["test_acc_drop_mean"], row["test_acc_drop_std"], "{:.2f}", 100),
@@ -231,11 +372,20 @@ def section_note(sec: dict) -> str:
     if sec["teachers"] > 1:
         text += f"**Warning: the runs used {sec['teachers']} different teachers.** "
     text += (f"Budget: {', '.join(map(str, sorted(budgets, key=str)))} student evaluations per run (cache hits "
-             f"and invalid students not counted). Best reward R = Rc * Ra of each run's best student: mean ± sample "
-             f"std over seeds; compression = teacher params / student params; accuracy drops = teacher minus "
+             f"and invalid students not counted). Best reward R = Rc * Ra of each run's best student: interquartile "
+             f"mean over seeds with a 95% stratified-bootstrap interval (rliable), and mean ± sample std. Rank: 1 + the "
+             f"number of agents whose IQM interval lies entirely above this agent's; agents that share a rank are tied "
+             f"(their intervals do not separate). P(> random): probability that a run of the agent beats a run of "
+             f"uniform random search (ties 1/2). Anytime AUC: mean best-so-far reward over the budget's evaluations "
+             f"(normalised area under the anytime curve). Compression = teacher params / student params; accuracy drops = teacher minus "
              f"student, percentage points; params, FLOPs: means of the best students, FLOPs counted as "
              f"{FLOP_CONVENTION}.")
     return text
+
+
+def profile_name(sec: dict) -> str:
+    """File name of the performance-profile plot of a section."""
+    return "profile-" + plot_names(sec)[0].removeprefix("anytime-")
 
 
 def plot_names(sec: dict) -> tuple[str, str, str]:
@@ -256,7 +406,8 @@ def render_md(sections: list[dict], plots: bool = False) -> str:
         if plots:
             anytime, pareto, learning = plot_names(sec)
             out += [f"![anytime curves]({anytime})", "", f"![accuracy vs params]({pareto})", "",
-                    f"![mean reward of new students]({learning})", ""]
+                    f"![mean reward of new students]({learning})", "", f"![performance profiles]({profile_name(sec)})",
+                    ""]
     return "\n".join(out)
 
 
@@ -290,7 +441,8 @@ def render_html(sections: list[dict], plots: bool = False) -> str:
         if plots:
             anytime, pareto, learning = plot_names(sec)
             out.append(f"<p><img src='{e(anytime)}' alt='anytime curves'> <img src='{e(pareto)}' "
-                       f"alt='accuracy vs params'> <img src='{e(learning)}' alt='mean reward of new students'></p>")
+                       f"alt='accuracy vs params'> <img src='{e(learning)}' alt='mean reward of new students'> "
+                       f"<img src='{e(profile_name(sec))}' alt='performance profiles'></p>")
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -342,6 +494,46 @@ def plot_anytime(sec: dict, path: str | os.PathLike, band: str = "minmax") -> No
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_profile(sec: dict, path: str | os.PathLike, *, reps: int = 2000, seed: int = DEFAULT_BOOTSTRAP_SEED) -> None:
+    """Performance profiles (rliable): per agent the fraction of runs whose best reward is
+    above tau, against tau, with 95 % stratified-bootstrap bands. A curve to the right of
+    another dominates it stochastically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from rliable import library as rly
+
+    scores = {label: np.asarray([r["best"]["reward"] for r in runs if (r.get("best") or {}).get("reward") is not None],
+                                dtype=float)[:, None] for label, runs in sec["agents"].items()}
+    scores = {k: v for k, v in scores.items() if len(v)}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if scores:
+        allv = np.concatenate([v.ravel() for v in scores.values()])
+        lo, hi = float(allv.min()), float(allv.max())
+        pad = max(hi - lo, 1e-3) * 0.05
+        taus = np.linspace(lo - pad, hi + pad, 101)
+        with _seeded_numpy(seed):
+            profiles, cis = rly.create_performance_profile(scores, taus, reps=reps)
+        colors = _colors(list(sec["agents"]))
+        for row in sec["rows"]:
+            k = row["agent"]
+            if k not in profiles:
+                continue
+            ax.plot(taus, profiles[k], color=colors[k], lw=1.6, label=f"{k} (n={len(scores[k])})")
+            ax.fill_between(taus, cis[k][0], cis[k][1], color=colors[k], alpha=0.15, lw=0)
+        ax.legend(fontsize=8, loc="lower left")
+    ax.set_xlabel("best reward tau (R = Rc * Ra)")
+    ax.set_ylabel("fraction of runs with best reward > tau")
+    ax.set_title(f"{sec['env_id']}, protocol {sec['protocol']}: performance profiles\n(band: 95% stratified-bootstrap "
+                 f"interval, rliable)", fontsize=10)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -463,7 +655,8 @@ def write(sections: list[dict], out: str | os.PathLike, fmt: str = "md", plots: 
             plot_anytime(sec, out / anytime, band)
             plot_pareto(sec, out / pareto, metric)
             plot_learning(sec, out / learning)
-            written += [out / anytime, out / pareto, out / learning]
+            plot_profile(sec, out / profile_name(sec))
+            written += [out / anytime, out / pareto, out / learning, out / profile_name(sec)]
     path = out / f"leaderboard.{fmt}"
     text = render_csv(sections) if fmt == "csv" else RENDER[fmt](sections, plots=plots)
     path.write_text(text)
@@ -480,6 +673,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--band", choices=("minmax", "std"), default="minmax", help="seed band of the anytime plot")
     p.add_argument("--metric", choices=("test", "val"), default="test", help="accuracy of the Pareto plot")
     p.add_argument("--no-plots", action="store_true", help="write no PNG")
+    p.add_argument("--reps", type=int, default=DEFAULT_REPS,
+                   help=f"bootstrap resamples per confidence interval (default {DEFAULT_REPS})")
+    p.add_argument("--bootstrap-seed", type=int, default=DEFAULT_BOOTSTRAP_SEED,
+                   help=f"seed of the bootstrap: the same records give the same table (default {DEFAULT_BOOTSTRAP_SEED})")
     return p
 
 
@@ -502,7 +699,7 @@ def run_args(args: argparse.Namespace) -> int:
     if not records:
         print("no records found", file=sys.stderr)
         return 2
-    sections = leaderboard(records)
+    sections = leaderboard(records, reps=args.reps, seed=args.bootstrap_seed)
     if args.out:
         for path in write(sections, args.out, args.format, not args.no_plots, args.band, args.metric):
             print(f"wrote {path}")

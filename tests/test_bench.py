@@ -224,12 +224,14 @@ def test_fixture_records_are_valid_records():
     assert len({r["agent"] for r in records}) >= 3
 
 
-def test_leaderboard_ranks_by_mean_best_reward():
+def test_leaderboard_ranks_by_separated_intervals():
     records = read_records(FIXTURE_RECORDS)
-    (sec,) = leaderboard.leaderboard(records)
+    (sec,) = leaderboard.leaderboard(records, reps=500)
     rows = sec["rows"]
-    means = [r["best_reward_mean"] for r in rows]
-    assert means == sorted(means, reverse=True) and [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["rank"] for r in rows] == sorted(r["rank"] for r in rows) and rows[0]["rank"] == 1
+    for row in rows:  # rank = 1 + the agents whose interval lies entirely above
+        above = [o for o in rows if o["best_reward_ci_low"] > row["best_reward_ci_high"]]
+        assert row["rank"] == 1 + len(above)
     by_agent = {}
     for r in records:
         by_agent.setdefault(r["agent"], []).append(r["best"]["reward"])
@@ -248,7 +250,7 @@ def test_a_labelled_variant_gets_its_own_leaderboard_row():
     variant = [{**copy.deepcopy(r), "label": f"{agent} tuned"} for r in records if r["agent"] == agent]
     for r in variant:
         r["best"]["reward"] = 2.0
-    (sec,) = leaderboard.leaderboard(records + variant)
+    (sec,) = leaderboard.leaderboard(records + variant, reps=500)
     labels = [row["agent"] for row in sec["rows"]]
     assert labels[0] == f"{agent} tuned" and agent in labels
     assert sec["rows"][0]["seeds"] == len(variant)
@@ -263,10 +265,10 @@ def test_window_means_of_the_learning_plot():
 @pytest.mark.parametrize("fmt", ["md", "csv", "html"])
 def test_leaderboard_renders_tables_and_plots(tmp_path, fmt, capsys):
     out = tmp_path / "lb"
-    assert leaderboard.main([str(FIXTURE_RECORDS), "--format", fmt, "--out", str(out)]) == 0
+    assert leaderboard.main([str(FIXTURE_RECORDS), "--format", fmt, "--out", str(out), "--reps", "500"]) == 0
     table = (out / f"leaderboard.{fmt}").read_text()
     pngs = sorted(out.glob("*.png"))
-    assert [p.name.split("-")[0] for p in pngs] == ["anytime", "learning", "pareto"]
+    assert [p.name.split("-")[0] for p in pngs] == ["anytime", "learning", "pareto", "profile"]
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
     agents = {r["agent"] for r in read_records(FIXTURE_RECORDS)}
@@ -277,12 +279,12 @@ def test_leaderboard_renders_tables_and_plots(tmp_path, fmt, capsys):
     elif fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(table)))
         assert {r["agent"] for r in rows} == agents and rows[0]["rank"] == "1"
-        assert float(rows[0]["best_reward_mean"]) >= float(rows[-1]["best_reward_mean"])
+        assert float(rows[0]["best_reward_iqm"]) >= float(rows[-1]["best_reward_iqm"])
     else:
         assert table.startswith("<!DOCTYPE html>") and "<table>" in table and "<img" in table
     # without --out: the table on stdout
     capsys.readouterr()
-    assert leaderboard.main([str(FIXTURE_RECORDS), "--format", fmt]) == 0
+    assert leaderboard.main([str(FIXTURE_RECORDS), "--format", fmt, "--reps", "500"]) == 0
     printed = capsys.readouterr().out
     assert all(a in printed for a in agents)
 
@@ -290,7 +292,7 @@ def test_leaderboard_renders_tables_and_plots(tmp_path, fmt, capsys):
 def test_leaderboard_skips_a_cut_line(tmp_path, capsys):
     path = tmp_path / "r.jsonl"
     path.write_bytes(FIXTURE_RECORDS.read_bytes() + b'{"format": "n2n-gym-bench", "env_id": "N2N-Di')
-    assert leaderboard.main([str(path)]) == 0
+    assert leaderboard.main([str(path), "--reps", "500"]) == 0
     n = len(FIXTURE_RECORDS.read_bytes().splitlines()) + 1
     assert f"skipped {path}#{n}: not valid JSON" in capsys.readouterr().err
 
