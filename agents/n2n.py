@@ -42,6 +42,16 @@ update. Adam lr 0.003 for removal, 0.01 for shrinkage; the paper's code uses 0.1
 shrinking ResNets, which ``--lr-shrink`` left unset applies when the observation shows a
 residual network (its ``skip_start`` column).
 
+Proposal step (not in the paper): a student the env answers from its cache (already
+evaluated) is free, so a policy that has collapsed onto a few students would run free
+episodes without spending its budget. Each rollout whose student was cached is resampled
+from the policy (up to ``--resample-cached`` times; every policy sample, cached or not,
+is in the gradient batch, so the update stays on-policy), then the update tops up with
+uniform mask-respecting proposals (off-policy: recorded, not in the gradient) until it has
+``--rollouts`` new students. ``--explore-tries`` cached uniform proposals in a row end the
+stage as exhausted (``N2N.exhausted`` says why): the digits net's removal stage has only a
+few distinct students.
+
 ``--baseline loo`` (not in the paper) gives each rollout the mean reward of the other
 rollouts of its batch as baseline (Kool et al., 2019): the first update already has a
 baseline, where the paper's running mean starts at 0 and turns every early advantage

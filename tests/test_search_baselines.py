@@ -6,19 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SMALL_DIGITS_RECIPE
+from test_baselines import ENV_KWARGS, bench  # one runner call for every agent test
 
 from n2n_gym.agents import evolution, magnitude_pruning
-from n2n_gym.benchmarks import runner, validate
+from n2n_gym.benchmarks import validate
 from n2n_gym.benchmarks.records import read_records
 
-ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
 SEARCHERS = ("optuna_tpe", "evolution")
-
-
-def bench(agent: str, budget: int = 2, seed: int = 0, **kw) -> dict:
-    kw.setdefault("env_kwargs", dict(ENV_KWARGS))
-    return runner.run_one("N2N-DigitsNet-Digits-v0", agent, seed, budget, protocol="tiny", device="cpu", **kw)
 
 
 @pytest.mark.parametrize("agent", SEARCHERS)
