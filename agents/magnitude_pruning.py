@@ -50,26 +50,30 @@ class Args:
     """prune to at most this many parameters"""
     target_compression: float | None = None
     """prune to at most teacher params / this"""
-    target_results: str | None = None
-    """results JSONL: prune to the params of the best student of target_agent with the same env, protocol, seed"""
+    target_results: str | list | None = None
+    """results JSONL (or a list of them): prune to the params of the best student of target_agent with the same env, protocol, seed"""
     target_agent: str = "n2n"
     """agent whose record in target_results sets the target"""
     target_label: str | None = None
     """label of that record (n2n-gym bench --label), if it has one"""
 
 
-def target_from_results(path: str, env_id: str, protocol: str, seed: int, agent: str, label: str | None) -> int:
-    """The best student's params of the matching record (the last one if several)."""
+def target_from_results(paths: str | list, env_id: str, protocol: str, seed: int, agent: str,
+                        label: str | None) -> int:
+    """The best student's params of the matching record (the last one if several) of the
+    results file(s) ``paths``; ``ValueError`` if there is none."""
     found = None
-    with open(path) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a killed writer
-            if (r.get("env_id"), r.get("protocol"), r.get("seed"), r.get("agent")) == (env_id, protocol, seed, agent) \
-                    and (label is None or r.get("label") == label) and (r.get("best") or {}).get("params"):
-                found = int(r["best"]["params"])
+    for path in [paths] if isinstance(paths, str) else paths:
+        with open(path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a killed writer
+                if (r.get("env_id"), r.get("protocol"), r.get("seed"), r.get("agent")) == (env_id, protocol, seed, agent) \
+                        and (label is None or r.get("label") == label) and (r.get("best") or {}).get("params"):
+                    found = int(r["best"]["params"])
+    path = paths
     if found is None:
         raise ValueError(f"no record of agent {agent!r}{f' label {label!r}' if label else ''} for {env_id}, protocol "
                          f"{protocol!r}, seed {seed} in {path}: run that agent first, or give target_params")

@@ -71,7 +71,10 @@ def test_magnitude_pruning_hits_the_target_from_below_and_replays(digits_teacher
 def test_magnitude_pruning_targets_the_same_seed_of_another_agent(digits_teacher, tmp_path):
     results = tmp_path / "r.jsonl"
     rl = bench("random", budget=2, seed=1, results=results)
-    record = bench("magnitude", budget=1, seed=1, hparams={"target_results": str(results), "target_agent": "random"})
+    other = tmp_path / "other.jsonl"
+    other.write_text("")
+    record = bench("magnitude", budget=1, seed=1,
+                   hparams={"target_results": [str(other), str(results)], "target_agent": "random"})
     assert record["extra"]["target_params"] == rl["best"]["params"] >= record["best"]["params"]
     with pytest.raises(ValueError, match="no record of agent 'random'.*seed 2"):
         bench("magnitude", budget=1, seed=2, hparams={"target_results": str(results), "target_agent": "random"})
