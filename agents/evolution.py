@@ -34,6 +34,7 @@ import gymnasium as gym
 import numpy as np
 
 import n2n_gym  # noqa: F401  (registers the environments)
+from n2n_gym.checks import check_int
 from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
 
@@ -72,8 +73,8 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
     if unknown:
         raise ValueError(f"evolution hparams are {sorted(names)}; got unknown {sorted(unknown)}")
     args = Args(**(hparams or {}))
-    if args.population < 1 or not 1 <= args.sample_size:
-        raise ValueError(f"need population >= 1 and sample_size >= 1, got {args}")
+    check_int("population", args.population, min=1)
+    check_int("sample_size", args.sample_size, min=1)
     tracker = tracker or BudgetTracker(budget)
     rng = np.random.default_rng(seed)
     population: collections.deque = collections.deque()  # (genome, reward), oldest first

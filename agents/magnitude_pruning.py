@@ -40,6 +40,7 @@ import gymnasium as gym
 import numpy as np
 
 import n2n_gym  # noqa: F401  (registers the environments)
+from n2n_gym.checks import check_float, check_int
 from n2n_gym.edits import MIN_WIDTH, apply_decisions
 from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
@@ -125,11 +126,10 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
     shrinkable = [bool(row.sum() > 1) for row in np.asarray(info["layer_masks"])]
     probe.close()
     if args.target_params is not None:
-        target = int(args.target_params)
+        target = check_int("target_params", args.target_params, min=1)
     elif args.target_compression is not None:
-        if not args.target_compression > 1:
-            raise ValueError(f"target_compression must be > 1, got {args.target_compression}")
-        target = math.floor(teacher_params / args.target_compression)
+        target = math.floor(teacher_params / check_float("target_compression", args.target_compression, min=1.0,
+                                                         min_open=True))
     else:
         target = target_from_results(args.target_results, env_id, kwargs_in.get("protocol", "fast"), seed,
                                      args.target_agent, args.target_label)

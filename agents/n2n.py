@@ -185,6 +185,8 @@ class Args:
         if self.lr_shrink is not None:
             check_float("lr_shrink", self.lr_shrink, min=0.0, min_open=True)
         check_float("entropy_coef", self.entropy_coef, min=0.0)
+        check_int("resample_cached", self.resample_cached, min=0)
+        check_int("explore_tries", self.explore_tries, min=1)
         check_choice("baseline", self.baseline, Baseline.KINDS)
         check_float("baseline_decay", self.baseline_decay, min=0.0, max=1.0, max_open=True)
 

@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 
 import n2n_gym  # noqa: F401  (registers the environments)
+from n2n_gym.checks import check_bool, check_int
 from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
 
@@ -71,6 +72,9 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
     if unknown:
         raise ValueError(f"optuna_tpe hparams are {sorted(names)}; got unknown {sorted(unknown)}")
     args = Args(**(hparams or {}))
+    check_int("n_startup_trials", args.n_startup_trials, min=0)
+    check_int("n_ei_candidates", args.n_ei_candidates, min=1)
+    check_bool("multivariate", args.multivariate)
     tracker = tracker or BudgetTracker(budget)
     study = make_study(args, seed)
     with private_cache(env_kwargs) as kwargs:
