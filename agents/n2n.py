@@ -42,9 +42,10 @@ update. Adam lr 0.003 for removal, 0.01 for shrinkage; the paper's code uses 0.1
 shrinking ResNets, which ``--lr-shrink`` left unset applies when the observation shows a
 residual network (its ``skip_start`` column).
 
-Proposal step (not in the paper): a student the env answers from its cache (already
-evaluated) is free, so a policy that has collapsed onto a few students would run free
-episodes without spending its budget. Each rollout whose student was cached is resampled
+Proposal step (not in the paper): a student the search has proposed before is free (the
+env answers it from its cache), so a policy that has collapsed onto a few students would
+run free episodes without spending its budget. Each rollout whose student is a repeat (by
+the search's own record, not the env's cache, so a shared cache changes nothing) is resampled
 from the policy (up to ``--resample-cached`` times; every policy sample, cached or not,
 is in the gradient batch, so the update stays on-policy), then the update tops up with
 uniform mask-respecting proposals (off-policy: recorded, not in the gradient) until it has
@@ -439,6 +440,12 @@ def student_record(info: dict, **extra) -> dict:
     return _json_safe({**extra, **row})
 
 
+def student_key(info: dict):
+    """What identifies a proposed student: its architecture (IR JSON), or its actions when
+    it has none (an invalid student)."""
+    return info.get("architecture") or tuple(int(a) for a in info.get("actions") or ())
+
+
 def better(a: dict | None, b: dict | None) -> bool:
     """Is student ``a`` better than ``b``: higher reward, then fewer parameters."""
     if a is None:
@@ -472,6 +479,7 @@ class N2N:
         self.history: list[dict] = []
         self.update_log: list[dict] = []
         self.exhausted: dict[str, str] = {}  # stage -> why it ended before its updates (see _propose)
+        self.seen: set = set()  # student_key of every student this search proposed
         self._pretrained = load_policies(args.load_policy) if args.load_policy else {}
 
     @property
@@ -564,17 +572,22 @@ class N2N:
     def _propose(self, stage: str, env: gym.Env, policy: nn.Module | None) -> list[Rollout]:
         """The proposal step: ``rollouts`` students per update that the env had not evaluated.
 
-        A proposal the env answers from its cache (``info["cached"]``: a student already
-        evaluated) costs no evaluation, so a policy that has collapsed onto a few students
-        would otherwise spin through free episodes without spending its budget. Each
+        A student this search has proposed before costs no evaluation (the env answers it
+        from its cache), so a policy that has collapsed onto a few students would otherwise
+        spin through free episodes without spending its budget. "Before" is the search's
+        own record (:attr:`seen`, rebuilt from the history on resume), not the env's cache,
+        which another run may have filled: the search stays the same whatever the cache holds. Each
         rollout gets up to ``resample_cached`` more samples from the policy; every policy
         sample (cached or not) enters the gradient batch, so the update stays on-policy.
         Still short of new students, the update tops up with uniform mask-respecting
         proposals (off-policy: recorded, never in the gradient) until it has them; after
         ``explore_tries`` cached uniform proposals in a row the stage's space is taken
         to be exhausted: the stage ends and :attr:`exhausted` says why."""
-        def new(r: Rollout) -> bool:
-            return not r.info.get("cached", False)
+        def new(r: Rollout) -> bool:  # first time this search proposes this student
+            key = student_key(r.info)
+            fresh_student = key not in self.seen
+            self.seen.add(key)
+            return fresh_student
 
         batch: list[Rollout] = []
         fresh = 0
@@ -646,6 +659,7 @@ class N2N:
         self.update_log = list(state.get("update_log", []))
         self.exhausted = dict(state.get("exhausted", {}))
         self.history = list(history or [])
+        self.seen = {student_key(r) for r in self.history}
 
 
 def save_policies(search: N2N, path: str | os.PathLike) -> None:

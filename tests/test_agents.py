@@ -341,3 +341,11 @@ def test_an_exhausted_stage_ends_and_says_why():
         assert "exhausted" in search.exhausted[stage]
         assert len(rows) < 3 * 4 + 20 * 4  # stopped: no spinning through 50 updates of free episodes
     assert {r["proposal"] for r in history} <= {"policy", "resample", "uniform"}
+
+
+def test_the_search_does_not_depend_on_what_the_env_cache_holds():
+    # the same search on an env that reports cache hits and on one that never does
+    kw = dict(env_kwargs={"num_layers": 3, "num_actions": 2}, stages="shrink", updates="6", rollouts=3, lr_shrink=1.0)
+    plain = agent.N2N(_args(env_id="AgentTestToy-v0", **kw)).run()
+    caching = agent.N2N(_args(env_id="AgentTestCachingToy-v0", **kw)).run()
+    assert [r["actions"] for r in plain] == [r["actions"] for r in caching]
