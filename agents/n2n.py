@@ -49,9 +49,9 @@ the search's own record, not the env's cache, so a shared cache changes nothing)
 from the policy (up to ``--resample-cached`` times; every policy sample, cached or not,
 is in the gradient batch, so the update stays on-policy), then the update tops up with
 uniform mask-respecting proposals (off-policy: recorded, not in the gradient) until it has
-``--rollouts`` new students. ``--explore-tries`` cached uniform proposals in a row end the
+``--rollouts`` new students. ``--explore-tries`` repeated uniform proposals in a row end the
 stage as exhausted (``N2N.exhausted`` says why): the digits net's removal stage has only a
-few distinct students.
+few distinct students. ``--explore-tries 0`` turns the proposal step off (the paper's updates).
 
 ``--baseline loo`` (not in the paper) gives each rollout the mean reward of the other
 rollouts of its batch as baseline (Kool et al., 2019): the first update already has a
@@ -145,7 +145,7 @@ class Args:
     resample_cached: int = 3
     """proposal step: extra policy samples per rollout whose student the env had already evaluated (a cache hit, free), before the update tops up with uniform proposals"""
     explore_tries: int = 50
-    """proposal step: cached uniform proposals in a row after which a stage counts as exhausted and ends (no spinning on free episodes)"""
+    """proposal step: repeated uniform proposals in a row after which a stage counts as exhausted and ends (no spinning on free episodes); 0 turns the proposal step off (the paper: every sample is a rollout, repeats included)"""
     baseline: str = "mean"
     """reward baseline: mean (running mean of earlier batch means, paper code) | ema | loo (leave-one-out mean of the other rollouts of the batch) | none"""
     baseline_decay: float = 0.8
@@ -187,7 +187,7 @@ class Args:
             check_float("lr_shrink", self.lr_shrink, min=0.0, min_open=True)
         check_float("entropy_coef", self.entropy_coef, min=0.0)
         check_int("resample_cached", self.resample_cached, min=0)
-        check_int("explore_tries", self.explore_tries, min=1)
+        check_int("explore_tries", self.explore_tries, min=0)
         check_choice("baseline", self.baseline, Baseline.KINDS)
         check_float("baseline_decay", self.baseline_decay, min=0.0, max=1.0, max_open=True)
 
@@ -590,6 +590,8 @@ class N2N:
             return fresh_student
 
         batch: list[Rollout] = []
+        if self.args.explore_tries == 0:  # off: the paper's update, repeats included
+            return [self._play(stage, env, policy, i, "policy") for i in range(self.args.rollouts)]
         fresh = 0
         for i in range(self.args.rollouts):
             for attempt in range(1 + max(self.args.resample_cached, 0)):

@@ -231,7 +231,7 @@ def _args(**kw):
 
 
 def test_search_history_and_two_stages():
-    search = agent.N2N(_args())
+    search = agent.N2N(_args(explore_tries=0))  # the paper's updates: repeats are rollouts too
     history = search.run()
     assert len(history) == search.total_evaluations == (3 + 4) * 3
     assert [r["evaluation"] for r in history] == list(range(len(history)))
@@ -277,7 +277,7 @@ def test_policies_transfer_between_layer_counts(tmp_path):
 
 
 def test_random_search_has_no_policy():
-    search = agent.N2N(_args(random_search=True))
+    search = agent.N2N(_args(random_search=True, explore_tries=0))
     history = search.run()
     assert not search.policies and len(history) == 21
 
