@@ -137,6 +137,8 @@ class Args:
     """decay of the ema baseline (only with --baseline ema)"""
     shared_advantage: bool = False
     """reproduce the official code's defect: every rollout of a batch gets mean(R) - b"""
+    batch_eval: bool = True
+    """score an update's rollouts together on the env's evaluation backend (env_kwargs backend / workers: concurrent students); the rewards equal one-by-one scoring's"""
     random_search: bool = False
     """ablation: uniform random mask-respecting actions, no learning (the random-search baseline)"""
     load_policy: str | None = None
@@ -291,10 +293,12 @@ def uniform_action(mask: np.ndarray, generator: torch.Generator) -> int:
 
 
 def run_episode(env: gym.Env, policy: nn.Module | None, generator: torch.Generator,
-                update: int = 0, seed: int | None = None) -> Rollout:
+                update: int = 0, seed: int | None = None, score: bool = True) -> Rollout:
     """Play one episode with ``policy`` (None: uniform over the allowed actions).
 
-    Only the policy runs under ``no_grad``: ``env.step`` trains the final student."""
+    Only the policy runs under ``no_grad``: ``env.step`` trains the final student.
+    ``score=False`` chooses the last action but does not step it (no student is trained;
+    ``reward`` is NaN, ``info`` empty): :func:`score_rollouts` scores a batch of them."""
     obs, info = env.reset(seed=seed, options={"update": update})
     n = num_layers_of(obs)
     xs, prevs, actions, masks = [], [], [], []
@@ -322,12 +326,23 @@ def run_episode(env: gym.Env, policy: nn.Module | None, generator: torch.Generat
         prevs.append(prev)
         actions.append(a)
         masks.append(torch.as_tensor(mask))
+        if not score and t == n - 1:  # the student is complete: scored with its batch
+            reward, info = math.nan, {}
+            break
         obs, reward, terminated, truncated, info = env.step(a)
         if truncated and not terminated:
             raise RuntimeError("the environment truncated an episode; N2N needs the final student's reward")
         prev, t = a, t + 1
     return Rollout(torch.stack(xs), torch.tensor(prevs), torch.tensor(actions), torch.stack(masks),
                    float(reward), info)
+
+
+def score_rollouts(env: gym.Env, batch: list[Rollout], update: int) -> None:
+    """Score unscored rollouts (``run_episode(..., score=False)``) together through the env's
+    ``evaluate_many`` (its backend trains the students concurrently); fills ``reward``/``info``."""
+    scored = env.unwrapped.evaluate_many([r.actions.tolist() for r in batch], update=update)
+    for r, (reward, info) in zip(batch, scored):
+        r.reward, r.info = float(reward), info
 
 
 def trajectory_log_probs(policy: nn.Module, batch: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -530,11 +545,15 @@ class N2N:
 
     def _one_update(self, stage: str, env: gym.Env) -> None:
         policy = self.policies.get(stage)
+        # batched: play every episode's edits first, then train the batch's students at once
+        batched = self.args.batch_eval and hasattr(env.unwrapped, "evaluate_many")
         batch = []
         for i in range(self.args.rollouts):
             seed = self.args.seed if (self.update == 0 and i == 0) else None
-            r = run_episode(env, policy, self.generator, update=self.update, seed=seed)
-            batch.append(r)
+            batch.append(run_episode(env, policy, self.generator, update=self.update, seed=seed, score=not batched))
+        if batched:
+            score_rollouts(env, batch, self.update)
+        for i, r in enumerate(batch):
             record = student_record(r.info, evaluation=self.evaluations, stage=stage, stage_index=self.stage_index,
                                     update=self.update, rollout=i)
             self.evaluations += 1

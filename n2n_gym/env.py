@@ -84,7 +84,8 @@ class N2NEnv(gym.Env):
     ## Episode End
     Terminates after one step per layer of the starting architecture. No truncation.
     The terminal ``info`` has ``accuracy`` (validation, used by the reward),
-    ``teacher_accuracy``, ``test_accuracy`` (reported only), ``params``,
+    ``teacher_accuracy``, ``test_accuracy`` (reported only; NaN with ``test_accuracy="lazy"``,
+    measured on demand by ``env.unwrapped.student_test_accuracy(actions)``), ``params``,
     ``teacher_params``, ``flops`` (2 per MAC, FlopCounterMode's convention), ``compression``
     (teacher params / student params), ``valid``, ``reason``, ``architecture`` (IR JSON),
     ``actions``, ``eval_seconds``, ``cached``, ``protocol``, ``data_variant``.
@@ -125,6 +126,17 @@ class N2NEnv(gym.Env):
     - ``data_root`` (default ``$N2N_DATA``), ``device`` ("auto", "cpu", "cuda"),
       ``cache`` (True: the shared SQLite cache, a path, or False), ``render_mode``
       ("ansi"), ``progress`` (show teacher training progress).
+    - ``backend``: where students train: "inline" (this process, default) | "process" (a
+      local pool of ``workers`` processes) | "ray" (``workers`` Ray actors;
+      ``backend_options``: ``address``, ``num_cpus``, ``num_gpus``, ``threads``; see
+      ``n2n_gym.backends``). Every backend shares the result cache and claims a student
+      in flight, so no two workers (nor two envs of ``gym.make_vec(...,
+      vectorization_mode="async")``) train the same one. ``env.unwrapped.evaluate_many(
+      actions_list)`` scores a batch of episodes concurrently; rewards equal the serial
+      ones.
+    - ``test_accuracy``: "eager" (default: measured for every student) | "lazy" (skipped:
+      ``info["test_accuracy"]`` is NaN; ``student_test_accuracy(actions)`` measures it for
+      the students that are reported). Rewards are the same either way.
 
     ## Version History
     - v0: initial release (evaluation protocols "paper", "fast", "tiny" of n2n-gym 0.1). Teachers
@@ -159,6 +171,10 @@ class N2NEnv(gym.Env):
         cache: bool | str | os.PathLike = True,
         render_mode: str | None = None,
         progress: bool = True,
+        backend: str = "inline",
+        workers: int = 1,
+        backend_options: dict | None = None,
+        test_accuracy: str = "eager",
         **unknown: Any,
     ):
         if unknown:
@@ -211,6 +227,16 @@ class N2NEnv(gym.Env):
         self.device = ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
         self._cache_arg = cache
         self._evaluator = None
+        from .backends import BACKENDS
+
+        _check_choice("backend", backend, BACKENDS)
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.backend_name, self.workers = backend, int(workers)
+        self.backend_options = dict(backend_options or {})
+        self._backend = None
+        _check_choice("test_accuracy", test_accuracy, ("eager", "lazy"))
+        self.test_accuracy_mode = test_accuracy
 
         n, max_layers = len(self.start_architecture), len(self.teacher_architecture)
         self.num_layers = n
@@ -285,6 +311,9 @@ class N2NEnv(gym.Env):
         return self.describe()
 
     def close(self):
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
         if self._evaluator is not None and hasattr(self._evaluator.cache, "close"):
             self._evaluator.cache.close()
         self._evaluator = None
@@ -326,12 +355,47 @@ class N2NEnv(gym.Env):
                 cache = NullCache()
             else:
                 cache = ResultCache(None if self._cache_arg is True else self._cache_arg)
-            self._evaluator = Evaluator(teacher, data, self.device, cache)
+            self._evaluator = Evaluator(teacher, data, self.device, cache, lazy_test=self.test_accuracy_mode == "lazy")
         return self._evaluator
+
+    @property
+    def backend(self):
+        """The evaluation backend (``backend``/``workers`` kwargs), started on first use."""
+        if self._backend is None:
+            from .backends import make_backend
+
+            self._backend = make_backend(self.backend_name, self.evaluator, self.workers, **self.backend_options)
+        return self._backend
 
     @property
     def teacher(self):
         return self.evaluator.teacher
+
+    def student_test_accuracy(self, actions: Sequence[int]) -> float:
+        """Test accuracy of the student that ``actions`` make, under the env's protocol and
+        seed: from the cache, else measured (with ``test_accuracy="lazy"`` the student is
+        trained again, to the same weights). Raises ``InvalidStudent`` for an invalid one."""
+        return self.evaluator.test_accuracy(self.student_architecture(actions), self.protocol, self.eval_seed)
+
+    def evaluate_many(self, actions_list: Sequence[Sequence[int]], update: int | None = None) -> list[tuple[float, dict]]:
+        """The terminal ``(reward, info)`` of each full action list, evaluated together on the
+        backend (its workers train the students concurrently).
+
+        The same as playing each list through ``reset``/``step`` with the same ``update``
+        (default: the current one): equal rewards and info, except that the env's own
+        episode state (``describe``, the episode counter) is left as it is. An agent can
+        step an episode up to its last layer, keep the last action, and score a whole batch
+        of episodes here (``agents/n2n.py`` does)."""
+        update = self._update if update is None else int(update)
+        students = [self._student(actions) for actions in actions_list]
+        requests = [(arch, self.protocol, self.eval_seed) for arch, _, _ in students if arch is not None]
+        results = iter(self.backend.evaluate_many(requests) if requests else [])
+        out = []
+        for actions, (arch, reason, illegal) in zip(actions_list, students):
+            result = next(results) if arch is not None else None
+            info = self._result_info(arch, reason, result, [int(a) for a in actions], illegal, update)
+            out.append((float(info["reward"]), info))
+        return out
 
     def describe(self) -> str:
         """A text table of the starting architecture with the decisions made so far."""
@@ -376,38 +440,51 @@ class N2NEnv(gym.Env):
                 masks[i, len(self.ratios)] = rule.removable
         return masks
 
+    def _terminal_masks(self) -> dict[str, Any]:
+        t = self.num_layers - 1
+        return {"action_mask": self._layer_masks[t].copy(), "layer_masks": self._layer_masks.copy(),
+                "layer_index": self.num_layers, "num_layers": self.num_layers, "stage": self.stage}
+
     def _step_info(self) -> dict[str, Any]:
         t = min(self._t, self.num_layers - 1)
         return {"action_mask": self._layer_masks[t].copy(), "layer_masks": self._layer_masks.copy(),
                 "layer_index": self._t, "num_layers": self.num_layers, "stage": self.stage}
 
+    def _student(self, actions: Sequence[int]) -> tuple[Architecture | None, str, list[int]]:
+        """(student or None, why not, layers whose action was disallowed) of a full action list."""
+        if len(actions) != self.num_layers:
+            raise ValueError(f"need {self.num_layers} actions, got {len(actions)}")
+        illegal = [t for t, a in enumerate(actions) if not self._layer_masks[t, int(a)]]
+        if illegal and self.illegal_action == "invalid":
+            return None, f"disallowed action(s) at layer(s) {illegal}", illegal
+        try:
+            return apply_decisions(self.start_architecture, self.decisions_for(actions), self.min_width), "", illegal
+        except (InvalidStudent, ArchitectureError) as exc:  # a student problem: -1 with the reason
+            return None, str(exc), illegal
+
     def _terminal_info(self) -> dict[str, Any]:
+        arch, reason, illegal = self._student(self._actions)
+        result = self.backend.evaluate(arch, self.protocol, self.eval_seed) if arch is not None else None
+        return self._result_info(arch, reason, result, list(self._actions), illegal, self._update)
+
+    def _result_info(self, arch, reason, result, actions, illegal, update) -> dict[str, Any]:
         ev = self.evaluator
         teacher = ev.teacher
         start = time.perf_counter()
-        reason, arch = "", None
-        if self._illegal and self.illegal_action == "invalid":
-            reason = f"disallowed action(s) at layer(s) {self._illegal}"
-        else:
-            try:
-                arch = apply_decisions(self.start_architecture, self._decisions, self.min_width)
-            except (InvalidStudent, ArchitectureError) as exc:  # a student problem: -1 with the reason
-                reason = str(exc)
-        if arch is not None:
-            result = ev.evaluate(arch, self.protocol, self.eval_seed)
+        if result is not None:
             valid, reason = result.valid, result.reason
         else:
-            result, valid = None, False
+            valid = False
         params = result.params if result else 0
         acc = result.accuracy if result else 0.0
         reward = n2n_reward(
             student_params=params, teacher_params=teacher.params, student_accuracy=acc,
             teacher_accuracy=teacher.val_accuracy, valid=valid, constraints=self.constraints,
             properties={"flops": result.flops if result else 0}, penalty=self.penalty,
-            update=self._update, horizon=self.penalty_horizon,
+            update=update, horizon=self.penalty_horizon,
         )
         return {
-            **self._step_info(),
+            **self._terminal_masks(),
             "reward": reward.value,
             "valid": valid,
             "reason": reason,
@@ -424,8 +501,8 @@ class N2NEnv(gym.Env):
             "r_a": reward.r_a,
             "violated_constraints": list(reward.violated),
             "architecture": arch.to_json() if arch is not None else None,
-            "actions": list(self._actions),
-            "illegal_actions": list(self._illegal),
+            "actions": list(actions),
+            "illegal_actions": list(illegal),
             "eval_seconds": result.seconds if result else time.perf_counter() - start,
             "cached": bool(result.cached) if result else False,
             "protocol": self.protocol.name,
