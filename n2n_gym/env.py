@@ -77,6 +77,8 @@ class N2NEnv(gym.Env):
       int8)})``, the action mask of the current layer inside the observation: the
       convention of mask-aware libraries (TorchRL's ``ActionMask`` transform, PettingZoo,
       RLlib's and Tianshou's masking examples).
+    In a process started with ``spawn`` (``AsyncVectorEnv(..., context="spawn")``), make
+    ``"n2n_gym:<id>"`` so that the worker imports the package that registers the ids.
 
     ## Rewards
     0 on every intermediate step. On the last step ``R = Rc * Ra`` with

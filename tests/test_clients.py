@@ -35,7 +35,7 @@ TINY = {"protocol": "tiny", "teacher_recipe": dict(SMALL_DIGITS_RECIPE), "progre
 
 
 def _allowed(mask) -> int:
-    """The first allowed action that is not 'keep at full width' when there is one."""
+    """The lowest allowed action (on stage joint: the smallest allowed width ratio)."""
     allowed = np.flatnonzero(np.asarray(mask))
     return int(allowed[0])
 
