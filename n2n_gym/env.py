@@ -17,7 +17,8 @@ from .cache import NullCache, ResultCache
 from .checks import check_env_args, check_reset_options, check_start_architecture
 from .data import dataset_info, load_dataset
 from .edits import MIN_WIDTH, InvalidStudent, apply_decisions, layer_rules
-from .encoding import COLUMN, NUM_FEATURES, STAGES, static_features, width_scale
+from .encoding import (COLUMN, OBSERVATIONS, STAGES, encode_observation, observation_space, static_features,
+                       width_scale)
 from .protocols import Protocol, get_protocol
 from .reward import PENALTIES, n2n_reward, parse_constraints
 from .teachers import Recipe, load_teacher, max_train_seconds, teacher_from_import
@@ -61,12 +62,23 @@ class N2NEnv(gym.Env):
     raises ``ValueError``.
 
     ## Observation Space
-    ``Box(0, 1, (max_layers, F), float32)``: one row per layer of the starting
-    architecture (the teacher's layer count is ``max_layers``; further rows are zero), with
-    the columns of ``n2n_gym.encoding.FEATURES``: the paper's encoding (type, kernel,
-    stride, padding, outputs, skip start, skip end), the input width, shortcut /
-    removable / shrinkable flags, the decisions so far (decided, removed, ratio), the
-    current layer, the position and the stage.
+    The per-layer table: one row per layer of the starting architecture (the teacher's
+    layer count is ``max_layers``; further rows are zero), with the columns of
+    ``n2n_gym.encoding.FEATURES`` (F = 24): the paper's encoding (type, kernel, stride,
+    padding, outputs, skip start, skip end), the input width, shortcut / removable /
+    shrinkable flags, the decisions so far (decided, removed, ratio), the current layer,
+    the position and the stage. ``observation`` chooses how it is given, so that every
+    kind of client takes it without glue (``n2n_gym.encoding.OBSERVATIONS``):
+    - ``"table"`` (default): ``Box(0, 1, (max_layers, F), float32)``, for per-layer
+      (recurrent, attention) policies such as N2N's LSTMs.
+    - ``"flat"``: ``Box(0, 1, (max_layers * F,), float32)``, the table row-major, for
+      flat-MLP policies (SB3 ``MlpPolicy``, CleanRL-style scripts).
+    - ``"dict"``: ``Dict({"observation": <the flat Box>, "action_mask": Box(0, 1, (n,),
+      int8)})``, the action mask of the current layer inside the observation: the
+      convention of mask-aware libraries (TorchRL's ``ActionMask`` transform, PettingZoo,
+      RLlib's and Tianshou's masking examples).
+    In a process started with ``spawn`` (``AsyncVectorEnv(..., context="spawn")``), make
+    ``"n2n_gym:<id>"`` so that the worker imports the package that registers the ids.
 
     ## Rewards
     0 on every intermediate step. On the last step ``R = Rc * Ra`` with
@@ -137,6 +149,12 @@ class N2NEnv(gym.Env):
     - ``test_accuracy``: "eager" (default: measured for every student) | "lazy" (skipped:
       ``info["test_accuracy"]`` is NaN; ``student_test_accuracy(actions)`` measures it for
       the students that are reported). Rewards are the same either way.
+    - ``observation``: "table" | "flat" | "dict" (see Observation Space).
+    An unknown argument raises ``TypeError`` in Python's own wording ("N2NEnv.__init__()
+    got an unexpected keyword argument 'x'"), which wrappers that probe optional arguments
+    (TorchRL's ``GymEnv`` passes ``frameskip``) recognise, followed by the closest valid name.
+    The env pickles at any point of an episode; the evaluator (data, teacher, cache
+    connection) is not pickled but rebuilt on first use.
 
     ## Version History
     - v0: initial release (evaluation protocols "paper", "fast", "tiny" of n2n-gym 0.1). Teachers
@@ -175,18 +193,17 @@ class N2NEnv(gym.Env):
         workers: int = 1,
         backend_options: dict | None = None,
         test_accuracy: str = "eager",
+        observation: str = "table",
         **unknown: Any,
     ):
         if unknown:
-            valid = [p for p in inspect.signature(N2NEnv.__init__).parameters if p not in ("self", "unknown")]
-            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
-                     for k in unknown]
-            raise TypeError(f"N2NEnv got unknown argument(s) {', '.join(hints)}; valid arguments: {', '.join(valid)}")
+            raise _unexpected_arguments(unknown)
         check_env_args(teacher=teacher, dataset=dataset, protocol=protocol, ratios=ratios,
                        start_architecture=start_architecture, teacher_checkpoint=teacher_checkpoint,
                        teacher_recipe=teacher_recipe, penalty_horizon=penalty_horizon,
                        episodes_per_update=episodes_per_update, min_width=min_width, eval_seed=eval_seed,
                        data_root=data_root, device=device, cache=cache, progress=progress)
+        _check_choice("observation", observation, OBSERVATIONS)
         _check_choice("stage", stage, STAGES)
         _check_choice("penalty", penalty, PENALTIES)
         _check_choice("illegal_action", illegal_action, ("noop", "invalid"))
@@ -242,7 +259,8 @@ class N2NEnv(gym.Env):
         self.num_layers = n
         num_actions = {"remove": 2, "shrink": len(self.ratios), "joint": len(self.ratios) + 1}[stage]
         self.action_space = spaces.Discrete(num_actions)
-        self.observation_space = spaces.Box(0.0, 1.0, (max_layers, NUM_FEATURES), np.float32)
+        self.observation = observation
+        self.observation_space = observation_space(observation, max_layers, num_actions)
         self._static_obs = static_features(self.start_architecture, max_layers, stage,
                                            width_scale(self.teacher_architecture))
         self._layer_masks = self._make_masks()
@@ -268,7 +286,7 @@ class N2NEnv(gym.Env):
         self._actions, self._decisions, self._illegal = [], [], []
         self._obs = self._static_obs.copy()
         self._obs[0, COLUMN["current"]] = 1
-        return self._obs.copy(), self._step_info()
+        return self._observe(), self._step_info()
 
     def step(self, action):
         if self._t >= self.num_layers:
@@ -290,11 +308,11 @@ class N2NEnv(gym.Env):
         self._t += 1
         if self._t < self.num_layers:
             self._obs[self._t, COLUMN["current"]] = 1
-            return self._obs.copy(), 0.0, False, False, self._step_info()
+            return self._observe(), 0.0, False, False, self._step_info()
         self._episodes += 1
         info = self._terminal_info()
         self._last_info = info
-        return self._obs.copy(), float(info["reward"]), True, False, info
+        return self._observe(), float(info["reward"]), True, False, info
 
     def layer_masks(self) -> np.ndarray:
         """Every layer's allowed actions, (layers, actions) int8 (known without a teacher)."""
@@ -416,7 +434,19 @@ class N2NEnv(gym.Env):
                        f"{i['params']:,} params ({i['compression']:.2f}x), valid={i['valid']} {i['reason']}")
         return "\n".join(out)
 
+    def __getstate__(self) -> dict:
+        # the evaluator holds the data set, the teacher and an SQLite connection: the
+        # arguments it is built from are pickled instead, and it is rebuilt on first use
+        # (and so are the backend's workers: processes or Ray actors)
+        state = self.__dict__.copy()
+        state["_evaluator"] = None
+        state["_backend"] = None
+        return state
+
     # ---- internals ---------------------------------------------------------------
+    def _observe(self):
+        return encode_observation(self._obs, self.observation, self._layer_masks[min(self._t, self.num_layers - 1)])
+
     def _decision(self, a: int):
         if self.stage == "remove":
             return None if a == REMOVE else 1.0
@@ -512,6 +542,18 @@ class N2NEnv(gym.Env):
             "teacher_pin": teacher.pin,
             "data_digest": ev.data.digest,
         }
+
+
+def _unexpected_arguments(unknown: dict) -> TypeError:
+    """Python's own wording for the first unknown argument (callers such as TorchRL's
+    ``GymEnv`` match it to drop optional arguments), then the closest valid names."""
+    valid = [p for p in inspect.signature(N2NEnv.__init__).parameters if p not in ("self", "unknown")]
+    hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
+             for k in unknown]
+    first, *others = hints
+    more = f", and {', '.join(others)}" if others else ""
+    return TypeError(f"N2NEnv.__init__() got an unexpected keyword argument {first}{more}; "
+                     f"valid arguments: {', '.join(valid)}")
 
 
 def _check_choice(name: str, value, choices) -> None:
