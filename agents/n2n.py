@@ -152,6 +152,8 @@ class Args:
     """decay of the ema baseline (only with --baseline ema)"""
     shared_advantage: bool = False
     """reproduce the official code's defect: every rollout of a batch gets mean(R) - b"""
+    batch_eval: bool = True
+    """score an update's rollouts together on the env's evaluation backend (env_kwargs backend / workers: concurrent students); the rewards equal one-by-one scoring's"""
     random_search: bool = False
     """ablation: uniform random mask-respecting actions, no learning (the random-search baseline)"""
     load_policy: str | None = None
@@ -308,10 +310,12 @@ def uniform_action(mask: np.ndarray, generator: torch.Generator) -> int:
 
 
 def run_episode(env: gym.Env, policy: nn.Module | None, generator: torch.Generator,
-                update: int = 0, seed: int | None = None) -> Rollout:
+                update: int = 0, seed: int | None = None, score: bool = True) -> Rollout:
     """Play one episode with ``policy`` (None: uniform over the allowed actions).
 
-    Only the policy runs under ``no_grad``: ``env.step`` trains the final student."""
+    Only the policy runs under ``no_grad``: ``env.step`` trains the final student.
+    ``score=False`` chooses the last action but does not step it (no student is trained;
+    ``reward`` is NaN, ``info`` empty): :func:`score_rollouts` scores a batch of them."""
     obs, info = env.reset(seed=seed, options={"update": update})
     n = num_layers_of(obs)
     xs, prevs, actions, masks = [], [], [], []
@@ -339,12 +343,23 @@ def run_episode(env: gym.Env, policy: nn.Module | None, generator: torch.Generat
         prevs.append(prev)
         actions.append(a)
         masks.append(torch.as_tensor(mask))
+        if not score and t == n - 1:  # the student is complete: scored with its batch
+            reward, info = math.nan, {}
+            break
         obs, reward, terminated, truncated, info = env.step(a)
         if truncated and not terminated:
             raise RuntimeError("the environment truncated an episode; N2N needs the final student's reward")
         prev, t = a, t + 1
     return Rollout(torch.stack(xs), torch.tensor(prevs), torch.tensor(actions), torch.stack(masks),
                    float(reward), info)
+
+
+def score_rollouts(env: gym.Env, batch: list[Rollout], update: int) -> None:
+    """Score unscored rollouts (``run_episode(..., score=False)``) together through the env's
+    ``evaluate_many`` (its backend trains the students concurrently); fills ``reward``/``info``."""
+    scored = env.unwrapped.evaluate_many([r.actions.tolist() for r in batch], update=update)
+    for r, (reward, info) in zip(batch, scored):
+        r.reward, r.info = float(reward), info
 
 
 def trajectory_log_probs(policy: nn.Module, batch: list[Rollout]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -553,10 +568,8 @@ class N2N:
                 self.on_update(self)
         return self.history
 
-    def _play(self, stage: str, env: gym.Env, policy: nn.Module | None, rollout: int, proposal: str) -> Rollout:
-        """One episode and its history record (``proposal``: policy | resample | uniform)."""
-        seed = self.args.seed if (self.update == 0 and rollout == 0) else None
-        r = run_episode(env, policy, self.generator, update=self.update, seed=seed)
+    def _record(self, stage: str, r: Rollout, rollout: int, proposal: str) -> Rollout:
+        """The history record of one scored episode (``proposal``: policy | resample | uniform)."""
         record = student_record(r.info, evaluation=self.evaluations, stage=stage, stage_index=self.stage_index,
                                 update=self.update, rollout=rollout, proposal=proposal)
         self.evaluations += 1
@@ -568,6 +581,24 @@ class N2N:
         if self.on_student:
             self.on_student(record)
         return r
+
+    def _play(self, stage: str, env: gym.Env, policy: nn.Module | None, rollout: int, proposal: str) -> Rollout:
+        """One episode, scored at once, and its history record."""
+        seed = self.args.seed if (self.update == 0 and rollout == 0) else None
+        return self._record(stage, run_episode(env, policy, self.generator, update=self.update, seed=seed), rollout,
+                            proposal)
+
+    def _first_samples(self, stage: str, env: gym.Env, policy: nn.Module | None) -> list[Rollout]:
+        """The update's ``rollouts`` policy samples; batched: every episode's edits first,
+        then the batch's students trained at once (the env's ``evaluate_many``)."""
+        batched = self.args.batch_eval and hasattr(env.unwrapped, "evaluate_many")
+        batch = []
+        for i in range(self.args.rollouts):
+            seed = self.args.seed if (self.update == 0 and i == 0) else None
+            batch.append(run_episode(env, policy, self.generator, update=self.update, seed=seed, score=not batched))
+        if batched:
+            score_rollouts(env, batch, self.update)
+        return [self._record(stage, r, i, "policy") for i, r in enumerate(batch)]
 
     def _propose(self, stage: str, env: gym.Env, policy: nn.Module | None) -> list[Rollout]:
         """The proposal step: ``rollouts`` students per update that the env had not evaluated.
@@ -589,13 +620,13 @@ class N2N:
             self.seen.add(key)
             return fresh_student
 
-        batch: list[Rollout] = []
+        batch = self._first_samples(stage, env, policy)
         if self.args.explore_tries == 0:  # off: the paper's update, repeats included
-            return [self._play(stage, env, policy, i, "policy") for i in range(self.args.rollouts)]
-        fresh = 0
-        for i in range(self.args.rollouts):
-            for attempt in range(1 + max(self.args.resample_cached, 0)):
-                r = self._play(stage, env, policy, len(batch), "policy" if attempt == 0 else "resample")
+            return batch
+        fresh = sum(new(r) for r in batch)
+        for _ in range(self.args.rollouts - fresh):  # each repeat: up to resample_cached more policy samples
+            for _attempt in range(max(self.args.resample_cached, 0)):
+                r = self._play(stage, env, policy, len(batch), "resample")
                 batch.append(r)
                 if new(r):
                     fresh += 1

@@ -202,6 +202,12 @@ def run(algo: str, env_id: str, seed: int, budget: int, env_kwargs: dict | None 
                                 tensorboard_log=tb_log)
             if logging == "wandb-logger":
                 model.set_logger(_wandb_logger(wandb_run))
+            elif logging == "none":
+                # SB3's default logger makes an empty SB3-<timestamp> folder in the temp dir
+                # on every learn(); a logger with no outputs writes nothing
+                from stable_baselines3.common.logger import Logger
+
+                model.set_logger(Logger(folder=None, output_formats=[]))
             env.reset(seed=seed)
             model.learn(total_timesteps=(tracker.max_episodes + 1) * L, callback=callbacks, progress_bar=False)
         finally:

@@ -33,7 +33,7 @@ for episode in range(30):
 ```
 
 Run it as ``python examples/cleanrl_style.py [--episodes 30] [--protocol fast]``. To
-put such an agent on the leaderboard, wrap its env in ``benchmarks.records.TrackedEnv``
+put such an agent on the leaderboard, wrap its env in ``n2n_gym.wrappers.BudgetWrapper``
 and register its ``run`` function with ``n2n_gym.benchmarks.runner.register_agent`` (see
 ``agents/random_search.py`` for a 20-line example).
 """

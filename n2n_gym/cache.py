@@ -6,24 +6,35 @@ fork) and survives a process being killed in the middle of a write: every
 ``put`` is one transaction, so a reader sees either the old or the new value,
 never a partial one.
 
+Claims (:meth:`ResultCache.claim`, :meth:`ResultCache.claimed`) make an
+evaluation in flight visible to every process sharing the file, so that no two
+workers compute the same key: the second waits for the first's result.  A claim
+names its owner (host, pid) and expires unless its owner renews it (a
+heartbeat thread does, every third of ``ttl``), so a crashed worker's claim
+lapses after ``ttl`` seconds and another worker takes the key over.
+
 This module deliberately depends only on the standard library.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import random
+import socket
 import sqlite3
 import threading
 import time
 import urllib.parse
 import warnings
+import uuid
 from typing import Any, Callable, Iterator, TypeVar
 
 __all__ = [
+    "CLAIM_TTL",
     "CacheCorruptError",
     "NullCache",
     "ResultCache",
@@ -37,6 +48,10 @@ _T = TypeVar("_T")
 _SQLITE_TIMEOUT = 60.0
 #: Extra attempts after SQLite reports "database is locked"/"busy".
 _LOCK_RETRIES = 10
+
+#: Seconds a claim lives without a heartbeat: a crashed worker's evaluation is
+#: taken over this long after its last heartbeat.
+CLAIM_TTL = 30.0
 
 # Connections inherited across a fork are never closed in the child: closing
 # them there could interfere with the parent's locks / WAL state.  They are
@@ -185,6 +200,10 @@ class ResultCache:
                 "CREATE TABLE IF NOT EXISTS results("
                 "key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)"
             )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS claims("
+                "key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT, pid INTEGER, expires REAL NOT NULL)"
+            )
         except sqlite3.DatabaseError as exc:
             if _is_corruption(exc):
                 raise self._corrupt(exc) from exc
@@ -277,6 +296,108 @@ class ResultCache:
         rows = self._run(lambda c: c.execute("SELECT key FROM results ORDER BY key").fetchall())
         return [r[0] for r in rows]
 
+    # ----------------------------------------------------------------- claims
+    def claim(self, key: str, ttl: float = CLAIM_TTL) -> str | None:
+        """Claim ``key`` for an evaluation: a token, or ``None`` when the result is
+        already stored or another live owner holds the claim.
+
+        One transaction checks the result, drops an expired claim and inserts ours, so
+        two processes never both get a token for the same key.
+        """
+        if self.readonly:  # nothing can be written, so nothing is shared: the caller computes
+            return "readonly"
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+        now = time.time()
+
+        def _claim(conn: sqlite3.Connection) -> str | None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("SELECT 1 FROM results WHERE key=?", (key,)).fetchone() is not None:
+                    got = None
+                else:
+                    conn.execute("DELETE FROM claims WHERE key=? AND expires<?", (key, now))
+                    cur = conn.execute(
+                        "INSERT OR IGNORE INTO claims(key, owner, host, pid, expires) VALUES (?, ?, ?, ?, ?)",
+                        (key, token, socket.gethostname(), os.getpid(), now + ttl),
+                    )
+                    got = token if cur.rowcount == 1 else None
+                conn.execute("COMMIT")
+                return got
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return self._run(_claim)
+
+    def renew(self, key: str, token: str, ttl: float = CLAIM_TTL) -> bool:
+        """Extend our claim on ``key`` by ``ttl`` seconds; False if it is no longer ours."""
+        if self.readonly:
+            return True
+        cur = self._run(lambda c: c.execute("UPDATE claims SET expires=? WHERE key=? AND owner=?",
+                                            (time.time() + ttl, key, token)))
+        return cur.rowcount == 1
+
+    def release(self, key: str, token: str) -> None:
+        """Drop our claim on ``key`` (a no-op if it expired and another owner took it)."""
+        if self.readonly:
+            return
+        self._run(lambda c: c.execute("DELETE FROM claims WHERE key=? AND owner=?", (key, token)))
+
+    def claim_owner(self, key: str) -> dict | None:
+        """The live claim on ``key`` (``{"owner", "host", "pid", "expires"}``) or ``None``."""
+        if self.readonly:
+            return None
+        row = self._run(lambda c: c.execute("SELECT owner, host, pid, expires FROM claims WHERE key=? AND expires>=?",
+                                            (key, time.time())).fetchone())
+        return None if row is None else dict(zip(("owner", "host", "pid", "expires"), row))
+
+    def wait(self, key: str, poll: float = 0.05, timeout: float | None = None) -> dict | None:
+        """Wait while another owner's live claim on ``key`` stands: the stored result, or
+        ``None`` once the claim is released or expired without one (claim it then)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll
+        while True:
+            hit = self.get(key)
+            if hit is not None or self.claim_owner(key) is None:
+                return hit if hit is not None else self.get(key)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the claim on {key[:12]} did not end within {timeout} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    @contextlib.contextmanager
+    def claimed(self, key: str, ttl: float = CLAIM_TTL) -> Iterator[dict | None]:
+        """Claim ``key`` for the block, or wait for whoever holds it.
+
+        Yields the stored result (no claim taken: the block must not compute), or
+        ``None``: the key is ours until the block ends (a heartbeat thread renews the
+        claim; the claim is released on exit, also on error, so waiters take over).
+        """
+        while True:
+            token = self.claim(key, ttl)
+            if token is not None:
+                break
+            hit = self.wait(key)
+            if hit is not None:
+                yield hit
+                return
+        stop = threading.Event()
+
+        def _heartbeat() -> None:
+            while not stop.wait(ttl / 3):
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    self.renew(key, token, ttl)
+
+        beat = threading.Thread(target=_heartbeat, name=f"n2n-claim-{key[:8]}", daemon=True)
+        beat.start()
+        try:
+            yield None
+        finally:
+            stop.set()
+            beat.join()
+            self.release(key, token)
+
     def close(self) -> None:
         """Close this process's connection; further use raises ``ValueError``."""
         with self._lock:
@@ -333,6 +454,24 @@ class NullCache:
     def keys(self) -> list[str]:
         """Always empty."""
         return []
+
+    def claim(self, key: str, ttl: float = CLAIM_TTL) -> str | None:
+        """Always a token: nothing is shared, so nothing is claimed by others."""
+        return "null"
+
+    def renew(self, key: str, token: str, ttl: float = CLAIM_TTL) -> bool:
+        return True
+
+    def release(self, key: str, token: str) -> None:
+        """No-op."""
+
+    def claim_owner(self, key: str) -> dict | None:
+        return None
+
+    @contextlib.contextmanager
+    def claimed(self, key: str, ttl: float = CLAIM_TTL) -> Iterator[dict | None]:
+        """Always ours (yields ``None``): a process without a shared cache computes."""
+        yield None
 
     def close(self) -> None:
         """No-op."""

@@ -23,7 +23,7 @@ import pathlib
 import socket
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -286,22 +286,36 @@ def _device_key(device: torch.device | str) -> str:
     return str(d)
 
 
-def make_normalizer(info: DatasetInfo) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function mapping uint8 pixels to float32 ``(x/255 - mean)/std``, channels_last."""
-    mean = torch.tensor(info.mean, dtype=torch.float32)
-    std = torch.tensor(info.std, dtype=torch.float32)
-    scale_cpu = (1.0 / (255.0 * std)).view(1, -1, 1, 1)
-    shift_cpu = (-mean / std).view(1, -1, 1, 1)
-    per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+class Normalizer:
+    """Maps uint8 pixels to float32 ``(x/255 - mean)/std``, channels_last. A class, not a
+    closure, so that a data set (and an env holding one) pickles; the per-device copies of
+    the constants are rebuilt after unpickling."""
 
-    def normalize(x: torch.Tensor) -> torch.Tensor:
-        if x.device not in per_device:
-            per_device[x.device] = (scale_cpu.to(x.device), shift_cpu.to(x.device))
-        scale, shift = per_device[x.device]
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        mean_t = torch.tensor(mean, dtype=torch.float32)
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self._scale_cpu = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
+        self._shift_cpu = (-mean_t / std_t).view(1, -1, 1, 1)
+        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device not in self._per_device:
+            self._per_device[x.device] = (self._scale_cpu.to(x.device), self._shift_cpu.to(x.device))
+        scale, shift = self._per_device[x.device]
         x = x.contiguous(memory_format=torch.channels_last)  # cheap on uint8, kept by the ops below
         return torch.addcmul(shift, x.to(torch.float32), scale)
 
-    return normalize
+    def __getstate__(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["mean"], state["std"])
+
+
+def make_normalizer(info: DatasetInfo) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function mapping uint8 pixels to float32 ``(x/255 - mean)/std``, channels_last."""
+    return Normalizer(info.mean, info.std)
 
 
 @dataclass

@@ -6,11 +6,17 @@ policy needs: the layer's input width, whether it is a shortcut, whether it may 
 removed / shrunk, the decision made so far (decided, removed, kept width ratio), the
 current layer, its position, and the stage. Rows past the architecture's length are 0
 (``present`` = 0), so one shape fits every architecture up to ``max_layers``.
+
+The env gives this table in one of ``OBSERVATIONS`` (its ``observation`` argument):
+``"table"`` as is, ``"flat"`` row-major as one vector, ``"dict"`` the flat vector with the
+current layer's action mask (``{"observation", "action_mask"}``, the key names of
+PettingZoo and the mask-aware RL libraries).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from gymnasium import spaces
 
 from .arch import CONV, LAYER_KINDS, SHORTCUT, Architecture
 from .edits import layer_rules
@@ -26,6 +32,7 @@ FEATURES = (
     "current", "position",
     *(f"stage_{s}" for s in STAGES),
 )
+OBSERVATIONS = ("table", "flat", "dict")
 COLUMN = {name: i for i, name in enumerate(FEATURES)}
 NUM_FEATURES = len(FEATURES)
 MAX_KERNEL, MAX_STRIDE, MAX_PADDING = 7, 4, 3
@@ -59,3 +66,26 @@ def static_features(arch: Architecture, max_layers: int, stage: str, width_scale
 def width_scale(arch: Architecture) -> int:
     """The normaliser of widths: the widest layer of the teacher."""
     return max([l.out for l in arch.layers if l.kind in (CONV, "linear")] + [arch.input_shape[0], 1])
+
+
+def observation_space(mode: str, max_layers: int, num_actions: int) -> spaces.Space:
+    """The observation space of ``mode`` (one of ``OBSERVATIONS``) for ``max_layers`` rows."""
+    table = spaces.Box(0.0, 1.0, (max_layers, NUM_FEATURES), np.float32)
+    if mode == "table":
+        return table
+    flat = spaces.Box(0.0, 1.0, (max_layers * NUM_FEATURES,), np.float32)
+    if mode == "flat":
+        return flat
+    if mode == "dict":
+        return spaces.Dict({"observation": flat, "action_mask": spaces.Box(0, 1, (num_actions,), np.int8)})
+    raise ValueError(f"observation must be one of {list(OBSERVATIONS)}, got {mode!r}")
+
+
+def encode_observation(table: np.ndarray, mode: str, action_mask: np.ndarray):
+    """``table`` (max_layers, F) as an observation of ``mode``; always a copy."""
+    if mode == "table":
+        return table.copy()
+    flat = table.reshape(-1).copy()
+    if mode == "flat":
+        return flat
+    return {"observation": flat, "action_mask": action_mask.astype(np.int8, copy=True)}

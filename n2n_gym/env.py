@@ -17,7 +17,8 @@ from .cache import NullCache, ResultCache
 from .checks import check_env_args, check_reset_options, check_start_architecture
 from .data import dataset_info, load_dataset
 from .edits import MIN_WIDTH, InvalidStudent, apply_decisions, layer_rules
-from .encoding import COLUMN, NUM_FEATURES, STAGES, static_features, width_scale
+from .encoding import (COLUMN, OBSERVATIONS, STAGES, encode_observation, observation_space, static_features,
+                       width_scale)
 from .protocols import Protocol, get_protocol
 from .reward import PENALTIES, n2n_reward, parse_constraints
 from .teachers import Recipe, load_teacher, max_train_seconds, teacher_from_import
@@ -61,12 +62,23 @@ class N2NEnv(gym.Env):
     raises ``ValueError``.
 
     ## Observation Space
-    ``Box(0, 1, (max_layers, F), float32)``: one row per layer of the starting
-    architecture (the teacher's layer count is ``max_layers``; further rows are zero), with
-    the columns of ``n2n_gym.encoding.FEATURES``: the paper's encoding (type, kernel,
-    stride, padding, outputs, skip start, skip end), the input width, shortcut /
-    removable / shrinkable flags, the decisions so far (decided, removed, ratio), the
-    current layer, the position and the stage.
+    The per-layer table: one row per layer of the starting architecture (the teacher's
+    layer count is ``max_layers``; further rows are zero), with the columns of
+    ``n2n_gym.encoding.FEATURES`` (F = 24): the paper's encoding (type, kernel, stride,
+    padding, outputs, skip start, skip end), the input width, shortcut / removable /
+    shrinkable flags, the decisions so far (decided, removed, ratio), the current layer,
+    the position and the stage. ``observation`` chooses how it is given, so that every
+    kind of client takes it without glue (``n2n_gym.encoding.OBSERVATIONS``):
+    - ``"table"`` (default): ``Box(0, 1, (max_layers, F), float32)``, for per-layer
+      (recurrent, attention) policies such as N2N's LSTMs.
+    - ``"flat"``: ``Box(0, 1, (max_layers * F,), float32)``, the table row-major, for
+      flat-MLP policies (SB3 ``MlpPolicy``, CleanRL-style scripts).
+    - ``"dict"``: ``Dict({"observation": <the flat Box>, "action_mask": Box(0, 1, (n,),
+      int8)})``, the action mask of the current layer inside the observation: the
+      convention of mask-aware libraries (TorchRL's ``ActionMask`` transform, PettingZoo,
+      RLlib's and Tianshou's masking examples).
+    In a process started with ``spawn`` (``AsyncVectorEnv(..., context="spawn")``), make
+    ``"n2n_gym:<id>"`` so that the worker imports the package that registers the ids.
 
     ## Rewards
     0 on every intermediate step. On the last step ``R = Rc * Ra`` with
@@ -84,7 +96,8 @@ class N2NEnv(gym.Env):
     ## Episode End
     Terminates after one step per layer of the starting architecture. No truncation.
     The terminal ``info`` has ``accuracy`` (validation, used by the reward),
-    ``teacher_accuracy``, ``test_accuracy`` (reported only), ``params``,
+    ``teacher_accuracy``, ``test_accuracy`` (reported only; NaN with ``test_accuracy="lazy"``,
+    measured on demand by ``env.unwrapped.student_test_accuracy(actions)``), ``params``,
     ``teacher_params``, ``flops`` (2 per MAC, FlopCounterMode's convention), ``compression``
     (teacher params / student params), ``valid``, ``reason``, ``architecture`` (IR JSON),
     ``actions``, ``eval_seconds``, ``cached``, ``protocol``, ``data_variant``.
@@ -125,6 +138,23 @@ class N2NEnv(gym.Env):
     - ``data_root`` (default ``$N2N_DATA``), ``device`` ("auto", "cpu", "cuda"),
       ``cache`` (True: the shared SQLite cache, a path, or False), ``render_mode``
       ("ansi"), ``progress`` (show teacher training progress).
+    - ``backend``: where students train: "inline" (this process, default) | "process" (a
+      local pool of ``workers`` processes) | "ray" (``workers`` Ray actors;
+      ``backend_options``: ``address``, ``num_cpus``, ``num_gpus``, ``threads``; see
+      ``n2n_gym.backends``). Every backend shares the result cache and claims a student
+      in flight, so no two workers (nor two envs of ``gym.make_vec(...,
+      vectorization_mode="async")``) train the same one. ``env.unwrapped.evaluate_many(
+      actions_list)`` scores a batch of episodes concurrently; rewards equal the serial
+      ones.
+    - ``test_accuracy``: "eager" (default: measured for every student) | "lazy" (skipped:
+      ``info["test_accuracy"]`` is NaN; ``student_test_accuracy(actions)`` measures it for
+      the students that are reported). Rewards are the same either way.
+    - ``observation``: "table" | "flat" | "dict" (see Observation Space).
+    An unknown argument raises ``TypeError`` in Python's own wording ("N2NEnv.__init__()
+    got an unexpected keyword argument 'x'"), which wrappers that probe optional arguments
+    (TorchRL's ``GymEnv`` passes ``frameskip``) recognise, followed by the closest valid name.
+    The env pickles at any point of an episode; the evaluator (data, teacher, cache
+    connection) is not pickled but rebuilt on first use.
 
     ## Version History
     - v0: initial release (evaluation protocols "paper", "fast", "tiny" of n2n-gym 0.1). Teachers
@@ -159,18 +189,21 @@ class N2NEnv(gym.Env):
         cache: bool | str | os.PathLike = True,
         render_mode: str | None = None,
         progress: bool = True,
+        backend: str = "inline",
+        workers: int = 1,
+        backend_options: dict | None = None,
+        test_accuracy: str = "eager",
+        observation: str = "table",
         **unknown: Any,
     ):
         if unknown:
-            valid = [p for p in inspect.signature(N2NEnv.__init__).parameters if p not in ("self", "unknown")]
-            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
-                     for k in unknown]
-            raise TypeError(f"N2NEnv got unknown argument(s) {', '.join(hints)}; valid arguments: {', '.join(valid)}")
+            raise _unexpected_arguments(unknown)
         check_env_args(teacher=teacher, dataset=dataset, protocol=protocol, ratios=ratios,
                        start_architecture=start_architecture, teacher_checkpoint=teacher_checkpoint,
                        teacher_recipe=teacher_recipe, penalty_horizon=penalty_horizon,
                        episodes_per_update=episodes_per_update, min_width=min_width, eval_seed=eval_seed,
                        data_root=data_root, device=device, cache=cache, progress=progress)
+        _check_choice("observation", observation, OBSERVATIONS)
         _check_choice("stage", stage, STAGES)
         _check_choice("penalty", penalty, PENALTIES)
         _check_choice("illegal_action", illegal_action, ("noop", "invalid"))
@@ -211,12 +244,23 @@ class N2NEnv(gym.Env):
         self.device = ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
         self._cache_arg = cache
         self._evaluator = None
+        from .backends import BACKENDS
+
+        _check_choice("backend", backend, BACKENDS)
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.backend_name, self.workers = backend, int(workers)
+        self.backend_options = dict(backend_options or {})
+        self._backend = None
+        _check_choice("test_accuracy", test_accuracy, ("eager", "lazy"))
+        self.test_accuracy_mode = test_accuracy
 
         n, max_layers = len(self.start_architecture), len(self.teacher_architecture)
         self.num_layers = n
         num_actions = {"remove": 2, "shrink": len(self.ratios), "joint": len(self.ratios) + 1}[stage]
         self.action_space = spaces.Discrete(num_actions)
-        self.observation_space = spaces.Box(0.0, 1.0, (max_layers, NUM_FEATURES), np.float32)
+        self.observation = observation
+        self.observation_space = observation_space(observation, max_layers, num_actions)
         self._static_obs = static_features(self.start_architecture, max_layers, stage,
                                            width_scale(self.teacher_architecture))
         self._layer_masks = self._make_masks()
@@ -242,7 +286,7 @@ class N2NEnv(gym.Env):
         self._actions, self._decisions, self._illegal = [], [], []
         self._obs = self._static_obs.copy()
         self._obs[0, COLUMN["current"]] = 1
-        return self._obs.copy(), self._step_info()
+        return self._observe(), self._step_info()
 
     def step(self, action):
         if self._t >= self.num_layers:
@@ -264,11 +308,11 @@ class N2NEnv(gym.Env):
         self._t += 1
         if self._t < self.num_layers:
             self._obs[self._t, COLUMN["current"]] = 1
-            return self._obs.copy(), 0.0, False, False, self._step_info()
+            return self._observe(), 0.0, False, False, self._step_info()
         self._episodes += 1
         info = self._terminal_info()
         self._last_info = info
-        return self._obs.copy(), float(info["reward"]), True, False, info
+        return self._observe(), float(info["reward"]), True, False, info
 
     def layer_masks(self) -> np.ndarray:
         """Every layer's allowed actions, (layers, actions) int8 (known without a teacher)."""
@@ -285,6 +329,9 @@ class N2NEnv(gym.Env):
         return self.describe()
 
     def close(self):
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
         if self._evaluator is not None and hasattr(self._evaluator.cache, "close"):
             self._evaluator.cache.close()
         self._evaluator = None
@@ -326,12 +373,47 @@ class N2NEnv(gym.Env):
                 cache = NullCache()
             else:
                 cache = ResultCache(None if self._cache_arg is True else self._cache_arg)
-            self._evaluator = Evaluator(teacher, data, self.device, cache)
+            self._evaluator = Evaluator(teacher, data, self.device, cache, lazy_test=self.test_accuracy_mode == "lazy")
         return self._evaluator
+
+    @property
+    def backend(self):
+        """The evaluation backend (``backend``/``workers`` kwargs), started on first use."""
+        if self._backend is None:
+            from .backends import make_backend
+
+            self._backend = make_backend(self.backend_name, self.evaluator, self.workers, **self.backend_options)
+        return self._backend
 
     @property
     def teacher(self):
         return self.evaluator.teacher
+
+    def student_test_accuracy(self, actions: Sequence[int]) -> float:
+        """Test accuracy of the student that ``actions`` make, under the env's protocol and
+        seed: from the cache, else measured (with ``test_accuracy="lazy"`` the student is
+        trained again, to the same weights). Raises ``InvalidStudent`` for an invalid one."""
+        return self.evaluator.test_accuracy(self.student_architecture(actions), self.protocol, self.eval_seed)
+
+    def evaluate_many(self, actions_list: Sequence[Sequence[int]], update: int | None = None) -> list[tuple[float, dict]]:
+        """The terminal ``(reward, info)`` of each full action list, evaluated together on the
+        backend (its workers train the students concurrently).
+
+        The same as playing each list through ``reset``/``step`` with the same ``update``
+        (default: the current one): equal rewards and info, except that the env's own
+        episode state (``describe``, the episode counter) is left as it is. An agent can
+        step an episode up to its last layer, keep the last action, and score a whole batch
+        of episodes here (``agents/n2n.py`` does)."""
+        update = self._update if update is None else int(update)
+        students = [self._student(actions) for actions in actions_list]
+        requests = [(arch, self.protocol, self.eval_seed) for arch, _, _ in students if arch is not None]
+        results = iter(self.backend.evaluate_many(requests) if requests else [])
+        out = []
+        for actions, (arch, reason, illegal) in zip(actions_list, students):
+            result = next(results) if arch is not None else None
+            info = self._result_info(arch, reason, result, [int(a) for a in actions], illegal, update)
+            out.append((float(info["reward"]), info))
+        return out
 
     def describe(self) -> str:
         """A text table of the starting architecture with the decisions made so far."""
@@ -352,7 +434,19 @@ class N2NEnv(gym.Env):
                        f"{i['params']:,} params ({i['compression']:.2f}x), valid={i['valid']} {i['reason']}")
         return "\n".join(out)
 
+    def __getstate__(self) -> dict:
+        # the evaluator holds the data set, the teacher and an SQLite connection: the
+        # arguments it is built from are pickled instead, and it is rebuilt on first use
+        # (and so are the backend's workers: processes or Ray actors)
+        state = self.__dict__.copy()
+        state["_evaluator"] = None
+        state["_backend"] = None
+        return state
+
     # ---- internals ---------------------------------------------------------------
+    def _observe(self):
+        return encode_observation(self._obs, self.observation, self._layer_masks[min(self._t, self.num_layers - 1)])
+
     def _decision(self, a: int):
         if self.stage == "remove":
             return None if a == REMOVE else 1.0
@@ -376,38 +470,51 @@ class N2NEnv(gym.Env):
                 masks[i, len(self.ratios)] = rule.removable
         return masks
 
+    def _terminal_masks(self) -> dict[str, Any]:
+        t = self.num_layers - 1
+        return {"action_mask": self._layer_masks[t].copy(), "layer_masks": self._layer_masks.copy(),
+                "layer_index": self.num_layers, "num_layers": self.num_layers, "stage": self.stage}
+
     def _step_info(self) -> dict[str, Any]:
         t = min(self._t, self.num_layers - 1)
         return {"action_mask": self._layer_masks[t].copy(), "layer_masks": self._layer_masks.copy(),
                 "layer_index": self._t, "num_layers": self.num_layers, "stage": self.stage}
 
+    def _student(self, actions: Sequence[int]) -> tuple[Architecture | None, str, list[int]]:
+        """(student or None, why not, layers whose action was disallowed) of a full action list."""
+        if len(actions) != self.num_layers:
+            raise ValueError(f"need {self.num_layers} actions, got {len(actions)}")
+        illegal = [t for t, a in enumerate(actions) if not self._layer_masks[t, int(a)]]
+        if illegal and self.illegal_action == "invalid":
+            return None, f"disallowed action(s) at layer(s) {illegal}", illegal
+        try:
+            return apply_decisions(self.start_architecture, self.decisions_for(actions), self.min_width), "", illegal
+        except (InvalidStudent, ArchitectureError) as exc:  # a student problem: -1 with the reason
+            return None, str(exc), illegal
+
     def _terminal_info(self) -> dict[str, Any]:
+        arch, reason, illegal = self._student(self._actions)
+        result = self.backend.evaluate(arch, self.protocol, self.eval_seed) if arch is not None else None
+        return self._result_info(arch, reason, result, list(self._actions), illegal, self._update)
+
+    def _result_info(self, arch, reason, result, actions, illegal, update) -> dict[str, Any]:
         ev = self.evaluator
         teacher = ev.teacher
         start = time.perf_counter()
-        reason, arch = "", None
-        if self._illegal and self.illegal_action == "invalid":
-            reason = f"disallowed action(s) at layer(s) {self._illegal}"
-        else:
-            try:
-                arch = apply_decisions(self.start_architecture, self._decisions, self.min_width)
-            except (InvalidStudent, ArchitectureError) as exc:  # a student problem: -1 with the reason
-                reason = str(exc)
-        if arch is not None:
-            result = ev.evaluate(arch, self.protocol, self.eval_seed)
+        if result is not None:
             valid, reason = result.valid, result.reason
         else:
-            result, valid = None, False
+            valid = False
         params = result.params if result else 0
         acc = result.accuracy if result else 0.0
         reward = n2n_reward(
             student_params=params, teacher_params=teacher.params, student_accuracy=acc,
             teacher_accuracy=teacher.val_accuracy, valid=valid, constraints=self.constraints,
             properties={"flops": result.flops if result else 0}, penalty=self.penalty,
-            update=self._update, horizon=self.penalty_horizon,
+            update=update, horizon=self.penalty_horizon,
         )
         return {
-            **self._step_info(),
+            **self._terminal_masks(),
             "reward": reward.value,
             "valid": valid,
             "reason": reason,
@@ -424,8 +531,8 @@ class N2NEnv(gym.Env):
             "r_a": reward.r_a,
             "violated_constraints": list(reward.violated),
             "architecture": arch.to_json() if arch is not None else None,
-            "actions": list(self._actions),
-            "illegal_actions": list(self._illegal),
+            "actions": list(actions),
+            "illegal_actions": list(illegal),
             "eval_seconds": result.seconds if result else time.perf_counter() - start,
             "cached": bool(result.cached) if result else False,
             "protocol": self.protocol.name,
@@ -435,6 +542,18 @@ class N2NEnv(gym.Env):
             "teacher_pin": teacher.pin,
             "data_digest": ev.data.digest,
         }
+
+
+def _unexpected_arguments(unknown: dict) -> TypeError:
+    """Python's own wording for the first unknown argument (callers such as TorchRL's
+    ``GymEnv`` match it to drop optional arguments), then the closest valid names."""
+    valid = [p for p in inspect.signature(N2NEnv.__init__).parameters if p not in ("self", "unknown")]
+    hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, valid, 1)) else repr(k)
+             for k in unknown]
+    first, *others = hints
+    more = f", and {', '.join(others)}" if others else ""
+    return TypeError(f"N2NEnv.__init__() got an unexpected keyword argument {first}{more}; "
+                     f"valid arguments: {', '.join(valid)}")
 
 
 def _check_choice(name: str, value, choices) -> None:

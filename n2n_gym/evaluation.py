@@ -10,15 +10,26 @@ logits on the scored images; checked once per epoch / once per student, never pe
 gets ``valid=False``, reward -1 and a ``reason`` naming the failure, cached like any
 result. Any other exception is scored the same way but warned about
 (:class:`StudentEvaluationWarning`, with the traceback) and not cached.
+
+Test accuracy is reported only, so an evaluator with ``lazy_test=True`` skips it (``NaN``
+in the result and the cache) and :meth:`Evaluator.test_accuracy` measures it on demand for
+the students whose test accuracy is reported (it retrains the student: the same weights,
+as training is deterministic for a seed and thread count). Rewards do not change.
+
+With a shared :class:`ResultCache`, a student in training is *claimed* there
+(:meth:`ResultCache.claimed`): another process asking for it waits for this result
+instead of training it again (:mod:`n2n_gym.backends` runs evaluators in worker processes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import traceback
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -40,7 +51,7 @@ class EvalResult:
     valid: bool
     reason: str
     accuracy: float  # validation accuracy: used by the reward
-    test_accuracy: float  # reported only
+    test_accuracy: float  # reported only; NaN when not measured (lazy_test)
     params: int
     flops: int
     reward: float  # N2N reward without constraints (the env adds those)
@@ -55,11 +66,22 @@ class Evaluator:
     """Scores students of one teacher on one data set; holds reusable teacher logits."""
 
     def __init__(self, teacher: Teacher, data: Dataset, device: str | torch.device = "cpu",
-                 cache: ResultCache | NullCache | None = None):
+                 cache: ResultCache | NullCache | None = None, lazy_test: bool = False):
         self.teacher, self.data, self.device = teacher, data, torch.device(device)
         self.cache = cache if cache is not None else NullCache()
+        self.lazy_test = bool(lazy_test)
         self._teacher_logits: dict[int | None, torch.Tensor] = {}
         self._subsets: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict:
+        """Pickled once per worker (:mod:`n2n_gym.backends`): teacher, data and cache path;
+        derived tensors (subsets, teacher logits) are rebuilt there on first use."""
+        data = dataclasses.replace(self.data, _on_device={}, _splits={}, _normalize=None)
+        return {"teacher": self.teacher, "data": data, "device": str(self.device), "cache": self.cache,
+                "lazy_test": self.lazy_test}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["teacher"], state["data"], state["device"], state["cache"], state["lazy_test"])
 
     def _subset(self, which: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed evaluation subsets, drawn once per evaluator rather than per student."""
@@ -68,11 +90,33 @@ class Evaluator:
         return self._subsets[(which, n)]
 
     def key(self, arch: Architecture, protocol: Protocol, seed: int) -> str:
+        # CUDA trains under bf16 autocast (n2n_gym.distill.autocast): its results are kept apart
+        gpu = {"precision": "cuda-bf16"} if self.device.type == "cuda" else {}
         return cache_key(v=EVAL_VERSION, teacher=self.teacher.sha256, data=self.data.digest,
                          split=[len(self.data.train_idx), len(self.data.val_idx)],
-                         arch=arch.canonical_hash(), protocol=protocol.to_dict(), seed=seed)
+                         arch=arch.canonical_hash(), protocol=protocol.to_dict(), seed=seed, **gpu)
 
     def evaluate(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> EvalResult:
+        """Train and score one student (or return its cached result); the key is claimed in
+        a shared cache while the student trains (another process waits for this result)."""
+        protocol = get_protocol(protocol)
+        start = time.perf_counter()
+        early = self.lookup(arch, protocol, seed)
+        if early is not None:
+            return early
+        key = self.key(arch, protocol, seed)
+        with self.cache.claimed(key) as hit:
+            if hit is not None:  # another worker evaluated it while we waited
+                return dataclasses.replace(EvalResult(**hit), cached=True)
+            return self._compute(key, arch, protocol, seed, start)
+
+    def evaluate_many(self, requests: "Sequence[tuple[Architecture, str | Protocol, int]]") -> list[EvalResult]:
+        """:meth:`evaluate` for each ``(arch, protocol, seed)``, in order (in this process;
+        :mod:`n2n_gym.backends` spreads a batch over worker processes or a Ray cluster)."""
+        return [self.evaluate(arch, protocol, seed) for arch, protocol, seed in requests]
+
+    def lookup(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> EvalResult | None:
+        """The result when it needs no training (invalid student, cache hit), else ``None``."""
         protocol = get_protocol(protocol)
         start = time.perf_counter()
         try:
@@ -91,10 +135,40 @@ class Evaluator:
         if params >= self.teacher.params:
             return EvalResult(False, f"not smaller than the teacher ({params:,} >= {self.teacher.params:,} params)",
                               0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
+        hit = self.cache.get(self.key(arch, protocol, seed))
+        if hit is not None:
+            result = dataclasses.replace(EvalResult(**hit), cached=True)
+            if result.valid and not self.lazy_test and math.isnan(result.test_accuracy):  # stored lazily
+                result = dataclasses.replace(result, test_accuracy=self.test_accuracy(arch, protocol, seed))
+            return result
+        return None
+
+    def test_accuracy(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> float:
+        """The student's test accuracy under ``protocol``/``seed``: from the cache, else measured
+        (trains the student again, the same weights as its evaluation) and stored with its result."""
+        protocol = get_protocol(protocol)
         key = self.key(arch, protocol, seed)
         hit = self.cache.get(key)
-        if hit is not None:
-            return dataclasses.replace(EvalResult(**hit), cached=True)
+        if hit is not None and not math.isnan(hit["test_accuracy"]):
+            return float(hit["test_accuracy"])
+        with self.cache.claimed(key + ":test"):  # nothing is stored under this key: always ours in the end
+            hit = self.cache.get(key)  # another process may have measured it while we waited
+            if hit is not None and not math.isnan(hit["test_accuracy"]):
+                return float(hit["test_accuracy"])
+            if hit is None or not hit["valid"]:  # never evaluated (or invalid): one whole eager evaluation
+                lazy, self.lazy_test = self.lazy_test, False
+                try:
+                    return self.evaluate(arch, protocol, seed).test_accuracy
+                finally:
+                    self.lazy_test = lazy
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                student = self._train(arch, protocol, seed)
+            test = self._accuracy(student, "test", *self._subset("test", protocol.test_images))
+            self.cache.put(key, {**hit, "test_accuracy": test})
+            return test
+
+    def _compute(self, key: str, arch: Architecture, protocol: Protocol, seed: int, start: float) -> EvalResult:
+        params, flops = arch.params, arch.flops
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 val_acc, test_acc = self._train_and_score(arch, protocol, seed)
@@ -118,6 +192,13 @@ class Evaluator:
         return result
 
     def _train_and_score(self, arch: Architecture, protocol: Protocol, seed: int) -> tuple[float, float]:
+        student = self._train(arch, protocol, seed)
+        val = self._accuracy(student, "validation", *self._subset("val", protocol.val_images))
+        if self.lazy_test:
+            return val, math.nan
+        return val, self._accuracy(student, "test", *self._subset("test", protocol.test_images))
+
+    def _train(self, arch: Architecture, protocol: Protocol, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         try:
             student = build(arch, self.device)
@@ -136,8 +217,7 @@ class Evaluator:
                 lr=protocol.lr, weight_decay=protocol.weight_decay, augment=protocol.augment,
                 generator=torch.Generator().manual_seed(seed), teacher_logits=logits)
         check_finite_weights(student)
-        val, test = self._subset("val", protocol.val_images), self._subset("test", protocol.test_images)
-        return self._accuracy(student, "validation", *val), self._accuracy(student, "test", *test)
+        return student
 
     def _accuracy(self, student: torch.nn.Module, split: str, x: torch.Tensor, y: torch.Tensor) -> float:
         """Top-1 accuracy; non-finite logits (weights finite, activations overflowing) fail it."""

@@ -104,4 +104,24 @@ def export_student(module: Network, folder: str | os.PathLike, stem: str = STEM,
             out["onnx"] = str(folder / f"{stem}.onnx")
         except Exception as exc:
             out["onnx"] = f"failed: {type(exc).__name__}: {exc}"
+        else:
+            out["onnxruntime check"] = _check_onnx(module, folder / f"{stem}.onnx")
     return out
+
+
+def _check_onnx(module: Network, path: pathlib.Path, batch: int = 3, tol: float = 1e-4) -> str:
+    """Runs the exported file in ONNX Runtime on a batch size other than the export's and
+    compares it with the module's logits (max abs difference, ``tol``); a text verdict."""
+    try:
+        import onnxruntime
+
+        x = torch.randn(batch, *module.arch.input_shape, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            expected = module(x).numpy()
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        diff = float(abs(got - expected).max())
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {exc}"
+    verdict = "ok" if diff <= tol else "failed"
+    return f"{verdict}: max |logit difference| {diff:.1e} vs torch, batch {batch} (tolerance {tol:g})"

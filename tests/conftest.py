@@ -6,6 +6,9 @@
   recipe (``SMALL_DIGITS_RECIPE``); every test env that needs a digits teacher passes
   that same recipe, so they all load the one cached checkpoint.
 - Real data sets come only from ``$N2N_DATA`` (``shared_data_root`` skips without it).
+- In CI (``CI=true``) a test skipped for a missing package (``pytest.importorskip``, or a
+  skip whose reason says a module is not installed) FAILS instead: the README's install must
+  give everything the tests import, and a green CI must not hide a missing dependency.
 - torch runs on one thread (``N2N_TEST_TORCH_THREADS`` to change): the tests use tiny
   tensors, and on a busy 2-core machine two OpenMP threads that contend for a core make
   a small forward pass 100x slower (0.7 s instead of 5 ms for a ResNet-20 image).
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import sys
 
 import pytest
@@ -23,7 +27,45 @@ import pytest
 #: a few seconds to train instead of the full 40-epoch default.
 SMALL_DIGITS_RECIPE = {"epochs": 3, "batch_size": 64, "lr": 0.05}
 
+pytest_plugins = ["pytester"]  # tests of this conftest's CI hook
+
 _ENV_VARS = ("N2N_CACHE", "N2N_OFFLINE")
+
+#: skip reasons that mean "a package is missing": pytest.importorskip's wording and ours
+_MISSING_PACKAGE = re.compile(r"could not import|no module named|not installed|needs? (the )?package", re.I)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _missing_package_reason(report) -> str | None:
+    """The skip reason of ``report`` if it is a skip for a missing package."""
+    if not report.skipped or not isinstance(report.longrepr, tuple):
+        return None
+    reason = str(report.longrepr[2])
+    return reason if _MISSING_PACKAGE.search(reason) else None
+
+
+def _fail_in_ci(report) -> None:
+    reason = _missing_package_reason(report) if _in_ci() else None
+    if reason is not None:
+        report.outcome = "failed"
+        report.longrepr = (f"CI=true: skipped for a missing package, which fails in CI ({reason}). "
+                           f"Add the package to pyproject.toml so that the README's install gives it.")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # a module-level importorskip skips the whole module at collection
+    outcome = yield
+    _fail_in_ci(outcome.get_result())
 
 
 @pytest.fixture(scope="session", autouse=True)

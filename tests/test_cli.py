@@ -70,6 +70,9 @@ def test_compress_end_to_end(full_run):
     assert [r["evaluation"] for r in history] == list(range(8))
     report = json.loads((run / "report.json").read_text())
     assert report["students"] == 8
+    # the exported ONNX file was run in ONNX Runtime and matched torch (README's outputs)
+    assert report["exports"]["onnxruntime check"].startswith("ok:"), report["exports"]
+    assert "onnxruntime check: ok:" in out.stdout
     assert report["final"]["params"] < report["teacher"]["params"]
     assert report["final"]["compression"] > 1
     assert "teacher" in out.stdout and "final distillation" in out.stdout and "LOW FIDELITY" in out.stdout

@@ -1,0 +1,223 @@
+"""Evaluation backends: where students are trained and scored, behind one interface.
+
+- ``inline`` (:class:`InlineBackend`): in this process, one student after another.
+- ``process`` (:class:`ProcessBackend`): a pool of ``workers`` local processes
+  (``concurrent.futures`` with the ``spawn`` start method: no fork of a process that has
+  started OpenMP threads).
+- ``ray`` (:class:`RayBackend`): ``workers`` Ray actors on the cluster that
+  ``ray.init(address=...)`` reaches (a local instance without an address); each actor
+  requests ``num_cpus`` / ``num_gpus`` and holds its own :class:`~n2n_gym.evaluation.Evaluator`.
+
+The teacher and the data reach each worker once: the evaluator is pickled once when a
+worker starts (process pool initializer; one ``ray.put`` shared by every actor), never
+per student. Every worker opens the same SQLite result cache, the single source of
+truth; a student in flight is claimed there (:meth:`n2n_gym.cache.ResultCache.claimed`),
+so two workers never train the same student, even across backends or machines sharing
+the file. Within a batch, a student asked for twice is evaluated once.
+
+A worker runs torch on ``threads`` threads (default: this process's thread count split
+over the workers, at least 1). CPU kernels reduce in a thread-count-dependent order, so a
+reward equals the inline backend's bit for bit when the thread counts are equal.
+
+    backend = make_backend("process", evaluator, workers=2)
+    results = backend.evaluate_many([(arch, "fast", 0) for arch in students])
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import pickle
+from typing import Any, Sequence
+
+import torch
+
+from .arch import Architecture
+from .evaluation import EvalResult, Evaluator
+from .protocols import Protocol, get_protocol
+
+BACKENDS = ("inline", "process", "ray")
+
+#: one request: the student, its evaluation protocol and seed
+Request = tuple[Architecture, "str | Protocol", int]
+
+
+class Backend:
+    """Evaluates batches of students with one :class:`Evaluator` (``self.evaluator``).
+
+    Subclasses implement :meth:`_run` (students that need training, distinct, in order)."""
+
+    name = "base"
+
+    def __init__(self, evaluator: Evaluator, workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.evaluator, self.workers = evaluator, int(workers)
+
+    def evaluate(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> EvalResult:
+        return self.evaluate_many([(arch, protocol, seed)])[0]
+
+    def evaluate_many(self, requests: Sequence[Request]) -> list[EvalResult]:
+        """One :class:`EvalResult` per ``(arch, protocol, seed)``, in order. Invalid students
+        and cache hits are answered here; the rest run on the workers, each distinct student
+        once (a repeat in the batch gets the first one's result with ``cached=True``)."""
+        results: list[EvalResult | None] = [None] * len(requests)
+        todo: dict[str, list[int]] = {}
+        normalized = [(arch, get_protocol(protocol), int(seed)) for arch, protocol, seed in requests]
+        for i, (arch, protocol, seed) in enumerate(normalized):
+            early = self.evaluator.lookup(arch, protocol, seed)
+            if early is not None:
+                results[i] = early
+            else:
+                todo.setdefault(self.evaluator.key(arch, protocol, seed), []).append(i)
+        computed = self._run([normalized[idx[0]] for idx in todo.values()]) if todo else []
+        for idx, result in zip(todo.values(), computed):
+            results[idx[0]] = result
+            for j in idx[1:]:
+                results[j] = dataclasses.replace(result, cached=True)
+        return results  # type: ignore[return-value]
+
+    def _run(self, requests: list[tuple[Architecture, Protocol, int]]) -> list[EvalResult]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the workers (the evaluator and its cache stay usable)."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(workers={self.workers})"
+
+
+class InlineBackend(Backend):
+    """In this process, one student after another (what ``env.step`` always did)."""
+
+    name = "inline"
+
+    def _run(self, requests):
+        return [self.evaluator.evaluate(arch, protocol, seed) for arch, protocol, seed in requests]
+
+
+def _default_threads(workers: int) -> int:
+    return max(1, torch.get_num_threads() // workers)
+
+
+# ---- process pool -----------------------------------------------------------------
+_WORKER_EVALUATOR: Evaluator | None = None
+
+
+def _init_worker(blob: bytes, threads: int) -> None:
+    global _WORKER_EVALUATOR
+    torch.set_num_threads(threads)
+    _WORKER_EVALUATOR = pickle.loads(blob)
+
+
+def _worker_evaluate(request: tuple[Architecture, Protocol, int]) -> EvalResult:
+    assert _WORKER_EVALUATOR is not None, "worker started without an evaluator"
+    return _WORKER_EVALUATOR.evaluate(*request)
+
+
+class ProcessBackend(Backend):
+    """A pool of ``workers`` local processes (spawned), each holding a copy of the evaluator."""
+
+    name = "process"
+
+    def __init__(self, evaluator: Evaluator, workers: int = 2, threads: int | None = None):
+        super().__init__(evaluator, workers)
+        self.threads = threads or _default_threads(self.workers)
+        blob = pickle.dumps(evaluator)  # once: every worker unpickles the same bytes at start
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(blob, self.threads))
+
+    def submit(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0
+               ) -> concurrent.futures.Future:
+        """One evaluation on the next free worker, without the batch's lookup and dedup
+        (the cache's claims still keep two workers off the same student)."""
+        return self._pool.submit(_worker_evaluate, (arch, get_protocol(protocol), int(seed)))
+
+    def _run(self, requests):
+        return list(self._pool.map(_worker_evaluate, requests))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- Ray ----------------------------------------------------------------------------
+class EvalWorker:
+    """A Ray actor's state: one evaluator (teacher, data, logits) for its whole life."""
+
+    def __init__(self, evaluator: Evaluator, threads: int):
+        torch.set_num_threads(threads)
+        self.evaluator = evaluator
+
+    def evaluate(self, arch: Architecture, protocol: Protocol, seed: int) -> EvalResult:
+        return self.evaluator.evaluate(arch, protocol, seed)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayBackend(Backend):
+    """``workers`` Ray actors, each with ``num_cpus`` / ``num_gpus`` of the cluster.
+
+    ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``, ...); ``None``
+    joins an already initialised Ray, else ``$RAY_ADDRESS``, else starts a local instance.
+    A local instance started here is shut down by :meth:`close`."""
+
+    name = "ray"
+
+    def __init__(self, evaluator: Evaluator, workers: int = 2, threads: int | None = None, *,
+                 address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
+                 init_kwargs: dict[str, Any] | None = None):
+        try:
+            import ray
+            from ray.util import ActorPool
+        except ImportError as exc:
+            raise ImportError("backend='ray' needs Ray: pip install 'n2n-gym[ray]'") from exc
+        super().__init__(evaluator, workers)
+        self.threads = threads or max(1, int(num_cpus))
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            kwargs = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
+            ray.init(address=address, **kwargs)
+            self._started = True
+        if num_gpus and evaluator.device.type != "cuda":
+            raise ValueError("num_gpus > 0 needs an evaluator on device 'cuda' (env device='cuda')")
+        ref = ray.put(evaluator)  # once: every actor reads the same object
+        actor = ray.remote(EvalWorker).options(num_cpus=num_cpus, num_gpus=num_gpus)
+        self._actors = [actor.remote(ref, self.threads) for _ in range(self.workers)]
+        self._pool = ActorPool(self._actors)
+
+    def _run(self, requests):
+        return list(self._pool.map(lambda a, r: a.evaluate.remote(*r), requests))
+
+    def close(self) -> None:
+        for a in getattr(self, "_actors", []):
+            self._ray.kill(a)
+        self._actors = []
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._started = False
+
+
+def make_backend(name: str, evaluator: Evaluator, workers: int = 1, **options: Any) -> Backend:
+    """The backend called ``name`` (``"inline"``, ``"process"``, ``"ray"``); ``options`` go to
+    its constructor (``threads``; for Ray ``address``, ``num_cpus``, ``num_gpus``, ``init_kwargs``)."""
+    if name == "inline":
+        if workers != 1 or options:
+            raise ValueError(f"backend 'inline' runs one worker and takes no options; got workers={workers}, "
+                             f"options={sorted(options)}: use backend='process' or 'ray' for more workers")
+        return InlineBackend(evaluator)
+    if name == "process":
+        return ProcessBackend(evaluator, workers, **options)
+    if name == "ray":
+        return RayBackend(evaluator, workers, **options)
+    raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}")
