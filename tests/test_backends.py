@@ -189,7 +189,7 @@ def test_n2n_batched_rewards_equal_serial(digits_teacher):
         return [(r["reward"], r["architecture"], r["test_accuracy"]) for r in N2N(args).run()]
 
     batched, one_by_one = run(True), run(False)
-    assert len(batched) == 9 and batched == one_by_one
+    assert len(batched) >= 9 and batched == one_by_one  # >= 9: the proposal step resamples repeats
 
 
 def test_bad_backend_arguments_are_named():
