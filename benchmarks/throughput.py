@@ -91,8 +91,8 @@ def reference_loop(student, teacher, data, x_uint8, *, epochs, batch_size, lr, a
     from torchvision import transforms as T
 
     info = data.info
-    mode = "L" if x_uint8.shape[1] == 1 else "RGB"
-    images = [Image.fromarray(im.squeeze(0).numpy() if mode == "L" else im.permute(1, 2, 0).numpy(), mode)
+    # uint8 (H, W) gives an "L" image and (H, W, 3) an "RGB" one: Pillow infers the mode
+    images = [Image.fromarray(im.squeeze(0).numpy() if im.shape[0] == 1 else im.permute(1, 2, 0).numpy())
               for im in x_uint8]
     tf = [T.RandomCrop(x_uint8.shape[-1], padding=info.crop_padding)] if augment else []
     if augment and info.flip:
