@@ -150,6 +150,9 @@ class N2NEnv(gym.Env):
       ``info["test_accuracy"]`` is NaN; ``student_test_accuracy(actions)`` measures it for
       the students that are reported). Rewards are the same either way.
     - ``observation``: "table" | "flat" | "dict" (see Observation Space).
+    - ``allow_untrained_teacher``: accept a ``teacher_module`` that is no better than chance
+      on the validation split (default: refused with ``TeacherInvalidError`` at the first
+      ``reset()``, since Ra would exceed 1); for plumbing and timing runs only.
     An unknown argument raises ``TypeError`` in Python's own wording ("N2NEnv.__init__()
     got an unexpected keyword argument 'x'"), which wrappers that probe optional arguments
     (TorchRL's ``GymEnv`` passes ``frameskip``) recognise, followed by the closest valid name.
@@ -194,6 +197,7 @@ class N2NEnv(gym.Env):
         backend_options: dict | None = None,
         test_accuracy: str = "eager",
         observation: str = "table",
+        allow_untrained_teacher: bool = False,
         **unknown: Any,
     ):
         if unknown:
@@ -204,6 +208,9 @@ class N2NEnv(gym.Env):
                        episodes_per_update=episodes_per_update, min_width=min_width, eval_seed=eval_seed,
                        data_root=data_root, device=device, cache=cache, progress=progress)
         _check_choice("observation", observation, OBSERVATIONS)
+        if not isinstance(allow_untrained_teacher, bool):
+            raise TypeError(f"allow_untrained_teacher must be True or False, got {allow_untrained_teacher!r}")
+        self.allow_untrained_teacher = allow_untrained_teacher
         _check_choice("stage", stage, STAGES)
         _check_choice("penalty", penalty, PENALTIES)
         _check_choice("illegal_action", illegal_action, ("noop", "invalid"))
@@ -247,8 +254,16 @@ class N2NEnv(gym.Env):
         from .backends import BACKENDS
 
         _check_choice("backend", backend, BACKENDS)
-        if int(workers) < 1:
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+            raise TypeError(f"workers must be an integer, got {workers!r}"
+                            + (f": pass workers={workers.strip()} without quotes" if isinstance(workers, str) else ""))
+        if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        if backend_options is not None and not isinstance(backend_options, dict):
+            raise TypeError(f"backend_options must be a dict, got {type(backend_options).__name__}")
+        if backend == "inline" and (workers != 1 or backend_options):
+            raise ValueError(f"backend 'inline' runs one worker and takes no options; got workers={workers}, "
+                             f"backend_options={backend_options}: use backend='process' or 'ray' for more workers")
         self.backend_name, self.workers = backend, int(workers)
         self.backend_options = dict(backend_options or {})
         self._backend = None
@@ -364,7 +379,8 @@ class N2NEnv(gym.Env):
             data = load_dataset(self.dataset_name, self.data_root).to(self.device)
             if self._imported is not None:
                 teacher = teacher_from_import(self._imported, data, device=self.device,
-                                              path=str(self.teacher_checkpoint or ""))
+                                              path=str(self.teacher_checkpoint or ""),
+                                              check=not self.allow_untrained_teacher)
             else:
                 teacher = load_teacher(self.teacher_name, data, checkpoint=self.teacher_checkpoint,
                                        recipe=self.teacher_recipe, device=self.device, progress=self.progress,

@@ -575,13 +575,16 @@ _train = train_teacher  # the name the first long-running training scripts impor
 
 
 def teacher_from_import(imported, data: Dataset, *, name: str = "", device: str | torch.device = "cpu",
-                        path: str = "") -> Teacher:
+                        path: str = "", check: bool = True) -> Teacher:
     """A :class:`Teacher` from an ``n2n_gym.importer.ImportedModel`` (a user's ``nn.Module`` in
     the IR): built on ``device``, frozen, its accuracies measured on ``data``'s validation and
     test splits. Its ``sha256`` is the content digest of architecture + weights
     (``ImportedModel.sha256``), so cache keys follow the weights, not a file or a name.
 
-    Raises ``ValueError`` if the model's input shape or number of classes is not the data set's.
+    Raises ``ValueError`` if the model's input shape or number of classes is not the data set's,
+    and :class:`TeacherInvalidError` (unless ``check`` is off) if it has non-finite weights or is
+    no better than chance on the validation split: its rewards would be meaningless (Ra =
+    student / teacher accuracy exceeds 1 for any student that beats an untrained teacher).
     """
     arch = imported.architecture
     if arch.input_shape != data.info.input_shape or arch.num_classes != data.info.num_classes:
@@ -593,5 +596,11 @@ def teacher_from_import(imported, data: Dataset, *, name: str = "", device: str 
     with torch.random.fork_rng(devices=[]):
         val_acc = accuracy(module, data, *data.split("val"))
         test_acc = accuracy(module, data, *data.split("test"))
+    if check:
+        try:
+            check_teacher(module, val_acc, data, f"imported from {name or arch.name}")
+        except TeacherInvalidError as exc:
+            raise TeacherInvalidError(f"{exc}; to run a random-weight model anyway (plumbing or timing only: "
+                                      "its rewards mean nothing), pass allow_untrained_teacher=True") from None
     return Teacher(name or arch.name, arch, module, float(val_acc), float(test_acc), imported.sha256,
                    data.variant, path, data_digest=data.digest, source="import")

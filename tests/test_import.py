@@ -317,6 +317,7 @@ def _episode(env) -> dict:
 def test_env_episode_and_export(name: str, npz32: str, tmp_path: pathlib.Path, request) -> None:
     model = _make(name)
     env = gym.make("N2N-Custom-v0", teacher_module=model, dataset=npz32, protocol="tiny", device="cpu",
+                   allow_untrained_teacher=True,
                    cache=str(tmp_path / "cache.sqlite"))
     unwrapped = env.unwrapped
     arch = unwrapped.teacher_architecture
@@ -382,7 +383,7 @@ def test_factory_spec_with_keyword_arguments(npz32: str) -> None:
     """teacher_module as a JSON-able 'package.module:factory(key=literal)' string (what
     compress --model passes): called with torch seeded to 0, so every process gets the same weights."""
     spec = "torchvision.models:resnet18(num_classes=10)"
-    env = gym.make("N2N-Custom-v0", teacher_module=spec, dataset=npz32, protocol="tiny")
+    env = gym.make("N2N-Custom-v0", teacher_module=spec, dataset=npz32, protocol="tiny", allow_untrained_teacher=True)
     torch.manual_seed(0)
     direct = import_module(torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 32, 32))
     assert env.unwrapped.teacher_architecture == direct.architecture
@@ -402,6 +403,7 @@ def test_digits_sequential_cnn_and_other_stages(tmp_path) -> None:
     model = plain_cnn(in_channels=1)
     for stage in ("remove", "shrink"):
         env = gym.make("N2N-Custom-v0", teacher_module=model, dataset="digits", protocol="tiny", stage=stage,
+                       allow_untrained_teacher=True,
                        device="cpu", cache=False, constraints={"max_params": 10_000})
         info = _episode(env)
         assert info["stage"] == stage and info["num_layers"] == 7
@@ -428,7 +430,8 @@ def test_compress_model_command(npz32: str, tmp_path: pathlib.Path) -> None:
     run = tmp_path / "run"
     out = subprocess.run([sys.executable, "-m", "n2n_gym.cli", "compress", "--model", "kuangliu_resnet:cifar_resnet",
                           "--checkpoint", "weights.pt", "--dataset", npz32, "--protocol", "tiny", "--updates", "1",
-                          "--rollouts", "2", "--final-epochs", "1", "--no-progress", "--out", str(run)],
+                          "--rollouts", "2", "--final-epochs", "1", "--no-progress", "--out", str(run),
+                          "--env-kwargs", '{"allow_untrained_teacher": true}'],
                          cwd=tmp_path, env=_cli_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "imported kuangliu_resnet:cifar_resnet" in out.stderr
@@ -497,3 +500,23 @@ def test_readme_compress_your_own_model_example_runs(capsys) -> None:
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert re.search(r"teacher val acc 0\.\d+, student 0\.\d+, [\d.]+x smaller, reward -?[\d.]+", out), out
+
+
+def test_an_untrained_imported_teacher_is_refused_at_reset(npz32: str) -> None:
+    """A random-weight model is no better than chance: refused (its Ra would exceed 1), unless
+    the caller opts in for plumbing runs."""
+    from n2n_gym.teachers import TeacherInvalidError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    with torch.no_grad():  # a constant prediction: exactly chance level
+        model[-1].weight.zero_()
+        model[-1].bias.copy_(torch.arange(10.0))
+    env = gym.make("N2N-Custom-v0", teacher_module=model, dataset=npz32, protocol="tiny", cache=False)
+    with pytest.raises(TeacherInvalidError, match="no better than chance.*allow_untrained_teacher=True"):
+        env.reset(seed=0)
+    env = gym.make("N2N-Custom-v0", teacher_module=model, dataset=npz32, protocol="tiny", cache=False,
+                   allow_untrained_teacher=True)
+    env.reset(seed=0)
+    assert env.unwrapped.teacher.val_accuracy <= 0.2

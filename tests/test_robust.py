@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import SMALL_DIGITS_RECIPE, make_digits_env
@@ -531,3 +532,14 @@ def test_evaluating_an_architecture_of_another_teacher_is_invalid_not_an_error(d
     result = ev.evaluate(foreign, TINY)
     assert not result.valid and result.reward == -1.0
     assert result.reason.startswith("the student does not descend from the teacher: layer 1: role")
+
+
+@pytest.mark.parametrize("workers, error", [("2", TypeError), (2.5, TypeError), (True, TypeError), (0, ValueError)])
+def test_workers_are_checked_at_make(workers, error):
+    with pytest.raises(error, match="workers"):
+        gym.make("N2N-DigitsNet-Digits-v0", backend="process", workers=workers)
+
+
+def test_inline_backend_with_several_workers_fails_at_make():
+    with pytest.raises(ValueError, match="backend 'inline' runs one worker"):
+        gym.make("N2N-DigitsNet-Digits-v0", workers=2)
