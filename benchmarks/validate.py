@@ -79,6 +79,27 @@ def teacher_mismatch(record_sha: str | None, teacher) -> str | None:
             f"here ({teacher.sha256[:12]}…): nobody can obtain it to rescore this record")
 
 
+def unobtainable_teacher(record: dict) -> str | None:
+    """Why the record's teacher cannot be obtained, known without provisioning the env's
+    teacher (which may mean training it): its sha256 is in no registry while the env's
+    teacher is pinned to other weights. None when that cannot be told up front."""
+    from n2n_gym.registration import ENVS
+    from n2n_gym.teacher_registry import by_sha, for_names
+
+    sha = (record.get("teacher") or {}).get("sha256")
+    kwargs = record.get("env_kwargs") or {}
+    if not isinstance(sha, str) or by_sha(sha) is not None or record.get("env_id") not in ENVS:
+        return None
+    if any(k in kwargs for k in ("teacher", "dataset", "teacher_checkpoint", "teacher_recipe", "teacher_module")):
+        return None
+    pins = for_names(*ENVS[record["env_id"]][:2])
+    if not pins:
+        return None
+    return (f"the record's teacher (sha256 {sha[:12]}…) is in no teacher registry; the env's teacher is the pinned "
+            f"{', '.join(f'{p.id} ({p.sha256[:12]}…)' for p in pins)}: nobody can obtain the record's teacher to "
+            "rescore this record")
+
+
 def _close(a: Any, b: Any, tol: float) -> bool:
     if a is None or b is None:
         return a is b
@@ -111,6 +132,9 @@ def check_record(record: dict, tolerance: float = DEFAULT_TOLERANCE, device: str
     version = gym.spec(record["env_id"]).version
     if record.get("env_version") is not None and version != record["env_version"]:
         errors.append(f"env version {version} differs from the record's {record['env_version']}")
+    why = unobtainable_teacher(record)
+    if why:
+        raise Unverifiable(why)
     try:
         recorded_hash = _hash(best["architecture"])
     except (ValueError, KeyError, TypeError, ArchitectureError, json.JSONDecodeError) as exc:

@@ -315,3 +315,22 @@ def test_a_given_checkpoint_of_a_pinned_teacher_is_recognised(tmp_path, digits_d
     torch.save(state, path)
     t = load_teacher("digitsnet", digits_data, checkpoint=path)
     assert (t.pin, t.sha256, t.val_accuracy) == (DIGITS_PIN.id, DIGITS_PIN.sha256, DIGITS_PIN.val_accuracy)
+
+
+def test_mnist_records_of_the_unpinned_teacher_are_unverifiable_without_training(tmp_path, monkeypatch):
+    """The committed MNIST records carry a teacher nobody can obtain, while the env's teacher
+    is pinned to other weights: validate says so at once, without provisioning (training) it."""
+    import io
+
+    from n2n_gym.benchmarks import validate
+
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
+
+    line = (REPO / "benchmarks/results/leaderboard-mnist.jsonl").read_text().splitlines()[0]
+    path = tmp_path / "mnist.jsonl"
+    path.write_text(line + "\n")
+    counts, out = {}, io.StringIO()
+    validate.validate_file([str(path)], counts=counts, out=out)
+    assert counts == {"passed": 0, "failed": 0, "unverifiable": 1}, out.getvalue()
+    assert "in no teacher registry" in out.getvalue() and "vgg13-mnist" in out.getvalue()
+    assert not (tmp_path / "cache" / "teachers").exists()  # no teacher was provisioned (trained)
