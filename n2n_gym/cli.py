@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import pathlib
 import re
 import sys
@@ -278,6 +279,9 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     if ns.resume is None:
         _custom_teacher(ns)
+        if not ns.model:  # (--model was imported and checked just now)
+            # a wrong env id or env kwarg fails here, before a run folder is made (gym.make is cheap)
+            gym.make(ns.env_id, **{"protocol": ns.protocol, "device": ns.device, **ns.env_kwargs}).close()
     run_dir, resuming = _run_dir(ns)
     for stale in remove_stale_temps(run_dir):  # left by a run killed mid-write
         print(f"removed {stale}, a temporary file of an interrupted write", file=sys.stderr)
@@ -648,11 +652,32 @@ FORWARDED = {
 }
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a wrong input raises where it is given (a typo'd env id or kwarg, a value out of
+    range, a teacher or data set that cannot be had): one line for the user, not a traceback."""
+    import gymnasium as gym
+
+    from n2n_gym.data import DataUnavailableError
+    from n2n_gym.teachers import TeacherCheckpointError, TeacherInvalidError, TeacherTrainingTooLong
+
+    return (gym.error.Error, ValueError, TypeError, KeyError, DataUnavailableError, TeacherCheckpointError,
+            TeacherInvalidError, TeacherTrainingTooLong)
+
+
 def main(argv: list[str] | None = None) -> int:
-    here = str(pathlib.Path(__file__).resolve().parents[1])
-    if here not in sys.path:  # `agents` sits next to the package in a source checkout
-        sys.path.append(here)
     argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else ""
+    try:
+        return _main(argv)
+    except _user_errors() as exc:
+        if os.environ.get("N2N_DEBUG"):  # the traceback, for bug reports
+            raise
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"n2n-gym {command}: error: {message} (N2N_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in FORWARDED:
         import importlib
 

@@ -159,3 +159,21 @@ def test_help(capsys):
     for flag in ("--env", "--protocol", "--stages", "--updates", "--rollouts", "--seed", "--device", "--out",
                  "--resume", "--final-epochs", "--env-kwargs"):
         assert flag in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compress", "--env", "N2N-DigitsNet-Digit-v0"], "Did you mean: `N2N-DigitsNet-Digits`"),
+    (["compress", "--env-kwargs", '{"protocl": "fast"}'], "unexpected keyword argument 'protocl' (did you mean 'protocol'?)"),
+    (["teacher", "verify", "N2N-Foo-v0"], "unknown id 'N2N-Foo-v0'"),
+    (["bench", "--agent", "random", "--budget", "2", "--hparams", '{"foo": 1}', "--no-progress"], "no hyperparameters"),
+])
+def test_wrong_inputs_give_one_line_errors_and_no_run_folder(argv, message, tmp_path, capsys, monkeypatch):
+    from n2n_gym import cli
+
+    monkeypatch.delenv("N2N_DEBUG", raising=False)
+    extra = ["--out", str(tmp_path / "run")] if argv[0] == "compress" else []
+    extra += ["--results", str(tmp_path / "r.jsonl")] if argv[0] == "bench" else []
+    assert cli.main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and f"n2n-gym {argv[0]}: error:" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r.jsonl").exists()
