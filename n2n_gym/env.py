@@ -500,6 +500,10 @@ class N2NEnv(gym.Env):
         """(student or None, why not, layers whose action was disallowed) of a full action list."""
         if len(actions) != self.num_layers:
             raise ValueError(f"need {self.num_layers} actions, got {len(actions)}")
+        for t, a in enumerate(actions):  # the same check as step()'s
+            if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)) or not 0 <= a < self.action_space.n:
+                raise ValueError(f"action {a!r} at layer {t} is outside the action space {self.action_space}: "
+                                 f"pass integers in [0, {self.action_space.n - 1}]")
         illegal = [t for t, a in enumerate(actions) if not self._layer_masks[t, int(a)]]
         if illegal and self.illegal_action == "invalid":
             return None, f"disallowed action(s) at layer(s) {illegal}", illegal

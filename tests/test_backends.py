@@ -267,3 +267,10 @@ def test_lazy_test_accuracy_same_rewards_and_measured_on_demand(tmp_path, serial
         eager.close()
     with pytest.raises(ValueError, match="test_accuracy must be one of"):
         make_digits_env(test_accuracy="never")
+
+
+@pytest.mark.parametrize("bad", [[99] * 9, ["a"] * 9, [0.5] * 9])
+def test_evaluate_many_checks_actions_like_step(bad):
+    env = make_digits_env(cache=False)
+    with pytest.raises(ValueError, match="outside the action space"):
+        env.unwrapped.evaluate_many([bad])
