@@ -90,22 +90,18 @@ def append_record(path: str | os.PathLike, record: dict) -> None:
 
 def iter_records(path: str | os.PathLike, *, strict: bool = False) -> Iterator[dict]:
     """The records of one JSONL file. Lines that do not parse (a run killed mid-write)
-    are skipped with a warning, or raise ``ValueError`` with ``strict``."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            text = raw.strip()
-            if not text:
-                continue
-            try:
-                record = json.loads(text)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                msg = f"{path}:{n}: skipping a line that is not valid JSON (cut by a kill?): {exc}"
-                if strict:
-                    raise ValueError(msg) from exc
-                warnings.warn(msg, stacklevel=2)
-                continue
-            if isinstance(record, dict):
-                yield record
+    are skipped with a warning, or raise ``ValueError`` with ``strict``; a file that cannot
+    be read raises ``OSError``."""
+    for where, record, error in scan_records(path):
+        if record is not None:
+            yield record
+            continue
+        if "#" not in where:  # the file itself
+            raise OSError(f"{where}: {error}")
+        msg = f"{where}: skipping a line that is {error}"
+        if strict:
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=2)
 
 
 def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike], *, strict: bool = False) -> list[dict]:
