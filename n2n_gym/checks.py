@@ -192,10 +192,21 @@ def check_env_args(*, teacher: Any, dataset: Any, protocol: Any, ratios: Any, st
     if teacher_checkpoint is not None and not os.path.isfile(teacher_checkpoint):
         raise FileNotFoundError(f"teacher_checkpoint {str(teacher_checkpoint)!r} is not a file; pass the path of a "
                                 f"saved teacher (.pt) or None to train one")
-    if teacher_recipe is not None and not isinstance(teacher_recipe, Mapping):
+    if teacher_recipe is not None:
+        import dataclasses
+        import difflib
+
         from .teachers import Recipe
 
-        if not isinstance(teacher_recipe, Recipe):
+        if isinstance(teacher_recipe, Mapping):
+            fields = [f.name for f in dataclasses.fields(Recipe)]
+            for key in teacher_recipe:
+                if key not in fields:
+                    close = difflib.get_close_matches(str(key), fields, 1)
+                    raise TypeError(f"teacher_recipe has no field {key!r}"
+                                    + (f" (did you mean {close[0]!r}?)" if close else "")
+                                    + f"; its fields: {', '.join(fields)}")
+        elif not isinstance(teacher_recipe, Recipe):
             raise TypeError(f"teacher_recipe must be a Recipe or a dict of its fields, got {_type_name(teacher_recipe)}")
     check_int("penalty_horizon", penalty_horizon, min=1)
     check_int("episodes_per_update", episodes_per_update, min=1)

@@ -36,8 +36,10 @@ by 7e-5.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import math
 import operator
 from dataclasses import dataclass
@@ -548,10 +550,17 @@ def _import(model, x, name, cls, atol, check_inputs) -> ImportedModel:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.no_grad():
         try:
-            ShapeProp(gm).propagate(x.to(device=device, dtype=dtype))
+            # torch.fx prints the generated code around a failing node to stderr: the error
+            # below says what went wrong in one sentence instead
+            with contextlib.redirect_stderr(io.StringIO()):
+                ShapeProp(gm).propagate(x.to(device=device, dtype=dtype))
         except Exception as exc:
+            root = exc
+            while root.__cause__ is not None or root.__context__ is not None:
+                root = root.__cause__ or root.__context__
+            first = (str(root).strip().splitlines() or [""])[0]
             raise TypeError(f"{cls} cannot run on the example input of shape {tuple(x.shape)}: "
-                            f"{type(exc).__name__}: {exc}") from exc
+                            f"{type(root).__name__}: {first}") from exc
     modules = dict(gm.named_modules())
     bad = []
     for node in gm.graph.nodes:

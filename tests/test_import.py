@@ -520,3 +520,9 @@ def test_an_untrained_imported_teacher_is_refused_at_reset(npz32: str) -> None:
                    allow_untrained_teacher=True)
     env.reset(seed=0)
     assert env.unwrapped.teacher.val_accuracy <= 0.2
+
+
+def test_a_model_for_other_inputs_is_refused_with_the_root_cause_only(capfd) -> None:
+    with pytest.raises(ValueError, match="expected input.*to have 3 channels, but got 1"):
+        gym.make("N2N-Custom-v0", teacher_module=torchvision.models.resnet18(num_classes=10), dataset="digits")
+    assert "Traceback" not in capfd.readouterr().err  # torch.fx's code dump is not printed

@@ -543,3 +543,8 @@ def test_workers_are_checked_at_make(workers, error):
 def test_inline_backend_with_several_workers_fails_at_make():
     with pytest.raises(ValueError, match="backend 'inline' runs one worker"):
         gym.make("N2N-DigitsNet-Digits-v0", workers=2)
+
+
+def test_a_misspelt_teacher_recipe_field_names_the_right_one():
+    with pytest.raises(TypeError, match=r"teacher_recipe has no field 'epoch' \(did you mean 'epochs'\?\)"):
+        gym.make("N2N-DigitsNet-Digits-v0", teacher_recipe={"epoch": 3})
