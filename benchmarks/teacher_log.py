@@ -2,8 +2,9 @@
 (the tqdm bar of ``n2n_gym.teachers.train_teacher``: ``[elapsed<left, ...] epoch=N, loss=X``),
 with the final validation and test accuracy of the trained checkpoint: JSON and a PNG.
 
-    python -m n2n_gym.benchmarks.teacher_log /work/jobs/train_r20.log \\
-        --checkpoint /work/jobs/teachers/resnet20-cifar10-jpeg.pt --out benchmarks/results/teacher_resnet20_cifar10
+    n2n-gym teacher train N2N-ResNet20-CIFAR10-v0 2> train.log   # the log of a training
+    python -m n2n_gym.benchmarks.teacher_log train.log \\
+        --checkpoint CHECKPOINT.pt --out benchmarks/results/teacher_resnet20_cifar10
 
 The data variant is read from the bar's description ("training teacher NAME on VARIANT")
 and named in the figure (e.g. "cifar10-jpeg (npz, JPEG-derived)").
