@@ -7,6 +7,10 @@ and a ``DummyVecEnv``) and runs on any registered env and stage::
     result = run("maskable_ppo", "N2N-DigitsNet-Digits-v0", seed=0, budget=20,
                  env_kwargs={"protocol": "tiny", "stage": "joint"})
 
+``hparams={"n_envs": 2}`` steps two envs in SB3's ``SubprocVecEnv`` (one process each), so
+their students train at the same time; they share the run's result cache, whose claims
+keep two envs from training the same student, and the budget is counted in this process.
+
 ``run`` stops learning once ``budget`` student evaluations that were not cache hits
 have been made (a callback returns False; see ``benchmarks.records.BudgetTracker``), or
 after ``max_episodes`` episodes. ``stable-baselines3`` and ``sb3-contrib`` are the
@@ -54,7 +58,9 @@ keys go to the SB3 constructor unchanged).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import math
 import os
 import tempfile
 from typing import Any
@@ -62,12 +68,12 @@ from typing import Any
 import gymnasium as gym
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache
+from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache, replay_kwargs_of
 
 ALGOS = ("ppo", "a2c", "dqn", "maskable_ppo", "recurrent_ppo")
 
 #: keys of default_hparams that are ours, not SB3 constructor arguments
-_OWN_KEYS = ("episodes_per_rollout", "explore_evaluations", "net_arch", "lstm_hidden_size")
+_OWN_KEYS = ("episodes_per_rollout", "explore_evaluations", "net_arch", "lstm_hidden_size", "n_envs")
 
 
 def default_hparams(algo: str, episode_length: int, budget: int) -> dict[str, Any]:
@@ -76,17 +82,17 @@ def default_hparams(algo: str, episode_length: int, budget: int) -> dict[str, An
     L = int(episode_length)
     if algo in ("ppo", "maskable_ppo", "recurrent_ppo"):
         k = 4
-        hp = {"episodes_per_rollout": k, "n_steps": k * L, "batch_size": k * L, "n_epochs": 4,
+        hp = {"n_envs": 1, "episodes_per_rollout": k, "n_steps": k * L, "batch_size": k * L, "n_epochs": 4,
               "learning_rate": 1e-3, "gamma": 1.0, "gae_lambda": 1.0, "ent_coef": 0.01, "clip_range": 0.2,
               "normalize_advantage": True, "net_arch": [64, 64]}
         if algo == "recurrent_ppo":
             hp.update(net_arch=[64], lstm_hidden_size=64)
         return hp
     if algo == "a2c":
-        return {"episodes_per_rollout": 1, "n_steps": L, "learning_rate": 1e-3, "gamma": 1.0, "gae_lambda": 1.0,
+        return {"n_envs": 1, "episodes_per_rollout": 1, "n_steps": L, "learning_rate": 1e-3, "gamma": 1.0, "gae_lambda": 1.0,
                 "ent_coef": 0.01, "normalize_advantage": False, "net_arch": [64, 64]}
     if algo == "dqn":
-        return {"learning_rate": 1e-3, "buffer_size": 10_000, "learning_starts": 4 * L, "batch_size": 32,
+        return {"n_envs": 1, "learning_rate": 1e-3, "buffer_size": 10_000, "learning_starts": 4 * L, "batch_size": 32,
                 "gamma": 1.0, "tau": 1.0, "train_freq": [1, "episode"], "gradient_steps": L,
                 "target_update_interval": 4 * L, "exploration_initial_eps": 1.0, "exploration_final_eps": 0.05,
                 "explore_evaluations": max(budget // 2, 1), "net_arch": [64, 64]}
@@ -151,11 +157,69 @@ def _wandb_logger(wandb_run):
     return Logger(folder=None, output_formats=[WandbWriter()])
 
 
+def _check_n_envs(n_envs) -> int:
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+        raise ValueError(f"n_envs must be an integer >= 1 (envs stepped in parallel processes), got {n_envs!r}")
+    return n_envs
+
+
+def _make_worker_env(env_id: str, kwargs: dict, threads: int) -> gym.Env:
+    """One env of a SubprocVecEnv (runs in the worker process; a module-level function so
+    that it pickles for forkserver/spawn)."""
+    import torch
+    from stable_baselines3.common.monitor import Monitor
+
+    torch.set_num_threads(threads)  # the parent's setting (the runner's --threads), not torch's default
+    return _ReplayKwargs(Monitor(gym.make(env_id, **kwargs)))
+
+
+class _ReplayKwargs(gym.Wrapper):
+    """Lets the parent process ask a worker env what replays its episodes."""
+
+    def replay_kwargs(self) -> dict:
+        return replay_kwargs_of(self.env)
+
+    def action_masks(self):
+        return self.env.unwrapped.action_masks()
+
+
+def _budget_vec_env(env_id: str, kwargs: dict, n_envs: int, tracker: BudgetTracker):
+    """``n_envs`` envs in SB3's ``SubprocVecEnv`` (one process each, so their students
+    train at the same time; they share the run's cache, whose claims stop two of them
+    training the same student), with every step and terminal info counted by ``tracker``
+    in this process, as :class:`~n2n_gym.wrappers.BudgetWrapper` does for one env.
+
+    All N2N episodes of an env have the same length, so the envs reach their terminal
+    (training) step together. A vector step can spend up to ``n_envs - 1`` evaluations
+    beyond the budget; they are counted."""
+    import torch
+    from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnvWrapper
+
+    factory = functools.partial(_make_worker_env, env_id, kwargs, torch.get_num_threads())
+    venv = SubprocVecEnv([factory] * n_envs)
+    replay = venv.env_method("replay_kwargs")
+    tracker.device = tracker.device or str(venv.get_attr("device")[0] or "cpu")
+
+    class VecBudget(VecEnvWrapper):
+        def reset(self):
+            return self.venv.reset()
+
+        def step_wait(self):
+            obs, rewards, dones, infos = self.venv.step_wait()
+            for i, (done, info) in enumerate(zip(dones, infos)):
+                tracker.step()
+                if done and "valid" in info:
+                    tracker.observe(info, replay[i])
+            return obs, rewards, dones, infos
+
+    return VecBudget(venv)
+
+
 def build_model(algo: str, env: gym.Env, seed: int, hparams: dict, *, budget: int, max_episodes: int,
                 tensorboard_log: str | None = None):
     """The SB3 model of ``algo`` on ``env`` with ``hparams`` (complete, from default_hparams)."""
     cls, policy = _algo_class(algo)
-    L = env.unwrapped.num_layers
+    L = env.get_attr("num_layers")[0] if hasattr(env, "num_envs") else env.unwrapped.num_layers
     kwargs = {k: v for k, v in hparams.items() if k not in _OWN_KEYS}
     policy_kwargs = dict(kwargs.pop("policy_kwargs", None) or {})
     policy_kwargs.setdefault("net_arch", list(hparams["net_arch"]))
@@ -184,10 +248,24 @@ def run(algo: str, env_id: str, seed: int, budget: int, env_kwargs: dict | None 
         try:
             L = env.unwrapped.num_layers
             hp = {**default_hparams(algo, L, budget), **(hparams or {})}
-            if "episodes_per_rollout" in (hparams or {}) and "n_steps" in hp and "n_steps" not in (hparams or {}):
-                hp["n_steps"] = hp["episodes_per_rollout"] * L
+            n_envs = _check_n_envs(hp["n_envs"])
+            if "n_steps" in hp and "n_steps" not in (hparams or {}):
+                # SB3's n_steps is per env: an update still sees about episodes_per_rollout whole episodes
+                hp["n_steps"] = math.ceil(hp["episodes_per_rollout"] / n_envs) * L
                 if "batch_size" in hp and algo != "a2c" and "batch_size" not in (hparams or {}):
-                    hp["batch_size"] = hp["n_steps"]
+                    hp["batch_size"] = hp["n_steps"] * n_envs  # one minibatch per rollout
+            if algo == "dqn" and n_envs > 1 and str(list(hp["train_freq"])[-1]).startswith("episode"):
+                # SB3 trains per episode with one env only; an episode is L vector steps of all n_envs
+                # envs, so (k * L, "step") trains at the same points, on L * n_envs new transitions
+                if "train_freq" in (hparams or {}):
+                    raise ValueError(f"dqn with n_envs={n_envs}: SB3 cannot train per episode with several envs; "
+                                     f"give train_freq in steps, e.g. [{L}, \"step\"] (one episode is {L} steps)")
+                hp["train_freq"] = [int(list(hp["train_freq"])[0]) * L, "step"]
+                if "gradient_steps" not in (hparams or {}):
+                    hp["gradient_steps"] = L * n_envs
+            if n_envs > 1:
+                env.close()
+                env = _budget_vec_env(env_id, kwargs, n_envs, tracker)
             callbacks = [_stop_callback(tracker)]
             tb_log, logging = None, "none"
             if wandb_run is not None:
@@ -208,7 +286,8 @@ def run(algo: str, env_id: str, seed: int, budget: int, env_kwargs: dict | None 
                 from stable_baselines3.common.logger import Logger
 
                 model.set_logger(Logger(folder=None, output_formats=[]))
-            env.reset(seed=seed)
+            if n_envs == 1:
+                env.reset(seed=seed)  # a VecEnv is seeded (seed + i) and reset by learn()
             model.learn(total_timesteps=(tracker.max_episodes + 1) * L, callback=callbacks, progress_bar=False)
         finally:
             env.close()

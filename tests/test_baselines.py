@@ -78,6 +78,30 @@ def test_cache_hits_do_not_count_and_max_episodes_stops_a_stuck_agent(digits_tea
     assert len(record["students"]["data"]) == b["evaluations"]
 
 
+@pytest.mark.parametrize("agent", ["maskable_ppo", "dqn", "a2c"])
+def test_sb3_agents_step_several_envs_in_parallel(agent, digits_teacher, tmp_path):
+    # n_envs=2: SB3's SubprocVecEnv, one process per env, sharing the run's cache; the budget
+    # is counted in this process and no student is trained twice
+    record = bench(agent, budget=4, hparams={"n_envs": 2}, results=tmp_path / "r.jsonl")
+    b = record["budget"]
+    assert b["stop_reason"] == "budget" and 4 <= b["evaluations"] <= 5  # a vector step may overshoot by 1
+    hashes = [row[record["students"]["columns"].index("arch_hash")] for row in record["students"]["data"]]
+    assert len(hashes) == b["evaluations"] == len(set(hashes))
+    assert b["env_steps"] == 9 * b["episodes"]
+    assert record["hparams"]["n_envs"] == 2
+    if agent == "maskable_ppo":  # an update still sees 4 whole episodes: 2 per env
+        assert record["hparams"]["n_steps"] == 18 and record["hparams"]["batch_size"] == 36
+    if agent == "dqn":  # trains after each episode, on all the envs' new transitions
+        assert record["hparams"]["train_freq"] == [9, "step"] and record["hparams"]["gradient_steps"] == 18
+
+
+def test_sb3_n_envs_is_checked(digits_teacher):
+    with pytest.raises(ValueError, match="n_envs must be an integer >= 1"):
+        bench("ppo", hparams={"n_envs": 0})
+    with pytest.raises(ValueError, match="cannot train per episode with several envs"):
+        bench("dqn", hparams={"n_envs": 2, "train_freq": [1, "episode"]})
+
+
 def test_sb3_defaults_align_rollouts_to_episodes():
     from n2n_gym.agents.sb3_baselines import ALGOS, default_hparams
 
