@@ -126,6 +126,35 @@ def load(paths: Iterable[str | os.PathLike], wandb_project: str | None = None,
     return out
 
 
+def at_evaluations(record: dict, n: int) -> dict:
+    """``record`` as it stood after its first ``n`` evaluations: the best of those students
+    (highest reward, then fewest params: the tracker's rule), the curve cut at ``n`` and a
+    budget of ``n``, so runs of different budgets compare at equal evaluations. A run that
+    stopped before ``n`` is kept whole (it did not spend the rest). Raises ``ValueError``
+    for ``n < 1`` or a record without its students table."""
+    if n < 1:
+        raise ValueError(f"--at-evaluations must be >= 1, got {n}")
+    students = record.get("students") or {}
+    rows = students.get("data")
+    if rows is None:
+        raise ValueError(f"record {record.get('run_id')} has no students table (a W&B summary?): "
+                         "it cannot be cut at a number of evaluations")
+    if len(rows) <= n:
+        return record
+    col = {c: i for i, c in enumerate(students["columns"])}
+    top = max(rows[:n], key=lambda r: (r[col["reward"]], -r[col["params"]]))
+    best = {k: top[col[k]] for k in ("reward", "accuracy", "test_accuracy", "params", "flops", "compression",
+                                     "stage", "arch_hash", "evaluation", "episode")}
+    out = dict(record)
+    out["best"] = {**best, "valid": True}
+    out["curve"] = {**(record.get("curve") or {}),
+                    "best_reward": list((record.get("curve") or {}).get("best_reward") or [])[:n]}
+    out["budget"] = {**(record.get("budget") or {}), "requested": n, "evaluations": n,
+                     "episodes": rows[n - 1][col["episode"]]}
+    out["at_evaluations"] = n
+    return out
+
+
 # ---------------------------------------------------------------------------- the table
 def _mean(xs: list) -> float | None:
     xs = [float(x) for x in xs if x is not None]
@@ -369,6 +398,10 @@ def section_note(sec: dict) -> str:
         parts.append(f"{t['params']:,} params, {_si(t.get('flops'))} FLOPs")
     budgets = {r["budget"] for r in sec["rows"]}
     text = "Teacher: " + ", ".join(parts) + f"; data: {sec.get('data_variant')}. "
+    cut = sorted({r["at_evaluations"] for runs in sec["agents"].values() for r in runs if "at_evaluations" in r})
+    if cut:
+        text += (f"**Every run scored at its first {', '.join(map(str, cut))} evaluations** (runs that stopped "
+                 f"earlier: whole). ")
     if sec["teachers"] > 1:
         text += f"**Warning: the runs used {sec['teachers']} different teachers.** "
     text += (f"Budget: {', '.join(map(str, sorted(budgets, key=str)))} student evaluations per run (cache hits "
@@ -675,6 +708,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-plots", action="store_true", help="write no PNG")
     p.add_argument("--reps", type=int, default=DEFAULT_REPS,
                    help=f"bootstrap resamples per confidence interval (default {DEFAULT_REPS})")
+    p.add_argument("--at-evaluations", type=int, default=None, metavar="N",
+                   help="score every run by its best student among its first N evaluations (runs of different "
+                        "budgets at equal evaluations; a run that stopped earlier is kept whole)")
     p.add_argument("--bootstrap-seed", type=int, default=DEFAULT_BOOTSTRAP_SEED,
                    help=f"seed of the bootstrap: the same records give the same table (default {DEFAULT_BOOTSTRAP_SEED})")
     return p
@@ -699,6 +735,11 @@ def run_args(args: argparse.Namespace) -> int:
     if not records:
         print("no records found", file=sys.stderr)
         return 2
+    if args.at_evaluations is not None:
+        try:
+            records = [at_evaluations(r, args.at_evaluations) for r in records]
+        except ValueError as exc:
+            raise SystemExit(f"n2n-gym leaderboard: error: {exc}") from None
     sections = leaderboard(records, reps=args.reps, seed=args.bootstrap_seed)
     if args.out:
         for path in write(sections, args.out, args.format, not args.no_plots, args.band, args.metric):

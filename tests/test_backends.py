@@ -127,6 +127,8 @@ def test_backends_give_the_serial_rewards(backend, serial, request):
     if backend == "ray":
         request.getfixturevalue("local_ray")
     acts, serial_out = serial
+    flops = [info["flops"] for _, info in serial_out[:4]]
+    assert flops != sorted(flops, reverse=True)  # so the workers' longest-first order differs from the batch's
     workers = 1 if backend == "inline" else 2
     options = {} if backend == "inline" else {"threads": 1}
     env = make_digits_env(cache=False, backend=backend, workers=workers, backend_options=options)

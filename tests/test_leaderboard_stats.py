@@ -88,3 +88,25 @@ def test_leaderboard_ranks_ties_and_renders_deterministically(tmp_path):
     assert leaderboard.render_md([again]) == md
     leaderboard.plot_profile(sec, tmp_path / "p.png", reps=REPS)
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_at_evaluations_scores_each_run_by_its_first_n_students(tmp_path):
+    # real records of the digits baselines (50 evaluations each, n2n and magnitude among them)
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "results" / "baselines-digits-50.jsonl"
+    records = read_records(path)
+    for r in records:
+        cut = leaderboard.at_evaluations(r, 10)
+        rows = r["students"]["data"]
+        if len(rows) <= 10:  # magnitude: one evaluation, kept whole
+            assert cut is r
+            continue
+        assert cut["best"]["reward"] == r["curve"]["best_reward"][9] == max(row[2] for row in rows[:10])
+        assert cut["best"]["reward"] <= r["best"]["reward"] and cut["budget"]["evaluations"] == 10
+        assert leaderboard.anytime_auc(cut) == pytest.approx(sum(r["curve"]["best_reward"][:10]) / 10)
+        assert r["best"]["reward"] == r["curve"]["best_reward"][-1]  # the original is untouched
+    (sec,) = leaderboard.leaderboard([leaderboard.at_evaluations(r, 10) for r in records], reps=REPS)
+    assert "first 10 evaluations" in leaderboard.section_note(sec)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        leaderboard.at_evaluations(records[0], 0)
+    with pytest.raises(SystemExit, match="must be >= 1"):
+        leaderboard.main([str(path), "--at-evaluations", "0", "--no-plots"])
