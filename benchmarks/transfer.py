@@ -134,6 +134,16 @@ def main(argv: list[str] | None = None) -> None:
                 "final_best_reward_mean": float(np.mean([max(r["rewards"]) for r in rs])),
                 "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
             }
+        if "fresh" in summary and "pretrained" in summary:
+            # rliable statistics (as the leaderboard's): IQM of updates-to-threshold with a 95 %
+            # stratified-bootstrap interval, and P(a pre-trained run reaches it sooner than a fresh one)
+            from n2n_gym.benchmarks.leaderboard import improvement_intervals, iqm_intervals
+
+            u = {k: [x or ns.updates + 1 for x in summary[k]["updates_to_threshold"]] for k in ("fresh", "pretrained")}
+            for k, v in iqm_intervals(u, reps=2000).items():
+                summary[k]["updates_to_threshold_iqm_ci95"] = list(v)
+            p = improvement_intervals({k: [-x for x in v] for k, v in u.items()}, reference="fresh", reps=2000)
+            summary["p_pretrained_sooner_ci95"] = list(p["pretrained"])
         result["summary"] = summary
         result["setup"]["threshold"] = ns.threshold
         tmp = json_path.with_name(json_path.name + ".tmp")
