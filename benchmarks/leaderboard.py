@@ -150,7 +150,8 @@ def at_evaluations(record: dict, n: int) -> dict:
     out["curve"] = {**(record.get("curve") or {}),
                     "best_reward": list((record.get("curve") or {}).get("best_reward") or [])[:n]}
     out["budget"] = {**(record.get("budget") or {}), "requested": n, "evaluations": n,
-                     "episodes": rows[n - 1][col["episode"]]}
+                     "episodes": rows[n - 1][col["episode"]],
+                     "wall_seconds": None, "eval_seconds": None}  # not recorded per evaluation
     out["at_evaluations"] = n
     return out
 

@@ -102,6 +102,7 @@ def test_at_evaluations_scores_each_run_by_its_first_n_students(tmp_path):
             continue
         assert cut["best"]["reward"] == r["curve"]["best_reward"][9] == max(row[2] for row in rows[:10])
         assert cut["best"]["reward"] <= r["best"]["reward"] and cut["budget"]["evaluations"] == 10
+        assert cut["budget"]["wall_seconds"] is None  # not known at evaluation 10
         assert leaderboard.anytime_auc(cut) == pytest.approx(sum(r["curve"]["best_reward"][:10]) / 10)
         assert r["best"]["reward"] == r["curve"]["best_reward"][-1]  # the original is untouched
     (sec,) = leaderboard.leaderboard([leaderboard.at_evaluations(r, 10) for r in records], reps=REPS)
