@@ -191,14 +191,22 @@ def _npz_load(path: pathlib.Path, keys: list[str]) -> dict[str, np.ndarray]:
     return out
 
 
+def _check_image_layout(key: str, shape: tuple, dtype, path: pathlib.Path) -> tuple:
+    """The (N, H, W, C) shape of an npz image array (``(N, H, W)``: grey), or ``ValueError``."""
+    if dtype != np.uint8:
+        raise ValueError(f"{path}: {key} must be uint8 (0..255 pixels), got {dtype}")
+    shape = tuple(shape) + ((1,) if len(shape) == 3 else ())
+    if len(shape) != 4:
+        raise ValueError(f"{path}: {key} must have shape (N, H, W, C), got {shape}")
+    if shape[1] in (1, 3) and shape[3] not in (1, 3) and shape[2] == shape[3]:
+        # torch's NCHW layout, read as NHWC, would give images 1 or 3 pixels high
+        raise ValueError(f"{path}: {key} has shape {shape}, which looks like (N, C, H, W); n2n-gym reads "
+                         f"(N, H, W, C): save {key}.transpose(0, 2, 3, 1)")
+    return shape
+
+
 def _check_images(key: str, x: np.ndarray, path: pathlib.Path) -> np.ndarray:
-    if x.dtype != np.uint8:
-        raise ValueError(f"{path}: {key} must be uint8 (0..255 pixels), got {x.dtype}")
-    if x.ndim == 3:
-        x = x[..., None]  # (N, H, W) grey images
-    if x.ndim != 4:
-        raise ValueError(f"{path}: {key} must have shape (N, H, W, C), got {x.shape}")
-    return x
+    return x.reshape(_check_image_layout(key, x.shape, x.dtype, path))
 
 
 def _check_labels(key: str, y: np.ndarray, n: int, path: pathlib.Path) -> np.ndarray:
@@ -234,13 +242,7 @@ def _npz_info(path: pathlib.Path) -> DatasetInfo:
     xkeys, ykeys = form[0::2], form[1::2]
     shapes = []
     for xk in xkeys:
-        shape, dtype = headers[xk]
-        if dtype != np.uint8:
-            raise ValueError(f"{path}: {xk} must be uint8 (0..255 pixels), got {dtype}")
-        if len(shape) == 3:
-            shape = shape + (1,)
-        if len(shape) != 4:
-            raise ValueError(f"{path}: {xk} must have shape (N, H, W, C), got {shape}")
+        shape = _check_image_layout(xk, *headers[xk], path)
         if shape[0] == 0:
             raise ValueError(f"{path}: {xk} holds no images; every split needs images")
         shapes.append(shape)

@@ -263,6 +263,10 @@ def test_npz_validation_errors(tmp_path: pathlib.Path) -> None:
         D.dataset_info(_write_npz(tmp_path / "s.npz", x=np.zeros((4, 2), np.uint8), y=np.zeros(4, int)))
     with pytest.raises(D.DataUnavailableError, match="not found"):
         D.dataset_info(f"npz:{tmp_path / 'missing.npz'}")
+    with pytest.raises(ValueError, match=r"looks like \(N, C, H, W\).*transpose\(0, 2, 3, 1\)"):
+        D.dataset_info(_write_npz(tmp_path / "c.npz", x=np.zeros((4, 3, 8, 8), np.uint8), y=np.zeros(4, int)))
+    grey_nhwc = _write_npz(tmp_path / "g.npz", x=np.zeros((4, 8, 8, 1), np.uint8), y=np.arange(4) % 2)
+    assert D.dataset_info(grey_nhwc).input_shape == (1, 8, 8)  # NHWC with C = 1 or 3 still reads
 
 
 # --------------------------------------------------------------------------- names, roots, missing data
