@@ -195,8 +195,20 @@ def _budget_vec_env(env_id: str, kwargs: dict, n_envs: int, tracker: BudgetTrack
     import torch
     from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnvWrapper
 
+    if kwargs.get("backend", "inline") != "inline":
+        raise ValueError(f"n_envs={n_envs} already trains each env's students in its own process; "
+                         f"backend={kwargs['backend']!r} would start processes inside them: use n_envs with the "
+                         "default backend='inline', or n_envs=1 with backend='process' / 'ray'")
     factory = functools.partial(_make_worker_env, env_id, kwargs, torch.get_num_threads())
-    venv = SubprocVecEnv([factory] * n_envs)
+    try:
+        venv = SubprocVecEnv([factory] * n_envs)
+    except (EOFError, ConnectionError) as exc:
+        raise RuntimeError(
+            f"the {n_envs} env worker processes died while starting ({type(exc).__name__}). From a script, "
+            "guard the code that runs the agent with `if __name__ == \"__main__\":` (SubprocVecEnv's "
+            "forkserver/spawn workers import the script again); the workers' own error is printed above"
+        ) from exc
+    tracker.parallel = n_envs
     replay = venv.env_method("replay_kwargs")
     tracker.device = tracker.device or str(venv.get_attr("device")[0] or "cpu")
 
@@ -205,11 +217,20 @@ def _budget_vec_env(env_id: str, kwargs: dict, n_envs: int, tracker: BudgetTrack
             return self.venv.reset()
 
         def step_wait(self):
-            obs, rewards, dones, infos = self.venv.step_wait()
+            try:
+                obs, rewards, dones, infos = self.venv.step_wait()
+            except (EOFError, ConnectionError) as exc:
+                raise RuntimeError(f"an env worker process of SubprocVecEnv died ({type(exc).__name__}); "
+                                   "the run stops (its students so far are in the cache)") from exc
+            ended = []
             for i, (done, info) in enumerate(zip(dones, infos)):
                 tracker.step()
                 if done and "valid" in info:
-                    tracker.observe(info, replay[i])
+                    ended.append(i)
+            # new evaluations first: an env that waited on another's claim for the same student
+            # gets that result as a cache hit, which must not count before the evaluation itself
+            for i in sorted(ended, key=lambda i: bool(infos[i].get("cached"))):
+                tracker.observe(infos[i], replay[i])
             return obs, rewards, dones, infos
 
     return VecBudget(venv)
@@ -254,13 +275,14 @@ def run(algo: str, env_id: str, seed: int, budget: int, env_kwargs: dict | None 
                 hp["n_steps"] = math.ceil(hp["episodes_per_rollout"] / n_envs) * L
                 if "batch_size" in hp and algo != "a2c" and "batch_size" not in (hparams or {}):
                     hp["batch_size"] = hp["n_steps"] * n_envs  # one minibatch per rollout
-            if algo == "dqn" and n_envs > 1 and str(list(hp["train_freq"])[-1]).startswith("episode"):
+            freq = hp.get("train_freq")
+            if algo == "dqn" and n_envs > 1 and isinstance(freq, (list, tuple)) and str(freq[-1]).startswith("episode"):
                 # SB3 trains per episode with one env only; an episode is L vector steps of all n_envs
                 # envs, so (k * L, "step") trains at the same points, on L * n_envs new transitions
                 if "train_freq" in (hparams or {}):
                     raise ValueError(f"dqn with n_envs={n_envs}: SB3 cannot train per episode with several envs; "
                                      f"give train_freq in steps, e.g. [{L}, \"step\"] (one episode is {L} steps)")
-                hp["train_freq"] = [int(list(hp["train_freq"])[0]) * L, "step"]
+                hp["train_freq"] = [int(freq[0]) * L, "step"]
                 if "gradient_steps" not in (hparams or {}):
                     hp["gradient_steps"] = L * n_envs
             if n_envs > 1:

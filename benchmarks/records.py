@@ -207,8 +207,12 @@ def record_errors(record: dict, *, students: bool = True) -> list[str]:
     if wrong:
         return errors + [f"budget.{', budget.'.join(wrong)} missing or not integers >= 0"]
     ev, ep = counts["evaluations"], counts["episodes"]
-    if ev > counts["requested"]:
-        errors.append(f"budget: {ev} evaluations exceed the {counts['requested']} requested")
+    parallel = budget.get("parallel", 1)  # envs stepped together (SB3 n_envs); absent in older records
+    if not _is_int(parallel, 1):
+        errors.append(f"budget.parallel {parallel!r} is not an integer >= 1")
+    elif ev > counts["requested"] + parallel - 1:
+        errors.append(f"budget: {ev} evaluations exceed the {counts['requested']} requested"
+                      + (f" plus the {parallel - 1} that {parallel} envs stepped together may add" if parallel > 1 else ""))
     if ev > ep or ev + counts["cached_episodes"] + counts["invalid_episodes"] < ep:
         errors.append(f"budget: {ev} evaluations, {counts['cached_episodes']} cached and "
                       f"{counts['invalid_episodes']} invalid episodes do not add up to {ep} episodes")

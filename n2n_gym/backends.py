@@ -26,10 +26,14 @@ reward equals the inline backend's bit for bit when the thread counts are equal.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import concurrent.futures.process
 import dataclasses
 import multiprocessing
 import os
 import pickle
+import tempfile
+import weakref
 from typing import Any, Sequence
 
 import torch
@@ -126,15 +130,26 @@ def _default_threads(workers: int) -> int:
 _WORKER_EVALUATOR: Evaluator | None = None
 
 
-def _init_worker(blob: bytes, threads: int) -> None:
+def _init_worker(blob_path: str, threads: int) -> None:
     global _WORKER_EVALUATOR
     torch.set_num_threads(threads)
-    _WORKER_EVALUATOR = pickle.loads(blob)
+    with open(blob_path, "rb") as f:
+        _WORKER_EVALUATOR = pickle.load(f)
 
 
 def _worker_evaluate(request: tuple[Architecture, Protocol, int]) -> EvalResult:
     assert _WORKER_EVALUATOR is not None, "worker started without an evaluator"
     return _WORKER_EVALUATOR.evaluate(*request)
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+_GUARD_HINT = ("the 'process' backend starts its workers with multiprocessing's spawn, which imports the "
+               "main script again: in a script, put the code that makes the env under "
+               "`if __name__ == \"__main__\":`")
 
 
 class ProcessBackend(Backend):
@@ -143,9 +158,20 @@ class ProcessBackend(Backend):
     name = "process"
 
     def __init__(self, evaluator: Evaluator, workers: int = 2, threads: int | None = None):
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # a spawned worker is importing the user's script, which makes a pool again: fail here,
+            # at once, so the worker exits and the parent's pool reports it (it would hang otherwise)
+            raise RuntimeError(_GUARD_HINT)
         super().__init__(evaluator, workers)
         self.threads = threads or _default_threads(self.workers)
-        blob = pickle.dumps(evaluator)  # once: every worker unpickles the same bytes at start
+        # pickled once to a file that every worker reads at start: a start-up message of a few
+        # bytes instead of megabytes (a worker that dies while starting then never blocks the
+        # parent's write into its pipe, and the pool reports it broken)
+        fd, self._blob_path = tempfile.mkstemp(prefix="n2n-evaluator-", suffix=".pkl")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(evaluator, f)
+        self._cleanup = weakref.finalize(self, _remove, self._blob_path)
+        blob = self._blob_path
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker, initargs=(blob, self.threads))
@@ -157,10 +183,15 @@ class ProcessBackend(Backend):
         return self._pool.submit(_worker_evaluate, (arch, get_protocol(protocol), int(seed)))
 
     def _run(self, requests):
-        return list(self._pool.map(_worker_evaluate, requests))
+        try:
+            return list(self._pool.map(_worker_evaluate, requests))
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise RuntimeError(f"a worker process of the 'process' backend died ({exc}) Either {_GUARD_HINT}, "
+                               "or it was killed (out of memory?)") from exc
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._cleanup()
 
 
 # ---- Ray ----------------------------------------------------------------------------

@@ -123,6 +123,9 @@ class BudgetTracker:
         self.context: dict = {}  # teacher, data variant, protocol of the first terminal info
         self.device: str | None = None
         self.eval_seconds = 0.0
+        # episodes that can end in one step (SB3's n_envs): the last step may spend up to
+        # parallel - 1 evaluations past the budget, and the record says it may
+        self.parallel = 1
 
     # ---- what the agent calls ----------------------------------------------------
     @property
@@ -200,7 +203,7 @@ class BudgetTracker:
             "env_steps": self.env_steps, "cached_episodes": self.cached_episodes,
             "invalid_episodes": self.invalid_episodes, "wall_seconds": round(self.seconds, 3),
             "eval_seconds": round(self.eval_seconds, 3), "stop_reason": self.stop_reason or "agent_finished",
-            "max_episodes": self.max_episodes,
+            "max_episodes": self.max_episodes, "parallel": self.parallel,
         }
 
 

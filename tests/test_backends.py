@@ -275,3 +275,23 @@ def test_evaluate_many_checks_actions_like_step(bad):
     env = make_digits_env(cache=False)
     with pytest.raises(ValueError, match="outside the action space"):
         env.unwrapped.evaluate_many([bad])
+
+
+def test_process_backend_in_an_unguarded_script_fails_fast_and_says_why(tmp_path, digits_teacher):
+    # spawn imports the script again in each worker; without the __main__ guard the workers
+    # would make pools of their own: they refuse, and the parent reports it instead of hanging
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import gymnasium as gym, n2n_gym
+        env = gym.make("N2N-DigitsNet-Digits-v0", protocol="tiny", backend="process", workers=2, cache=False,
+                       teacher_recipe={dict(SMALL_DIGITS_RECIPE)!r})
+        u = env.unwrapped
+        u.evaluate_many([[1] * u.num_layers])
+    """))
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env=subprocess_env(TMPDIR=str(tmp_path)), cwd=tmp_path)
+    assert proc.returncode != 0 and time.monotonic() - start < 300
+    assert "a worker process of the 'process' backend died" in proc.stderr
+    assert 'if __name__ == "__main__":' in proc.stderr.splitlines()[-1]
+    assert not list(tmp_path.glob("n2n-evaluator-*"))  # the pickled evaluator the workers read is removed

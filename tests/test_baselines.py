@@ -100,6 +100,21 @@ def test_sb3_n_envs_is_checked(digits_teacher):
         bench("ppo", hparams={"n_envs": 0})
     with pytest.raises(ValueError, match="cannot train per episode with several envs"):
         bench("dqn", hparams={"n_envs": 2, "train_freq": [1, "episode"]})
+    with pytest.raises(ValueError, match="use n_envs with the default backend='inline'"):
+        bench("a2c", hparams={"n_envs": 2}, env_kwargs={**ENV_KWARGS, "backend": "process", "workers": 2})
+
+
+def test_sb3_overshoot_of_parallel_envs_is_recorded_and_validates(digits_teacher, tmp_path):
+    # 3 envs end their episodes together: a budget of 4 can end at 6 evaluations, which the
+    # record states (budget.parallel) and its own checks accept; an integer train_freq passes through
+    from n2n_gym.benchmarks.records import record_errors
+
+    record = bench("dqn", budget=4, hparams={"n_envs": 3, "train_freq": 4}, results=tmp_path / "r.jsonl")
+    b = record["budget"]
+    assert b["parallel"] == 3 and 4 <= b["evaluations"] <= 6 and record["hparams"]["train_freq"] == 4
+    assert record_errors(record) == []
+    over = {**record, "budget": {**b, "evaluations": 7, "episodes": b["episodes"] + 7}}
+    assert any("plus the 2 that 3 envs" in e for e in record_errors(over))
 
 
 def test_sb3_defaults_align_rollouts_to_episodes():
