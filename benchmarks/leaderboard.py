@@ -151,7 +151,7 @@ def at_evaluations(record: dict, n: int) -> dict:
                     "best_reward": list((record.get("curve") or {}).get("best_reward") or [])[:n]}
     out["budget"] = {**(record.get("budget") or {}), "requested": n, "evaluations": n,
                      "episodes": rows[n - 1][col["episode"]],
-                     "wall_seconds": None, "eval_seconds": None}  # not recorded per evaluation
+                     "wall_seconds": None, "eval_seconds": None, "env_steps": None}  # not recorded per evaluation
     out["at_evaluations"] = n
     return out
 
@@ -401,8 +401,9 @@ def section_note(sec: dict) -> str:
     text = "Teacher: " + ", ".join(parts) + f"; data: {sec.get('data_variant')}. "
     cut = sorted({r["at_evaluations"] for runs in sec["agents"].values() for r in runs if "at_evaluations" in r})
     if cut:
-        text += (f"**Every run scored at its first {', '.join(map(str, cut))} evaluations** (runs that stopped "
-                 f"earlier: whole). ")
+        n = ", ".join(map(str, cut))
+        text += (f"**Every run scored by its best student among its first {n} evaluation"
+                 f"{'' if cut == [1] else 's'}** (runs with fewer evaluations: whole; wall time not shown). ")
     if sec["teachers"] > 1:
         text += f"**Warning: the runs used {sec['teachers']} different teachers.** "
     text += (f"Budget: {', '.join(map(str, sorted(budgets, key=str)))} student evaluations per run (cache hits "
@@ -697,6 +698,16 @@ def write(sections: list[dict], out: str | os.PathLike, fmt: str = "md", plots: 
     return [path, *written]
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="n2n-gym leaderboard", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="*", help="JSONL results files of n2n-gym bench")
@@ -709,7 +720,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-plots", action="store_true", help="write no PNG")
     p.add_argument("--reps", type=int, default=DEFAULT_REPS,
                    help=f"bootstrap resamples per confidence interval (default {DEFAULT_REPS})")
-    p.add_argument("--at-evaluations", type=int, default=None, metavar="N",
+    p.add_argument("--at-evaluations", type=_positive_int, default=None, metavar="N",
                    help="score every run by its best student among its first N evaluations (runs of different "
                         "budgets at equal evaluations; a run that stopped earlier is kept whole)")
     p.add_argument("--bootstrap-seed", type=int, default=DEFAULT_BOOTSTRAP_SEED,
@@ -741,6 +752,8 @@ def run_args(args: argparse.Namespace) -> int:
             records = [at_evaluations(r, args.at_evaluations) for r in records]
         except ValueError as exc:
             raise SystemExit(f"n2n-gym leaderboard: error: {exc}") from None
+        if not any("at_evaluations" in r for r in records):
+            print(f"note: no run has more than {args.at_evaluations} evaluations: nothing was cut", file=sys.stderr)
     sections = leaderboard(records, reps=args.reps, seed=args.bootstrap_seed)
     if args.out:
         for path in write(sections, args.out, args.format, not args.no_plots, args.band, args.metric):
