@@ -54,6 +54,7 @@ import warnings
 from collections import defaultdict
 from typing import Any, Iterable
 
+from n2n_gym.checks import int_at_least
 from n2n_gym.benchmarks.records import FLOP_CONVENTION, accuracy_drop, record_errors, scan_records
 
 CSV_COLUMNS = (
@@ -698,16 +699,6 @@ def write(sections: list[dict], out: str | os.PathLike, fmt: str = "md", plots: 
     return [path, *written]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="n2n-gym leaderboard", description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="*", help="JSONL results files of n2n-gym bench")
@@ -720,7 +711,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-plots", action="store_true", help="write no PNG")
     p.add_argument("--reps", type=int, default=DEFAULT_REPS,
                    help=f"bootstrap resamples per confidence interval (default {DEFAULT_REPS})")
-    p.add_argument("--at-evaluations", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--at-evaluations", type=int_at_least(1), default=None, metavar="N",
                    help="score every run by its best student among its first N evaluations (runs of different "
                         "budgets at equal evaluations; a run that stopped earlier is kept whole)")
     p.add_argument("--bootstrap-seed", type=int, default=DEFAULT_BOOTSTRAP_SEED,

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import n2n_gym
+from n2n_gym.checks import int_at_least
 from n2n_gym.backends import make_backend
 from n2n_gym.build import build, inherit_weights
 from n2n_gym.data import load_dataset
@@ -284,6 +285,14 @@ def bench_levers(args, env) -> dict:
 
 
 # ---------------------------------------------------------------------------- main
+def _parts(text: str) -> str:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set("abcd"))
+    if not parts or unknown:
+        raise argparse.ArgumentTypeError(f"parts are a, b, c, d (comma-separated); got {text!r}")
+    return ",".join(parts)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default=n2n_gym.DEFAULT_ENV_ID)
@@ -292,15 +301,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--env-kwargs", type=json.loads, default={}, help="extra gym.make kwargs (JSON)")
     p.add_argument("--untrained-teacher", action="store_true",
                    help="time against an untrained teacher checkpoint (timing only; accuracies meaningless)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--students", type=int, default=10, help="students per (b) measurement (after warm-up)")
-    p.add_argument("--dup-students", type=int, default=6)
-    p.add_argument("--lever-students", type=int, default=10)
-    p.add_argument("--images", type=int, default=1000, help="(a) training images")
-    p.add_argument("--epochs", type=int, default=2, help="(a) epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="(a) batch size")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (and of this process)")
-    p.add_argument("--parts", default="a,b,c,d")
+    p.add_argument("--repeats", type=int_at_least(1), default=3)
+    p.add_argument("--students", type=int_at_least(1), default=10, help="students per (b) measurement (after warm-up)")
+    p.add_argument("--dup-students", type=int_at_least(1), default=6)
+    p.add_argument("--lever-students", type=int_at_least(1), default=10)
+    p.add_argument("--images", type=int_at_least(1), default=1000, help="(a) training images")
+    p.add_argument("--epochs", type=int_at_least(1), default=2, help="(a) epochs")
+    p.add_argument("--batch-size", type=int_at_least(1), default=64, help="(a) batch size")
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads per worker (and of this process)")
+    p.add_argument("--parts", default="a,b,c,d", type=_parts,
+                   help="comma-separated: a (distillation loops), b (students/hour), c (duplicates), d (levers)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/throughput")
     args = p.parse_args(argv)
@@ -325,9 +335,9 @@ def main(argv: list[str] | None = None) -> dict:
         if part in parts:
             result[name] = run()
             result["load_after"] = load_state()
-            out.with_suffix(".json").write_text(json.dumps(result, indent=1))  # each part as soon as it is done
+            out.with_name(out.name + ".json").write_text(json.dumps(result, indent=1))  # each part as soon as it is done
     env.close()
-    _plot(result, out.with_suffix(".png"))
+    _plot(result, out.with_name(out.name + ".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "args"}, indent=1))
     return result
 

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+from n2n_gym.checks import int_at_least
 from n2n_gym.agents.n2n import Args, N2N, save_policies
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -83,6 +84,16 @@ def plot(result: dict, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def _reward(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not -1.0 <= value <= 1.0:  # N2N's R lies in [-1, 1] (nan fails this too)
+        raise argparse.ArgumentTypeError(f"must be a reward in [-1, 1], got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -90,17 +101,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--source", default="digitsnet", help="smaller zoo teacher to pre-train on")
     p.add_argument("--target", default="resnet20", help="larger zoo teacher to transfer to")
     p.add_argument("--stage", default="remove", choices=("remove", "shrink", "joint"), help="the stage whose policy transfers")
-    p.add_argument("--pretrain-updates", type=int, default=40, help="updates on the source teacher")
-    p.add_argument("--updates", type=int, default=25, help="updates on the target teacher per run")
-    p.add_argument("--rollouts", type=int, default=5, help="students per update")
+    p.add_argument("--pretrain-updates", type=int_at_least(1), default=40, help="updates on the source teacher")
+    p.add_argument("--updates", type=int_at_least(1), default=25, help="updates on the target teacher per run")
+    p.add_argument("--rollouts", type=int_at_least(1), default=5, help="students per update")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the target runs")
     p.add_argument("--pretrain-seed", type=int, default=100, help="seed of the pre-training run")
-    p.add_argument("--threshold", type=float, default=0.8, help="batch-mean reward to reach")
+    p.add_argument("--threshold", type=_reward, default=0.8, help="batch-mean reward to reach")
     p.add_argument("--protocol", default="fast", help="student evaluation protocol")
     p.add_argument("--agent-kwargs", type=json.loads, default={}, metavar="JSON", help="extra agents.n2n.Args fields")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
     p.add_argument("--fresh", action="store_true", help="ignore runs already in the result file")
     ns = p.parse_args(argv)
+    if len(set(ns.seeds)) != len(ns.seeds):
+        p.error(f"--seeds has repeats ({ns.seeds}): each seed is one run and counts once in the statistics")
 
     out = pathlib.Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)

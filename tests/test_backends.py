@@ -225,7 +225,8 @@ def test_throughput_benchmark_tiny(tmp_path, digits_teacher):
                            "--lever-students", "1", "--env-kwargs", json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE}),
                            "--out", str(tmp_path / "t")])
     assert set(out["distill"]["median_images_per_s"]) == {"project_aug", "reference_aug", "project_noaug",
-                                                          "reference_noaug"}
+                                                          "reference_noaug", "project_shared"}
+    assert out["distill"]["speedup_shared_logits"] > 0
     assert out["levers"]["students"] == 1 and all(v > 0 for v in out["levers"]["seconds"].values())
     assert (tmp_path / "t.png").exists() and (tmp_path / "t.json").exists()
 
