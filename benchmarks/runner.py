@@ -182,7 +182,8 @@ def run_n2n(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None,
             pass
     hp = {k: v for k, v in dataclasses.asdict(args).items() if k not in _N2N_SKIP}
     hp["remove_fraction"] = remove_fraction
-    return {"hparams": hp, "tracker": tracker, "extra": {"lrs": dict(search.lrs)}}
+    # why a stage ended before its updates (e.g. every proposal repeated: its space is spent)
+    return {"hparams": hp, "tracker": tracker, "extra": {"lrs": dict(search.lrs), "exhausted": dict(search.exhausted)}}
 
 
 # ---------------------------------------------------------------------------- W&B
