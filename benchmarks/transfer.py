@@ -56,6 +56,8 @@ def plot(result: dict, path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     s = result["setup"]
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"fresh": "tab:grey", "pretrained": "tab:red"}
     labels = {"fresh": "fresh policy", "pretrained": f"pre-trained on {s['source']}"}
@@ -67,17 +69,21 @@ def plot(result: dict, path: pathlib.Path) -> None:
         x = np.arange(1, batch.shape[1] + 1)
         axes[0].plot(x, batch.mean(0), color=colors[kind], label=f"{labels[kind]} ({len(rs)} seeds)")
         axes[0].fill_between(x, batch.min(0), batch.max(0), color=colors[kind], alpha=0.2)
-        best = np.array([np.maximum.accumulate(r["rewards"]) for r in rs])
+        # runs differ in episodes (N2N resamples repeated proposals): pad with each run's final best
+        curves = [np.maximum.accumulate(r["rewards"]) for r in rs]
+        n = max(len(c) for c in curves)
+        best = np.array([np.concatenate([c, np.full(n - len(c), c[-1])]) for c in curves])
         xe = np.arange(1, best.shape[1] + 1)
         axes[1].plot(xe, best.mean(0), color=colors[kind], label=labels[kind])
         axes[1].fill_between(xe, best.min(0), best.max(0), color=colors[kind], alpha=0.2)
     axes[0].axhline(s["threshold"], color="black", ls="--", lw=0.8, label=f"threshold {s['threshold']}")
     axes[0].set_xlabel(f"policy update on {s['target']} ({s['rollouts']} students each)")
     axes[0].set_ylabel("batch-mean reward (mean; band: min-max)")
-    axes[0].legend(loc="lower right", fontsize=8)
-    axes[1].set_xlabel("student evaluations")
+    axes[0].legend(loc="best", fontsize=8)
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_xlabel("episodes (students proposed; repeats are cache hits)")
     axes[1].set_ylabel("best reward so far")
-    axes[1].legend(loc="lower right", fontsize=8)
+    axes[1].legend(loc="best", fontsize=8)
     fig.suptitle(f"transfer of the '{s['stage']}' policy: {s['source']} -> {s['target']} ({s['env']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
