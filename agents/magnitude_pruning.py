@@ -32,6 +32,7 @@ Target (``--hparams``, one of):
 from __future__ import annotations
 
 import json
+import os
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -65,6 +66,9 @@ def target_from_results(paths: str | list, env_id: str, protocol: str, seed: int
     results file(s) ``paths``; ``ValueError`` if there is none."""
     found = None
     for path in [paths] if isinstance(paths, str) else paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"target_results {path!r} is not a file: give the results JSONL of the run "
+                             f"whose best student sets the size (n2n-gym bench --results ...)")
         with open(path) as f:
             for line in f:
                 try:

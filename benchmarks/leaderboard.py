@@ -404,7 +404,7 @@ def section_note(sec: dict) -> str:
     if cut:
         n = ", ".join(map(str, cut))
         text += (f"**Every run scored by its best student among its first {n} evaluation"
-                 f"{'' if cut == [1] else 's'}** (runs with fewer evaluations: whole; wall time not shown). ")
+                 f"{'' if cut == [1] else 's'}** (runs with fewer evaluations: whole; wall time only of those). ")
     if sec["teachers"] > 1:
         text += f"**Warning: the runs used {sec['teachers']} different teachers.** "
     text += (f"Budget: {', '.join(map(str, sorted(budgets, key=str)))} student evaluations per run (cache hits "
@@ -709,7 +709,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--band", choices=("minmax", "std"), default="minmax", help="seed band of the anytime plot")
     p.add_argument("--metric", choices=("test", "val"), default="test", help="accuracy of the Pareto plot")
     p.add_argument("--no-plots", action="store_true", help="write no PNG")
-    p.add_argument("--reps", type=int, default=DEFAULT_REPS,
+    p.add_argument("--reps", type=int_at_least(100), default=DEFAULT_REPS,
                    help=f"bootstrap resamples per confidence interval (default {DEFAULT_REPS})")
     p.add_argument("--at-evaluations", type=int_at_least(1), default=None, metavar="N",
                    help="score every run by its best student among its first N evaluations (runs of different "
@@ -730,11 +730,20 @@ def run_args(args: argparse.Namespace) -> int:
         raise SystemExit("give results files and/or --wandb-project")
     skipped: list[tuple[str, str]] = []
     records = load(args.results, args.wandb_project, skipped)
+    unreadable = [where for where, why in skipped if why.startswith("cannot read the file")]
     for where, why in skipped:
         print(f"skipped {where}: {why}", file=sys.stderr)
-    if skipped:
-        print(f"skipped {len(skipped)} record(s) that fail the schema or their own checks "
+    if len(skipped) > len(unreadable):
+        print(f"skipped {len(skipped) - len(unreadable)} record(s) that fail the schema or their own checks "
               f"(n2n-gym validate says more)", file=sys.stderr)
+    for (env_id, protocol), agents in group_records(records).items():
+        for label, runs in agents.items():
+            seeds = [r.get("seed") for r in runs]
+            repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+            if repeated:
+                print(f"warning: {env_id} ({protocol}): {label} has several runs of seed(s) {repeated}; each counts "
+                      "as one more seed in the statistics (give the variants a --label, or keep one file per budget)",
+                      file=sys.stderr)
     if not records:
         print("no records found", file=sys.stderr)
         return 2

@@ -143,7 +143,9 @@ def check_record(record: dict, tolerance: float = DEFAULT_TOLERANCE, device: str
         errors.append("best.arch_hash is not the hash of best.architecture")
 
     kwargs = {**record["env_kwargs"], **(best.get("replay") or {})}
-    kwargs.update(protocol=record["protocol"], eval_seed=record["eval_seed"], cache=False, progress=False,
+    # progress=True: a teacher this machine lacks is trained by its recipe with a progress bar and
+    # an ETA (stopped beforehand if the estimate is over N2N_TEACHER_MAX_MINUTES), never silently
+    kwargs.update(protocol=record["protocol"], eval_seed=record["eval_seed"], cache=False, progress=True,
                   device=device)
     try:
         env = gym.make(record["env_id"], **kwargs)

@@ -112,5 +112,8 @@ def test_at_evaluations_scores_each_run_by_its_first_n_students(tmp_path):
     with pytest.raises(SystemExit) as exc:  # argparse's usage error (exit 2), before any record is read
         leaderboard.main([str(path), "--at-evaluations", "0", "--no-plots"])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:  # too few bootstrap resamples for an interval
+        leaderboard.main([str(path), "--reps", "1", "--no-plots"])
+    assert exc.value.code == 2
     (one,) = leaderboard.leaderboard([leaderboard.at_evaluations(r, 1) for r in records], reps=REPS)
     assert "first 1 evaluation**" in leaderboard.section_note(one)

@@ -78,6 +78,8 @@ def test_magnitude_pruning_targets_the_same_seed_of_another_agent(digits_teacher
     assert record["extra"]["target_params"] == rl["best"]["params"] >= record["best"]["params"]
     with pytest.raises(ValueError, match="no record of agent 'random'.*seed 2"):
         bench("magnitude", budget=1, seed=2, hparams={"target_results": str(results), "target_agent": "random"})
+    with pytest.raises(ValueError, match="is not a file"):
+        bench("magnitude", budget=1, seed=1, hparams={"target_results": str(tmp_path / "missing.jsonl")})
 
 
 @pytest.mark.parametrize("hparams,match", [({}, "exactly one"), ({"target_params": 10}, "below the narrowest"),
