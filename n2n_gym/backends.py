@@ -171,10 +171,9 @@ class ProcessBackend(Backend):
         with os.fdopen(fd, "wb") as f:
             pickle.dump(evaluator, f)
         self._cleanup = weakref.finalize(self, _remove, self._blob_path)
-        blob = self._blob_path
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(blob, self.threads))
+            initializer=_init_worker, initargs=(self._blob_path, self.threads))
 
     def submit(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0
                ) -> concurrent.futures.Future:
