@@ -29,6 +29,7 @@ FLOPs follow ``torch.utils.flop_counter.FlopCounterMode``: 2 FLOPs per multiply-
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -296,6 +297,111 @@ def schema_errors(record: dict) -> list[str]:
     elif "best" in record:
         errors.append("best is not an object")
     return errors
+
+
+# ---------------------------------------------------------------------------- records are data
+#: env kwargs a record may carry when it comes from someone else. Each value is plain data
+#: checked here; anything that names code to import (``teacher_module``), a file or folder of
+#: the checking machine (``teacher_checkpoint``, ``npz:`` data sets, ``data_root``, ``cache``,
+#: a ``start_architecture`` path) or processes and clusters to start (``backend``, ``workers``,
+#: ``backend_options``) is refused by :func:`untrusted_fields` before anything is constructed.
+DATA_KWARGS = ("stage", "ratios", "start_architecture", "constraints", "penalty", "penalty_horizon",
+               "episodes_per_update", "illegal_action", "min_width", "test_accuracy", "observation", "teacher",
+               "dataset", "teacher_recipe", "allow_untrained_teacher")
+#: what each refused env kwarg would make a checking machine do
+REFUSED_KWARGS = {
+    "teacher_module": "names code to import and call",
+    "teacher_checkpoint": "names a file of the checking machine to load",
+    "data_root": "names a folder of the checking machine",
+    "cache": "names a file of the checking machine to write",
+    "backend": "starts worker processes or joins a Ray cluster",
+    "workers": "starts worker processes",
+    "backend_options": "names a Ray cluster to join",
+    "teacher_max_minutes": "lifts the checking machine's limit on teacher training",
+}
+#: the keys of ``best.replay`` (what replays the best student's episode)
+REPLAY_KEYS = ("stage", "ratios", "start_architecture")
+_MAX_TEXT = 1 << 20  # an architecture's JSON is kilobytes; a megabyte of text is not a record's
+
+
+def untrusted_fields(record: dict) -> list[str]:
+    """What in ``record`` would make a machine checking it import or call code, read or write
+    its files, start processes or run without its limits: the env id and protocol must be
+    n2n-gym's own, ``env_kwargs`` only :data:`DATA_KWARGS` with plain values, ``best.replay``
+    only :data:`REPLAY_KEYS`, the thread count sane. Empty when the record is plain data.
+    ``n2n-gym validate`` refuses a record with any (unless told the records are the user's own)."""
+    from n2n_gym.data import DATASETS
+    from n2n_gym.protocols import PROTOCOLS
+    from n2n_gym.registration import CUSTOM_ENV_ID, ENVS
+    from n2n_gym.teachers import Recipe
+    from n2n_gym.zoo import TEACHERS
+
+    out = []
+    env_id = record.get("env_id")
+    if env_id not in ENVS and env_id != CUSTOM_ENV_ID:
+        out.append(f"env_id {str(env_id)[:80]!r} is not an n2n-gym env (a 'module:Env' id would import the module)")
+    if not isinstance(record.get("protocol"), str) or record["protocol"] not in PROTOCOLS:
+        out.append(f"protocol {str(record.get('protocol'))[:80]!r} is not one of {sorted(PROTOCOLS)}")
+    kwargs = record.get("env_kwargs")
+    if not isinstance(kwargs, dict):
+        return out + ["env_kwargs is not an object"]
+    replay = (record.get("best") or {}).get("replay") if isinstance(record.get("best"), dict) else None
+    if replay is not None and not isinstance(replay, dict):
+        out.append("best.replay is not an object")
+        replay = {}
+    items = [(f"env_kwargs.{k}", k, v) for k, v in kwargs.items()]
+    items += [(f"best.replay.{k}", k, v) for k, v in (replay or {}).items()]
+    for where, key, value in items:
+        if where.startswith("best.replay.") and key not in REPLAY_KEYS:
+            out.append(f"{where} is not one of {list(REPLAY_KEYS)}")
+        elif key in REFUSED_KWARGS:
+            out.append(f"{where} {REFUSED_KWARGS[key]} ({str(value)[:80]!r})")
+        elif key not in DATA_KWARGS:
+            out.append(f"{where} is not an env argument a record may carry ({', '.join(DATA_KWARGS)})")
+        elif not _plain(value):
+            out.append(f"{where} is not plain JSON data")
+        elif key == "dataset" and value not in DATASETS:
+            out.append(f"{where} {str(value)[:80]!r} is not a named data set ({', '.join(sorted(DATASETS))}); "
+                       "an 'npz:' data set names a file of the checking machine")
+        elif key == "teacher" and value not in TEACHERS:
+            out.append(f"{where} {str(value)[:80]!r} is not a zoo teacher")
+        elif key == "start_architecture" and value is not None and not (
+                isinstance(value, str) and value.lstrip().startswith("{") and len(value) <= _MAX_TEXT):
+            out.append(f"{where} is not architecture JSON (a path would name a file of the checking machine)")
+        elif key == "teacher_recipe":
+            out += _recipe_problems(where, value, {f.name for f in dataclasses.fields(Recipe)})
+    threads = (record.get("budget") or {}).get("torch_threads") if isinstance(record.get("budget"), dict) else None
+    if threads is not None and not (_is_int(threads, 1) and threads <= 1024):
+        out.append(f"budget.torch_threads {str(threads)[:20]!r} is not a thread count in [1, 1024]")
+    return out
+
+
+def _plain(value, depth: int = 0) -> bool:
+    """JSON data: numbers, short strings, booleans, None, and lists / objects of them."""
+    if depth > 8:
+        return False
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return len(value) <= _MAX_TEXT
+    if isinstance(value, list):
+        return len(value) <= 4096 and all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return len(value) <= 64 and all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _recipe_problems(where: str, recipe, fields: set[str]) -> list[str]:
+    if not isinstance(recipe, dict):
+        return [f"{where} is not an object of Recipe fields"]
+    out = [f"{where}.{k} is not a Recipe field" for k in recipe if k not in fields]
+    for k, v in recipe.items():
+        if k in fields and not (isinstance(v, (int, float)) and not (isinstance(v, float) and not math.isfinite(v))):
+            out.append(f"{where}.{k} {str(v)[:40]!r} is not a finite number")
+    threads = recipe.get("threads", 1)
+    if isinstance(threads, (int, float)) and not 1 <= threads <= 1024:
+        out.append(f"{where}.threads {threads!r} is not a thread count in [1, 1024]")
+    return out
 
 
 # ---------------------------------------------------------------------------- provenance

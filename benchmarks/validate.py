@@ -2,7 +2,13 @@
 
 For every line of the results files (CompilerGym's ``validate`` idea):
 
-0. a line that is cut (a kill mid-write), not JSON or a repeated run id fails;
+0. a line that is cut (a kill mid-write), not JSON or a repeated run id fails; so does,
+   before anything is made, a record that names code to import, a file or folder of this
+   machine, or processes to start (``records.untrusted_fields``: an ``env_kwargs`` key
+   other than the plain-data :data:`~n2n_gym.benchmarks.records.DATA_KWARGS`, an env id
+   that is not n2n-gym's, a ``best.replay`` key other than stage / ratios / start
+   architecture JSON): records are data, validate never imports, loads or starts what one
+   names. ``--trusted`` lifts this for the user's own records (e.g. on ``N2N-Custom-v0``);
 1. the record is consistent in itself (``records.record_errors``): schema, no NaN/inf,
    a known agent, seeds, teacher sha256 present, budget counts that add up, the anytime
    curve, the students table (no duplicate student, each row's reward recomputed by the
@@ -39,7 +45,7 @@ import math
 import sys
 from typing import Any
 
-from n2n_gym.benchmarks.records import record_errors, scan_records
+from n2n_gym.benchmarks.records import record_errors, scan_records, untrusted_fields
 
 DEFAULT_TOLERANCE = 1e-9
 
@@ -112,8 +118,11 @@ def _hash(arch_json: str | None) -> str | None:
     return Architecture.from_json(arch_json).canonical_hash() if arch_json else None
 
 
-def check_record(record: dict, tolerance: float = DEFAULT_TOLERANCE, device: str = "cpu", threads: int | None = None) -> list[str]:
-    """The reasons ``record`` fails validation (empty: it passes)."""
+def check_record(record: dict, tolerance: float = DEFAULT_TOLERANCE, device: str = "cpu", threads: int | None = None,
+                 *, trusted: bool = False) -> list[str]:
+    """The reasons ``record`` fails validation (empty: it passes). Records are data: one that
+    names code, files of this machine or processes to start (``records.untrusted_fields``)
+    fails before anything is constructed, unless ``trusted`` (the user's own records)."""
     import gymnasium as gym
 
     import n2n_gym
@@ -122,6 +131,10 @@ def check_record(record: dict, tolerance: float = DEFAULT_TOLERANCE, device: str
     errors = record_errors(record)
     if errors:
         return errors
+    refused = [] if trusted else untrusted_fields(record)
+    if refused:
+        return [f"refused, nothing was run: {'; '.join(refused)} (validate never imports, loads or starts what a "
+                "record names; for records of your own, --trusted allows it)"]
     from n2n_gym.benchmarks.runner import AGENTS
 
     if record["agent"] not in AGENTS:
@@ -221,7 +234,8 @@ def describe(record: dict) -> str:
 
 
 def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device: str = "cpu",
-                  threads: int | None = None, out=None, counts: dict | None = None) -> tuple[int, int]:
+                  threads: int | None = None, out=None, counts: dict | None = None, *,
+                  trusted: bool = False) -> tuple[int, int]:
     """Check every line of ``paths``; returns (passed, failed). A line that cannot be read
     as a record, or repeats an earlier record's run id, fails; a record whose teacher or
     data cannot be obtained here is UNVERIFIABLE (neither). ``counts`` (a dict, if given)
@@ -241,7 +255,7 @@ def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device
             if isinstance(rid, str):
                 seen[rid] = where
             try:
-                errors = check_record(record, tolerance, device, threads)
+                errors = check_record(record, tolerance, device, threads, trusted=trusted)
             except Unverifiable as exc:
                 unverifiable += 1
                 print(f"UNVERIFIABLE {where} {describe(record)}: {exc}", file=out, flush=True)
@@ -276,6 +290,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="absolute tolerance on rewards and accuracies (default %(default)g: a replay on the same "
                         "kind of machine is exact)")
     p.add_argument("--device", default="cpu", help="device of the re-evaluation (default cpu)")
+    p.add_argument("--trusted", action="store_true",
+                   help="the records are your own: allow what validate refuses in records from others (a "
+                        "teacher_module to import, a teacher_checkpoint, npz data set or other path of this machine, "
+                        "a backend that starts workers)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the re-evaluation (default: the record's budget.torch_threads)")
     return p
@@ -289,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_args(args: argparse.Namespace) -> int:
     """Run the parsed arguments of :func:`build_parser` (for a CLI with subcommands)."""
     counts: dict = {}
-    passed, failed = validate_file(args.results, args.tolerance, args.device, args.threads, counts=counts)
+    passed, failed = validate_file(args.results, args.tolerance, args.device, args.threads, counts=counts,
+                                   trusted=args.trusted)
     unverifiable = counts.get("unverifiable", 0)
     print(f"{passed} passed, {failed} failed, {unverifiable} unverifiable")
     if passed + failed + unverifiable == 0:

@@ -512,7 +512,7 @@ def _partial_epochs(partial: pathlib.Path) -> int:
     if not partial.exists():
         return 0
     try:
-        return int(torch.load(partial, map_location="cpu", weights_only=False)["epoch"])
+        return int(torch.load(partial, map_location="cpu", weights_only=True)["epoch"])
     except Exception:  # noqa: BLE001 - unreadable: training starts over
         return 0
 
@@ -540,7 +540,7 @@ def train_teacher(arch: Architecture, data: Dataset, recipe: Recipe, path: str |
     seconds = 0.0
     if partial.exists():
         try:
-            state = torch.load(partial, map_location="cpu", weights_only=False)
+            state = torch.load(partial, map_location="cpu", weights_only=True)  # tensors and numbers only
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
