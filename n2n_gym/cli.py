@@ -157,28 +157,24 @@ def _run_dir(ns: argparse.Namespace) -> tuple[pathlib.Path, bool]:
     return RUNS_ROOT / f"{slug}-seed{ns.seed}-{stamp}", False
 
 
+def final_protocol(epochs: int, lr: float) -> "Protocol":
+    """The final distillation of compress as a protocol: inherited weights, ``epochs`` over the
+    whole training split with the data set's augmentation, batch 64, Adam at ``lr`` with the
+    last third at lr/10, MSE on logits; scored on the whole validation and test splits. The
+    fidelity study's reference (``benchmarks/fidelity.py``) is this protocol."""
+    from n2n_gym.protocols import Protocol
+
+    return Protocol(f"final-{epochs}ep", "inherit", epochs, None, None, None, 64, lr, 0.0, True, lr_drop=True)
+
+
 def _final_distill(unwrapped, arch, epochs: int, seed: int, lr: float) -> tuple[Any, float, float, float]:
     """Inherit the teacher's weights, distil ``epochs`` over the whole training split
-    (2/3 at ``lr``, 1/3 at lr/10, the data set's augmentation); (module, val, test, seconds)."""
-    import torch
-
-    from n2n_gym.build import build, inherit_weights
-    from n2n_gym.distill import accuracy, distill
+    (:func:`final_protocol`); (module, val, test, seconds)."""
+    from n2n_gym.distill import accuracy
 
     start = time.perf_counter()
-    teacher, data = unwrapped.teacher, unwrapped.evaluator.data
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        student = build(arch, data.device)
-        inherit_weights(student, teacher.module)
-        x, _ = data.split("train")
-        gen = torch.Generator().manual_seed(seed)
-        first = max(epochs * 2 // 3, 1) if epochs > 0 else 0
-        for n_ep, rate in ((first, lr), (epochs - first, lr / 10)):
-            if n_ep > 0:
-                distill(student, teacher.module, data, x, epochs=n_ep, batch_size=64, lr=rate, weight_decay=0.0,
-                        augment=True, generator=gen)
-    student.eval()
+    data = unwrapped.evaluator.data
+    student = unwrapped.evaluator.train_student(arch, final_protocol(epochs, lr), seed)
     val = accuracy(student, data, *data.split("val"))
     test = accuracy(student, data, *data.split("test"))
     return student, val, test, time.perf_counter() - start

@@ -15,6 +15,11 @@ from torch import nn
 from .data import Dataset, batches
 
 EVAL_BATCH = 500
+#: Knowledge distillation's temperature and weight of the soft term (Hinton et al. 2015,
+#: "Distilling the Knowledge in a Neural Network"; T = 4, alpha = 0.9 as in the common
+#: CIFAR setups, e.g. Tian et al. ICLR 2020's RepDistiller).
+KD_TEMPERATURE = 4.0
+KD_ALPHA = 0.9
 
 
 def autocast(device: torch.device | str):
@@ -91,19 +96,49 @@ def distill(
     augment: bool,
     generator: torch.Generator,
     teacher_logits: torch.Tensor | None = None,
+    loss: str = "mse",
+    y: torch.Tensor | None = None,
+    lr_drop: bool = False,
 ) -> nn.Module:
-    """Regress the student's logits on the teacher's (MSE), Adam, as in N2N.
+    """Distil the teacher into the student with Adam; ``epochs`` passes over uint8 ``x`` (N, C, H, W).
 
+    ``loss="mse"``: regress the student's logits on the teacher's (N2N, Ashok et al. 2018).
+    ``loss="kd"``: ``KD_ALPHA * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - KD_ALPHA) * CE(s, y)``
+    with ``T = KD_TEMPERATURE`` (Hinton et al. 2015); needs the labels ``y`` (N,).
+    ``lr_drop``: the last third of the epochs (at least the first epoch at ``lr``) at ``lr / 10``.
     ``teacher_logits`` (for ``x`` in order) are reused when given and ``augment`` is off.
+    Raises :class:`NonFiniteError` when the loss diverges, ``ValueError`` for inconsistent arguments.
     """
+    if loss not in ("mse", "kd"):
+        raise ValueError(f"loss must be 'mse' or 'kd', got {loss!r}")
+    if loss == "kd" and (y is None or len(y) != len(x)):
+        raise ValueError("loss='kd' needs the labels y of the training images x (one per image)")
     with torch.enable_grad():  # callers may step the env inside torch.no_grad()
         return _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator,
-                        teacher_logits)
+                        teacher_logits, loss, y, lr_drop)
 
 
-def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator, teacher_logits):
+def drop_epoch(epochs: int) -> int:
+    """The first epoch at lr / 10 under ``lr_drop``: after two thirds, at least one epoch at lr."""
+    return max(epochs * 2 // 3, 1)
+
+
+def distillation_loss(out: torch.Tensor, target: torch.Tensor, loss: str, labels: torch.Tensor | None) -> torch.Tensor:
+    """The loss of student logits ``out`` against teacher logits ``target`` (both (B, classes))."""
+    if loss == "mse":
+        return F.mse_loss(out, target)
+    t = KD_TEMPERATURE
+    soft = F.kl_div(F.log_softmax(out / t, 1), F.log_softmax(target / t, 1), reduction="batchmean", log_target=True)
+    return KD_ALPHA * t * t * soft + (1.0 - KD_ALPHA) * F.cross_entropy(out, labels)
+
+
+def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator, teacher_logits,
+             loss="mse", y=None, lr_drop=False):
     if augment and teacher_logits is not None:
         raise ValueError("teacher logits cannot be reused when the inputs are augmented")
+    if epochs == 0:
+        student.eval()
+        return student
     if teacher_logits is None and not augment:
         teacher_logits = predict_logits(teacher, data, x)
     teacher.eval()
@@ -111,6 +146,9 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
     optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
     index = torch.arange(len(x), device=x.device)
     for epoch in range(epochs):
+        if lr_drop and epoch == drop_epoch(epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = lr / 10
         # summed on the device and checked once per epoch: no host sync per step
         total = torch.zeros((), device=x.device)
         for xb, ib in batches(x, index, batch_size, shuffle=True, generator=generator, augment=augment,
@@ -122,9 +160,9 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
                     target = teacher(xb).float()
             with autocast(xb.device):
                 out = student(xb)
-            loss = F.mse_loss(out.float(), target)
+            value = distillation_loss(out.float(), target, loss, y[ib] if y is not None else None)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             try:
                 optimizer.step()
             except RuntimeError as exc:  # Adam with a huge lr: "value cannot be converted ... without overflow"
@@ -132,12 +170,35 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
                     raise
                 raise NonFiniteError(f"distillation diverged: the optimizer step overflows in epoch {epoch + 1} "
                                      f"(lr {lr:g}; a smaller lr fixes it)") from exc
-            total = total + loss.detach()
+            total = total + value.detach()
         if not bool(torch.isfinite(total)):
             raise NonFiniteError(f"distillation diverged: the loss is not finite in epoch {epoch + 1} of {epochs} "
                                  f"(lr {lr:g}; a smaller lr fixes it)")
     student.eval()
     return student
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: Dataset, x: torch.Tensor, batch_size: int) -> nn.Module:
+    """Recompute every batch-norm layer's running mean and variance on uint8 images ``x``
+    (N, C, H, W), un-augmented, as the cumulative average over batches of ``batch_size``
+    (EagleEye's adaptive BN, Li et al. ECCV 2020); weights are untouched. Returns ``model`` in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(x) == 0:
+        return model.eval()
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    try:
+        for xb, _ in batches(x, torch.zeros(len(x), device=x.device), batch_size, shuffle=False,
+                             normalize=data.normalize):
+            model(xb)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+    return model.eval()
 
 
 class NonFiniteError(ArithmeticError):

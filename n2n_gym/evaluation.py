@@ -38,7 +38,7 @@ from .build import build, inherit_weights
 from .cache import NullCache, ResultCache, cache_key
 from .checks import check_start_architecture
 from .data import Dataset
-from .distill import NonFiniteError, check_finite_weights, distill, predict_logits
+from .distill import NonFiniteError, check_finite_weights, distill, predict_logits, recalibrate_batchnorm
 from .protocols import Protocol, get_protocol
 from .reward import n2n_reward
 from .teachers import Teacher
@@ -207,17 +207,30 @@ class Evaluator:
         except (RuntimeError, ArchitectureError) as exc:  # shapes that do not fit (torch's copy_ raises RuntimeError)
             raise StudentBuildError(f"cannot build the student or inherit the teacher's weights: "
                                     f"{type(exc).__name__}: {exc}") from exc
-        x, _ = self._subset("train", protocol.train_images)
+        x, y = self._subset("train", protocol.train_images)
         logits = None
-        if not protocol.augment:
+        if not protocol.augment and protocol.epochs > 0:
             if protocol.train_images not in self._teacher_logits:
                 self._teacher_logits[protocol.train_images] = predict_logits(self.teacher.module, self.data, x)
             logits = self._teacher_logits[protocol.train_images]
         distill(student, self.teacher.module, self.data, x, epochs=protocol.epochs, batch_size=protocol.batch_size,
                 lr=protocol.lr, weight_decay=protocol.weight_decay, augment=protocol.augment,
-                generator=torch.Generator().manual_seed(seed), teacher_logits=logits)
+                generator=torch.Generator().manual_seed(seed), teacher_logits=logits, loss=protocol.loss,
+                y=y if protocol.loss == "kd" else None, lr_drop=protocol.lr_drop)
+        if protocol.bn_recalibration:
+            recalibrate_batchnorm(student, self.data, self._subset("train", protocol.bn_recalibration)[0],
+                                  protocol.batch_size)
         check_finite_weights(student)
         return student
+
+    def train_student(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> torch.nn.Module:
+        """The student of ``arch`` trained under ``protocol`` (eval mode, on the evaluator's device),
+        not scored and not cached: what :meth:`evaluate` scores, and what ``n2n-gym compress``
+        exports after its final distillation. Raises :class:`StudentBuildError` or
+        :class:`~n2n_gym.distill.NonFiniteError` for a student that cannot be trained."""
+        protocol = get_protocol(protocol)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            return self._train(arch, protocol, seed)
 
     def _accuracy(self, student: torch.nn.Module, split: str, x: torch.Tensor, y: torch.Tensor) -> float:
         """Top-1 accuracy; non-finite logits (weights finite, activations overflowing) fail it."""

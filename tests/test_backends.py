@@ -231,21 +231,6 @@ def test_throughput_benchmark_tiny(tmp_path, digits_teacher):
     assert (tmp_path / "t.png").exists() and (tmp_path / "t.json").exists()
 
 
-def test_protocol_fidelity_ladder_tiny(tmp_path, digits_teacher):
-    import json
-
-    from n2n_gym.benchmarks import protocol_fidelity
-
-    summary = protocol_fidelity.main(["--students", "4", "--protocols", "tiny", "--reference-epochs", "1",
-                                      "--env-kwargs", json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE,
-                                                                  "cache": False}),
-                                      "--out", str(tmp_path / "f")])
-    assert summary["students"] == 4
-    assert -1 <= summary["ladder"]["tiny"]["spearman_reward"] <= 1
-    assert summary["cheapest_with_min_rho"] in (None, "tiny")
-    assert (tmp_path / "f.png").exists()
-
-
 def test_lazy_test_accuracy_same_rewards_and_measured_on_demand(tmp_path, serial):
     import math
 

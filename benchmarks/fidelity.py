@@ -1,0 +1,511 @@
+"""The fidelity ladder: how well each cheap evaluation protocol ranks students as training would.
+
+For one env, a fixed set of students is scored under a ladder of candidate protocols and
+under a *reference*: what a practitioner runs after search, i.e. ``n2n-gym compress``'s
+final distillation (:func:`n2n_gym.cli.final_protocol`: inherited weights, the whole
+training split with the data set's augmentation, batch 64, Adam lr 1e-3 with the last
+third at lr/10, MSE on logits), scored on the whole validation split (test accuracy
+reported too). The reference is run again at twice its epochs on the first
+``--stability-students`` students, to show that its ranking is stable.
+
+The study is long (hours on a CPU for ResNet-20 CIFAR-10), so it is *resumable and
+sharded*: every (student, protocol, seed) item is appended to ``scores*.jsonl`` in the
+output folder as soon as it finishes, a rerun skips the items already there, and
+``--shard K/N`` runs the items whose index is K modulo N (one output file per shard, for
+several machines). ``--workers`` processes train students concurrently, one torch thread
+each, at ``nice`` 10. Items run student by student (candidates, then the reference), so a
+partial study already has complete students.
+
+Students (``students.json``, drawn once, then fixed): uniform random ``joint`` students,
+the best students of every agent in the committed records, uniform L1-magnitude-pruned
+students at 2-10x, removal-only students (random layers removed, widths kept).
+
+Subcommands::
+
+    python -m n2n_gym.benchmarks.fidelity run --env N2N-DigitsNet-Digits-v0 --workers 2
+    python -m n2n_gym.benchmarks.fidelity run --env N2N-ResNet20-CIFAR10-v0 --workers 2  # hours
+    python -m n2n_gym.benchmarks.fidelity report --env N2N-ResNet20-CIFAR10-v0
+
+``report`` writes ``ladder.json`` and ``ladder.png`` (Spearman rho against seconds per
+student): Spearman rho and Kendall tau of rewards and of validation accuracies against the
+reference, with bootstrap 95 % intervals over students, the share of the reference's top 5
+found in each protocol's top 10, and median seconds per student on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import os
+import pathlib
+import re
+import sys
+import time
+
+import numpy as np
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "fidelity"
+#: Reference epochs per env: the shortest run whose ranking agrees with twice as many epochs
+#: is what the study establishes; these are the values it tests.
+REFERENCE_EPOCHS = {"N2N-DigitsNet-Digits-v0": 30, "N2N-ResNet20-CIFAR10-v0": 5, "N2N-VGG13-MNIST-v0": 3}
+#: Image budgets (student images seen in training) of the ladder's distillation rungs.
+BUDGETS = (4096, 8192, 16384, 32768)
+SEEDS_AVERAGED = 3  # the "several seeds averaged" rung: the 8k rung at seeds 0..2
+#: Training throughput on one loaded CPU thread (images/s), for the up-front time estimate only.
+IMAGES_PER_SECOND = {"N2N-DigitsNet-Digits-v0": 6000.0, "N2N-ResNet20-CIFAR10-v0": 250.0,
+                     "N2N-VGG13-MNIST-v0": 100.0}
+
+
+def slug(env_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", env_id).strip("-").lower()
+
+
+# ----------------------------------------------------------------------------- protocols
+
+def ladder(train_split: int) -> dict:
+    """The candidate protocols for a training split of ``train_split`` images, cheapest first."""
+    from n2n_gym.protocols import PROTOCOLS, Protocol
+
+    fast = PROTOCOLS["fast"]
+    bn = min(2048, train_split)
+    out = {
+        "bn-only": Protocol("bn-only", "inherit", 0, None, 2000, 2000, 64, 1e-3, 0.0, False, bn_recalibration=bn),
+        "fast": fast,
+        "fast-bn": dataclasses.replace(fast, name="fast-bn", bn_recalibration=bn),
+    }
+    for budget in BUDGETS:
+        images = min(budget // 2, train_split)
+        epochs = max(1, round(budget / images))
+        name = f"mse-{budget // 1024}k"
+        out[name] = Protocol(name, "inherit", epochs, None if images >= train_split else images, 2000, 2000, 64,
+                             1e-3, 0.0, False, lr_drop=True, bn_recalibration=bn)
+    out["kd-8k"] = dataclasses.replace(out["mse-8k"], name="kd-8k", loss="kd")
+    return out
+
+
+def reference(epochs: int):
+    from n2n_gym.cli import final_protocol
+
+    return final_protocol(epochs, 1e-3)
+
+
+# ------------------------------------------------------------------------------ students
+
+def draw_students(env_id: str, n_random: int, n_records: int, n_magnitude: int, n_removal: int, seed: int,
+                  records: list[pathlib.Path]) -> list[dict]:
+    """The study's students as ``{"id", "kind", "architecture" (IR JSON), "params", ...}``,
+    ordered round-robin over the kinds so that a partial study covers all of them."""
+    import gymnasium as gym
+
+    import n2n_gym  # noqa: F401  (registers the ids)
+    from n2n_gym.agents.magnitude_pruning import uniform_ratio
+    from n2n_gym.arch import Architecture
+    from n2n_gym.edits import apply_decisions
+
+    rng = np.random.default_rng(seed)
+    env = gym.make(env_id, stage="joint", cache=False, progress=False)
+    _, info = env.reset(seed=seed)
+    u = env.unwrapped
+    teacher, start, min_width = u.teacher_architecture, u.start_architecture, u.min_width
+    masks = np.asarray(info["layer_masks"], dtype=bool)
+    remove = masks.shape[1] - 1  # joint: the last action removes the layer
+    removable = masks[:, remove]
+    shrinkable = masks[:, :remove].sum(1) > 1
+    seen: set[str] = set()
+    kinds: dict[str, list[dict]] = {"random": [], "record": [], "magnitude": [], "removal": []}
+
+    def add(kind: str, arch, **extra) -> bool:
+        h = arch.canonical_hash()
+        if h in seen or arch.params >= teacher.params:
+            return False
+        seen.add(h)
+        kinds[kind].append({"kind": kind, "architecture": arch.to_json(), "params": arch.params,
+                            "compression": teacher.params / arch.params, **extra})
+        return True
+
+    for _ in range(200 * n_random):
+        if len(kinds["random"]) >= n_random:
+            break
+        acts = [int(rng.choice(np.flatnonzero(m))) for m in masks]
+        try:
+            add("random", u.student_architecture(acts))
+        except Exception:  # noqa: BLE001 - a draw that gives no valid student is skipped
+            continue
+    best: dict[str, list[tuple[float, str]]] = {}
+    for r in json_lines(records):
+        b = r.get("best") or {}
+        if r.get("env_id") == env_id and b.get("valid") and b.get("architecture"):
+            best.setdefault(r["agent"], []).append((float(b["reward"]), b["architecture"]))
+    per_agent = max(1, math.ceil(n_records / max(len(best), 1)))
+    for agent in sorted(best):
+        for reward, arch_json in sorted(best[agent], reverse=True)[:per_agent]:
+            if len(kinds["record"]) < n_records:
+                add("record", Architecture.from_json(arch_json), agent=agent, record_reward=reward)
+    for c in np.linspace(2.0, 10.0, n_magnitude) if n_magnitude else []:
+        try:
+            ratio, _ = uniform_ratio(start, list(shrinkable), math.floor(teacher.params / c), min_width)
+        except ValueError:
+            continue
+        add("magnitude", apply_decisions(start, [ratio if s else 1.0 for s in shrinkable], min_width),
+            target_compression=float(c), ratio=ratio)
+    for _ in range(200 * n_removal):
+        if len(kinds["removal"]) >= n_removal:
+            break
+        p = rng.uniform(0.2, 0.8)
+        decisions = [None if (rem and rng.random() < p) else 1.0 for rem in removable]
+        try:
+            add("removal", apply_decisions(start, decisions, min_width))
+        except Exception:  # noqa: BLE001
+            continue
+    env.close()
+    order, lists = [], [kinds[k] for k in kinds]
+    for i in range(max(len(v) for v in lists)):
+        order += [v[i] for v in lists if i < len(v)]
+    return [{"id": i, **s} for i, s in enumerate(order)]
+
+
+# --------------------------------------------------------------------------------- items
+
+def items(students: list[dict], protocols: dict, ref_epochs: int, stability: int) -> list[dict]:
+    """Every (student, protocol, seed) of the study, in run order: per student the candidates,
+    then the reference (and its 2x run for the first ``stability`` students)."""
+    out = []
+    for s in students:
+        for name, proto in protocols.items():
+            for seed in range(SEEDS_AVERAGED if name == "mse-8k" else 1):
+                out.append({"student": s["id"], "protocol": name, "seed": seed, "spec": proto.to_dict()})
+        out.append({"student": s["id"], "protocol": "reference", "seed": 0, "spec": reference(ref_epochs).to_dict()})
+        if s["id"] < stability:
+            out.append({"student": s["id"], "protocol": "reference-2x", "seed": 0,
+                        "spec": reference(2 * ref_epochs).to_dict()})
+    return out
+
+
+def item_key(item: dict) -> str:
+    return json.dumps([item["student"], item["spec"], item["seed"]], sort_keys=True)
+
+
+def json_lines(paths) -> list[dict]:
+    """The JSON objects of the lines of ``paths``; a line cut by a killed writer is skipped."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    return rows
+
+
+def read_scores(folder: pathlib.Path) -> list[dict]:
+    """Every finished item of every shard's file."""
+    return [r for r in json_lines(sorted(folder.glob("scores*.jsonl"))) if "student" in r and "spec" in r]
+
+
+# ------------------------------------------------------------------------------- workers
+
+_EVALUATOR = None
+
+
+def _init_worker(env_id: str, nice: int) -> None:
+    global _EVALUATOR
+    import torch
+
+    torch.set_num_threads(1)
+    if nice:
+        os.nice(nice)
+    import gymnasium as gym
+
+    import n2n_gym  # noqa: F401
+
+    env = gym.make(env_id, cache=False, progress=False)
+    _EVALUATOR = env.unwrapped.evaluator
+
+
+def _run_item(item: dict, arch_json: str) -> dict:
+    from n2n_gym.arch import Architecture
+    from n2n_gym.protocols import Protocol
+
+    proto = Protocol.from_dict(item["spec"])
+    # the candidates are scored on validation only; the reference also on the whole test set
+    _EVALUATOR.lazy_test = not item["protocol"].startswith("reference")
+    start = time.perf_counter()
+    r = _EVALUATOR.evaluate(Architecture.from_json(arch_json), proto, item["seed"])
+    return {**{k: item[k] for k in ("student", "protocol", "seed", "spec")}, "valid": r.valid, "reason": r.reason,
+            "accuracy": r.accuracy, "test_accuracy": None if math.isnan(r.test_accuracy) else r.test_accuracy,
+            "reward": r.reward, "params": r.params, "flops": r.flops, "seconds": time.perf_counter() - start,
+            "load": os.getloadavg()[0], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _append(path: pathlib.Path, row: dict) -> None:
+    """One whole line per write, flushed and synced: a killed run never leaves half a row."""
+    data = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _estimate_seconds(item: dict, train_split: int, images_per_second: float) -> float:
+    spec = item["spec"]
+    images = min(spec["train_images"] or train_split, train_split)
+    trained = spec["epochs"] * images * (1.5 if spec["augment"] else 1.0)  # augmented: teacher forward per batch
+    return trained / images_per_second + 3.0
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_run(a: argparse.Namespace) -> int:
+    import gymnasium as gym
+
+    import n2n_gym  # noqa: F401
+
+    folder = pathlib.Path(a.out or RESULTS / slug(a.env))
+    folder.mkdir(parents=True, exist_ok=True)
+    probe_path = folder / ".write-check"
+    probe_path.write_text("ok")  # an unwritable folder fails now, not after the first student
+    probe_path.unlink()
+    students_file = folder / "students.json"
+    if students_file.exists():
+        meta = json.loads(students_file.read_text())
+        if meta["env"] != a.env:
+            raise SystemExit(f"{students_file} holds students of {meta['env']}, not {a.env}: use another --out")
+    else:
+        records = sorted(pathlib.Path(RESULTS.parent).glob("baselines-*.jsonl"))
+        students = draw_students(a.env, a.random, a.records, a.magnitude, a.removal, a.seed, records)
+        env = gym.make(a.env, cache=False, progress=False)
+        ev = env.unwrapped.evaluator
+        meta = {"env": a.env, "seed": a.seed, "teacher_sha256": ev.teacher.sha256, "data_variant": ev.data.variant,
+                "data_digest": ev.data.digest, "teacher_params": ev.teacher.params,
+                "teacher_val_accuracy": ev.teacher.val_accuracy, "teacher_test_accuracy": ev.teacher.test_accuracy,
+                "train_split": len(ev.data.train_idx), "reference_epochs": a.reference_epochs or
+                REFERENCE_EPOCHS.get(a.env, 30), "stability_students": a.stability_students, "students": students}
+        tmp = students_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, students_file)
+        env.close()
+    students = meta["students"]
+    if a.reference_epochs and a.reference_epochs != meta["reference_epochs"]:
+        raise SystemExit(f"this study's reference is {meta['reference_epochs']} epochs (students.json); "
+                         f"start another --out for {a.reference_epochs}")
+    protocols = ladder(meta["train_split"])
+    if a.protocols:
+        unknown = sorted(set(a.protocols) - set(protocols))
+        if unknown:
+            raise SystemExit(f"--protocols: unknown {unknown}; the ladder's are {', '.join(protocols)}")
+        protocols = {k: v for k, v in protocols.items() if k in a.protocols}
+    ips = a.images_per_second or IMAGES_PER_SECOND.get(a.env, 250.0)
+    todo_all = items(students, protocols, meta["reference_epochs"], meta["stability_students"])
+    k, n = a.shard
+    done = {item_key(r) for r in read_scores(folder)}
+    mine = [it for i, it in enumerate(todo_all) if i % n == k]
+    todo = [it for it in mine if item_key(it) not in done]
+    finished_before = len(mine) - len(todo)
+    if a.max_items:
+        todo = todo[:a.max_items]
+    arch = {s["id"]: s["architecture"] for s in students}
+    est = sum(_estimate_seconds(it, meta["train_split"], ips) for it in todo)
+    print(f"{a.env}: {len(students)} students, {len(todo_all)} items, shard {k}/{n} holds {len(mine)}: "
+          f"{finished_before} done, {len(todo)} to run now on {a.workers} worker(s): about {est / 3600 / a.workers:.1f} h "
+          f"({est / 3600:.1f} CPU-hours at {ips:.0f} img/s). Results: {folder}", flush=True)
+    if not todo:
+        return 0
+    out = folder / (f"scores-{k}of{n}.jsonl" if n > 1 else "scores.jsonl")
+    ctx = mp.get_context("spawn")  # fork after torch threads can deadlock (PyTorch's known issue)
+    start, spent, left = time.time(), 0.0, est
+    with cf.ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker,
+                                initargs=(a.env, a.nice)) as pool:
+        pending = {}
+        queue = list(todo)
+        for _ in range(min(a.workers * 2, len(queue))):
+            it = queue.pop(0)
+            pending[pool.submit(_run_item, it, arch[it["student"]])] = it
+        finished = 0
+        while pending:
+            for fut in cf.as_completed(list(pending)):
+                it = pending.pop(fut)
+                row = fut.result()
+                _append(out, row)
+                finished += 1
+                spent += _estimate_seconds(it, meta["train_split"], ips)
+                rate = (time.time() - start) / spent if spent else 1.0
+                eta = (est - spent) * rate
+                print(f"[{finished}/{len(todo)}] student {row['student']:>2} {row['protocol']:<13} seed {row['seed']} "
+                      f"val {row['accuracy']:.4f} reward {row['reward']:+.4f} {row['seconds']:.0f} s "
+                      f"| ETA {eta / 3600:.2f} h", flush=True)
+                if queue:
+                    nxt = queue.pop(0)
+                    pending[pool.submit(_run_item, nxt, arch[nxt["student"]])] = nxt
+                break
+    return 0
+
+
+def _bootstrap(x: np.ndarray, y: np.ndarray, stat, n: int, rng: np.random.Generator) -> tuple[float, float]:
+    vals = []
+    for _ in range(n):
+        idx = rng.integers(0, len(x), len(x))
+        if len(set(x[idx])) > 1 and len(set(y[idx])) > 1:
+            vals.append(stat(x[idx], y[idx]))
+    if not vals:
+        return (math.nan, math.nan)
+    lo, hi = np.nanpercentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
+    """The ladder's figures from the committed per-item scores of ``folder``."""
+    from scipy.stats import kendalltau, spearmanr
+
+    meta = json.loads((folder / "students.json").read_text())
+    rows = read_scores(folder)
+    by: dict[tuple[int, str], list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["student"], r["protocol"]), []).append(r)
+    names = list(ladder(meta["train_split"])) + [f"mse-8k x{SEEDS_AVERAGED}"]
+
+    def score(sid: int, name: str) -> dict | None:
+        base = name.split(" x")[0]
+        got = sorted(by.get((sid, base), []), key=lambda r: r["seed"])
+        want = SEEDS_AVERAGED if " x" in name else 1
+        got = got[:want] if " x" in name else [r for r in got if r["seed"] == 0]
+        if len(got) < want:
+            return None
+        return {"reward": float(np.mean([r["reward"] for r in got])),
+                "accuracy": float(np.mean([r["accuracy"] for r in got])),
+                "seconds": float(sum(r["seconds"] for r in got))}
+
+    rng = np.random.default_rng(0)
+    ref = {s["id"]: score(s["id"], "reference") for s in meta["students"]}
+    ref = {k: v for k, v in ref.items() if v is not None}
+    out = {"env": meta["env"], "data_variant": meta["data_variant"], "teacher_sha256": meta["teacher_sha256"],
+           "teacher_val_accuracy": meta["teacher_val_accuracy"], "teacher_test_accuracy": meta["teacher_test_accuracy"],
+           "students": len(meta["students"]), "students_with_reference": len(ref),
+           "reference": dataclasses.asdict(reference(meta["reference_epochs"])), "ladder": {}}
+
+    def compare(a: dict, b: dict) -> dict:
+        ids = sorted(set(a) & set(b))
+        res = {"students": len(ids)}
+        if len(ids) < 4:
+            return res
+        for field in ("reward", "accuracy"):
+            x = np.array([a[i][field] for i in ids])
+            y = np.array([b[i][field] for i in ids])
+            rho = lambda u, v: float(spearmanr(u, v).statistic)  # noqa: E731
+            tau = lambda u, v: float(kendalltau(u, v).statistic)  # noqa: E731
+            res[f"spearman_{field}"] = rho(x, y)
+            res[f"spearman_{field}_ci95"] = _bootstrap(x, y, rho, resamples, rng)
+            res[f"kendall_{field}"] = tau(x, y)
+            res[f"kendall_{field}_ci95"] = _bootstrap(x, y, tau, resamples, rng)
+        if len(ids) >= 10:
+            top_ref = set(sorted(ids, key=lambda i: -b[i]["reward"])[:5])
+            top_p = set(sorted(ids, key=lambda i: -a[i]["reward"])[:10])
+            res["top5_in_top10"] = len(top_ref & top_p) / 5
+        res["median_seconds"] = float(np.median([a[i]["seconds"] for i in ids]))
+        return res
+
+    for name in names:
+        scores = {s["id"]: score(s["id"], name) for s in meta["students"]}
+        scores = {k: v for k, v in scores.items() if v is not None}
+        if scores:  # a study run with --protocols has no scores for the others
+            out["ladder"][name] = compare(scores, ref)
+    twice = {s["id"]: score(s["id"], "reference-2x") for s in meta["students"]}
+    twice = {k: v for k, v in twice.items() if v is not None}
+    out["reference_stability"] = compare(ref, twice)
+    out["reference_median_seconds"] = float(np.median([v["seconds"] for v in ref.values()])) if ref else None
+    out["reference_val_accuracy"] = {
+        "median": float(np.median([v["accuracy"] for v in ref.values()])) if ref else None,
+        "max": float(max(v["accuracy"] for v in ref.values())) if ref else None}
+    return out
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    folder = pathlib.Path(a.out or RESULTS / slug(a.env))
+    if not (folder / "students.json").exists():
+        raise SystemExit(f"no study in {folder}: run `python -m n2n_gym.benchmarks.fidelity run --env {a.env}` first")
+    summary = summarise(folder, a.resamples)
+    tmp = folder / "ladder.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, folder / "ladder.json")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in summary["ladder"].items():
+        if "spearman_reward" not in r:
+            continue
+        lo, hi = r["spearman_reward_ci95"]
+        ax.errorbar(r["median_seconds"], r["spearman_reward"],
+                    yerr=[[r["spearman_reward"] - lo], [hi - r["spearman_reward"]]], fmt="o", capsize=3)
+        ax.annotate(name, (r["median_seconds"], r["spearman_reward"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.axhline(0.8, color="grey", ls="--", lw=1, label="target rho 0.8")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per student (median, 1 CPU thread)")
+    ax.set_ylabel("Spearman rho of rewards vs reference")
+    n = summary["students_with_reference"]
+    ax.set_title(f"{summary['env']} ({summary['data_variant']}): fidelity ladder, {n} students", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "ladder.png", dpi=120)
+    print(json.dumps({k: v for k, v in summary.items() if k != "reference"}, indent=1))
+    return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not m or not int(m[1]) < int(m[2]):
+        raise argparse.ArgumentTypeError(f"--shard is K/N with 0 <= K < N (e.g. 0/2), got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="score the study's students (resumable: appends each finished item)")
+    r.add_argument("--env", default="N2N-ResNet20-CIFAR10-v0")
+    r.add_argument("--out", help="study folder (default: benchmarks/results/fidelity/<env>)")
+    r.add_argument("--workers", type=_positive, default=2)
+    r.add_argument("--shard", type=_shard, default=(0, 1), help="K/N: run the items with index K mod N")
+    r.add_argument("--random", type=int, default=16, help="uniform random joint students")
+    r.add_argument("--records", type=int, default=8, help="best students of the committed records")
+    r.add_argument("--magnitude", type=int, default=8, help="magnitude-pruned students, 2-10x")
+    r.add_argument("--removal", type=int, default=8, help="removal-only students")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--reference-epochs", type=_positive, default=None)
+    r.add_argument("--stability-students", type=int, default=8, help="students also run at 2x reference epochs")
+    r.add_argument("--max-items", type=int, default=0, help="stop after this many items (0: all)")
+    r.add_argument("--nice", type=int, default=10)
+    r.add_argument("--images-per-second", type=float, default=None,
+                   help="training images/s of one thread, for the time estimate only (default: per env)")
+    r.add_argument("--protocols", type=lambda t: [x for x in t.split(",") if x],
+                   help="comma-separated subset of the ladder (default: all of it)")
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("report", help="the ladder's figures and plot from the scores so far")
+    s.add_argument("--env", default="N2N-ResNet20-CIFAR10-v0")
+    s.add_argument("--out")
+    s.add_argument("--resamples", type=_positive, default=2000)
+    s.set_defaults(func=cmd_report)
+    a = p.parse_args(argv)
+    return int(a.func(a) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

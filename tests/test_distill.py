@@ -1,0 +1,83 @@
+"""n2n_gym.distill: the distillation losses, the step schedule and batch-norm recalibration."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from n2n_gym.distill import KD_ALPHA, distill, distillation_loss, drop_epoch, recalibrate_batchnorm
+
+
+def test_kd_loss_of_matching_logits_is_the_label_term_alone():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(8, 10), torch.randint(0, 10, (8,))
+    kd = distillation_loss(logits, logits.clone(), "kd", labels)
+    assert torch.allclose(kd, (1 - KD_ALPHA) * F.cross_entropy(logits, labels), atol=1e-6)
+    assert torch.equal(distillation_loss(logits, logits + 1, "mse", None), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("epochs, first_dropped", [(1, 1), (2, 1), (3, 2), (5, 3), (30, 20)])
+def test_the_lr_drops_after_two_thirds_and_never_before_the_second_epoch(epochs, first_dropped):
+    assert drop_epoch(epochs) == first_dropped
+
+
+def _tiny(digits_data):
+    torch.manual_seed(0)
+    c = digits_data.info.input_shape[0]
+    return nn.Sequential(nn.Conv2d(c, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, digits_data.info.num_classes))
+
+
+def _run(digits_data, **kw):
+    teacher, student = _tiny(digits_data), _tiny(digits_data)
+    x, y = digits_data.split("train")
+    distill(student, teacher, digits_data, x[:256], epochs=kw.pop("epochs"), batch_size=64, lr=1e-2,
+            weight_decay=0.0, augment=False, generator=torch.Generator().manual_seed(0), y=y[:256], **kw)
+    return torch.cat([p.detach().flatten() for p in student.parameters()])
+
+
+def test_lr_drop_changes_training_only_from_its_epoch(digits_data):
+    assert torch.equal(_run(digits_data, epochs=1, lr_drop=True), _run(digits_data, epochs=1))
+    assert not torch.equal(_run(digits_data, epochs=3, lr_drop=True), _run(digits_data, epochs=3))
+
+
+def test_kd_trains_and_needs_labels(digits_data):
+    assert not torch.equal(_run(digits_data, epochs=1, loss="kd"), _run(digits_data, epochs=1))
+    x, _ = digits_data.split("train")
+    m = _tiny(digits_data)
+    with pytest.raises(ValueError, match="needs the labels"):
+        distill(m, m, digits_data, x[:64], epochs=1, batch_size=64, lr=1e-3, weight_decay=0.0, augment=False,
+                generator=torch.Generator(), loss="kd")
+
+
+def test_zero_epochs_leave_the_weights_as_they_are(digits_data):
+    teacher, student = _tiny(digits_data), _tiny(digits_data)
+    before = copy.deepcopy(student.state_dict())
+    x, _ = digits_data.split("train")
+    distill(student, teacher, digits_data, x[:64], epochs=0, batch_size=64, lr=1e-2, weight_decay=0.0,
+            augment=False, generator=torch.Generator())
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    assert not student.training
+
+
+def test_batchnorm_recalibration_sets_the_statistics_of_the_given_images(digits_data):
+    model = _tiny(digits_data)
+    bn = model[1]
+    bn.running_mean.fill_(5.0)
+    bn.running_var.fill_(9.0)
+    x, _ = digits_data.split("train")
+    x = x[:200]
+    recalibrate_batchnorm(model, digits_data, x, batch_size=200)  # one batch: the exact statistics
+    with torch.no_grad():
+        xb = digits_data.normalize(x)
+        h = model[0](xb)
+    assert torch.allclose(bn.running_mean, h.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, h.var((0, 2, 3), unbiased=True), rtol=1e-3)
+    assert bn.momentum == 0.1 and not model.training
+    weights = [p.clone() for p in model.parameters()]
+    recalibrate_batchnorm(model, digits_data, x, batch_size=64)
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))

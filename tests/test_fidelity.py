@@ -1,0 +1,104 @@
+"""benchmarks/fidelity.py: the resumable, sharded fidelity study, at tiny scale on digits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from n2n_gym.benchmarks import fidelity
+
+TINY = ["--env", "N2N-DigitsNet-Digits-v0", "--workers", "1", "--random", "2", "--records", "1", "--magnitude", "1",
+        "--removal", "1", "--reference-epochs", "1", "--stability-students", "1", "--protocols", "bn-only,fast",
+        "--nice", "0"]
+
+
+def _lines(folder):
+    return [json.loads(line) for p in sorted(folder.glob("scores*.jsonl")) for line in p.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fid") / "digits"
+    assert fidelity.main(["run", *TINY, "--out", str(folder)]) == 0
+    return folder
+
+
+def test_students_cover_every_kind_and_are_smaller_than_the_teacher(study):
+    meta = json.loads((study / "students.json").read_text())
+    kinds = [s["kind"] for s in meta["students"]]
+    assert sorted(set(kinds)) == ["magnitude", "random", "record", "removal"]
+    assert kinds[:4] == ["random", "record", "magnitude", "removal"]  # round-robin: a partial study covers all
+    assert all(s["params"] < meta["teacher_params"] for s in meta["students"])
+    assert len({s["architecture"] for s in meta["students"]}) == len(kinds)
+    assert meta["data_variant"] and len(meta["teacher_sha256"]) == 64
+
+
+def test_every_item_is_appended_once_and_a_rerun_resumes(study, capsys):
+    meta = json.loads((study / "students.json").read_text())
+    rows = _lines(study)
+    # per student: bn-only, fast, the reference; the 2x reference for the first one
+    assert len(rows) == 3 * len(meta["students"]) + 1
+    assert {r["protocol"] for r in rows} == {"bn-only", "fast", "reference", "reference-2x"}
+    refs = [r for r in rows if r["protocol"] == "reference"]
+    assert all(r["test_accuracy"] is not None for r in refs)  # the reference is also scored on the test set
+    assert all(r["test_accuracy"] is None for r in rows if r["protocol"] == "fast")  # candidates: validation only
+    assert fidelity.main(["run", *TINY, "--out", str(study)]) == 0
+    assert len(_lines(study)) == len(rows)
+    assert "0 to run now" in capsys.readouterr().out
+
+
+def test_shards_partition_the_items_and_a_cut_line_is_skipped(study, tmp_path):
+    import shutil
+
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    shutil.copy(study / "students.json", folder / "students.json")
+    for k in (0, 1):
+        assert fidelity.main(["run", *TINY, "--out", str(folder), "--shard", f"{k}/2"]) == 0
+    assert sorted(p.name for p in folder.glob("scores*.jsonl")) == ["scores-0of2.jsonl", "scores-1of2.jsonl"]
+    key = lambda r: (r["student"], r["protocol"], r["seed"])  # noqa: E731
+    assert sorted(map(key, _lines(folder))) == sorted(map(key, _lines(study)))
+    # the same items, trained the same way: equal scores in either process
+    same = {key(r): r["accuracy"] for r in _lines(study)}
+    assert all(same[key(r)] == r["accuracy"] for r in _lines(folder))
+    with open(folder / "scores-0of2.jsonl", "a") as f:
+        f.write('{"student": 0, "proto')  # a writer killed mid-line
+    assert len(fidelity.read_scores(folder)) == len(_lines(study))
+
+
+def test_report_gives_rank_correlations_intervals_and_the_stability_check(study):
+    assert fidelity.main(["report", "--env", "N2N-DigitsNet-Digits-v0", "--out", str(study), "--resamples", "200"]) == 0
+    out = json.loads((study / "ladder.json").read_text())
+    assert set(out["ladder"]) == {"bn-only", "fast"}
+    fast = out["ladder"]["fast"]
+    assert fast["students"] == out["students_with_reference"] == out["students"]
+    for k in ("spearman_reward", "kendall_reward", "spearman_accuracy"):
+        assert -1 <= fast[k] <= 1
+    lo, hi = fast["spearman_reward_ci95"]
+    assert lo <= hi
+    assert out["reference_stability"]["students"] == 1  # too few for a correlation: counted, not faked
+    assert "spearman_reward" not in out["reference_stability"]
+    assert (study / "ladder.png").stat().st_size > 0
+
+
+def test_bad_arguments_fail_at_once(study, tmp_path):
+    with pytest.raises(SystemExit):
+        fidelity.main(["run", *TINY, "--shard", "2/2"])
+    with pytest.raises(SystemExit, match="unknown"):
+        fidelity.main(["run", *TINY, "--out", str(study), "--protocols", "fats"])
+    with pytest.raises(SystemExit, match="reference is 1 epochs"):
+        fidelity.main(["run", *TINY[:-8], "--reference-epochs", "3", "--out", str(study)])
+    with pytest.raises(SystemExit, match="no study"):
+        fidelity.main(["report", "--out", str(tmp_path / "none")])
+
+
+def test_the_ladder_scales_its_rungs_to_the_training_split():
+    small = fidelity.ladder(1000)
+    assert small["mse-4k"].train_images is None and small["mse-4k"].epochs == 4  # the whole split, 4 passes
+    big = fidelity.ladder(45000)
+    assert (big["mse-4k"].train_images, big["mse-4k"].epochs) == (2048, 2)
+    assert big["kd-8k"].loss == "kd" and big["mse-8k"].loss == "mse"
+    assert big["bn-only"].epochs == 0 and big["bn-only"].bn_recalibration == 2048
+    ref = fidelity.reference(5)
+    assert (ref.epochs, ref.augment, ref.lr_drop, ref.train_images, ref.val_images) == (5, True, True, None, None)

@@ -1,0 +1,43 @@
+"""n2n_gym.protocols: the optional fields, their checks and the stability of cache keys."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from n2n_gym.protocols import PROTOCOLS, Protocol
+
+ORIGINAL_FIELDS = {"name", "init", "epochs", "train_images", "val_images", "test_images", "batch_size", "lr",
+                   "weight_decay", "augment"}
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_the_existing_protocols_keep_their_dict_and_so_their_cache_keys(name):
+    assert set(PROTOCOLS[name].to_dict()) == ORIGINAL_FIELDS
+    assert Protocol.from_dict(PROTOCOLS[name].to_dict()) == PROTOCOLS[name]
+
+
+def test_optional_fields_appear_only_when_set_and_round_trip():
+    p = dataclasses.replace(PROTOCOLS["fast"], name="x", loss="kd", lr_drop=True, bn_recalibration=512)
+    d = p.to_dict()
+    assert (d["loss"], d["lr_drop"], d["bn_recalibration"]) == ("kd", True, 512)
+    assert Protocol.from_dict(d) == p
+
+
+@pytest.mark.parametrize("change, error, match", [
+    ({"loss": "l1"}, ValueError, "loss"),
+    ({"bn_recalibration": -1}, ValueError, "bn_recalibration"),
+    ({"lr_drop": 1}, TypeError, "lr_drop"),
+    ({"epochs": 0, "init": "random"}, ValueError, "init='inherit'"),
+])
+def test_bad_optional_fields_fail_where_written(change, error, match):
+    with pytest.raises(error, match=match):
+        dataclasses.replace(PROTOCOLS["fast"], **change)
+
+
+def test_from_dict_names_unknown_fields():
+    with pytest.raises(ValueError, match="unknown Protocol fields .'epoch'."):
+        Protocol.from_dict({**PROTOCOLS["fast"].to_dict(), "epoch": 3})
+    with pytest.raises(TypeError):
+        Protocol.from_dict(["fast"])
