@@ -214,8 +214,22 @@ def read_scores(folder: pathlib.Path) -> list[dict]:
 _EVALUATOR = None
 
 
-def _init_worker(env_id: str, nice: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """A worker stops when the study's main process is gone (killed: a pool's workers would
+    otherwise go on training students that no one will record)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _init_worker(env_id: str, nice: int, parent: int) -> None:
     global _EVALUATOR
+    _exit_with_parent(parent)
     import torch
 
     torch.set_num_threads(1)
@@ -323,7 +337,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     ctx = mp.get_context("spawn")  # fork after torch threads can deadlock (PyTorch's known issue)
     start, spent, left = time.time(), 0.0, est
     with cf.ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker,
-                                initargs=(a.env, a.nice)) as pool:
+                                initargs=(a.env, a.nice, os.getpid())) as pool:
         pending = {}
         queue = list(todo)
         for _ in range(min(a.workers * 2, len(queue))):
