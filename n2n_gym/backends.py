@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import torch
 
 from .arch import Architecture
+from .cache import pid_dead
 from .evaluation import EvalResult, Evaluator
 from .protocols import Protocol, get_protocol
 
@@ -82,6 +83,9 @@ class Backend:
             # biggest student, started last, would otherwise leave the other workers idle
             groups.sort(key=lambda idx: -_cost(normalized[idx[0]][0]))
         computed = self._run([normalized[idx[0]] for idx in groups]) if groups else []
+        if len(computed) != len(groups):  # never zip results away: each student gets its own or a reason
+            computed = list(computed)[:len(groups)] + [None] * (len(groups) - len(computed))
+        computed = [_worker_result(r, normalized[idx[0]][0], self.name) for idx, r in zip(groups, computed)]
         for idx, result in zip(groups, computed):
             results[idx[0]] = result
             for j in idx[1:]:
@@ -102,6 +106,34 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(workers={self.workers})"
+
+
+def _lost(arch: Architecture, reason: str) -> EvalResult:
+    """Reward -1 for a student whose worker gave no result, with the reason (not cached)."""
+    try:
+        params, flops = arch.params, arch.flops
+    except Exception:  # noqa: BLE001
+        params = flops = 0
+    return EvalResult(False, reason, 0.0, 0.0, params, flops, -1.0, 0.0)
+
+
+def _worker_result(result: Any, arch: Architecture, backend: str) -> EvalResult:
+    """A worker's answer if it is an :class:`EvalResult` of this student with finite
+    values in range, else reward -1 with what was wrong (results cross a process or
+    machine boundary: they are checked like any outside data)."""
+    if result is None:
+        return _lost(arch, f"the {backend} backend returned no result for this student (a worker died?)")
+    if not isinstance(result, EvalResult):
+        return _lost(arch, f"the {backend} backend returned a {type(result).__name__}, not an EvalResult")
+    if result.valid:
+        acc, test = result.accuracy, result.test_accuracy
+        if not (isinstance(acc, float) and 0.0 <= acc <= 1.0) or not (test != test or 0.0 <= test <= 1.0) \
+                or (result.params, result.flops) != (arch.params, arch.flops):
+            return _lost(arch, f"the {backend} backend returned an impossible result (accuracy {acc!r}, test "
+                               f"{test!r}, params {result.params} for a student of {arch.params})")
+    elif not result.reason:
+        return dataclasses.replace(result, reason=f"invalid, but the {backend} backend gave no reason")
+    return result
 
 
 def _cost(arch: Architecture) -> int:
@@ -147,6 +179,24 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
+#: name of a pool's pickled evaluator in the temp folder: ``n2n-evaluator-<pid>-<random>.pkl``
+BLOB_PREFIX = "n2n-evaluator-"
+
+
+def remove_stale_blobs(folder: str | None = None) -> list[str]:
+    """Remove the pickled evaluators in ``folder`` (default: the temp folder) whose process
+    (the pid in the name) no longer runs: left by runs that were killed. Returns their paths."""
+    folder = folder or tempfile.gettempdir()
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            pid = name[len(BLOB_PREFIX):].split("-", 1)[0]
+            if name.startswith(BLOB_PREFIX) and name.endswith(".pkl") and pid.isdigit() and pid_dead(int(pid)):
+                _remove(os.path.join(folder, name))
+                removed.append(os.path.join(folder, name))
+    return removed
+
+
 _GUARD_HINT = ("the 'process' backend starts its workers with multiprocessing's spawn, which imports the "
                "main script again: in a script, put the code that makes the env under "
                "`if __name__ == \"__main__\":`")
@@ -167,11 +217,17 @@ class ProcessBackend(Backend):
         # pickled once to a file that every worker reads at start: a start-up message of a few
         # bytes instead of megabytes (a worker that dies while starting then never blocks the
         # parent's write into its pipe, and the pool reports it broken)
-        fd, self._blob_path = tempfile.mkstemp(prefix="n2n-evaluator-", suffix=".pkl")
+        # named by this process's id, so that the file of a run that was killed (hundreds of MB
+        # for a CIFAR teacher and data) is removed by the next pool started on this machine
+        remove_stale_blobs()
+        fd, self._blob_path = tempfile.mkstemp(prefix=f"{BLOB_PREFIX}{os.getpid()}-", suffix=".pkl")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(evaluator, f)
         self._cleanup = weakref.finalize(self, _remove, self._blob_path)
-        self._pool = concurrent.futures.ProcessPoolExecutor(
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker, initargs=(self._blob_path, self.threads))
 
@@ -182,11 +238,19 @@ class ProcessBackend(Backend):
         return self._pool.submit(_worker_evaluate, (arch, get_protocol(protocol), int(seed)))
 
     def _run(self, requests):
-        try:
-            return list(self._pool.map(_worker_evaluate, requests))
-        except concurrent.futures.process.BrokenProcessPool as exc:
-            raise RuntimeError(f"a worker process of the 'process' backend died ({exc}) Either {_GUARD_HINT}, "
-                               "or it was killed (out of memory?)") from exc
+        """The batch on the pool; if a worker dies (killed, out of memory), the batch is retried
+        once on a fresh pool (results are cached, so finished students are not trained again),
+        then a second death raises with the reason."""
+        for attempt in (0, 1):
+            try:
+                return list(self._pool.map(_worker_evaluate, requests))
+            except concurrent.futures.process.BrokenProcessPool as exc:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                if attempt:
+                    raise RuntimeError(f"a worker process of the 'process' backend died twice ({exc}) Either "
+                                       f"{_GUARD_HINT}, or it was killed (out of memory?)") from exc
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -222,7 +286,6 @@ class RayBackend(Backend):
                  init_kwargs: dict[str, Any] | None = None):
         try:
             import ray
-            from ray.util import ActorPool
         except ImportError as exc:
             raise ImportError("backend='ray' needs Ray: pip install 'n2n-gym[ray]'") from exc
         super().__init__(evaluator, workers)
@@ -235,13 +298,47 @@ class RayBackend(Backend):
             self._started = True
         if num_gpus and evaluator.device.type != "cuda":
             raise ValueError("num_gpus > 0 needs an evaluator on device 'cuda' (env device='cuda')")
-        ref = ray.put(evaluator)  # once: every actor reads the same object
-        actor = ray.remote(EvalWorker).options(num_cpus=num_cpus, num_gpus=num_gpus)
-        self._actors = [actor.remote(ref, self.threads) for _ in range(self.workers)]
-        self._pool = ActorPool(self._actors)
+        self._ref = ray.put(evaluator)  # once: every actor reads the same object
+        self._actor_cls = ray.remote(EvalWorker).options(num_cpus=num_cpus, num_gpus=num_gpus)
+        self._actors = [self._new_actor() for _ in range(self.workers)]
+
+    def _new_actor(self):
+        return self._actor_cls.remote(self._ref, self.threads)
 
     def _run(self, requests):
-        return list(self._pool.map(lambda a, r: a.evaluate.remote(*r), requests))
+        """Each request on the next idle actor. An actor that dies (killed, out of memory,
+        its node lost) is replaced by a fresh one and its student retried once there; a
+        student that loses a second actor, or raises in the actor, gets reward -1 with the
+        reason. Nothing is dropped: one result per request, in order."""
+        from ray.exceptions import RayActorError, RayError
+
+        results: list[EvalResult | None] = [None] * len(requests)
+        queue, tries = list(range(len(requests)))[::-1], [0] * len(requests)
+        idle, pending = list(self._actors), {}
+        while queue or pending:
+            while queue and idle:
+                i, actor = queue.pop(), idle.pop()
+                pending[actor.evaluate.remote(*requests[i])] = (i, actor)
+            (ref,), _ = self._ray.wait(list(pending), num_returns=1)
+            i, actor = pending.pop(ref)
+            try:
+                results[i] = self._ray.get(ref)
+                idle.append(actor)
+            except RayActorError as exc:
+                fresh = self._new_actor()
+                self._actors[self._actors.index(actor)] = fresh
+                idle.append(fresh)
+                tries[i] += 1
+                if tries[i] < 2:
+                    queue.append(i)
+                else:
+                    results[i] = _lost(requests[i][0], f"the Ray worker evaluating this student died twice "
+                                                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
+            except RayError as exc:
+                idle.append(actor)
+                results[i] = _lost(requests[i][0], f"the Ray worker failed: {type(exc).__name__}: "
+                                                   f"{str(exc).splitlines()[0][:200]}")
+        return results
 
     def close(self) -> None:
         for a in getattr(self, "_actors", []):

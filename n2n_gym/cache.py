@@ -11,7 +11,12 @@ evaluation in flight visible to every process sharing the file, so that no two
 workers compute the same key: the second waits for the first's result.  A claim
 names its owner (host, pid) and expires unless its owner renews it (a
 heartbeat thread does, every third of ``ttl``), so a crashed worker's claim
-lapses after ``ttl`` seconds and another worker takes the key over.
+lapses after ``ttl`` seconds and another worker takes the key over; a claim
+whose owner is a process of this machine that has died is taken over at once.
+
+A stored row that is not a JSON object is a miss (:class:`CacheRowWarning`, the
+row dropped and the result computed again); :mod:`n2n_gym.evaluation` checks the
+values of a row the same way before it serves one.
 
 This module deliberately depends only on the standard library.
 """
@@ -36,6 +41,7 @@ from typing import Any, Callable, Iterator, TypeVar
 __all__ = [
     "CLAIM_TTL",
     "CacheCorruptError",
+    "CacheRowWarning",
     "NullCache",
     "ResultCache",
     "cache_key",
@@ -59,8 +65,29 @@ CLAIM_TTL = 30.0
 _ABANDONED: list[sqlite3.Connection] = []
 
 
+def pid_dead(pid: int) -> bool:
+    """Whether no process of this machine has the id ``pid`` (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (PermissionError: another user's)
+        return False
+    return False
+
+
+def _owner_dead(host: str | None, pid: int | None) -> bool:
+    """Whether a claim's owner is a process of this machine that no longer runs (a claim of
+    another host, whose processes cannot be seen from here, lapses after its ``ttl``)."""
+    return host == socket.gethostname() and isinstance(pid, int) and pid > 0 and pid_dead(pid)
+
+
 class CacheCorruptError(RuntimeError):
     """The cache file exists but is not a usable SQLite database."""
+
+
+class CacheRowWarning(RuntimeWarning):
+    """A stored result is damaged (not JSON, wrong types, impossible values): it is a miss."""
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -250,9 +277,32 @@ class ResultCache:
 
     # -------------------------------------------------------------- interface
     def get(self, key: str) -> dict | None:
-        """Return the stored dict for ``key`` or ``None`` if absent."""
+        """Return the stored dict for ``key`` or ``None`` if absent. A row that is not a JSON
+        object (damaged on disk, written by other code) is a miss: it is dropped, with a
+        :class:`CacheRowWarning`, so that the result is computed and stored again."""
         row = self._run(lambda c: c.execute("SELECT value FROM results WHERE key=?", (key,)).fetchone())
-        return None if row is None else json.loads(row[0])
+        return None if row is None else self._parsed(key, row[0])
+
+    def _parsed(self, key: str, blob: Any) -> dict | None:
+        try:
+            value = json.loads(blob)
+        except (TypeError, ValueError) as exc:  # JSONDecodeError, bytes that are not UTF-8
+            problem = f"not JSON: {exc}"
+        else:
+            if isinstance(value, dict):
+                return value
+            problem = f"a JSON {type(value).__name__}, not an object"
+        self.discard(key, problem)
+        return None
+
+    def discard(self, key: str, problem: str = "") -> None:
+        """Drop the stored result of ``key`` (a damaged row: ``problem`` says what is wrong
+        with it, in a :class:`CacheRowWarning`); the next request computes it again."""
+        if problem:
+            warnings.warn(f"{self.path}: the cached result {key[:12]} is damaged ({problem}); it is ignored and "
+                          "computed again", CacheRowWarning, stacklevel=3)
+        if not self.readonly:
+            self._run(lambda c: c.execute("DELETE FROM results WHERE key=?", (key,)))
 
     def put(self, key: str, value: dict) -> None:
         """Store ``value`` (JSON-serialised) under ``key``, replacing any old value."""
@@ -289,7 +339,9 @@ class ResultCache:
         """Iterate over ``(key, value)`` pairs (a snapshot taken at call time)."""
         rows = self._run(lambda c: c.execute("SELECT key, value FROM results ORDER BY key").fetchall())
         for key, blob in rows:
-            yield key, json.loads(blob)
+            value = self._parsed(key, blob)
+            if value is not None:
+                yield key, value
 
     def keys(self) -> list[str]:
         """All stored keys."""
@@ -316,6 +368,9 @@ class ResultCache:
                     got = None
                 else:
                     conn.execute("DELETE FROM claims WHERE key=? AND expires<?", (key, now))
+                    held = conn.execute("SELECT host, pid FROM claims WHERE key=?", (key,)).fetchone()
+                    if held is not None and _owner_dead(*held):  # its process is gone: take it over now
+                        conn.execute("DELETE FROM claims WHERE key=?", (key,))
                     cur = conn.execute(
                         "INSERT OR IGNORE INTO claims(key, owner, host, pid, expires) VALUES (?, ?, ?, ?, ?)",
                         (key, token, socket.gethostname(), os.getpid(), now + ttl),
@@ -350,7 +405,9 @@ class ResultCache:
             return None
         row = self._run(lambda c: c.execute("SELECT owner, host, pid, expires FROM claims WHERE key=? AND expires>=?",
                                             (key, time.time())).fetchone())
-        return None if row is None else dict(zip(("owner", "host", "pid", "expires"), row))
+        if row is None or _owner_dead(row[1], row[2]):  # a dead process's claim is over at once
+            return None
+        return dict(zip(("owner", "host", "pid", "expires"), row))
 
     def wait(self, key: str, poll: float = 0.05, timeout: float | None = None) -> dict | None:
         """Wait while another owner's live claim on ``key`` stands: the stored result, or
@@ -440,6 +497,9 @@ class NullCache:
 
     def put(self, key: str, value: dict) -> None:
         """Discard ``value``."""
+
+    def discard(self, key: str, problem: str = "") -> None:
+        """Nothing is stored: nothing to drop."""
 
     def __contains__(self, key: object) -> bool:
         return False

@@ -615,6 +615,22 @@ def _load_npz(path: pathlib.Path) -> Raw:
     return info.name, _images_nhwc(xtr), torch.from_numpy(ytr), _images_nhwc(xte), torch.from_numpy(yte)
 
 
+def _check_arrays(variant: str, where: pathlib.Path, info: DatasetInfo,
+                  splits: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Images and labels as read from the files under ``where``: uint8 images of the data
+    set's shape, one int64 label per image, labels in [0, classes). ``ValueError`` naming
+    the files otherwise (a damaged or foreign file must not become a number)."""
+    for split, (x, y) in splits.items():
+        what = f"{variant} ({where}), {split} split"
+        if x.dtype != torch.uint8 or tuple(x.shape[1:]) != info.input_shape:
+            raise ValueError(f"{what}: images are {x.dtype} {tuple(x.shape[1:])}, expected uint8 {info.input_shape}")
+        if y.dtype != torch.int64 or y.ndim != 1 or len(y) != len(x):
+            raise ValueError(f"{what}: labels are {y.dtype} {tuple(y.shape)}, expected {len(x)} int64 labels")
+        if len(y) and not (0 <= int(y.min()) and int(y.max()) < info.num_classes):
+            raise ValueError(f"{what}: labels span {int(y.min())}..{int(y.max())}, outside the data set's "
+                             f"0..{info.num_classes - 1}")
+
+
 _LOADERS: dict[str, Callable[[pathlib.Path, bool], Raw]] = {
     "mnist": _load_mnist,
     "cifar10": _load_cifar10,
@@ -664,9 +680,8 @@ def load_dataset(
     else:
         raw = _LOADERS[info.name](resolved, _download_allowed(download))
     variant, x_train, y_train, x_test, y_test = raw
-
-    if tuple(x_train.shape[1:]) != info.input_shape or tuple(x_test.shape[1:]) != info.input_shape:
-        raise ValueError(f"{variant}: images have shape {tuple(x_train.shape[1:])}, expected {info.input_shape}")
+    _check_arrays(variant, path if name.startswith(NPZ_PREFIX) else resolved, info,
+                  {"train": (x_train, y_train), "test": (x_test, y_test)})
     tr, va = _stratified_split(y_train.numpy(), val_fraction, split_seed)
     ds = Dataset(
         info=info,

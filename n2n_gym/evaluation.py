@@ -106,6 +106,7 @@ class Evaluator:
             return early
         key = self.key(arch, protocol, seed)
         with self.cache.claimed(key) as hit:
+            hit = self._checked(key, hit, arch.params, arch.flops)
             if hit is not None:  # another worker evaluated it while we waited
                 return dataclasses.replace(EvalResult(**hit), cached=True)
             return self._compute(key, arch, protocol, seed, start)
@@ -135,7 +136,8 @@ class Evaluator:
         if params >= self.teacher.params:
             return EvalResult(False, f"not smaller than the teacher ({params:,} >= {self.teacher.params:,} params)",
                               0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
-        hit = self.cache.get(self.key(arch, protocol, seed))
+        key = self.key(arch, protocol, seed)
+        hit = self._checked(key, self.cache.get(key), params, flops)
         if hit is not None:
             result = dataclasses.replace(EvalResult(**hit), cached=True)
             if result.valid and not self.lazy_test and math.isnan(result.test_accuracy):  # stored lazily
@@ -148,11 +150,12 @@ class Evaluator:
         (trains the student again, the same weights as its evaluation) and stored with its result."""
         protocol = get_protocol(protocol)
         key = self.key(arch, protocol, seed)
-        hit = self.cache.get(key)
+        hit = self._checked(key, self.cache.get(key), arch.params, arch.flops)
         if hit is not None and not math.isnan(hit["test_accuracy"]):
             return float(hit["test_accuracy"])
         with self.cache.claimed(key + ":test"):  # nothing is stored under this key: always ours in the end
-            hit = self.cache.get(key)  # another process may have measured it while we waited
+            # another process may have measured it while we waited
+            hit = self._checked(key, self.cache.get(key), arch.params, arch.flops)
             if hit is not None and not math.isnan(hit["test_accuracy"]):
                 return float(hit["test_accuracy"])
             if hit is None or not hit["valid"]:  # never evaluated (or invalid): one whole eager evaluation
@@ -166,6 +169,19 @@ class Evaluator:
             test = self._accuracy(student, "test", *self._subset("test", protocol.test_images))
             self.cache.put(key, {**hit, "test_accuracy": test})
             return test
+
+    def _checked(self, key: str, hit: dict | None, params: int, flops: int) -> dict | None:
+        """A cached row if it is a result this evaluator could have stored for a student of
+        ``params`` / ``flops``, else ``None``: a damaged row (wrong fields or types, an
+        accuracy outside [0, 1], NaN, a reward that is not the row's own) is dropped with a
+        :class:`~n2n_gym.cache.CacheRowWarning` and the student is evaluated again."""
+        if hit is None:
+            return None
+        problem = result_row_problem(hit, params, flops, self.teacher.params, self.teacher.val_accuracy)
+        if problem is None:
+            return hit
+        self.cache.discard(key, problem)
+        return None
 
     def _compute(self, key: str, arch: Architecture, protocol: Protocol, seed: int, start: float) -> EvalResult:
         params, flops = arch.params, arch.flops
@@ -252,6 +268,39 @@ class StudentEvaluationWarning(RuntimeWarning):
 
 #: Failures that are the student's own: scored -1 with the reason and cached like any result.
 STUDENT_ERRORS = (NonFiniteError, StudentBuildError, ArchitectureError)
+
+
+_ROW_TYPES = {"valid": (bool,), "reason": (str,), "accuracy": (int, float), "test_accuracy": (int, float),
+              "params": (int,), "flops": (int,), "reward": (int, float), "seconds": (int, float), "cached": (bool,)}
+
+
+def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, teacher_accuracy: float) -> str | None:
+    """What is wrong with a stored :class:`EvalResult` row for a student of ``params`` /
+    ``flops`` (None: nothing): its fields and types, accuracies in [0, 1] (test: or NaN,
+    not measured), the student's params and FLOPs, and its reward (-1 when invalid, else
+    ``R = Rc * Ra`` of its params and accuracy)."""
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not an object"
+    fields = set(_ROW_TYPES) - {"cached"}
+    if not fields <= set(row) <= set(_ROW_TYPES):
+        return f"fields {sorted(row)} are not {sorted(fields)}"
+    for name, types in _ROW_TYPES.items():
+        v = row.get(name, False)
+        if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
+            return f"{name} {v!r} is not {' or '.join(t.__name__ for t in types)}"
+    test = row["test_accuracy"]
+    if not (0.0 <= row["accuracy"] <= 1.0) or not (math.isnan(test) or 0.0 <= test <= 1.0):
+        return f"accuracy {row['accuracy']!r} / test accuracy {test!r} outside [0, 1]"
+    if not (math.isfinite(row["seconds"]) and row["seconds"] >= 0):
+        return f"seconds {row['seconds']!r} is not a duration"
+    if (row["params"], row["flops"]) != (params, flops):
+        return f"params / FLOPs {row['params']} / {row['flops']} are not the student's {params} / {flops}"
+    want = -1.0 if not row["valid"] else n2n_reward(student_params=params, teacher_params=teacher_params,
+                                                    student_accuracy=row["accuracy"],
+                                                    teacher_accuracy=teacher_accuracy).value
+    if not math.isclose(row["reward"], want, rel_tol=1e-9, abs_tol=1e-12):
+        return f"reward {row['reward']!r} is not {want!r}, the reward of its params and accuracy"
+    return None
 
 
 def _reason(exc: BaseException) -> str:

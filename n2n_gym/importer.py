@@ -573,6 +573,11 @@ def _import(model, x, name, cls, atol, check_inputs) -> ImportedModel:
         raise UnsupportedModelError(
             f"Cannot import {cls}: {len(bad)} operation(s) fall outside what n2n-gym's architecture IR expresses "
             f"({SUPPORTED}):", bad)
+    shared = _shared_weights(gm.graph, modules)
+    if shared:
+        raise UnsupportedModelError(
+            f"Cannot import {cls}: its forward uses the same weights at several places (weight sharing); the IR gives "
+            "every layer weights of its own, so it would be imported as a larger network than it is:", shared)
     try:
         groups, out_dims = _Parser(gm.graph, modules).parse()
     except UnsupportedModelError as exc:
@@ -599,6 +604,22 @@ def _import(model, x, name, cls, atol, check_inputs) -> ImportedModel:
                                   "inputs; please report this model")
     return ImportedModel(arch, state, weights_digest(arch, state), sum(p.numel() for p in model.parameters()),
                          diff, tuple(notes))
+
+
+def _shared_weights(graph: fx.Graph, modules: dict[str, nn.Module]) -> list[str]:
+    """Modules with weights that ``forward`` calls more than once, and weights that two
+    called modules hold in common (``b.weight = a.weight``)."""
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and next(modules[node.target].parameters(recurse=False), None) is not None:
+            calls[node.target] = calls.get(node.target, 0) + 1
+    out = [f"module `{t}` ({type(modules[t]).__name__}) is called {n} times" for t, n in calls.items() if n > 1]
+    owner: dict[int, str] = {}
+    for target in calls:
+        for name, p in modules[target].named_parameters(recurse=False):
+            if owner.setdefault(id(p), target) != target:
+                out.append(f"`{target}.{name}` is the same tensor as a weight of `{owner[id(p)]}`")
+    return out
 
 
 @torch.no_grad()
