@@ -180,6 +180,36 @@ def _final_distill(unwrapped, arch, epochs: int, seed: int, lr: float) -> tuple[
     return student, val, test, time.perf_counter() - start
 
 
+def _latency(run_dir: pathlib.Path, teacher, arch, exports: dict, rounds: int) -> dict | None:
+    """Teacher against student through the exported files (``n2n_gym.deploy.compare``), or
+    ``None`` when skipped; a runtime that fails is reported, never fatal to the run."""
+    if rounds <= 0 or not exports:
+        return None
+    from n2n_gym import deploy
+    from n2n_gym.students import export_student
+
+    teacher_files = export_student(teacher.module.cpu(), run_dir, stem="teacher")
+    files = {who: {rt: f[key] for rt, key in (("onnxruntime", "onnx"), ("torch.export", "torch.export"))
+                   if key in f and not f[key].startswith("failed")} for who, f in (("teacher", teacher_files),
+                                                                                      ("student", exports))}
+    try:
+        return deploy.compare(files["teacher"], files["student"], arch.input_shape, (1, 256), rounds=rounds,
+                              teacher_params=teacher.params, student_params=arch.params,
+                              teacher_flops=teacher.architecture.flops, student_flops=arch.flops)
+    except (ValueError, RuntimeError, OSError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _latency_text(latency: dict | None) -> str:
+    if latency is None:
+        return ""
+    if "error" in latency:
+        return f"latency not measured: {latency['error']}\n\n"
+    from n2n_gym.deploy import table
+
+    return f"Inference through the exported files (teacher.* vs student.*):\n\n{table(latency)}\n\n"
+
+
 def _plots(run_dir: pathlib.Path, history: list[dict], final: dict | None) -> list[str]:
     import matplotlib
 
@@ -377,6 +407,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
                  metrics=final_row, search_metrics=search_row)
     t_export = time.perf_counter()
     exports = export_student(module, run_dir) if export else {}
+    latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
     export_seconds = time.perf_counter() - t_export
     plots = _plots(run_dir, history, final_row)
     table = _report_table(teacher_row, search_row, final_row, protocol.name)
@@ -394,7 +425,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         "env_id": args.env_id, "run_dir": str(run_dir), "args": dataclasses.asdict(args), "final_epochs": final_epochs,
         "teacher": teacher_row, "search_best": search_row, "final": final_row, "students": len(history),
         "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
-        "student_architecture": arch.to_dict(), "exports": exports, "plots": plots,
+        "student_architecture": arch.to_dict(), "exports": exports, "latency": latency, "plots": plots,
         "seconds": {"total_this_invocation": total_seconds, "search": search_seconds, "final_distillation": final_seconds,
                     "export": export_seconds},
         "notes": notes,
@@ -403,7 +434,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     text = (f"{table}\n\n{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
             f"{len(history)}; {report['distinct_students']} distinct students; "
             f"{total_seconds:.0f} s (search {search_seconds:.0f} s, final distillation {final_seconds:.0f} s, "
-            f"export {export_seconds:.0f} s)\n\n{arch.table()}\n")
+            f"export and latency {export_seconds:.0f} s)\n\n{_latency_text(latency)}{arch.table()}\n")
     atomic_write_text(run_dir / "report.txt", text)
     print(text)
     for fmt, path in exports.items():
@@ -592,6 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Adam lr of the final distillation (last third at lr/10) (default: %(default)s)")
     co.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                     help="write the torch.export and ONNX files (default: on)")
+    co.add_argument("--latency-rounds", type=int, default=3, metavar="N",
+                    help="paired rounds of the teacher/student latency measurement of the exported files "
+                         "(ONNX Runtime and torch.export, batch 1 and 256, 1 thread); 0 skips it (default: %(default)s)")
     co.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY",
                     help="compress your own network: a function or class returning the trained nn.Module, "
                          "with literal keyword arguments if any (e.g. 'torchvision.models:resnet18(num_classes=10)'; "
@@ -685,7 +719,7 @@ def _main(argv: list[str]) -> int:
 
         fields = {f.name for f in dataclasses.fields(Args)}
         args_or_exit(parser, Args, {k: v for k, v in vars(ns).items() if k in fields})
-        for name in ("final_epochs",):
+        for name in ("final_epochs", "latency_rounds"):
             if getattr(ns, name) < 0:
                 parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(ns, name)}")
         if not (math.isfinite(ns.final_lr) and ns.final_lr > 0):

@@ -23,7 +23,7 @@ from conftest import SMALL_DIGITS_RECIPE, subprocess_env
 
 ENV_KWARGS = json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE})
 SEARCH = ["--protocol", "tiny", "--updates", "2,2", "--rollouts", "2", "--seed", "3", "--env-kwargs", ENV_KWARGS,
-          "--final-epochs", "1", "--no-progress"]
+          "--final-epochs", "1", "--latency-rounds", "1", "--no-progress"]
 TIMEOUT = 300
 
 
@@ -75,6 +75,14 @@ def test_compress_end_to_end(full_run):
     assert "onnxruntime check: ok:" in out.stdout
     assert report["final"]["params"] < report["teacher"]["params"]
     assert report["final"]["compression"] > 1
+    # what a deployer measures: teacher vs student through both exported files, paired rounds
+    lat = report["latency"]
+    assert set(lat["runtimes"]) == {"onnxruntime", "torch.export"} and lat["rounds"] == 1
+    for r in lat["runtimes"].values():
+        assert set(r["speedup"]) == {"1", "256"} and all(v > 0 for v in r["speedup"].values())
+        assert r["student"]["file_mb"] < r["teacher"]["file_mb"]
+    assert lat["params_ratio"] == pytest.approx(report["final"]["compression"])
+    assert (run / "teacher.onnx").is_file() and "| onnxruntime | 256 |" in out.stdout
     assert "teacher" in out.stdout and "final distillation" in out.stdout and "LOW FIDELITY" in out.stdout
     best = max(history, key=lambda r: (r["reward"], -r["params"]))
     assert report["search_best"]["reward"] == pytest.approx(best["reward"])
