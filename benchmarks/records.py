@@ -18,10 +18,13 @@ watches the terminal ``info`` of every episode:
 At the end, :func:`make_record` turns the tracker into one JSON record (schema
 :data:`SCHEMA_VERSION`, fields in :data:`REQUIRED_FIELDS`) and :func:`append_record`
 appends it to the results file as one line: one ``os.write`` of the whole line on a file
-opened with ``O_APPEND``, then ``fsync``. A run killed mid-write leaves at worst a cut
-last line; :func:`read_records` skips lines that do not parse (with a warning), and the
+opened with ``O_APPEND`` under a lock, then ``fsync``; a write that fails part-way (full
+disk) is cut back, so it leaves no partial line. A run killed mid-write leaves at worst a
+cut last line; :func:`read_records` skips lines that do not parse (with a warning), and the
 next append starts on a fresh line, so the file stays valid JSONL for every reader that
-skips a damaged line.
+skips a damaged line. The runner checks the results file before the first evaluation
+(:func:`results_file_problem`: never a file of the user's that is not a results file) and
+never loses a finished record (:func:`save_record`: a fallback file, said in one line).
 
 FLOPs follow ``torch.utils.flop_counter.FlopCounterMode``: 2 FLOPs per multiply-add
 (:data:`FLOP_CONVENTION`).
@@ -29,6 +32,7 @@ FLOPs follow ``torch.utils.flop_counter.FlopCounterMode``: 2 FLOPs per multiply-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -38,6 +42,7 @@ import pathlib
 import platform
 import subprocess
 import sys
+import tempfile
 import uuid
 import warnings
 from typing import Iterable, Iterator
@@ -68,25 +73,131 @@ RUNTIME_KWARGS = ("cache", "progress", "device", "render_mode", "data_root")
 
 # ---------------------------------------------------------------------------- the file
 def append_record(path: str | os.PathLike, record: dict) -> None:
-    """Append ``record`` to the JSONL file ``path`` as one line, atomically enough that a
-    kill leaves either the whole line or a cut last line (which readers skip)."""
+    """Append ``record`` to the JSONL file ``path`` as one line. The line is one ``os.write``
+    on a file opened with ``O_APPEND`` under an exclusive lock, then ``fsync``; if the write
+    fails part-way (a full disk, a file size limit), the file is cut back to its old length
+    before the error is raised, so no partial line is ever left by a failed write (a kill
+    mid-write can still cut the last line, which readers skip and the next append starts
+    after)."""
+    import fcntl
+
     line = json.dumps(json_safe(record), allow_nan=False, separators=(",", ":")).encode("utf-8") + b"\n"
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # writers of one file append one after the other
         size = os.fstat(fd).st_size
         if size:  # a line cut by an earlier kill: start ours on a fresh line
             with open(path, "rb") as f:
                 f.seek(size - 1)
                 if f.read(1) != b"\n":
                     line = b"\n" + line
-        written = os.write(fd, line)
-        if written != len(line):  # a short write (full disk): finish it, still one record
-            os.write(fd, line[written:])
-        os.fsync(fd)
+        try:
+            written = os.write(fd, line)
+            while written < len(line):  # a short write: finish it, or fail with the reason
+                n = os.write(fd, line[written:])
+                if n == 0:
+                    raise OSError(28, "short write (no space left?)")
+                written += n
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # (not a regular file: nothing to cut back)
+                os.ftruncate(fd, size)  # no cut line: the file is as it was
+            raise
     finally:
         os.close(fd)
+
+
+def results_file_problem(path: str | os.PathLike) -> str | None:
+    """Why the results file ``path`` cannot take records (None: it can), known before any
+    run: a folder, an unwritable file or folder, or a file of the user's that is not a
+    results file (its first line is not an n2n-gym record), which is never written to."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        return f"{path} is a folder, not a results file"
+    if path.exists():
+        if path.is_file() and path.stat().st_size and not _holds_records(path):
+            return (f"{path} is not a results file of n2n-gym (none of its first lines is a record): it is left "
+                    "untouched; pass another --results")
+        if not os.access(path, os.W_OK):
+            return f"{path} is not writable"
+        return None
+    return output_folder_problem(path.parent, f"cannot create {path}")
+
+
+def _holds_records(path: pathlib.Path, lines: int = 5) -> bool:
+    """Whether one of the first non-empty ``lines`` lines of ``path`` is an n2n-gym record
+    (the first may be cut by a kill) or the file is empty / unreadable here (then the write
+    itself tells)."""
+    seen = 0
+    try:
+        with open(path, "rb") as f:
+            while seen < lines:
+                line = f.readline(64 << 20)  # bounded: one huge line is not a record file
+                if not line:
+                    return seen == 0
+                if not line.strip():
+                    continue
+                seen += 1
+                with contextlib.suppress(ValueError):
+                    head = json.loads(line)
+                    if isinstance(head, dict) and head.get("format") == FORMAT:
+                        return True
+    except OSError:
+        return True
+    return False
+
+
+def output_folder_problem(folder: str | os.PathLike, what: str = "cannot write the output folder") -> str | None:
+    """Why files cannot be written in ``folder`` (made if missing): None when they can."""
+    folder = pathlib.Path(folder).resolve()
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{what}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{what}: {existing} is not a writable folder"
+    return None
+
+
+def fallback_records_path(path: str | os.PathLike) -> pathlib.Path:
+    """Where a record goes when ``path`` cannot take it: ``unsaved-records/`` in the n2n-gym
+    cache folder (``$N2N_CACHE``), else in the temp folder."""
+    from n2n_gym.cache import default_cache_dir
+
+    name = pathlib.Path(path).name or "results.jsonl"
+    try:
+        folder = default_cache_dir() / "unsaved-records"
+    except OSError:
+        folder = pathlib.Path(tempfile.gettempdir()) / "n2n-gym-unsaved-records"
+    return folder / name
+
+
+def save_record(path: str | os.PathLike, record: dict, out=None) -> pathlib.Path | None:
+    """Append ``record`` to ``path``; if that fails (a full disk, a path gone read-only), to
+    :func:`fallback_records_path`, saying so in one line on ``out`` (stderr); if that fails
+    too, the line itself is printed there. A finished record is never lost silently.
+    Returns the file that holds it (None: only printed)."""
+    out = out or sys.stderr
+    try:
+        append_record(path, record)
+        return pathlib.Path(path)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    other = fallback_records_path(path)
+    for target in (other, pathlib.Path(tempfile.gettempdir()) / f"n2n-gym-record-{record.get('run_id', 'x')}.jsonl"):
+        try:
+            append_record(target, record)
+        except OSError:
+            continue
+        print(f"could not write the record to {path} ({why}); it was written to {target} instead", file=out,
+              flush=True)
+        return target
+    print(f"could not write the record to {path} ({why}) nor to {other}; here it is: "
+          + json.dumps(json_safe(record), separators=(",", ":")), file=out, flush=True)
+    return None
 
 
 def iter_records(path: str | os.PathLike, *, strict: bool = False) -> Iterator[dict]:

@@ -54,12 +54,14 @@ from n2n_gym.benchmarks.records import (
     BudgetExhausted,
     BudgetTracker,
     accuracy_drop,
-    append_record,
     json_safe,
     make_record,
+    output_folder_problem,
     private_cache,
     read_records,
     resolve_device,
+    results_file_problem,
+    save_record,
 )
 
 DEFAULT_RESULTS = "results.jsonl"
@@ -265,6 +267,11 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str = 
     import n2n_gym  # noqa: F401  (registers the environments)
 
     fn = load_agent(agent)
+    # every output location is checked before the first evaluation, not after the budget is spent
+    for problem in (results_file_problem(results) if results is not None else None,
+                    output_folder_problem(wandb_dir, f"cannot write the W&B folder {wandb_dir}") if track and wandb_dir else None):
+        if problem:
+            raise ValueError(problem)
     user_kwargs = dict(env_kwargs or {})
     for key in ("protocol", "eval_seed"):
         if key in user_kwargs:
@@ -303,7 +310,7 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str = 
                          env_kwargs=user_kwargs, tracker=tracker, protocol=protocol, eval_seed=eval_seed,
                          extra=out.get("extra"), label=label)
     if results is not None:
-        append_record(results, record)
+        save_record(results, record)  # on a write failure: a fallback file, said in one line
     if run is not None:
         finish_wandb(run, record)
     return record
@@ -411,6 +418,9 @@ def run_args(args: argparse.Namespace) -> int:
     if not args.agent:
         raise SystemExit("--agent is required (see --list-agents)")
     load_agent(args.agent)  # fail early on an unknown agent
+    problem = results_file_problem(args.results)
+    if problem:
+        raise SystemExit(f"n2n-gym bench: error: {problem}")
     check_env_kwargs(args)
     if args.threads:
         import torch

@@ -1,0 +1,100 @@
+"""Outputs (issue 21, kind 3): every output location is checked before the first
+evaluation, a finished record is never lost (a fallback file, said in one line), a failed
+write leaves no cut line, and a file of the user's that is not a results file is never
+written to."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from conftest import SMALL_DIGITS_RECIPE, subprocess_env
+
+from n2n_gym.benchmarks import runner
+from n2n_gym.benchmarks.records import (append_record, fallback_records_path, read_records, results_file_problem,
+                                        save_record)
+
+ARGV = ["--agent", "random", "--budget", "1", "--protocol", "tiny", "--device", "cpu", "--no-progress",
+        "--env-kwargs", json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE})]
+RECORD = {"format": "n2n-gym-bench", "run_id": "r1", "payload": "x" * 2000}
+
+
+@pytest.mark.parametrize("setup, words", [
+    (lambda p: p.write_text("my notes\nnot a record\n"), "is not a results file of n2n-gym"),
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: None, "is a file, not a folder"),  # (under a file, below)
+])
+def test_bench_checks_the_results_path_before_any_evaluation(tmp_path, capsys, setup, words):
+    target = tmp_path / "out.jsonl"
+    if words == "is a file, not a folder":
+        (tmp_path / "file").write_text("x")
+        target = tmp_path / "file" / "out.jsonl"
+    setup(target)
+    before = target.read_bytes() if target.is_file() else None
+    with pytest.raises(SystemExit, match=words):
+        runner.main(ARGV + ["--seeds", "0", "--results", str(target)])
+    if before is not None:
+        assert target.read_bytes() == before  # the user's file is untouched
+    with pytest.raises(ValueError, match=words):  # the library entry point checks too
+        runner.run_one("N2N-DigitsNet-Digits-v0", "random", 0, 1, results=target)
+
+
+def test_a_results_file_whose_first_line_was_cut_is_still_ours(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b'{"format": "n2n-gym-be\n')
+    append_record(path, RECORD)
+    assert results_file_problem(path) is None
+    assert results_file_problem(tmp_path / "new" / "r.jsonl") is None
+
+
+def test_the_wandb_folder_is_checked_before_any_evaluation(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot write the W&B folder .* is a file"):
+        runner.run_one("N2N-DigitsNet-Digits-v0", "random", 0, 1, track=True, wandb_dir=str(tmp_path / "file"))
+
+
+def test_a_write_that_fails_part_way_leaves_no_cut_line(tmp_path):
+    """A file size limit (a full disk) stops the write in the middle of the line: the file is
+    cut back to its records, and save_record puts the record in the fallback file."""
+    path = tmp_path / "r.jsonl"
+    append_record(path, {**RECORD, "payload": ""})
+    size = path.stat().st_size
+    script = f"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from n2n_gym.benchmarks.records import append_record, save_record
+resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 500}, resource.RLIM_INFINITY))
+try:
+    append_record({str(path)!r}, {RECORD!r})
+except OSError as exc:
+    print("failed:", exc.errno)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=120)
+    assert "failed: 27" in proc.stdout, proc.stderr  # EFBIG, after a partial write
+    assert path.stat().st_size == size and path.read_bytes().endswith(b"\n")
+    assert len(read_records(path)) == 1
+
+
+def test_a_full_disk_loses_no_record_and_later_seeds_run(digits_teacher, tmp_path, capsys):
+    """/dev/full answers every write with ENOSPC: both seeds' records go to the fallback file."""
+    fallback = fallback_records_path("/dev/full")
+    fallback.unlink(missing_ok=True)
+    assert runner.main(ARGV + ["--seeds", "0", "1", "--results", "/dev/full"]) == 0
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("could not write the record to /dev/full")]
+    assert len(lines) == 2 and f"it was written to {fallback} instead" in lines[0]
+    assert [r["seed"] for r in read_records(fallback)] == [0, 1]
+
+
+def test_save_record_prints_the_record_when_no_file_takes_it(tmp_path, monkeypatch, capsys):
+    import n2n_gym.benchmarks.records as records
+
+    monkeypatch.setattr(records.tempfile, "gettempdir", lambda: "/dev/full")
+    monkeypatch.setattr(records, "fallback_records_path", lambda p: pathlib.Path("/dev/full/x.jsonl"))
+    assert save_record("/dev/full", RECORD) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and json.loads(err.split("here it is: ", 1)[1]) == RECORD
