@@ -126,8 +126,12 @@ class N2NEnv(gym.Env):
       training it here would take longer, and the data set's error if its data are missing.
     - ``constraints``: ``{"max_params": n, "max_flops": n, "min_accuracy": a}`` or
       ``Constraint`` rows; ``penalty``: "anneal" | "hard"; ``penalty_horizon`` (updates);
-      ``episodes_per_update``: how episodes map to N2N's update index (override per
-      episode with ``reset(options={"update": u})``).
+      ``episodes_per_update``: how episodes map to N2N's update index: episode ``k``
+      after the last ``reset(seed=...)`` (counting from 0) has update ``k //
+      episodes_per_update``, so the same seed and actions give the same rewards whatever
+      the env object played before; ``reset(options={"update": u})`` sets it explicitly
+      (what a batched agent such as N2N's does). The terminal info's ``update`` says which
+      was used.
     - ``illegal_action``: "noop" | "invalid". ``min_width``: floor on shrunk widths (int >= 1).
     - ``reset(options=...)``: only ``{"update": u}`` (int >= 0); another key is a ``ValueError``.
 
@@ -281,7 +285,8 @@ class N2NEnv(gym.Env):
         self._layer_masks = self._make_masks()
         self._full_width_action = {"remove": KEEP, "shrink": self.ratios.index(1.0),
                                    "joint": self.ratios.index(1.0)}[stage]
-        self._episodes = 0
+        self._episodes = 0  # since the last reset with a seed: N2N's update index counts from there
+        self._result_listeners: list = []
         self._t = 0
         self._actions: list[int] = []
         self._decisions: list = []
@@ -296,6 +301,8 @@ class N2NEnv(gym.Env):
         super().reset(seed=seed)
         self.evaluator  # noqa: B018 - data and teacher are settled before an episode is played
         update = options.get("update")
+        if seed is not None:  # a seeded reset starts the schedule over, like np_random: same seed, same rewards
+            self._episodes = 0
         self._update = update if update is not None else self._episodes // self.episodes_per_update
         self._t = 0
         self._actions, self._decisions, self._illegal = [], [], []
@@ -327,7 +334,19 @@ class N2NEnv(gym.Env):
         self._episodes += 1
         info = self._terminal_info()
         self._last_info = info
+        self._tell(info, self._update, True)
         return self._observe(), float(info["reward"]), True, False, info
+
+    def add_result_listener(self, listener) -> None:
+        """Call ``listener(info, update, stepped)`` with every student result this env
+        produces: the terminal info of each episode played through ``step`` (``stepped``
+        True) and of each action list scored by :meth:`evaluate_many` (False). Budgets are
+        counted here, where evaluations happen (``n2n_gym.wrappers.BudgetWrapper``)."""
+        self._result_listeners.append(listener)
+
+    def _tell(self, info: dict, update: int, stepped: bool) -> None:
+        for listener in list(self._result_listeners):
+            listener(info, update, stepped)
 
     def layer_masks(self) -> np.ndarray:
         """Every layer's allowed actions, (layers, actions) int8 (known without a teacher)."""
@@ -428,6 +447,7 @@ class N2NEnv(gym.Env):
         for actions, (arch, reason, illegal) in zip(actions_list, students):
             result = next(results) if arch is not None else None
             info = self._result_info(arch, reason, result, [int(a) for a in actions], illegal, update)
+            self._tell(info, update, False)
             out.append((float(info["reward"]), info))
         return out
 
@@ -457,6 +477,7 @@ class N2NEnv(gym.Env):
         state = self.__dict__.copy()
         state["_evaluator"] = None
         state["_backend"] = None
+        state["_result_listeners"] = []  # (a budget watches one process's env)
         return state
 
     # ---- internals ---------------------------------------------------------------
@@ -556,6 +577,7 @@ class N2NEnv(gym.Env):
             "eval_seconds": result.seconds if result else time.perf_counter() - start,
             "cached": bool(result.cached) if result else False,
             "protocol": self.protocol.name,
+            "update": update,
             "eval_seed": self.eval_seed,
             "data_variant": ev.data.variant,
             "teacher_sha256": teacher.sha256,

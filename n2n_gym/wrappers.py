@@ -216,28 +216,34 @@ def _arch_hash(arch_json: str | None) -> str | None:
 
 
 class BudgetWrapper(gym.Wrapper):
-    """Feeds every step and terminal info of ``env`` to a :class:`BudgetTracker`.
+    """Feeds every step and every student result of ``env`` to a :class:`BudgetTracker`.
 
+    Results are counted where they happen, in the env itself
+    (``N2NEnv.add_result_listener``): an episode played through ``step`` and a batch
+    scored by ``env.unwrapped.evaluate_many`` (whose action lists count as env steps too)
+    both spend the budget, whichever layer of wrappers the agent calls.
     ``action_masks()`` is looked up on the wrapped env (so MaskablePPO still finds it)."""
 
     def __init__(self, env: gym.Env, tracker: BudgetTracker):
         super().__init__(env)
         self.tracker = tracker
         self.replay = replay_kwargs_of(env)
-        self._update: int | None = None
+        self._listening = hasattr(env.unwrapped, "add_result_listener")
+        if self._listening:
+            env.unwrapped.add_result_listener(self._result)
         if tracker.device is None:
             tracker.device = str(getattr(env.unwrapped, "device", None) or resolve_device(None))
 
-    def reset(self, *, seed=None, options=None):
-        self._update = (options or {}).get("update")
-        return self.env.reset(seed=seed, options=options)
+    def _result(self, info: dict, update: int | None, stepped: bool) -> None:
+        if not stepped:  # a batch's action list: the steps it stands for
+            self.tracker.env_steps += len(info.get("actions") or ())
+        self.tracker.observe(info, self.replay, update=update)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.tracker.step()
-        if (terminated or truncated) and "valid" in info:
-            update = self._update if self._update is not None else getattr(self.env.unwrapped, "_update", None)
-            self.tracker.observe(info, self.replay, update=update)
+        if not self._listening and (terminated or truncated) and "valid" in info:
+            self.tracker.observe(info, self.replay, update=info.get("update"))
         return obs, reward, terminated, truncated, info
 
     def action_masks(self) -> np.ndarray:

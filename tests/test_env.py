@@ -320,8 +320,9 @@ def test_constraints_and_update_index(digits_teacher, tmp_path) -> None:
     env = make_digits_env(stage="remove", cache=cache, constraints={"max_params": 500},
                           penalty_horizon=2, episodes_per_update=1)
     rewards = []
-    for _ in range(3):  # updates 0, 1, 2: no penalty, e = 1/16, -1
-        r, info, _ = run_episode(env, replay)
+    for i in range(3):  # updates 0, 1, 2 after the seeded reset: no penalty, e = 1/16, -1
+        r, info, _ = run_episode(env, replay, seed=0 if i == 0 else None)
+        assert info["update"] == i
         assert info["violated_constraints"] and info["cached"] is True
         rewards.append(r)
     e = 0.5 ** 4
