@@ -42,7 +42,7 @@ import numpy as np
 
 import n2n_gym  # noqa: F401  (registers the environments)
 from n2n_gym.checks import check_float, check_int
-from n2n_gym.edits import MIN_WIDTH, apply_decisions
+from n2n_gym.edits import MIN_WIDTH, uniform_width_student
 from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
 
@@ -85,21 +85,11 @@ def target_from_results(paths: str | list, env_id: str, protocol: str, seed: int
     return found
 
 
-def uniform_ratio(start, shrinkable: list[bool], target: int, min_width: int = MIN_WIDTH) -> tuple[float, int]:
-    """The largest width ratio r (to 1e-6) with params(student) <= ``target`` when every
-    shrinkable layer keeps ``max(floor(n * r), min_width)`` channels; returns (r, params).
-    Raises ``ValueError`` when even the narrowest student is above the target."""
-    def params(r: float) -> int:
-        return apply_decisions(start, [r if s else 1.0 for s in shrinkable], min_width).params
-
-    lo, hi = 1e-6, 1.0
-    if params(lo) > target:
-        raise ValueError(f"target {target:,} params is below the narrowest uniform student ({params(lo):,} params, "
-                         f"every shrinkable layer at {min_width} channels): raise the target")
-    for _ in range(40):  # params is non-decreasing in r
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if params(mid) <= target else (lo, mid)
-    return lo, params(lo)
+def uniform_ratio(start, target: int, min_width: int = MIN_WIDTH) -> tuple[float, int]:
+    """The largest width ratio r with params(student) <= ``target``; returns (r, params)
+    (``n2n_gym.edits.uniform_width_student``: ``ValueError`` when the target is too small)."""
+    student, ratio = uniform_width_student(start, target, min_width)
+    return ratio, student.params
 
 
 def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hparams: dict | None = None, *,
@@ -137,7 +127,7 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
     else:
         target = target_from_results(args.target_results, env_id, kwargs_in.get("protocol", "fast"), seed,
                                      args.target_agent, args.target_label)
-    ratio, params = uniform_ratio(start, shrinkable, target, min_width)
+    ratio, params = uniform_ratio(start, target, min_width)
     if ratio >= 1.0 or params >= start.params:
         raise ValueError(f"target {target:,} params does not shrink the start architecture ({start.params:,})")
     with private_cache({**kwargs_in, "stage": stage, "ratios": (ratio, 1.0)}) as kwargs:

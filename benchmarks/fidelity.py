@@ -2,7 +2,7 @@
 
 For one env, a fixed set of students is scored under a ladder of candidate protocols and
 under a *reference*: what a practitioner runs after search, i.e. ``n2n-gym compress``'s
-final distillation (:func:`n2n_gym.cli.final_protocol`: inherited weights, the whole
+final distillation (:func:`n2n_gym.final.final_protocol`: inherited weights, the whole
 training split with the data set's augmentation, batch 64, Adam lr 1e-3 with the last
 third at lr/10, MSE on logits), scored on the whole validation split (test accuracy
 reported too). The reference is run again at twice its epochs on the first
@@ -88,7 +88,7 @@ def ladder(train_split: int) -> dict:
 
 
 def reference(epochs: int):
-    from n2n_gym.cli import final_protocol
+    from n2n_gym.final import final_protocol
 
     return final_protocol(epochs, 1e-3)
 
@@ -102,9 +102,8 @@ def draw_students(env_id: str, n_random: int, n_records: int, n_magnitude: int, 
     import gymnasium as gym
 
     import n2n_gym  # noqa: F401  (registers the ids)
-    from n2n_gym.agents.magnitude_pruning import uniform_ratio
     from n2n_gym.arch import Architecture
-    from n2n_gym.edits import apply_decisions
+    from n2n_gym.edits import apply_decisions, uniform_width_student
 
     rng = np.random.default_rng(seed)
     env = gym.make(env_id, stage="joint", cache=False, progress=False)
@@ -114,7 +113,6 @@ def draw_students(env_id: str, n_random: int, n_records: int, n_magnitude: int, 
     masks = np.asarray(info["layer_masks"], dtype=bool)
     remove = masks.shape[1] - 1  # joint: the last action removes the layer
     removable = masks[:, remove]
-    shrinkable = masks[:, :remove].sum(1) > 1
     seen: set[str] = set()
     kinds: dict[str, list[dict]] = {"random": [], "record": [], "magnitude": [], "removal": []}
 
@@ -147,11 +145,10 @@ def draw_students(env_id: str, n_random: int, n_records: int, n_magnitude: int, 
                 add("record", Architecture.from_json(arch_json), agent=agent, record_reward=reward)
     for c in np.linspace(2.0, 10.0, n_magnitude) if n_magnitude else []:
         try:
-            ratio, _ = uniform_ratio(start, list(shrinkable), math.floor(teacher.params / c), min_width)
+            student, ratio = uniform_width_student(start, math.floor(teacher.params / c), min_width)
         except ValueError:
             continue
-        add("magnitude", apply_decisions(start, [ratio if s else 1.0 for s in shrinkable], min_width),
-            target_compression=float(c), ratio=ratio)
+        add("magnitude", student, target_compression=float(c), ratio=ratio)
     for _ in range(200 * n_removal):
         if len(kinds["removal"]) >= n_removal:
             break

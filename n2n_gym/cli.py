@@ -157,27 +157,12 @@ def _run_dir(ns: argparse.Namespace) -> tuple[pathlib.Path, bool]:
     return RUNS_ROOT / f"{slug}-seed{ns.seed}-{stamp}", False
 
 
-def final_protocol(epochs: int, lr: float) -> "Protocol":
-    """The final distillation of compress as a protocol: inherited weights, ``epochs`` over the
-    whole training split with the data set's augmentation, batch 64, Adam at ``lr`` with the
-    last third at lr/10, MSE on logits; scored on the whole validation and test splits. The
-    fidelity study's reference (``benchmarks/fidelity.py``) is this protocol."""
-    from n2n_gym.protocols import Protocol
-
-    return Protocol(f"final-{epochs}ep", "inherit", epochs, None, None, None, 64, lr, 0.0, True, lr_drop=True)
-
-
 def _final_distill(unwrapped, arch, epochs: int, seed: int, lr: float) -> tuple[Any, float, float, float]:
-    """Inherit the teacher's weights, distil ``epochs`` over the whole training split
-    (:func:`final_protocol`); (module, val, test, seconds)."""
-    from n2n_gym.distill import accuracy
+    """(module, val, test, seconds) of ``n2n_gym.final.final_distill``."""
+    from n2n_gym.final import final_distill
 
-    start = time.perf_counter()
-    data = unwrapped.evaluator.data
-    student = unwrapped.evaluator.train_student(arch, final_protocol(epochs, lr), seed)
-    val = accuracy(student, data, *data.split("val"))
-    test = accuracy(student, data, *data.split("test"))
-    return student, val, test, time.perf_counter() - start
+    module, row = final_distill(unwrapped.evaluator, arch, epochs, lr, seed)
+    return module, row["val_accuracy"], row["test_accuracy"], row["seconds"]
 
 
 def _latency(run_dir: pathlib.Path, teacher, arch, exports: dict, rounds: int) -> dict | None:
@@ -276,10 +261,15 @@ def _plots(run_dir: pathlib.Path, history: list[dict], final: dict | None) -> li
     return paths
 
 
-def _report_table(teacher: dict, search: dict, final: dict | None, protocol: str) -> str:
+ALTERNATIVE_LABELS = {"magnitude": "uniform L1 magnitude pruning", "thin": "hand-designed thin, random init"}
+
+
+def _report_table(teacher: dict, search: dict, final: dict | None, protocol: str,
+                  others: dict | None = None) -> str:
     rows = [("teacher", teacher), (f"best student, search ({protocol} protocol)", search)]
     if final:
         rows.append(("best student, final distillation", final))
+    rows += [(f"{ALTERNATIVE_LABELS[k]}, same size", r) for k, r in (others or {}).items()]
     head = f"{'':<42} {'val acc':>8} {'test acc':>8} {'params':>10} {'FLOPs':>12} {'compr.':>7} {'reward':>7}"
     lines = [head, "-" * len(head)]
     for name, r in rows:
@@ -402,6 +392,20 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     final_row = {"val_accuracy": val_acc, "test_accuracy": test_acc, "params": arch.params, "flops": arch.flops,
                  "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
                  "seconds": final_seconds}
+    compare = tuple(c for c in str(config.get("compare", "magnitude,thin")).split(",") if c)
+    others = {}
+    if compare:
+        from n2n_gym.final import alternatives
+
+        print(f"the same final distillation for {', '.join(compare)} at the student's size ...", file=sys.stderr)
+        try:
+            others = alternatives(unwrapped.evaluator, unwrapped.start_architecture, arch.params, final_epochs,
+                                  final_lr, args.seed, compare, unwrapped.min_width)
+        except ValueError as exc:  # a student smaller than any uniform one: said, not fatal
+            print(f"alternatives not trained: {exc}", file=sys.stderr)
+        for r in others.values():
+            r["reward"] = n2n_reward(student_params=r["params"], teacher_params=teacher.params,
+                                     student_accuracy=r["val_accuracy"], teacher_accuracy=teacher.val_accuracy).value
     save_student(run_dir, module.cpu(), env_id=args.env_id, teacher=teacher.summary(),
                  normalization={"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"},
                  metrics=final_row, search_metrics=search_row)
@@ -410,7 +414,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
     export_seconds = time.perf_counter() - t_export
     plots = _plots(run_dir, history, final_row)
-    table = _report_table(teacher_row, search_row, final_row, protocol.name)
+    table = _report_table(teacher_row, search_row, final_row, protocol.name, others)
     n_val, n_test = len(data.val_idx), len(data.y_test)
     notes = (
         f"Accuracies: teacher on the whole validation ({n_val}) and test ({n_test}) splits. Search rows are "
@@ -423,7 +427,9 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     total_seconds = time.perf_counter() - t_start
     report = {
         "env_id": args.env_id, "run_dir": str(run_dir), "args": dataclasses.asdict(args), "final_epochs": final_epochs,
-        "teacher": teacher_row, "search_best": search_row, "final": final_row, "students": len(history),
+        "teacher": teacher_row, "search_best": search_row, "final": final_row,
+        "alternatives": {k: {f: v for f, v in r.items() if f != "architecture"} for k, r in others.items()},
+        "students": len(history),
         "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
         "student_architecture": arch.to_dict(), "exports": exports, "latency": latency, "plots": plots,
         "seconds": {"total_this_invocation": total_seconds, "search": search_seconds, "final_distillation": final_seconds,
@@ -588,6 +594,16 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def _alternatives(text: str) -> str:
+    from n2n_gym.final import ALTERNATIVES
+
+    names = [t for t in text.split(",") if t]
+    unknown = sorted(set(names) - set(ALTERNATIVES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {', '.join(ALTERNATIVES)} (comma-separated)")
+    return ",".join(names)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from n2n_gym.registration import DEFAULT_ENV_ID
 
@@ -623,6 +639,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Adam lr of the final distillation (last third at lr/10) (default: %(default)s)")
     co.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                     help="write the torch.export and ONNX files (default: on)")
+    co.add_argument("--compare", default="magnitude,thin", type=_alternatives, metavar="NAMES",
+                    help="students trained by the same final distillation at the best student's size, for the "
+                         "report: magnitude (uniform L1 pruning), thin (the same thin network from random init); "
+                         "'' for none (default: %(default)s)")
     co.add_argument("--latency-rounds", type=int, default=3, metavar="N",
                     help="paired rounds of the teacher/student latency measurement of the exported files "
                          "(ONNX Runtime and torch.export, batch 1 and 256, 1 thread); 0 skips it (default: %(default)s)")

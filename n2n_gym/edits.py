@@ -113,6 +113,29 @@ def apply_decisions(
     return student
 
 
+def uniform_width_student(arch: Architecture, target_params: int,
+                          min_width: int = MIN_WIDTH) -> tuple[Architecture, float]:
+    """The student of ``arch`` whose every shrinkable layer keeps ``max(floor(n * r), min_width)``
+    outputs, for the largest r (to 1e-6) with at most ``target_params`` parameters; no layer
+    removed. Returns (student, r). What uniform magnitude pruning and a hand-designed thin
+    network of a given size share. Raises ``ValueError`` when even the narrowest such
+    student has more than ``target_params`` parameters."""
+    shrinkable = [rule.shrinkable for rule in layer_rules(arch)]
+
+    def student(r: float) -> Architecture:
+        return apply_decisions(arch, [r if s else 1.0 for s in shrinkable], min_width)
+
+    lo, hi = 1e-6, 1.0
+    if student(lo).params > target_params:
+        raise ValueError(f"target {target_params:,} params is below the narrowest uniform student "
+                         f"({student(lo).params:,} params, every shrinkable layer at {min_width} channels): "
+                         f"raise the target")
+    for _ in range(40):  # params is non-decreasing in r
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if student(mid).params <= target_params else (lo, mid)
+    return student(lo), lo
+
+
 def _tie_residual_widths(in_channels: int, layers: list) -> list:
     """Make widths agree across residual additions, in one forward pass (see module doc)."""
     layers = list(layers)

@@ -83,6 +83,12 @@ def test_compress_end_to_end(full_run):
         assert r["student"]["file_mb"] < r["teacher"]["file_mb"]
     assert lat["params_ratio"] == pytest.approx(report["final"]["compression"])
     assert (run / "teacher.onnx").is_file() and "| onnxruntime | 256 |" in out.stdout
+    # the alternatives at the best student's size, trained by the same final distillation
+    alt = report["alternatives"]
+    assert set(alt) == {"magnitude", "thin"}
+    assert alt["magnitude"]["params"] == alt["thin"]["params"] <= report["final"]["params"]
+    assert (alt["magnitude"]["init"], alt["thin"]["init"], alt["thin"]["epochs"]) == ("inherit", "random", 1)
+    assert "uniform L1 magnitude pruning, same size" in out.stdout
     assert "teacher" in out.stdout and "final distillation" in out.stdout and "LOW FIDELITY" in out.stdout
     best = max(history, key=lambda r: (r["reward"], -r["params"]))
     assert report["search_best"]["reward"] == pytest.approx(best["reward"])

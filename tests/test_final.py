@@ -1,0 +1,46 @@
+"""n2n_gym.final: the final distillation and the same-size alternatives to a searched student."""
+
+from __future__ import annotations
+
+import pytest
+
+from n2n_gym.edits import layer_rules, uniform_width_student
+from n2n_gym.final import alternatives, final_distill, final_protocol
+
+
+def test_final_protocol_is_the_practitioners_run():
+    p = final_protocol(30, 1e-3)
+    assert (p.init, p.epochs, p.train_images, p.val_images, p.test_images, p.augment, p.lr_drop, p.loss) == \
+        ("inherit", 30, None, None, None, True, True, "mse")
+    assert final_protocol(3, init="random").init == "random"
+
+
+def test_alternatives_are_the_same_uniform_student_with_and_without_inherited_weights(digits_teacher, digits_data):
+    from n2n_gym.evaluation import Evaluator
+
+    ev = Evaluator(digits_teacher, digits_data)
+    start = digits_teacher.architecture
+    target = start.params // 3
+    out = alternatives(ev, start, target, epochs=1, lr=1e-3, seed=0)
+    assert set(out) == {"magnitude", "thin"}
+    arch, ratio = uniform_width_student(start, target)
+    for r in out.values():
+        assert r["params"] == arch.params <= target and r["width_ratio"] == ratio
+        assert 0 <= r["val_accuracy"] <= 1 and 0 <= r["test_accuracy"] <= 1
+    # one epoch from the teacher's weights beats one epoch from scratch on the same architecture
+    assert out["magnitude"]["val_accuracy"] > out["thin"]["val_accuracy"]
+    # the magnitude row is exactly final_distill of that architecture (one training path)
+    _, row = final_distill(ev, arch, 1, 1e-3, 0)
+    assert row["val_accuracy"] == out["magnitude"]["val_accuracy"]
+    with pytest.raises(ValueError, match="unknown alternatives"):
+        alternatives(ev, start, target, 1, 1e-3, 0, which=("slim",))
+
+
+def test_uniform_width_student_keeps_every_layer_and_only_shrinks_free_widths(digits_teacher):
+    start = digits_teacher.architecture
+    arch, ratio = uniform_width_student(start, start.params // 2)
+    assert 0 < ratio < 1 and len(arch) == len(start) and arch.params <= start.params // 2
+    shrunk = [b.out < a.out for a, b in zip(start.layers, arch.layers)]
+    assert shrunk[:-1] == [rule.shrinkable for rule in layer_rules(start)][:-1]  # the logits layer keeps its classes
+    with pytest.raises(ValueError, match="narrowest"):
+        uniform_width_student(start, 1)
