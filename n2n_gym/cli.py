@@ -18,7 +18,13 @@ Run folder of ``compress``::
     policies.pt      the trained policies (``--load-policy`` of a later search)
     student.json/.pt the best student after the final distillation: n2n_gym.load_student(folder)
     student.pt2      torch.export program;  student.onnx  ONNX (dynamo exporter)
-    report.json/.txt teacher vs best student;  rewards.png, pareto.png  plots
+    teacher.pt2/.onnx the teacher's exports, for the latency comparison (n2n_gym.deploy)
+    final.ckpt       the final distillation's checkpoint after each epoch (--resume continues it);
+                     magnitude.ckpt, thin.ckpt: the same for the same-size alternatives (--compare)
+    report.json/.txt teacher vs best student vs the alternatives, latency;  rewards.png, pareto.png
+
+Before the search it prints an estimate of the whole run's duration (an upper bound: the
+teacher's architecture timed on this machine, ``n2n_gym.final.throughput``).
 """
 
 from __future__ import annotations
@@ -157,12 +163,40 @@ def _run_dir(ns: argparse.Namespace) -> tuple[pathlib.Path, bool]:
     return RUNS_ROOT / f"{slug}-seed{ns.seed}-{stamp}", False
 
 
-def _final_distill(unwrapped, arch, epochs: int, seed: int, lr: float) -> tuple[Any, float, float, float]:
-    """(module, val, test, seconds) of ``n2n_gym.final.final_distill``."""
+def _final_distill(unwrapped, arch, epochs: int, seed: int, lr: float,
+                   checkpoint: pathlib.Path | None = None) -> tuple[Any, float, float, float]:
+    """(module, val, test, seconds) of ``n2n_gym.final.final_distill`` (resumable from ``checkpoint``)."""
     from n2n_gym.final import final_distill
 
-    module, row = final_distill(unwrapped.evaluator, arch, epochs, lr, seed)
+    module, row = final_distill(unwrapped.evaluator, arch, epochs, lr, seed, checkpoint=checkpoint)
     return module, row["val_accuracy"], row["test_accuracy"], row["seconds"]
+
+
+def _print_estimate(search, done: int, args, final_epochs: int, final_students: int) -> None:
+    """The run's duration, estimated before it starts from a timing of the teacher's
+    architecture now (``n2n_gym.final.throughput``): an upper bound, as students are smaller."""
+    from n2n_gym.final import estimate_seconds, throughput
+    from n2n_gym.protocols import get_protocol
+
+    import gymnasium as gym
+
+    env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
+    ev = env.unwrapped.evaluator
+    rates = throughput(ev)
+    env.close()
+    data = ev.data
+    est = estimate_seconds(rates, get_protocol(args.protocol), search.total_evaluations - done, len(data.train_idx),
+                           len(data.val_idx), len(data.y_test), final_epochs, final_students)
+    total = est["search"] + est["final"]
+    print(f"estimated duration (upper bound, students timed as the teacher at {rates['augmented']:.0f} / "
+          f"{rates['reused_logits']:.0f} img/s now): {_duration(total)} = search {_duration(est['search'])} "
+          f"({search.total_evaluations - done} students, cache hits free) + final distillation "
+          f"{_duration(est['final'])} ({final_students} student(s) x {final_epochs} epochs)", file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    m = round(seconds / 60)
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else (f"{m} min" if m else f"{seconds:.0f} s")
 
 
 def _latency(run_dir: pathlib.Path, teacher, arch, exports: dict, rounds: int) -> dict | None:
@@ -353,6 +387,8 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     search = N2N(args, on_student=on_student, on_update=on_update)
     if state:
         search.load_state_dict(state, history=kept)
+    compare = tuple(c for c in str(config.get("compare", "magnitude,thin")).split(",") if c)
+    _print_estimate(search, len(kept), args, final_epochs, 1 + len(compare))
     bar = tqdm(total=search.total_evaluations, initial=len(kept), unit="student", desc="n2n-gym compress",
                disable=not ns.progress, dynamic_ncols=True)
     if search.best:
@@ -379,7 +415,8 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     teacher = unwrapped.teacher
     print(f"final distillation of the best student ({final_epochs} epochs over the training split) ...",
           file=sys.stderr)
-    module, val_acc, test_acc, final_seconds = _final_distill(unwrapped, arch, final_epochs, args.seed, final_lr)
+    module, val_acc, test_acc, final_seconds = _final_distill(unwrapped, arch, final_epochs, args.seed, final_lr,
+                                                              run_dir / "final.ckpt")
     reward = n2n_reward(student_params=arch.params, teacher_params=teacher.params, student_accuracy=val_acc,
                         teacher_accuracy=teacher.val_accuracy).value
     data = unwrapped.evaluator.data
@@ -392,7 +429,6 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     final_row = {"val_accuracy": val_acc, "test_accuracy": test_acc, "params": arch.params, "flops": arch.flops,
                  "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
                  "seconds": final_seconds}
-    compare = tuple(c for c in str(config.get("compare", "magnitude,thin")).split(",") if c)
     others = {}
     if compare:
         from n2n_gym.final import alternatives
@@ -400,7 +436,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         print(f"the same final distillation for {', '.join(compare)} at the student's size ...", file=sys.stderr)
         try:
             others = alternatives(unwrapped.evaluator, unwrapped.start_architecture, arch.params, final_epochs,
-                                  final_lr, args.seed, compare, unwrapped.min_width)
+                                  final_lr, args.seed, compare, unwrapped.min_width, checkpoints=run_dir)
         except ValueError as exc:  # a student smaller than any uniform one: said, not fatal
             print(f"alternatives not trained: {exc}", file=sys.stderr)
         for r in others.values():

@@ -7,12 +7,15 @@ per-sample Python in any loop.
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset, batches
+from .files import atomic_torch_save
 
 EVAL_BATCH = 500
 #: Knowledge distillation's temperature and weight of the soft term (Hinton et al. 2015,
@@ -99,8 +102,15 @@ def distill(
     loss: str = "mse",
     y: torch.Tensor | None = None,
     lr_drop: bool = False,
+    checkpoint: "str | os.PathLike | None" = None,
+    checkpoint_key: str = "",
 ) -> nn.Module:
     """Distil the teacher into the student with Adam; ``epochs`` passes over uint8 ``x`` (N, C, H, W).
+
+    ``checkpoint``: a file written atomically after every epoch (student, optimizer and
+    generator state); a later call with the same file and ``checkpoint_key`` continues after
+    its last finished epoch, to the same weights as an uninterrupted run. A file of another
+    key is ignored (with a warning) and overwritten.
 
     ``loss="mse"``: regress the student's logits on the teacher's (N2N, Ashok et al. 2018).
     ``loss="kd"``: ``KD_ALPHA * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - KD_ALPHA) * CE(s, y)``
@@ -115,7 +125,7 @@ def distill(
         raise ValueError("loss='kd' needs the labels y of the training images x (one per image)")
     with torch.enable_grad():  # callers may step the env inside torch.no_grad()
         return _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator,
-                        teacher_logits, loss, y, lr_drop)
+                        teacher_logits, loss, y, lr_drop, checkpoint, checkpoint_key)
 
 
 def drop_epoch(epochs: int) -> int:
@@ -133,7 +143,7 @@ def distillation_loss(out: torch.Tensor, target: torch.Tensor, loss: str, labels
 
 
 def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator, teacher_logits,
-             loss="mse", y=None, lr_drop=False):
+             loss="mse", y=None, lr_drop=False, checkpoint=None, checkpoint_key=""):
     if augment and teacher_logits is not None:
         raise ValueError("teacher logits cannot be reused when the inputs are augmented")
     if epochs == 0:
@@ -145,7 +155,8 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
     student.train()
     optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
     index = torch.arange(len(x), device=x.device)
-    for epoch in range(epochs):
+    first = _resume(checkpoint, checkpoint_key, student, optimizer, generator) if checkpoint else 0
+    for epoch in range(first, epochs):
         if lr_drop and epoch == drop_epoch(epochs):
             for group in optimizer.param_groups:
                 group["lr"] = lr / 10
@@ -174,8 +185,29 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
         if not bool(torch.isfinite(total)):
             raise NonFiniteError(f"distillation diverged: the loss is not finite in epoch {epoch + 1} of {epochs} "
                                  f"(lr {lr:g}; a smaller lr fixes it)")
+        if checkpoint:
+            atomic_torch_save({"key": checkpoint_key, "epoch": epoch + 1, "student": student.state_dict(),
+                               "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, checkpoint)
     student.eval()
     return student
+
+
+def _resume(path, key: str, student: nn.Module, optimizer, generator: torch.Generator) -> int:
+    """The first epoch still to run: 0, or the checkpoint's (whose state is loaded)."""
+    if not os.path.exists(path):
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("key") != key:
+            warnings.warn(f"{path} is the checkpoint of another distillation; starting afresh", stacklevel=3)
+            return 0
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        return int(state["epoch"])
+    except Exception as exc:  # noqa: BLE001 - a damaged file (unpickling, shapes, keys: many types): a fresh start
+        warnings.warn(f"cannot resume from {path} ({type(exc).__name__}: {exc}); starting afresh", stacklevel=3)
+        return 0
 
 
 @torch.no_grad()

@@ -214,7 +214,7 @@ class Evaluator:
             return val, math.nan
         return val, self._accuracy(student, "test", *self._subset("test", protocol.test_images))
 
-    def _train(self, arch: Architecture, protocol: Protocol, seed: int) -> torch.nn.Module:
+    def _train(self, arch: Architecture, protocol: Protocol, seed: int, checkpoint=None) -> torch.nn.Module:
         torch.manual_seed(seed)
         try:
             student = build(arch, self.device)
@@ -232,21 +232,25 @@ class Evaluator:
         distill(student, self.teacher.module, self.data, x, epochs=protocol.epochs, batch_size=protocol.batch_size,
                 lr=protocol.lr, weight_decay=protocol.weight_decay, augment=protocol.augment,
                 generator=torch.Generator().manual_seed(seed), teacher_logits=logits, loss=protocol.loss,
-                y=y if protocol.loss == "kd" else None, lr_drop=protocol.lr_drop)
+                y=y if protocol.loss == "kd" else None, lr_drop=protocol.lr_drop, checkpoint=checkpoint,
+                checkpoint_key=self.key(arch, protocol, seed) if checkpoint else "")
         if protocol.bn_recalibration:
             recalibrate_batchnorm(student, self.data, self._subset("train", protocol.bn_recalibration)[0],
                                   protocol.batch_size)
         check_finite_weights(student)
         return student
 
-    def train_student(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> torch.nn.Module:
+    def train_student(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0,
+                      checkpoint: "str | None" = None) -> torch.nn.Module:
         """The student of ``arch`` trained under ``protocol`` (eval mode, on the evaluator's device),
         not scored and not cached: what :meth:`evaluate` scores, and what ``n2n-gym compress``
-        exports after its final distillation. Raises :class:`StudentBuildError` or
-        :class:`~n2n_gym.distill.NonFiniteError` for a student that cannot be trained."""
+        exports after its final distillation. ``checkpoint``: a file saved after every epoch, from
+        which a later call continues (:func:`~n2n_gym.distill.distill`). Raises
+        :class:`StudentBuildError` or :class:`~n2n_gym.distill.NonFiniteError` for a student that
+        cannot be trained."""
         protocol = get_protocol(protocol)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            return self._train(arch, protocol, seed)
+            return self._train(arch, protocol, seed, checkpoint)
 
     def _accuracy(self, student: torch.nn.Module, split: str, x: torch.Tensor, y: torch.Tensor) -> float:
         """Top-1 accuracy; non-finite logits (weights finite, activations overflowing) fail it."""

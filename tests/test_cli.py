@@ -89,6 +89,8 @@ def test_compress_end_to_end(full_run):
     assert alt["magnitude"]["params"] == alt["thin"]["params"] <= report["final"]["params"]
     assert (alt["magnitude"]["init"], alt["thin"]["init"], alt["thin"]["epochs"]) == ("inherit", "random", 1)
     assert "uniform L1 magnitude pruning, same size" in out.stdout
+    assert "estimated duration (upper bound" in out.stderr  # said before the search starts
+    assert out.stderr.index("estimated duration") < out.stderr.index("final distillation of the best")
     assert "teacher" in out.stdout and "final distillation" in out.stdout and "LOW FIDELITY" in out.stdout
     best = max(history, key=lambda r: (r["reward"], -r["params"]))
     assert report["search_best"]["reward"] == pytest.approx(best["reward"])

@@ -81,3 +81,48 @@ def test_batchnorm_recalibration_sets_the_statistics_of_the_given_images(digits_
     weights = [p.clone() for p in model.parameters()]
     recalibrate_batchnorm(model, digits_data, x, batch_size=64)
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DiesAfter(nn.Module):
+    """A network that stops the process's training (as a kill would) at its n-th forward pass."""
+
+    def __init__(self, body: nn.Module, n: int | None):
+        super().__init__()
+        self.body, self.n, self.calls = body, n, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.n is not None and self.calls > self.n:
+            raise _Killed
+        return self.body(x)
+
+
+def test_a_killed_distillation_continues_from_its_checkpoint_to_the_same_weights(digits_data, tmp_path):
+    x, _ = digits_data.split("train")
+    x = x[:256]  # 4 batches of 64 per epoch
+
+    def run(n, path, key="k"):
+        teacher, student = _tiny(digits_data), _DiesAfter(_tiny(digits_data), n)
+        distill(student, teacher, digits_data, x, epochs=3, batch_size=64, lr=1e-2, weight_decay=0.0, augment=True,
+                generator=torch.Generator().manual_seed(0), lr_drop=True, checkpoint=path, checkpoint_key=key)
+        return torch.cat([p.detach().flatten() for p in student.parameters()]), student.calls
+
+    whole, calls = run(None, tmp_path / "a.ckpt")
+    assert calls == 12
+    with pytest.raises(_Killed):
+        run(10, tmp_path / "b.ckpt")  # killed in the third epoch: two epochs checkpointed
+    resumed, calls = run(None, tmp_path / "b.ckpt")
+    assert calls == 4  # only the third epoch ran again
+    assert torch.equal(resumed, whole)
+    # a finished checkpoint: nothing to train; another key's checkpoint: a warning and a fresh start
+    assert run(None, tmp_path / "b.ckpt")[1] == 0
+    with pytest.warns(UserWarning, match="another distillation"):
+        again, calls = run(None, tmp_path / "b.ckpt", key="other")
+    assert calls == 12 and torch.equal(again, whole)
+    (tmp_path / "c.ckpt").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="cannot resume"):
+        assert torch.equal(run(None, tmp_path / "c.ckpt")[0], whole)

@@ -44,3 +44,17 @@ def test_uniform_width_student_keeps_every_layer_and_only_shrinks_free_widths(di
     assert shrunk[:-1] == [rule.shrinkable for rule in layer_rules(start)][:-1]  # the logits layer keeps its classes
     with pytest.raises(ValueError, match="narrowest"):
         uniform_width_student(start, 1)
+
+
+def test_the_duration_estimate_counts_the_protocols_images(digits_teacher, digits_data):
+    from n2n_gym.evaluation import Evaluator
+    from n2n_gym.final import estimate_seconds, throughput
+    from n2n_gym.protocols import PROTOCOLS
+
+    rates = throughput(Evaluator(digits_teacher, digits_data))
+    assert set(rates) == {"augmented", "reused_logits", "inference"} and all(v > 0 for v in rates.values())
+    flat = {"augmented": 100.0, "reused_logits": 200.0, "inference": 1000.0}
+    est = estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3)
+    assert est["per_student"] == pytest.approx(2 * 1024 / 200 + 2000 / 1000)
+    assert est["search"] == pytest.approx(10 * est["per_student"])
+    assert est["final"] == pytest.approx(3 * (2 * 45000 / 100 + 15000 / 1000))
