@@ -68,6 +68,7 @@ CSV_COLUMNS = (
 )
 
 DEFAULT_REPS = 5000  # bootstrap resamples per interval
+MIN_SEEDS = 2  # runs an agent needs for an interval, P(improvement) and a rank
 DEFAULT_BOOTSTRAP_SEED = 0
 REFERENCE_AGENT = "random"  # P(improvement) is over uniform random search
 
@@ -277,6 +278,9 @@ def iqm_intervals(scores: dict[str, list[float]], *, reps: int = DEFAULT_REPS,
     data = {k: np.asarray(v, dtype=float)[:, None] for k, v in scores.items() if len(v)}
     out = {}
     for i, (k, x) in enumerate(sorted(data.items())):
+        if len(x) < MIN_SEEDS:  # one run: its value, with no interval (a bootstrap of one is zero-width)
+            out[k] = (float(x[0, 0]), None, None)
+            continue
         with _seeded_numpy(seed + i) as rs:
             point, ci = rly.get_interval_estimates({k: x}, lambda a: np.array([metrics.aggregate_iqm(a)]),
                                                    reps=reps, random_state=rs)
@@ -295,12 +299,12 @@ def improvement_intervals(scores: dict[str, list[float]], reference: str = REFER
     from rliable import library as rly
     from rliable import metrics
 
-    if not scores.get(reference):
+    if len(scores.get(reference) or ()) < MIN_SEEDS:
         return {}
     y = np.asarray(scores[reference], dtype=float)[:, None]
     out = {}
     for i, (k, v) in enumerate(sorted(scores.items())):
-        if k == reference or not len(v):
+        if k == reference or len(v) < MIN_SEEDS:
             continue
         x = np.asarray(v, dtype=float)[:, None]
         with _seeded_numpy(seed + 1000 + i) as rs:
@@ -314,6 +318,7 @@ def improvement_intervals(scores: dict[str, list[float]], reference: str = REFER
 def separated_ranks(intervals: dict[str, tuple[float, float, float]]) -> dict[str, tuple[int, bool]]:
     """``{label: (rank, tied)}``: rank = 1 + the number of labels whose interval lies
     entirely above this one's (``low > high``); ``tied``: another label has the same rank."""
+    intervals = {k: v for k, v in intervals.items() if v[1] is not None}  # one seed: no interval, no rank
     ranks = {k: 1 + sum(o[1] > v[2] for j, o in intervals.items() if j != k) for k, v in intervals.items()}
     counts = defaultdict(int)
     for r in ranks.values():
@@ -337,8 +342,9 @@ def add_statistics(rows: list[dict], agents: dict[str, list[dict]], *, reps: int
         row["best_reward_iqm"], row["best_reward_ci_low"], row["best_reward_ci_high"] = best_ci.get(k, (None,) * 3)
         row["auc_iqm"], row["auc_ci_low"], row["auc_ci_high"] = auc_ci.get(k, (None,) * 3)
         row["p_improvement"], row["p_improvement_ci_low"], row["p_improvement_ci_high"] = poi.get(k, (None,) * 3)
-        row["rank"], row["tied"] = ranks.get(k, (len(rows), False))
-    rows.sort(key=lambda r: (r["rank"], -(r["best_reward_iqm"] if r["best_reward_iqm"] is not None else -math.inf)))
+        row["rank"], row["tied"] = ranks.get(k, (None, False))  # None: fewer than MIN_SEEDS runs, not ranked
+    rows.sort(key=lambda r: (r["rank"] if r["rank"] is not None else math.inf,
+                             -(r["best_reward_iqm"] if r["best_reward_iqm"] is not None else -math.inf)))
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -373,12 +379,14 @@ TABLE_HEADER = ("rank", "agent", "seeds", "best reward IQM [95% CI]", "P(> rando
 def _ci(point, low, high, fmt="{:.4f}") -> str:
     if point is None:
         return "-"
+    if low is None:
+        return f"{fmt.format(point)} (1 seed, no interval)"
     return f"{fmt.format(point)} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
 def _table_cells(row: dict) -> list[str]:
     agent = row["agent"] + (f" ({row['stopped_early']} stopped early)" if row["stopped_early"] else "")
-    rank = f"{row['rank']} (tied)" if row.get("tied") else str(row["rank"])
+    rank = "- (1 seed)" if row["rank"] is None else f"{row['rank']} (tied)" if row.get("tied") else str(row["rank"])
     return [rank, agent, str(row["seeds"]),
             _ci(row.get("best_reward_iqm"), row.get("best_reward_ci_low"), row.get("best_reward_ci_high")),
             _ci(row.get("p_improvement"), row.get("p_improvement_ci_low"), row.get("p_improvement_ci_high"), "{:.2f}"),
@@ -405,6 +413,10 @@ def section_note(sec: dict) -> str:
         n = ", ".join(map(str, cut))
         text += (f"**Every run scored by its best student among its first {n} evaluation"
                  f"{'' if cut == [1] else 's'}** (runs with fewer evaluations: whole; wall time only of those). ")
+    few = [r["agent"] for r in sec["rows"] if r["seeds"] < MIN_SEEDS]
+    if few:
+        text += (f"**{', '.join(few)}: one seed only, so no interval, no P(> random) and no rank** (intervals need "
+                 f"at least {MIN_SEEDS} seeds per agent; a bootstrap of one run is a zero-width interval). ")
     if sec["teachers"] > 1:
         text += f"**Warning: the runs used {sec['teachers']} different teachers.** "
     text += (f"Budget: {', '.join(map(str, sorted(budgets, key=str)))} student evaluations per run (cache hits "
@@ -744,6 +756,9 @@ def run_args(args: argparse.Namespace) -> int:
                 print(f"warning: {env_id} ({protocol}): {label} has several runs of seed(s) {repeated}; each counts "
                       "as one more seed in the statistics (give the variants a --label, or keep one file per budget)",
                       file=sys.stderr)
+            if len(runs) < MIN_SEEDS:
+                print(f"note: {env_id} ({protocol}): {label} has one seed: shown without an interval, P(> random) or "
+                      f"rank (they need >= {MIN_SEEDS} seeds; run more with --seeds)", file=sys.stderr)
     if not records:
         print("no records found", file=sys.stderr)
         return 2

@@ -117,3 +117,27 @@ def test_at_evaluations_scores_each_run_by_its_first_n_students(tmp_path):
     assert exc.value.code == 2
     (one,) = leaderboard.leaderboard([leaderboard.at_evaluations(r, 1) for r in records], reps=REPS)
     assert "first 1 evaluation**" in leaderboard.section_note(one)
+
+
+def test_one_seed_per_agent_gets_no_interval_no_p_and_no_rank_and_says_so(tmp_path, capsys):
+    """Issue 21, kind 6: with one seed per agent the table printed zero-width intervals and
+    P(> random) = 1.00 [1.00, 1.00] as if they meant something."""
+    from n2n_gym.benchmarks.records import append_record
+
+    records = read_records(FIXTURE_RECORDS)
+    one_each = {}
+    for r in records:
+        one_each.setdefault((r["env_id"], r["protocol"], r.get("label") or r["agent"]), r)
+    path = tmp_path / "one.jsonl"
+    for r in one_each.values():
+        append_record(path, r)
+    assert leaderboard.main([str(path), "--reps", "100"]) == 0
+    out, err = capsys.readouterr()
+    assert "[1.00, 1.00]" not in out and "(1 seed, no interval)" in out and "- (1 seed)" in out
+    assert "one seed only, so no interval, no P(> random) and no rank" in out
+    assert "has one seed: shown without an interval" in err
+    sec = leaderboard.leaderboard(list(one_each.values()), reps=100)[0]
+    for row in sec["rows"]:
+        assert row["rank"] is None and row["best_reward_ci_low"] is None and row["p_improvement"] is None
+    # with two seeds or more an agent is ranked as before
+    assert leaderboard.iqm_intervals({"a": [0.1, 0.3]}, reps=100)["a"][1] is not None
