@@ -392,7 +392,8 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
             return None
         return {"reward": float(np.mean([r["reward"] for r in got])),
                 "accuracy": float(np.mean([r["accuracy"] for r in got])),
-                "seconds": float(sum(r["seconds"] for r in got))}
+                "seconds": float(sum(r["seconds"] for r in got)),
+                "load": float(np.mean([r.get("load", math.nan) for r in got]))}
 
     rng = np.random.default_rng(0)
     ref = {s["id"]: score(s["id"], "reference") for s in meta["students"]}
@@ -421,6 +422,8 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
             top_p = set(sorted(ids, key=lambda i: -a[i]["reward"])[:10])
             res["top5_in_top10"] = len(top_ref & top_p) / 5
         res["median_seconds"] = float(np.median([a[i]["seconds"] for i in ids]))
+        # seconds are on one thread of a shared machine: the 1-minute load average beside them
+        res["median_load"] = float(np.nanmedian([a[i]["load"] for i in ids]))
         return res
 
     for name in names:
