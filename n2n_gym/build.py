@@ -12,6 +12,8 @@ rest is zero, so the student starts as close to the teacher as its shape allows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -80,11 +82,26 @@ def _l1_norms(teacher: Network, layer_index: int) -> torch.Tensor:
     return weight.weight.detach().abs().flatten(1).sum(1).float().cpu()
 
 
+@dataclass(frozen=True)
+class LayerCopy:
+    """How one weight-bearing student layer takes its weights from a teacher layer.
+
+    ``out_idx``: the teacher's output channels (rows) kept, in order. ``in_idx``: the
+    teacher's input columns (for a linear layer, flattened feature indices) or ``None`` when
+    the layer's producer changed: then the overlapping ``[:, :n_in]`` block is copied and the
+    rest is zero."""
+
+    student_layer: int
+    teacher_layer: int
+    out_idx: torch.Tensor
+    in_idx: torch.Tensor | None
+
+
 @torch.no_grad()
-def inherit_weights(student: Network, teacher: Network) -> Network:
-    """Copy ``teacher``'s weights into ``student`` (in place; returns it). Layers are matched
-    by ``origin``; see the module docstring for channel selection."""
-    s_arch, t_arch = student.arch, teacher.arch
+def inheritance_plan(student_arch: Architecture, teacher: Network) -> list[LayerCopy]:
+    """The :class:`LayerCopy` of every conv and linear layer of ``student_arch`` from
+    ``teacher`` (channel choice by the teacher's current L1 norms; module docstring)."""
+    s_arch, t_arch = student_arch, teacher.arch
     t_groups, t_prod = channel_groups(t_arch), producers(t_arch)
     s_groups, s_prod = channel_groups(s_arch), producers(s_arch)
     s_shapes, t_shapes = s_arch.shapes(), t_arch.shapes()
@@ -111,44 +128,53 @@ def inherit_weights(student: Network, teacher: Network) -> Network:
         p = prod[i]
         return -2 if p < 0 else arch_groups[p]
 
+    plan = []
     for i, layer in enumerate(s_arch.layers):
         if layer.kind not in (CONV, LINEAR):
             continue
         o = layer.origin
-        s_w, s_bn = _weight_and_bn(student.layers[i])
-        t_w, t_bn = _weight_and_bn(teacher.layers[o])
+        t_w, _ = _weight_and_bn(teacher.layers[o])
+        t_out, t_in = t_w.weight.shape[0], t_w.weight.shape[1]
         out_idx = kept[s_groups[i]][: layer.out]
-        if out_idx.numel() < layer.out or int(out_idx.max()) >= t_w.weight.shape[0]:
-            out_idx = torch.arange(min(layer.out, t_w.weight.shape[0]))
+        if out_idx.numel() < layer.out or int(out_idx.max()) >= t_out:
+            out_idx = torch.arange(min(layer.out, t_out))
         s_space = input_space(s_groups, s_prod, i)
-        same_input = space_of.get(s_space) == input_space(t_groups, t_prod, o)
-        in_idx = kept[s_space] if same_input else None
-        if layer.kind == LINEAR:
-            _copy_linear(s_w, t_w, out_idx, in_idx, s_shapes[i], t_shapes[o])
-        else:
-            _copy_rows(s_w.weight, t_w.weight, out_idx, in_idx)
+        in_idx = kept[s_space] if space_of.get(s_space) == input_space(t_groups, t_prod, o) else None
+        n_in = s_shapes[i].in_channels if layer.kind == CONV else s_shapes[i].in_features
+        if in_idx is not None and layer.kind == LINEAR:
+            if s_shapes[i].in_hw == t_shapes[o].in_hw:
+                hw = s_shapes[i].in_hw[0] * s_shapes[i].in_hw[1]
+                # flattened features are channel-major: feature = c * hw + position
+                in_idx = (in_idx[:, None] * hw + torch.arange(hw)[None, :]).flatten()
+            else:
+                in_idx = None
+        if in_idx is not None and (in_idx.numel() != n_in or int(in_idx.max()) >= t_in):
+            in_idx = None
+        plan.append(LayerCopy(i, o, out_idx, in_idx))
+    return plan
+
+
+@torch.no_grad()
+def inherit_weights(student: Network, teacher: Network) -> Network:
+    """Copy ``teacher``'s weights into ``student`` (in place; returns it). Layers are matched
+    by ``origin``; see the module docstring for channel selection."""
+    for c in inheritance_plan(student.arch, teacher):
+        s_w, s_bn = _weight_and_bn(student.layers[c.student_layer])
+        t_w, t_bn = _weight_and_bn(teacher.layers[c.teacher_layer])
+        _copy_rows(s_w.weight, t_w.weight, c.out_idx, c.in_idx)
+        if isinstance(s_w, nn.Linear):
+            s_w.bias[: c.out_idx.numel()] = t_w.bias[c.out_idx.to(t_w.bias.device)]
         if s_bn is not None:
             for name in ("weight", "bias", "running_mean", "running_var"):
-                getattr(s_bn, name)[: out_idx.numel()] = getattr(t_bn, name)[out_idx]
+                getattr(s_bn, name)[: c.out_idx.numel()] = getattr(t_bn, name)[c.out_idx.to(t_bn.weight.device)]
     return student
 
 
 def _copy_rows(dst: torch.Tensor, src: torch.Tensor, out_idx, in_idx) -> None:
     src = src[out_idx.to(src.device)]
-    if in_idx is not None and in_idx.numel() == dst.shape[1] and int(in_idx.max()) < src.shape[1]:
+    if in_idx is not None:
         dst[: src.shape[0]] = src[:, in_idx.to(src.device)]
         return
     n_in = min(dst.shape[1], src.shape[1])
     dst.zero_()
     dst[: src.shape[0], :n_in] = src[:, :n_in]
-
-
-def _copy_linear(s_lin: nn.Linear, t_lin: nn.Linear, out_idx, in_idx, s_shape, t_shape) -> None:
-    if in_idx is not None and s_shape.in_hw == t_shape.in_hw:
-        hw = s_shape.in_hw[0] * s_shape.in_hw[1]
-        # flattened features are channel-major: feature = c * hw + position
-        in_idx = (in_idx[:, None] * hw + torch.arange(hw)[None, :]).flatten()
-    else:
-        in_idx = None
-    _copy_rows(s_lin.weight, t_lin.weight, out_idx, in_idx)
-    s_lin.bias[: out_idx.numel()] = t_lin.bias[out_idx.to(t_lin.bias.device)]
