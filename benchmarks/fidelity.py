@@ -24,7 +24,13 @@ Subcommands::
 
     python -m n2n_gym.benchmarks.fidelity run --env N2N-DigitsNet-Digits-v0 --workers 2
     python -m n2n_gym.benchmarks.fidelity run --env N2N-ResNet20-CIFAR10-v0 --workers 2  # hours
+    python -m n2n_gym.benchmarks.fidelity supernet --env N2N-ResNet20-CIFAR10-v0 --epochs 12  # hours
     python -m n2n_gym.benchmarks.fidelity report --env N2N-ResNet20-CIFAR10-v0
+
+``supernet`` trains a weight-sharing supernet of the teacher (:mod:`n2n_gym.supernet`,
+Once-for-All / BigNAS; resumable) into the study folder; from then on ``run`` also scores
+every student by inheriting from it and recalibrating batch norm (candidate
+``supernet-bn``, no training), keyed by the supernet file's sha256.
 
 ``report`` writes ``ladder.json`` and ``ladder.png`` (Spearman rho against seconds per
 student): Spearman rho and Kendall tau of rewards and of validation accuracies against the
@@ -55,6 +61,7 @@ REFERENCE_EPOCHS = {"N2N-DigitsNet-Digits-v0": 30, "N2N-ResNet20-CIFAR10-v0": 5,
 #: Image budgets (student images seen in training) of the ladder's distillation rungs.
 BUDGETS = (4096, 8192, 16384, 32768)
 SEEDS_AVERAGED = 3  # the "several seeds averaged" rung: the 8k rung at seeds 0..2
+SUPERNET = "supernet-bn"  # inherit from the study's weight-sharing supernet, recalibrate batch norm, score
 #: Training throughput on one loaded CPU thread (images/s), for the up-front time estimate only.
 IMAGES_PER_SECOND = {"N2N-DigitsNet-Digits-v0": 6000.0, "N2N-ResNet20-CIFAR10-v0": 250.0,
                      "N2N-VGG13-MNIST-v0": 100.0}
@@ -167,11 +174,15 @@ def draw_students(env_id: str, n_random: int, n_records: int, n_magnitude: int, 
 
 # --------------------------------------------------------------------------------- items
 
-def items(students: list[dict], protocols: dict, ref_epochs: int, stability: int) -> list[dict]:
-    """Every (student, protocol, seed) of the study, in run order: per student the candidates,
-    then the reference (and its 2x run for the first ``stability`` students)."""
+def items(students: list[dict], protocols: dict, ref_epochs: int, stability: int,
+          supernet: dict | None = None) -> list[dict]:
+    """Every (student, protocol, seed) of the study, in run order: per student the candidates
+    (with ``supernet``, the spec of the supernet candidate), then the reference (and its 2x
+    run for the first ``stability`` students)."""
     out = []
     for s in students:
+        if supernet is not None:
+            out.append({"student": s["id"], "protocol": SUPERNET, "seed": 0, "spec": supernet})
         for name, proto in protocols.items():
             for seed in range(SEEDS_AVERAGED if name == "mse-8k" else 1):
                 out.append({"student": s["id"], "protocol": name, "seed": seed, "spec": proto.to_dict()})
@@ -240,19 +251,47 @@ def _init_worker(env_id: str, nice: int, parent: int) -> None:
     _EVALUATOR = env.unwrapped.evaluator
 
 
-def _run_item(item: dict, arch_json: str) -> dict:
+_SUPERNETS: dict = {}
+
+
+def _supernet_result(arch, spec: dict, folder: str) -> dict:
+    """The supernet candidate: inherit from the study's supernet (checked by its sha256),
+    recalibrate batch norm, score; no training."""
+    from n2n_gym.files import file_sha256
+    from n2n_gym.reward import n2n_reward
+    from n2n_gym.supernet import load_supernet, score
+
+    if spec["supernet"] not in _SUPERNETS:
+        path = os.path.join(folder, "supernet.pt")
+        if file_sha256(path) != spec["supernet"]:
+            raise RuntimeError(f"{path} changed since the items were listed: rerun the study")
+        _SUPERNETS[spec["supernet"]] = load_supernet(path)
+    ev = _EVALUATOR
+    acc, _ = score(arch, _SUPERNETS[spec["supernet"]], ev.data, spec["bn_recalibration"], 64, spec["val_images"])
+    reward = n2n_reward(student_params=arch.params, teacher_params=ev.teacher.params, student_accuracy=acc,
+                        teacher_accuracy=ev.teacher.val_accuracy).value
+    return {"valid": True, "reason": "", "accuracy": acc, "test_accuracy": None, "reward": reward,
+            "params": arch.params, "flops": arch.flops}
+
+
+def _run_item(item: dict, arch_json: str, folder: str = "") -> dict:
     from n2n_gym.arch import Architecture
     from n2n_gym.protocols import Protocol
 
-    proto = Protocol.from_dict(item["spec"])
-    # the candidates are scored on validation only; the reference also on the whole test set
-    _EVALUATOR.lazy_test = not item["protocol"].startswith("reference")
+    arch = Architecture.from_json(arch_json)
     start = time.perf_counter()
-    r = _EVALUATOR.evaluate(Architecture.from_json(arch_json), proto, item["seed"])
-    return {**{k: item[k] for k in ("student", "protocol", "seed", "spec")}, "valid": r.valid, "reason": r.reason,
-            "accuracy": r.accuracy, "test_accuracy": None if math.isnan(r.test_accuracy) else r.test_accuracy,
-            "reward": r.reward, "params": r.params, "flops": r.flops, "seconds": time.perf_counter() - start,
-            "load": os.getloadavg()[0], "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if item["protocol"] == SUPERNET:
+        out = _supernet_result(arch, item["spec"], folder)
+    else:
+        # the candidates are scored on validation only; the reference also on the whole test set
+        _EVALUATOR.lazy_test = not item["protocol"].startswith("reference")
+        r = _EVALUATOR.evaluate(arch, Protocol.from_dict(item["spec"]), item["seed"])
+        out = {"valid": r.valid, "reason": r.reason, "accuracy": r.accuracy,
+               "test_accuracy": None if math.isnan(r.test_accuracy) else r.test_accuracy, "reward": r.reward,
+               "params": r.params, "flops": r.flops}
+    return {**{k: item[k] for k in ("student", "protocol", "seed", "spec")}, **out,
+            "seconds": time.perf_counter() - start, "load": os.getloadavg()[0],
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def _append(path: pathlib.Path, row: dict) -> None:
@@ -268,6 +307,8 @@ def _append(path: pathlib.Path, row: dict) -> None:
 
 def _estimate_seconds(item: dict, train_split: int, images_per_second: float) -> float:
     spec = item["spec"]
+    if "supernet" in spec:
+        return 3.0
     images = min(spec["train_images"] or train_split, train_split)
     trained = spec["epochs"] * images * (1.5 if spec["augment"] else 1.0)  # augmented: teacher forward per batch
     return trained / images_per_second + 3.0
@@ -310,12 +351,18 @@ def cmd_run(a: argparse.Namespace) -> int:
                          f"start another --out for {a.reference_epochs}")
     protocols = ladder(meta["train_split"])
     if a.protocols:
-        unknown = sorted(set(a.protocols) - set(protocols))
+        unknown = sorted(set(a.protocols) - set(protocols) - {SUPERNET})
         if unknown:
             raise SystemExit(f"--protocols: unknown {unknown}; the ladder's are {', '.join(protocols)}")
         protocols = {k: v for k, v in protocols.items() if k in a.protocols}
     ips = a.images_per_second or IMAGES_PER_SECOND.get(a.env, 250.0)
-    todo_all = items(students, protocols, meta["reference_epochs"], meta["stability_students"])
+    supernet = None
+    if (folder / "supernet.pt").exists() and (not a.protocols or SUPERNET in a.protocols):
+        from n2n_gym.files import file_sha256
+
+        supernet = {"supernet": file_sha256(folder / "supernet.pt"), "bn_recalibration": min(2048, meta["train_split"]),
+                    "val_images": 2000}
+    todo_all = items(students, protocols, meta["reference_epochs"], meta["stability_students"], supernet)
     k, n = a.shard
     done = {item_key(r) for r in read_scores(folder)}
     mine = [it for i, it in enumerate(todo_all) if i % n == k]
@@ -339,7 +386,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         queue = list(todo)
         for _ in range(min(a.workers * 2, len(queue))):
             it = queue.pop(0)
-            pending[pool.submit(_run_item, it, arch[it["student"]])] = it
+            pending[pool.submit(_run_item, it, arch[it["student"]], str(folder))] = it
         finished = 0
         while pending:
             for fut in cf.as_completed(list(pending)):
@@ -355,8 +402,37 @@ def cmd_run(a: argparse.Namespace) -> int:
                       f"| ETA {eta / 3600:.2f} h", flush=True)
                 if queue:
                     nxt = queue.pop(0)
-                    pending[pool.submit(_run_item, nxt, arch[nxt["student"]])] = nxt
+                    pending[pool.submit(_run_item, nxt, arch[nxt["student"]], str(folder))] = nxt
                 break
+    return 0
+
+
+def cmd_supernet(a: argparse.Namespace) -> int:
+    """Train the study's supernet (resumable), then write ``supernet.pt``; a later ``run``
+    scores every student with it as the candidate ``supernet-bn``."""
+    import gymnasium as gym
+    import torch
+
+    import n2n_gym  # noqa: F401
+    from n2n_gym.supernet import progress_printer, save_supernet, train_supernet
+
+    folder = pathlib.Path(a.out or RESULTS / slug(a.env))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    if a.nice:
+        os.nice(a.nice)
+    ev = gym.make(a.env, cache=False, progress=False).unwrapped.evaluator
+    steps = a.epochs * (min(a.train_images or 10**9, len(ev.data.train_idx)) // 64)
+    print(f"{a.env}: supernet of {ev.teacher.params:,} params, {a.epochs} epochs = {steps} steps of 64 images and "
+          f"{2 + a.random_students} students each (resumable: {folder / 'supernet.ckpt'})", flush=True)
+    start = time.time()
+    supernet = train_supernet(ev.teacher.module, ev.data, epochs=a.epochs, random_students=a.random_students,
+                              seed=a.seed, train_images=a.train_images, checkpoint=folder / "supernet.ckpt",
+                              on_step=progress_printer(50))
+    save_supernet(folder / "supernet.pt", supernet, teacher_sha256=ev.teacher.sha256, data_digest=ev.data.digest,
+                  epochs=a.epochs, random_students=a.random_students, seed=a.seed,
+                  seconds_this_invocation=time.time() - start)
+    print(f"wrote {folder / 'supernet.pt'}; `run` now adds the candidate {SUPERNET}", flush=True)
     return 0
 
 
@@ -381,7 +457,7 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
     by: dict[tuple[int, str], list[dict]] = {}
     for r in rows:
         by.setdefault((r["student"], r["protocol"]), []).append(r)
-    names = list(ladder(meta["train_split"])) + [f"mse-8k x{SEEDS_AVERAGED}"]
+    names = [SUPERNET] + list(ladder(meta["train_split"])) + [f"mse-8k x{SEEDS_AVERAGED}"]
 
     def score(sid: int, name: str) -> dict | None:
         base = name.split(" x")[0]
@@ -512,6 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--protocols", type=lambda t: [x for x in t.split(",") if x],
                    help="comma-separated subset of the ladder (default: all of it)")
     r.set_defaults(func=cmd_run)
+    t = sub.add_parser("supernet", help="train the weight-sharing supernet candidate (resumable)")
+    t.add_argument("--env", default="N2N-ResNet20-CIFAR10-v0")
+    t.add_argument("--out")
+    t.add_argument("--epochs", type=_positive, default=12)
+    t.add_argument("--random-students", type=int, default=2, help="random students per step (+ largest, smallest)")
+    t.add_argument("--train-images", type=_positive, default=None, help="train on the first N images only")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--nice", type=int, default=10)
+    t.set_defaults(func=cmd_supernet)
     s = sub.add_parser("report", help="the ladder's figures and plot from the scores so far")
     s.add_argument("--env", default="N2N-ResNet20-CIFAR10-v0")
     s.add_argument("--out")

@@ -137,3 +137,27 @@ def test_a_worker_exits_when_the_study_is_killed(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         raise AssertionError("the worker outlived its killed parent by 10 s")
+
+
+def test_a_trained_supernet_becomes_a_candidate_keyed_by_its_content(study, tmp_path):
+    import shutil
+
+    folder = tmp_path / "with-supernet"
+    folder.mkdir()
+    for name in ("students.json", "scores.jsonl"):
+        shutil.copy(study / name, folder / name)
+    assert fidelity.main(["supernet", "--env", "N2N-DigitsNet-Digits-v0", "--out", str(folder), "--epochs", "1",
+                          "--train-images", "128", "--nice", "0"]) == 0
+    assert (folder / "supernet.pt").is_file() and (folder / "supernet.ckpt").is_file()
+    before = len(_lines(folder))
+    assert fidelity.main(["run", *TINY, "--out", str(folder)]) == 0  # a --protocols list without it: not run
+    assert len(_lines(folder)) == before
+    with_it = [("bn-only,fast,supernet-bn" if t == "bn-only,fast" else t) for t in TINY]
+    assert fidelity.main(["run", *with_it, "--out", str(folder)]) == 0
+    rows = _lines(folder)
+    new = [r for r in rows[before:]]
+    meta = json.loads((folder / "students.json").read_text())
+    assert [r["protocol"] for r in new] == ["supernet-bn"] * len(meta["students"])
+    assert all(0 <= r["accuracy"] <= 1 and len(r["spec"]["supernet"]) == 64 for r in new)
+    fidelity.main(["report", "--env", "N2N-DigitsNet-Digits-v0", "--out", str(folder), "--resamples", "100"])
+    assert "supernet-bn" in json.loads((folder / "ladder.json").read_text())["ladder"]

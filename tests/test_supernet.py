@@ -1,0 +1,85 @@
+"""n2n_gym.supernet: shared weights that every student inherits, trained by the sandwich rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from n2n_gym.build import build, inherit_weights
+from n2n_gym.supernet import (load_supernet, sample_student, save_supernet, score, shared_parameters,
+                              smallest_student, train_supernet)
+
+
+@pytest.fixture(scope="module")
+def teacher(digits_teacher):
+    return digits_teacher.module
+
+
+def _students(arch, n=12):
+    rng = np.random.default_rng(0)
+    return [arch, smallest_student(arch)] + [sample_student(arch, rng) for _ in range(n)]
+
+
+def test_shared_parameters_are_what_inheritance_copies(teacher, digits_data):
+    x, _ = digits_data.subset("val", 64)
+    xb = digits_data.normalize(x)
+    for arch in _students(teacher.arch):
+        copied = inherit_weights(build(arch), teacher).eval()
+        shared = build(arch).eval()
+        params = shared_parameters(shared, teacher)
+        with torch.no_grad():
+            expected = copied(xb)
+            # buffers from the copy (running statistics): the same network, weights by selection
+            got = functional_call(shared, (params, dict(copied.named_buffers())), (xb,))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sampled_students_cover_removal_and_widths(teacher):
+    archs = _students(teacher.arch, 40)
+    assert len({a.canonical_hash() for a in archs}) > 30
+    assert any(len(a) < len(teacher.arch) for a in archs)  # some layers removed
+    assert smallest_student(teacher.arch).params < min(a.params for a in archs[2:])
+
+
+def test_a_student_gradient_lands_on_the_channels_it_uses(teacher, digits_data):
+    arch = smallest_student(teacher.arch)
+    student = build(arch).train()
+    supernet = build(teacher.arch)
+    supernet.load_state_dict(teacher.state_dict())
+    x, _ = digits_data.subset("train", 32)
+    out = functional_call(student, (shared_parameters(student, supernet), dict(student.named_buffers())),
+                          (digits_data.normalize(x),))
+    out.square().mean().backward()
+    first = supernet.layers[0][0].weight.grad  # the first conv: the smallest student keeps 10 of its channels
+    used = first.abs().flatten(1).sum(1) > 0
+    assert 0 < int(used.sum()) <= arch.layers[0].out < first.shape[0]
+
+
+def test_training_improves_the_small_students_and_resumes(teacher, digits_data, tmp_path):
+    students = _students(teacher.arch, 6)[1:]  # without the teacher's own architecture
+    before = [score(a, teacher, digits_data, bn_images=256)[0] for a in students]
+    kw = dict(epochs=2, batch_size=64, lr=1e-3, train_images=512, seed=0)
+    whole = train_supernet(teacher, digits_data, **kw)
+    after = [score(a, whole, digits_data, bn_images=256)[0] for a in students]
+    assert np.mean(after) > np.mean(before)
+    # killed after 5 of its 16 steps, then resumed from the checkpoint: the same supernet
+    ckpt = tmp_path / "s.ckpt"
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, steps, loss):
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_supernet(teacher, digits_data, checkpoint=ckpt, checkpoint_every=5, on_step=kill, **kw)
+    resumed = train_supernet(teacher, digits_data, checkpoint=ckpt, checkpoint_every=5, **kw)
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    save_supernet(tmp_path / "s.pt", resumed, teacher_sha256="x")
+    again = load_supernet(tmp_path / "s.pt")
+    assert score(students[0], again, digits_data, bn_images=256)[0] == score(students[0], resumed, digits_data,
+                                                                              bn_images=256)[0]
