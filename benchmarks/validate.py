@@ -31,6 +31,20 @@ For every line of the results files (CompilerGym's ``validate`` idea):
    kind of machine a replay reproduces the floats exactly); so must the teacher's sha256,
    params, FLOPs and validation / test accuracy.
 
+With ``--rerun``, a record that passes is also *re-run*: the agent's whole search again from
+the record (agent, hparams, seed, budget, stage, env kwargs, protocol, eval seed, torch
+thread count), and its anytime curve (best reward after each evaluation), evaluation count
+and best student (architecture hash) must be the record's, within ``--tolerance``. So a
+record whose agent name, seed or hyperparameters were changed after the run fails, though
+its best student replays. Exact where the record was made: the same kind of machine, torch
+build and thread count give the same floats, so the same students in the same order; on
+another machine a float that differs in its last bit can send a search elsewhere, so a
+re-run there is evidence, not proof (say ``--tolerance`` and the machine with the result).
+A run that stopped on wall time (``max_seconds``) cannot be re-run exactly and is
+``UNVERIFIABLE``. Hyperparameters that name files or code (a key with path, file, dir, log,
+load, save, checkpoint, module, results in its name, or a string value with a slash, a backslash
+or a colon) are refused unless ``--trusted``, as in step 0. A re-run costs what the search cost.
+
 One ``PASS``/``FAIL``/``UNVERIFIABLE`` line per record; the exit status is 1 if any record
 fails, 2 if there was no record, 3 if none failed but some were unverifiable. Editing a
 record's reward, actions or architecture makes it fail.
@@ -205,6 +219,52 @@ def check_record(record: dict, tolerance: float = DEFAULT_TOLERANCE, device: str
     return errors
 
 
+#: Parts of an hparam key that name a file, folder or code: refused in a re-run unless trusted.
+FILE_HPARAM_WORDS = ("path", "file", "dir", "log", "load", "save", "checkpoint", "module", "results")
+
+
+def untrusted_hparams(hparams: dict) -> list[str]:
+    """The agent settings of a record that name files or code (see the module docstring)."""
+    out = []
+    for key, value in (hparams or {}).items():
+        if any(w in str(key).lower() for w in FILE_HPARAM_WORDS) and value not in (None, "", False):
+            out.append(f"hparams.{key} names a file or code")
+        elif isinstance(value, str) and any(c in value for c in "/\\:"):
+            out.append(f"hparams.{key} = {value[:40]!r} looks like a path or an import")
+    return out
+
+
+def rerun_errors(record: dict, tolerance: float = DEFAULT_TOLERANCE, threads: int | None = None, *,
+                 trusted: bool = False) -> list[str]:
+    """Re-run the record's whole search and compare its anytime curve, evaluation count and
+    best student; the reasons it differs (empty: the same run). Raises :class:`Unverifiable`
+    for a run that stopped on wall time."""
+    from n2n_gym.benchmarks.runner import run_one
+
+    budget = record.get("budget") or {}
+    if budget.get("stop_reason") == "max_seconds":
+        raise Unverifiable("the run stopped on wall time (max_seconds): a re-run cannot stop at the same point")
+    refused = [] if trusted else untrusted_hparams(record.get("hparams") or {})
+    if refused:
+        return [f"re-run refused, nothing was run: {'; '.join(refused)} (--trusted for your own records)"]
+    with _torch_threads(threads if threads is not None else budget.get("torch_threads")):
+        again = run_one(record["env_id"], record["agent"], record["seed"], int(budget["requested"]),
+                        protocol=record["protocol"], stage=record.get("stage"), env_kwargs=record["env_kwargs"],
+                        hparams=record.get("hparams") or {}, eval_seed=record["eval_seed"],
+                        max_episodes=budget.get("max_episodes"), label=record.get("label"))
+    errors = []
+    want, got = record["curve"]["best_reward"], again["curve"]["best_reward"]
+    if len(want) != len(got):
+        errors.append(f"re-run: {len(got)} evaluations, the record has {len(want)}")
+    first = next((i for i, (a, b) in enumerate(zip(got, want)) if not _close(a, b, tolerance)), None)
+    if first is not None:
+        errors.append(f"re-run: the anytime curve differs from evaluation {first + 1} on ({got[first]!r} vs "
+                      f"recorded {want[first]!r})")
+    if (again["best"] or {}).get("arch_hash") != (record["best"] or {}).get("arch_hash"):
+        errors.append("re-run: the search found another best student")
+    return errors
+
+
 def teacher_errors(record: dict, info: dict, tolerance: float) -> list[str]:
     """The replayed env's teacher against the record's: sha256, params, FLOPs, accuracies."""
     teacher = record.get("teacher") or {}
@@ -235,7 +295,7 @@ def describe(record: dict) -> str:
 
 def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device: str = "cpu",
                   threads: int | None = None, out=None, counts: dict | None = None, *,
-                  trusted: bool = False) -> tuple[int, int]:
+                  trusted: bool = False, rerun: bool = False) -> tuple[int, int]:
     """Check every line of ``paths``; returns (passed, failed). A line that cannot be read
     as a record, or repeats an earlier record's run id, fails; a record whose teacher or
     data cannot be obtained here is UNVERIFIABLE (neither). ``counts`` (a dict, if given)
@@ -256,6 +316,9 @@ def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device
                 seen[rid] = where
             try:
                 errors = check_record(record, tolerance, device, threads, trusted=trusted)
+                if rerun and not errors:
+                    print(f"re-running {where} {describe(record)} ...", file=out, flush=True)
+                    errors = rerun_errors(record, tolerance, threads, trusted=trusted)
             except Unverifiable as exc:
                 unverifiable += 1
                 print(f"UNVERIFIABLE {where} {describe(record)}: {exc}", file=out, flush=True)
@@ -294,6 +357,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="the records are your own: allow what validate refuses in records from others (a "
                         "teacher_module to import, a teacher_checkpoint, npz data set or other path of this machine, "
                         "a backend that starts workers)")
+    p.add_argument("--rerun", action="store_true",
+                   help="also re-run each passing record's whole search and compare its anytime curve and best "
+                        "student (costs what the search cost; exact on the same kind of machine and thread count)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the re-evaluation (default: the record's budget.torch_threads)")
     return p
@@ -308,7 +374,7 @@ def run_args(args: argparse.Namespace) -> int:
     """Run the parsed arguments of :func:`build_parser` (for a CLI with subcommands)."""
     counts: dict = {}
     passed, failed = validate_file(args.results, args.tolerance, args.device, args.threads, counts=counts,
-                                   trusted=args.trusted)
+                                   trusted=args.trusted, rerun=args.rerun)
     unverifiable = counts.get("unverifiable", 0)
     print(f"{passed} passed, {failed} failed, {unverifiable} unverifiable")
     if passed + failed + unverifiable == 0:

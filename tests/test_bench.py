@@ -361,3 +361,36 @@ def test_n2n_hparams_grid_labels_each_point_and_resumes(digits_teacher, tmp_path
     assert "n2n [joint, loo, lr 0.03]" in capsys.readouterr().out
     n2n_hparams.main(argv)  # every (label, seed) done: runs nothing
     assert len(read_records(results)) == 3
+
+
+def test_validate_rerun_passes_a_genuine_record_and_catches_a_changed_seed_or_agent(genuine, tmp_path, capsys):
+    path, record = genuine
+    assert validate.main([str(path), "--rerun"]) == 0
+    assert "1 passed, 0 failed" in capsys.readouterr().out
+    for field, value in (("seed", record["seed"] + 1), ("agent", "optuna_tpe")):
+        changed = copy.deepcopy(record)
+        changed["run_id"] = uuid.uuid4().hex
+        changed[field] = value  # its best student still replays: only a re-run tells
+        bad = tmp_path / f"{field}.jsonl"
+        append_record(bad, changed)
+        assert validate.main([str(bad)]) == 0, field
+        capsys.readouterr()
+        assert validate.main([str(bad), "--rerun"]) == 1, field
+        assert "re-run:" in capsys.readouterr().out
+
+
+def test_validate_rerun_refuses_hparams_that_name_files(genuine, tmp_path, capsys):
+    from n2n_gym.benchmarks.validate import untrusted_hparams
+
+    assert untrusted_hparams({"load_policy": "policies.pt", "tensorboard_log": "runs/", "ratios": "paper",
+                              "target_results": None, "x": "pkg.mod:fn"}) == [
+        "hparams.load_policy names a file or code", "hparams.tensorboard_log names a file or code",
+        "hparams.x = 'pkg.mod:fn' looks like a path or an import"]
+    _, record = genuine
+    changed = copy.deepcopy(record)
+    changed["run_id"] = uuid.uuid4().hex
+    changed["hparams"] = {"load_policy": str(tmp_path / "evil.pt")}
+    bad = tmp_path / "hp.jsonl"
+    append_record(bad, changed)
+    assert validate.main([str(bad), "--rerun"]) == 1
+    assert "re-run refused, nothing was run" in capsys.readouterr().out
