@@ -333,6 +333,14 @@ def cmd_compress(ns: argparse.Namespace) -> int:
             # a wrong env id or env kwarg fails here, before a run folder is made (gym.make is cheap)
             gym.make(ns.env_id, **{"protocol": ns.protocol, "device": ns.device, **ns.env_kwargs}).close()
     run_dir, resuming = _run_dir(ns)
+    try:  # an unwritable run folder fails now, not after the search
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-check-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SystemExit(f"n2n-gym compress: cannot write the run folder {run_dir} ({exc.strerror or exc}); "
+                         "choose another --out") from exc
     for stale in remove_stale_temps(run_dir):  # left by a run killed mid-write
         print(f"removed {stale}, a temporary file of an interrupted write", file=sys.stderr)
     config_path, state_path, history_path = run_dir / "config.json", run_dir / "state.pt", run_dir / "history.jsonl"
@@ -359,7 +367,11 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     # ---- resume: keep the students of completed updates, redo the interrupted one
     state = None
     if resuming and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        try:  # a run folder may come from elsewhere: loading it never runs code
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - unpickling errors have many types
+            raise SystemExit(f"n2n-gym compress --resume: {state_path} cannot be read as a search state "
+                             f"({type(exc).__name__}); start a new run with another --out") from exc
     done_key = (state["stage_index"], state["update"]) if state else (0, 0)
     kept = [r for r in read_history(history_path) if (r["stage_index"], r["update"]) < done_key]
     if state and len(kept) != state["evaluations"]:

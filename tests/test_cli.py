@@ -193,3 +193,32 @@ def test_wrong_inputs_give_one_line_errors_and_no_run_folder(argv, message, tmp_
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and f"n2n-gym {argv[0]}: error:" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "r.jsonl").exists()
+
+
+def test_compress_refuses_an_unwritable_run_folder_before_the_search(tmp_path):
+    from n2n_gym.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    with pytest.raises(SystemExit, match="cannot write the run folder"):
+        main(["compress", *SEARCH, "--out", str(blocker / "run")])
+    assert blocker.read_text() == "mine"
+
+
+def test_compress_resume_never_unpickles_code_from_the_run_folder(full_run, tmp_path):
+    import shutil
+
+    from n2n_gym.cli import main
+
+    run, _ = full_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "pwned"), "w"))
+
+    torch.save({"stage_index": 0, "update": 1, "evil": Evil()}, copy / "state.pt")
+    with pytest.raises(SystemExit, match="cannot be read as a search state"):
+        main(["compress", "--resume", str(copy), "--no-progress"])
+    assert not (tmp_path / "pwned").exists()
