@@ -492,12 +492,11 @@ def test_compress_refuses_unsupported_model(tmp_path: pathlib.Path, monkeypatch)
         main(["compress", "--checkpoint", "w.pt"])
 
 
-# --------------------------------------------------------------------- the README example
-def test_readme_compress_your_own_model_example_runs(capsys) -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Compress your own model", 1)[1].split("\n## ", 1)[0]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    exec(compile(code, "README.md", "exec"), {})
+# --------------------------------------------------------------------- the docs example
+def test_docs_compress_your_own_model_example_runs(capsys) -> None:
+    page = (REPO / "docs" / "own-model.md").read_text()
+    code = re.search(r"```python\n(.*?)```", page, re.S).group(1)
+    exec(compile(code, "docs/own-model.md", "exec"), {})
     out = capsys.readouterr().out
     assert re.search(r"teacher val acc 0\.\d+, student 0\.\d+, [\d.]+x smaller, reward -?[\d.]+", out), out
 
