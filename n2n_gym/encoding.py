@@ -77,7 +77,9 @@ def observation_space(mode: str, max_layers: int, num_actions: int) -> spaces.Sp
     if mode == "flat":
         return flat
     if mode == "dict":
-        return spaces.Dict({"observation": flat, "action_mask": spaces.Box(0, 1, (num_actions,), np.int8)})
+        # a Box of bool, not MultiBinary (int8): masked distributions (TorchRL's MaskedCategorical,
+        # torch's masked_fill_) take bool masks, and TorchRL's GymEnv maps this Box to a bool spec
+        return spaces.Dict({"observation": flat, "action_mask": spaces.Box(0, 1, (num_actions,), bool)})
     raise ValueError(f"observation must be one of {list(OBSERVATIONS)}, got {mode!r}")
 
 
@@ -88,4 +90,4 @@ def encode_observation(table: np.ndarray, mode: str, action_mask: np.ndarray):
     flat = table.reshape(-1).copy()
     if mode == "flat":
         return flat
-    return {"observation": flat, "action_mask": action_mask.astype(np.int8, copy=True)}
+    return {"observation": flat, "action_mask": action_mask.astype(bool, copy=True)}

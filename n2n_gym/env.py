@@ -56,7 +56,12 @@ class N2NEnv(gym.Env):
     stride != 1, linear and pooling layers and residual shortcuts are never removed; only
     free widths shrink (a residual addition ties the widths of a stage to its first
     producer). The allowed actions of the current layer are ``info["action_mask"]`` and
-    ``env.action_masks()`` (int8 / bool); ``info["layer_masks"]`` holds every layer's. A
+    ``env.action_masks()``, both ``bool`` (what masked distributions take: TorchRL's
+    ``MaskedCategorical``, torch's ``masked_fill``; Gymnasium's ``action_space.sample(mask)``
+    wants int8: ``mask.astype(np.int8)``); ``info["layer_masks"]`` holds every layer's.
+    ``gym.make`` adds ``n2n_gym.adapters.ActionMasks`` as the outermost wrapper, so
+    ``env.action_masks()`` works on what it returns on every supported gymnasium
+    (sb3-contrib's ``ActionMasker(env, lambda env: env.action_masks())``). A
     disallowed action is replaced by "keep at full width" (``illegal_action="noop"``) or
     makes the student invalid (``illegal_action="invalid"``). An action outside the space
     raises ``ValueError``.
@@ -74,9 +79,10 @@ class N2NEnv(gym.Env):
     - ``"flat"``: ``Box(0, 1, (max_layers * F,), float32)``, the table row-major, for
       flat-MLP policies (SB3 ``MlpPolicy``, CleanRL-style scripts).
     - ``"dict"``: ``Dict({"observation": <the flat Box>, "action_mask": Box(0, 1, (n,),
-      int8)})``, the action mask of the current layer inside the observation: the
-      convention of mask-aware libraries (TorchRL's ``ActionMask`` transform, PettingZoo,
-      RLlib's and Tianshou's masking examples).
+      bool)})``, the action mask of the current layer inside the observation: the
+      convention of mask-aware libraries (TorchRL's ``ActionMask`` transform, PettingZoo).
+      ``n2n_gym.adapters.DictKeys`` renames the keys for Tianshou (``obs``, ``mask``) and
+      RLlib's action-masking module (``observations``).
     In a process started with ``spawn`` (``AsyncVectorEnv(..., context="spawn")``), make
     ``"n2n_gym:<id>"`` so that the worker imports the package that registers the ids.
 
@@ -100,7 +106,15 @@ class N2NEnv(gym.Env):
     measured on demand by ``env.unwrapped.student_test_accuracy(actions)``), ``params``,
     ``teacher_params``, ``flops`` (2 per MAC, FlopCounterMode's convention), ``compression``
     (teacher params / student params), ``valid``, ``reason``, ``architecture`` (IR JSON),
-    ``actions``, ``eval_seconds``, ``cached``, ``protocol``, ``data_variant``.
+    ``actions``, ``eval_seconds``, ``cached``, ``protocol``, ``data_variant``,
+    ``violated_constraints`` (names joined by "; ", "" if none), ``illegal_layers`` (per
+    layer: was its action disallowed), the teacher's and data's identity.
+    Every step's ``info`` (reset's too) has the same keys, each of one type and shape at
+    every step (what replay buffers that store ``info`` need: Tianshou, TorchRL): neutral
+    values before the last step (0, False, "", teacher and data fields already filled),
+    ``actions`` padded with -1 for the layers not decided yet, strings never None (an
+    invalid student's ``architecture`` is ""). NaN appears only in ``test_accuracy`` with
+    ``test_accuracy="lazy"`` (Tianshou's buffer check refuses NaN: keep "eager" there).
 
     ## Arguments
     - ``teacher``: zoo name (``n2n_gym.zoo.TEACHERS``); ``dataset``: "digits", "mnist",
@@ -141,7 +155,9 @@ class N2NEnv(gym.Env):
     a one-class data set, ...) ``ValueError``, each naming the argument and the fix.
     - ``data_root`` (default ``$N2N_DATA``), ``device`` ("auto", "cpu", "cuda"),
       ``cache`` (True: the shared SQLite cache, a path, or False), ``render_mode``
-      ("ansi"), ``progress`` (show teacher training progress).
+      ("ansi"; another mode, such as the "rgb_array" of SB3's ``make_vec_env`` or RL Zoo's
+      "human", is warned about as Gymnasium does and ``render()`` returns None),
+      ``progress`` (show teacher training progress).
     - ``backend``: where students train: "inline" (this process, default) | "process" (a
       local pool of ``workers`` processes) | "ray" (``workers`` Ray actors;
       ``backend_options``: ``address``, ``num_cpus``, ``num_gpus``, ``threads``; see
@@ -167,6 +183,12 @@ class N2NEnv(gym.Env):
     - v0: initial release (evaluation protocols "paper", "fast", "tiny" of n2n-gym 0.1). Teachers
       are pinned by the sha256 of their weights (``n2n-gym teacher list``); the teacher is
       provisioned at the first ``reset()`` instead of the first terminal step.
+      Rewards unchanged since; the interface changed without a version bump: masks are
+      ``bool`` (were int8) in ``info``, the dict observation (``Box`` of bool) and
+      ``action_masks()``; every step's ``info`` has the terminal keys (neutral before the end),
+      ``violated_constraints`` is a string, ``illegal_actions`` (layer indices) became
+      ``illegal_layers`` (a bool per layer), an invalid student's ``architecture`` is "" (was
+      None); an unsupported ``render_mode`` warns instead of raising.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -218,8 +240,13 @@ class N2NEnv(gym.Env):
         _check_choice("stage", stage, STAGES)
         _check_choice("penalty", penalty, PENALTIES)
         _check_choice("illegal_action", illegal_action, ("noop", "invalid"))
-        if render_mode is not None:
-            _check_choice("render_mode", render_mode, self.metadata["render_modes"])
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            # Gymnasium's way (gym.make only warns): SB3's make_vec_env passes "rgb_array", RL Zoo's
+            # enjoy "human"; render() then returns None
+            gym.logger.warn(f"render_mode={render_mode!r} is not supported by N2NEnv (modes: "
+                            f"{self.metadata['render_modes']}); render() returns None. Use render_mode='ansi' "
+                            "for a text table.")
+            render_mode = None  # what Gymnasium's render checker accepts
         self.protocol = get_protocol(protocol)
         self.stage, self.render_mode, self.illegal_action = stage, render_mode, illegal_action
         self.teacher_name, self.dataset_name = teacher, dataset
@@ -294,6 +321,7 @@ class N2NEnv(gym.Env):
         self._update = 0
         self._obs = self._static_obs.copy()
         self._last_info: dict[str, Any] = {}
+        self._neutral_info: dict[str, Any] = {}
 
     # ---- Gymnasium API -----------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -308,6 +336,11 @@ class N2NEnv(gym.Env):
         self._actions, self._decisions, self._illegal = [], [], []
         self._obs = self._static_obs.copy()
         self._obs[0, COLUMN["current"]] = 1
+        # every step's info has the terminal info's keys, types and shapes (replay buffers store
+        # info: Tianshou, TorchRL), neutral until the last step; computed once per episode, and
+        # pickled with the env, so a step never needs the evaluator
+        self._neutral_info = self._result_info(None, "", None, [], [], self._update)
+        self._neutral_info.update(reward=0.0, eval_seconds=0.0)
         return self._observe(), self._step_info()
 
     def step(self, action):
@@ -349,13 +382,13 @@ class N2NEnv(gym.Env):
             listener(info, update, stepped)
 
     def layer_masks(self) -> np.ndarray:
-        """Every layer's allowed actions, (layers, actions) int8 (known without a teacher)."""
+        """Every layer's allowed actions, (layers, actions) bool (known without a teacher)."""
         return self._layer_masks.copy()
 
     def action_masks(self) -> np.ndarray:
         """The allowed actions of the current layer (for sb3-contrib's MaskablePPO)."""
         t = min(self._t, self.num_layers - 1)
-        return self._layer_masks[t].astype(bool)
+        return self._layer_masks[t].copy()
 
     def render(self):
         if self.render_mode != "ansi":
@@ -493,7 +526,7 @@ class N2NEnv(gym.Env):
 
     def _make_masks(self) -> np.ndarray:
         n_act = self.action_space.n
-        masks = np.zeros((self.num_layers, n_act), dtype=np.int8)
+        masks = np.zeros((self.num_layers, n_act), dtype=bool)
         full = self.ratios.index(1.0)
         for i, rule in enumerate(layer_rules(self.start_architecture)):
             if self.stage == "remove":
@@ -514,8 +547,9 @@ class N2NEnv(gym.Env):
 
     def _step_info(self) -> dict[str, Any]:
         t = min(self._t, self.num_layers - 1)
-        return {"action_mask": self._layer_masks[t].copy(), "layer_masks": self._layer_masks.copy(),
-                "layer_index": self._t, "num_layers": self.num_layers, "stage": self.stage}
+        return {**self._neutral_info, "action_mask": self._layer_masks[t].copy(),
+                "layer_masks": self._layer_masks.copy(), "layer_index": self._t,
+                "actions": _padded(self._actions, self.num_layers)}
 
     def _student(self, actions: Sequence[int]) -> tuple[Architecture | None, str, list[int]]:
         """(student or None, why not, layers whose action was disallowed) of a full action list."""
@@ -570,10 +604,12 @@ class N2NEnv(gym.Env):
             "compression": teacher.params / params if params else 0.0,
             "r_c": reward.r_c,
             "r_a": reward.r_a,
-            "violated_constraints": list(reward.violated),
-            "architecture": arch.to_json() if arch is not None else None,
-            "actions": list(actions),
-            "illegal_actions": list(illegal),
+            # fixed types and shapes at every step (see _step_info): strings, never None, and
+            # lists of one length per env
+            "violated_constraints": "; ".join(reward.violated),
+            "architecture": arch.to_json() if arch is not None else "",
+            "actions": _padded(actions, self.num_layers),
+            "illegal_layers": [t in illegal for t in range(self.num_layers)],
             "eval_seconds": result.seconds if result else time.perf_counter() - start,
             "cached": bool(result.cached) if result else False,
             "protocol": self.protocol.name,
@@ -581,7 +617,7 @@ class N2NEnv(gym.Env):
             "eval_seed": self.eval_seed,
             "data_variant": ev.data.variant,
             "teacher_sha256": teacher.sha256,
-            "teacher_pin": teacher.pin,
+            "teacher_pin": teacher.pin or "",
             "data_digest": ev.data.digest,
         }
 
@@ -596,6 +632,11 @@ def _unexpected_arguments(unknown: dict) -> TypeError:
     more = f", and {', '.join(others)}" if others else ""
     return TypeError(f"N2NEnv.__init__() got an unexpected keyword argument {first}{more}; "
                      f"valid arguments: {', '.join(valid)}")
+
+
+def _padded(actions: Sequence[int], length: int) -> list[int]:
+    """The actions so far as ints, then -1 for each layer not decided yet."""
+    return [int(a) for a in actions] + [-1] * (length - len(actions))
 
 
 def _check_choice(name: str, value, choices) -> None:

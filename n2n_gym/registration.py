@@ -4,6 +4,7 @@ TAS ResNets and the embedded default."""
 from __future__ import annotations
 
 import gymnasium as gym
+from gymnasium.envs.registration import WrapperSpec
 
 DEFAULT_ENV_ID = "N2N-DigitsNet-Digits-v0"
 
@@ -27,11 +28,14 @@ ENVS: dict[str, tuple[str, str, str]] = {
 CUSTOM_ENV_ID = "N2N-Custom-v0"
 
 
+# gym.make's outermost wrapper: env.action_masks() on what gym.make returns (Gymnasium 1.x
+# wrappers forward no attributes; sb3-contrib's ActionMasker calls it on the outermost one)
+ACTION_MASKS = WrapperSpec("ActionMasks", "n2n_gym.adapters:ActionMasks", {})
+
+
 def register_envs() -> None:
-    if CUSTOM_ENV_ID not in gym.registry:
-        gym.register(CUSTOM_ENV_ID, entry_point="n2n_gym.env:N2NEnv",
-                     kwargs={"teacher": "custom", "dataset": "digits"}, nondeterministic=False)
-    for env_id, (teacher, dataset, _) in ENVS.items():
+    ids = {CUSTOM_ENV_ID: ("custom", "digits")} | {k: (teacher, data) for k, (teacher, data, _) in ENVS.items()}
+    for env_id, (teacher, dataset) in ids.items():
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point="n2n_gym.env:N2NEnv",
-                         kwargs={"teacher": teacher, "dataset": dataset}, nondeterministic=False)
+            gym.register(env_id, entry_point="n2n_gym.env:N2NEnv", kwargs={"teacher": teacher, "dataset": dataset},
+                         nondeterministic=False, additional_wrappers=(ACTION_MASKS,))

@@ -80,7 +80,7 @@ def test_observation_modes_carry_the_same_table_and_mask(digits_teacher):
         assert np.array_equal(outs["flat"][0], table.reshape(-1))
         assert np.array_equal(outs["dict"][0]["observation"], table.reshape(-1))
         assert np.array_equal(outs["dict"][0]["action_mask"], info["action_mask"])
-        assert outs["dict"][0]["action_mask"].dtype == np.int8
+        assert outs["dict"][0]["action_mask"].dtype == bool  # one mask dtype: info, observation, method
         assert envs["dict"].observation_space.contains(outs["dict"][0])
         action = _allowed(info["action_mask"])
         outs = {mode: env.step(action) for mode, env in envs.items()}
@@ -204,7 +204,7 @@ def test_torchrl_gymenv_masked_rollout(digits_teacher):
     torch.manual_seed(0)
     rollout = env.rollout(max_steps=L)  # random policy: samples the masked action spec
     assert rollout.batch_size == torch.Size([L])
-    assert rollout["action_mask"].dtype == torch.int8  # the Gymnasium space's dtype (PettingZoo's)
+    assert rollout["action_mask"].dtype == torch.bool  # what MaskedCategorical takes
     masks, actions = rollout["action_mask"].bool(), rollout["action"]
     assert masks.gather(-1, actions.long().unsqueeze(-1)).all(), "an action outside the mask was taken"
     assert not masks.all(), "the digits teacher has layers with forbidden actions"

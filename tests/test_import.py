@@ -410,7 +410,7 @@ def test_digits_sequential_cnn_and_other_stages(tmp_path) -> None:
         if stage == "remove":  # the lowest action keeps every layer: the teacher itself, not smaller
             assert not info["valid"] and "not smaller than the teacher" in info["reason"] and info["reward"] == -1
         else:  # the smallest widths: valid, and within the constraint
-            assert info["valid"] and info["params"] <= 10_000 and info["violated_constraints"] == []
+            assert info["valid"] and info["params"] <= 10_000 and info["violated_constraints"] == ""
 
 
 # ---------------------------------------------------------------------------- the CLI
