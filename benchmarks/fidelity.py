@@ -198,18 +198,11 @@ def item_key(item: dict) -> str:
 
 
 def json_lines(paths) -> list[dict]:
-    """The JSON objects of the lines of ``paths``; a line cut by a killed writer is skipped."""
-    rows = []
-    for path in paths:
-        with open(path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
-    return rows
+    """The JSON objects of the lines of ``paths`` (``records.scan_records``); a line cut by a
+    killed writer is skipped."""
+    from n2n_gym.benchmarks.records import scan_records
+
+    return [row for _, row, _ in scan_records(list(paths)) if isinstance(row, dict)]
 
 
 def read_scores(folder: pathlib.Path) -> list[dict]:
@@ -379,31 +372,32 @@ def cmd_run(a: argparse.Namespace) -> int:
         return 0
     out = folder / (f"scores-{k}of{n}.jsonl" if n > 1 else "scores.jsonl")
     ctx = mp.get_context("spawn")  # fork after torch threads can deadlock (PyTorch's known issue)
-    start, spent, left = time.time(), 0.0, est
+    start, spent = time.time(), 0.0
     with cf.ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_init_worker,
                                 initargs=(a.env, a.nice, os.getpid())) as pool:
-        pending = {}
-        queue = list(todo)
-        for _ in range(min(a.workers * 2, len(queue))):
+        queue, pending = list(todo), {}
+
+        def submit() -> None:
             it = queue.pop(0)
             pending[pool.submit(_run_item, it, arch[it["student"]], str(folder))] = it
+
+        for _ in range(min(a.workers * 2, len(queue))):
+            submit()
         finished = 0
         while pending:
-            for fut in cf.as_completed(list(pending)):
+            done_now, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            for fut in done_now:
                 it = pending.pop(fut)
                 row = fut.result()
                 _append(out, row)
                 finished += 1
                 spent += _estimate_seconds(it, meta["train_split"], ips)
-                rate = (time.time() - start) / spent if spent else 1.0
-                eta = (est - spent) * rate
+                eta = (est - spent) * (time.time() - start) / spent
                 print(f"[{finished}/{len(todo)}] student {row['student']:>2} {row['protocol']:<13} seed {row['seed']} "
                       f"val {row['accuracy']:.4f} reward {row['reward']:+.4f} {row['seconds']:.0f} s "
                       f"| ETA {eta / 3600:.2f} h", flush=True)
                 if queue:
-                    nxt = queue.pop(0)
-                    pending[pool.submit(_run_item, nxt, arch[nxt["student"]], str(folder))] = nxt
-                break
+                    submit()
     return 0
 
 
