@@ -12,10 +12,15 @@ ORIGINAL_FIELDS = {"name", "init", "epochs", "train_images", "val_images", "test
                    "weight_decay", "augment"}
 
 
-@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+@pytest.mark.parametrize("name", ["fast", "paper", "tiny"])
 def test_the_existing_protocols_keep_their_dict_and_so_their_cache_keys(name):
     assert set(PROTOCOLS[name].to_dict()) == ORIGINAL_FIELDS
     assert Protocol.from_dict(PROTOCOLS[name].to_dict()) == PROTOCOLS[name]
+
+
+def test_epochs_zero_scores_inherited_weights_only():
+    assert dataclasses.replace(PROTOCOLS["tiny"], epochs=0).epochs == 0  # bn-only: no training
+    assert Protocol.from_dict(PROTOCOLS["digits-v1"].to_dict()) == PROTOCOLS["digits-v1"]
 
 
 def test_optional_fields_appear_only_when_set_and_round_trip():

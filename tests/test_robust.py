@@ -202,7 +202,7 @@ def test_a_sane_protocol_is_still_valid(digits_teacher):
 
 @pytest.mark.parametrize("field, value, error", [
     ("lr", 0.0, ValueError), ("lr", float("inf"), ValueError), ("lr", float("nan"), ValueError),
-    ("lr", "1e-3", TypeError), ("epochs", 0, ValueError), ("batch_size", 0, ValueError),
+    ("lr", "1e-3", TypeError), ("epochs", -1, ValueError), ("batch_size", 0, ValueError),
     ("train_images", 0, ValueError), ("weight_decay", -1.0, ValueError), ("init", "zeros", ValueError),
     ("augment", "no", TypeError),
 ])
@@ -425,7 +425,7 @@ def test_validate_fails_a_cut_line_and_a_repeated_record(tmp_path, capsys):
     path = _write(tmp_path / "r.jsonl", record, record, raw=cut)
     assert validate.main([str(path)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert "unknown env" in lines[0]
+    assert "is not an n2n-gym env" in lines[0]  # refused before anything is made
     assert lines[1].startswith(f"FAIL {path}#2") and "duplicate of" in lines[1]
     assert lines[2].startswith(f"FAIL {path}#3: not valid JSON")
     assert lines[-1] == "0 passed, 3 failed, 0 unverifiable"
