@@ -177,9 +177,10 @@ def draw_students(env_id: str, n_random: int, n_records: int, n_magnitude: int, 
 def items(students: list[dict], protocols: dict, ref_epochs: int, stability: int,
           supernet: dict | None = None) -> list[dict]:
     """Every (student, protocol, seed) of the study, in run order: per student the candidates
-    (with ``supernet``, the spec of the supernet candidate), then the reference (and its 2x
-    run for the first ``stability`` students)."""
-    out = []
+    (with ``supernet``, the spec of the supernet candidate), then the reference; the 2x
+    reference runs of the first ``stability`` students come last, since on ResNet-20 each costs
+    as much as two students and the candidates' rho needs students first."""
+    out, stable = [], []
     for s in students:
         if supernet is not None:
             out.append({"student": s["id"], "protocol": SUPERNET, "seed": 0, "spec": supernet})
@@ -188,9 +189,9 @@ def items(students: list[dict], protocols: dict, ref_epochs: int, stability: int
                 out.append({"student": s["id"], "protocol": name, "seed": seed, "spec": proto.to_dict()})
         out.append({"student": s["id"], "protocol": "reference", "seed": 0, "spec": reference(ref_epochs).to_dict()})
         if s["id"] < stability:
-            out.append({"student": s["id"], "protocol": "reference-2x", "seed": 0,
-                        "spec": reference(2 * ref_epochs).to_dict()})
-    return out
+            stable.append({"student": s["id"], "protocol": "reference-2x", "seed": 0,
+                           "spec": reference(2 * ref_epochs).to_dict()})
+    return out + stable
 
 
 def item_key(item: dict) -> str:
