@@ -2,7 +2,7 @@
 
 For one env, a fixed set of students is scored under a ladder of candidate protocols and
 under a *reference*: what a practitioner runs after search, i.e. ``n2n-gym compress``'s
-final distillation (:func:`n2n_gym.final.final_protocol`: inherited weights, the whole
+final distillation (:func:`n2n_gym.evaluation.final.final_protocol`: inherited weights, the whole
 training split with the data set's augmentation, batch 64, Adam lr 1e-3 with the last
 third at lr/10, MSE on logits), scored on the whole validation split (test accuracy
 reported too). The reference is run again at twice its epochs on the first
@@ -27,7 +27,7 @@ Subcommands::
     python -m n2n_gym.benchmarks.fidelity supernet --env N2N-ResNet20-CIFAR10-v0 --epochs 12  # hours
     python -m n2n_gym.benchmarks.fidelity report --env N2N-ResNet20-CIFAR10-v0
 
-``supernet`` trains a weight-sharing supernet of the teacher (:mod:`n2n_gym.supernet`,
+``supernet`` trains a weight-sharing supernet of the teacher (:mod:`n2n_gym.evaluation.supernet`,
 Once-for-All / BigNAS; resumable) into the study folder; from then on ``run`` also scores
 every student by inheriting from it and recalibrating batch norm (candidate
 ``supernet-bn``, no training), keyed by the supernet file's sha256.
@@ -75,7 +75,7 @@ def slug(env_id: str) -> str:
 
 def ladder(train_split: int) -> dict:
     """The candidate protocols for a training split of ``train_split`` images, cheapest first."""
-    from n2n_gym.protocols import PROTOCOLS, Protocol
+    from n2n_gym.evaluation.protocols import PROTOCOLS, Protocol
 
     fast = PROTOCOLS["fast"]
     bn = min(2048, train_split)
@@ -95,7 +95,7 @@ def ladder(train_split: int) -> dict:
 
 
 def reference(epochs: int):
-    from n2n_gym.final import final_protocol
+    from n2n_gym.evaluation.final import final_protocol
 
     return final_protocol(epochs, 1e-3)
 
@@ -109,8 +109,8 @@ def draw_students(env_id: str, n_random: int, n_records: int, n_magnitude: int, 
     import gymnasium as gym
 
     import n2n_gym  # noqa: F401  (registers the ids)
-    from n2n_gym.arch import Architecture
-    from n2n_gym.edits import apply_decisions, uniform_width_student
+    from n2n_gym.ir.arch import Architecture
+    from n2n_gym.ir.edits import apply_decisions, uniform_width_student
 
     rng = np.random.default_rng(seed)
     env = gym.make(env_id, stage="joint", cache=False, progress=False)
@@ -201,7 +201,7 @@ def item_key(item: dict) -> str:
 def json_lines(paths) -> list[dict]:
     """The JSON objects of the lines of ``paths`` (``records.scan_records``); a line cut by a
     killed writer is skipped."""
-    from n2n_gym.benchmarks.records import scan_records
+    from n2n_gym.bench.records import scan_records
 
     return [row for _, row, _ in scan_records(list(paths)) if isinstance(row, dict)]
 
@@ -251,9 +251,9 @@ _SUPERNETS: dict = {}
 def _supernet_result(arch, spec: dict, folder: str) -> dict:
     """The supernet candidate: inherit from the study's supernet (checked by its sha256),
     recalibrate batch norm, score; no training."""
-    from n2n_gym.files import file_sha256
-    from n2n_gym.reward import n2n_reward
-    from n2n_gym.supernet import load_supernet, score
+    from n2n_gym.evaluation.reward import n2n_reward
+    from n2n_gym.evaluation.supernet import load_supernet, score
+    from n2n_gym.utils.files import file_sha256
 
     if spec["supernet"] not in _SUPERNETS:
         path = os.path.join(folder, "supernet.pt")
@@ -269,8 +269,8 @@ def _supernet_result(arch, spec: dict, folder: str) -> dict:
 
 
 def _run_item(item: dict, arch_json: str, folder: str = "") -> dict:
-    from n2n_gym.arch import Architecture
-    from n2n_gym.protocols import Protocol
+    from n2n_gym.evaluation.protocols import Protocol
+    from n2n_gym.ir.arch import Architecture
 
     arch = Architecture.from_json(arch_json)
     start = time.perf_counter()
@@ -352,7 +352,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     ips = a.images_per_second or IMAGES_PER_SECOND.get(a.env, 250.0)
     supernet = None
     if (folder / "supernet.pt").exists() and (not a.protocols or SUPERNET in a.protocols):
-        from n2n_gym.files import file_sha256
+        from n2n_gym.utils.files import file_sha256
 
         supernet = {"supernet": file_sha256(folder / "supernet.pt"), "bn_recalibration": min(2048, meta["train_split"]),
                     "val_images": 2000}
@@ -409,7 +409,11 @@ def cmd_supernet(a: argparse.Namespace) -> int:
     import torch
 
     import n2n_gym  # noqa: F401
-    from n2n_gym.supernet import progress_printer, save_supernet, train_supernet
+    from n2n_gym.evaluation.supernet import (
+        progress_printer,
+        save_supernet,
+        train_supernet,
+    )
 
     folder = pathlib.Path(a.out or RESULTS / slug(a.env))
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ epoch (summed on the device, one host sync per epoch), the weights once after tr
 and the logits on the scored images. This times, on the same random students of an env:
 
 - ``eval_s``: the whole evaluation (build, inherit, distil, score; ``cache=False``);
-- ``weights_check_s``: :func:`n2n_gym.distill.check_finite_weights` on the trained student;
+- ``weights_check_s``: :func:`n2n_gym.evaluation.distill.check_finite_weights` on the trained student;
 - ``logits_check_s``: ``torch.isfinite(logits).all()`` on its validation + test logits;
 - ``loss_sum_s``: the per-step cost of the loss sum, as ``steps`` on-device additions and
   one sync, the work the per-epoch loss check adds to the training loop.
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 import n2n_gym  # noqa: F401  (registers the environments)
-from n2n_gym.build import build, inherit_weights
-from n2n_gym.distill import check_finite_weights, distill, predict_logits
+from n2n_gym.evaluation.distill import check_finite_weights, distill, predict_logits
+from n2n_gym.ir.build import build, inherit_weights
 
 
 def _timed(fn) -> float:

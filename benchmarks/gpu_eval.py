@@ -28,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 import n2n_gym
-from n2n_gym.build import build
-from n2n_gym.data import load_dataset
-from n2n_gym.protocols import get_protocol
-from n2n_gym.teachers import save_teacher
+from n2n_gym.data.datasets import load_dataset
+from n2n_gym.evaluation.protocols import get_protocol
+from n2n_gym.ir.build import build
+from n2n_gym.teachers.teacher import save_teacher
+from n2n_gym.utils.devices import resolve_device
 
 #: dense bf16 tensor-core peak, TFLOP/s (NVIDIA data sheets; SXM parts)
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
@@ -86,8 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/gpu_eval.json")
     args = p.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(resolve_device(args.device))
     kwargs = {"protocol": args.protocol, "device": str(device), "cache": False, "progress": False, **args.env_kwargs}
     if args.untrained_teacher:
         probe = gym.make(args.env).unwrapped

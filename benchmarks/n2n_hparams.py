@@ -22,9 +22,9 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-from n2n_gym.benchmarks import leaderboard
-from n2n_gym.benchmarks.records import read_records
-from n2n_gym.benchmarks.runner import done_keys, run_key, run_one
+from n2n_gym.bench import leaderboard
+from n2n_gym.bench.records import read_records
+from n2n_gym.bench.runner import done_keys, run_key, run_one
 
 RESULTS = ROOT / "benchmarks" / "results" / "n2n-hparams-digits-60.jsonl"
 

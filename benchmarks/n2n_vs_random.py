@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-from n2n_gym.agents.n2n import Args, N2N
+from n2n_gym.agents.n2n import N2N, Args
 
 RESULTS = ROOT / "benchmarks" / "results"
 METHODS = ("n2n", "random")

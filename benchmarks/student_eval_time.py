@@ -18,12 +18,12 @@ import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
-from n2n_gym.build import build
-from n2n_gym.cache import NullCache
-from n2n_gym.data import load_dataset
-from n2n_gym.edits import InvalidStudent
-from n2n_gym.evaluation import Evaluator
-from n2n_gym.teachers import Teacher, weights_sha256
+from n2n_gym.data.datasets import load_dataset
+from n2n_gym.evaluation.cache import NullCache
+from n2n_gym.evaluation.evaluator import Evaluator
+from n2n_gym.ir.build import build
+from n2n_gym.ir.edits import InvalidStudent
+from n2n_gym.teachers.teacher import Teacher, weights_sha256
 
 
 def main() -> None:

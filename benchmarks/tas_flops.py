@@ -44,9 +44,9 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 from n2n_gym.agents.tas import TAS, Args, make_searchable, search
-from n2n_gym.data import load_dataset
-from n2n_gym.edits import apply_decisions
-from n2n_gym.zoo import teacher_architecture
+from n2n_gym.data.datasets import load_dataset
+from n2n_gym.ir.edits import apply_decisions
+from n2n_gym.ir.zoo import teacher_architecture
 
 RESULTS = ROOT / "benchmarks" / "results" / "tas_flops.json"
 # target FLOPs ratios: TAS's searched CIFAR-10 configurations (ResNet-20: 45 % reduction,

@@ -5,7 +5,7 @@
     python -m n2n_gym.benchmarks.tas_vs_n2n --env N2N-VGG13-MNIST-v0 --budget 40 \
         --results benchmarks/results/leaderboard-mnist.jsonl
 
-Both methods go through ``n2n-gym bench`` (``n2n_gym.benchmarks.runner.run_one``) with the same
+Both methods go through ``n2n-gym bench`` (``n2n_gym.bench.runner.run_one``) with the same
 ``--budget``: the N2N agent may evaluate that many distinct students; TAS gets a search
 whose compute equals that many evaluations (``agents/tas.py``, ``--budget-evaluations``)
 plus its one evaluation. ``--run`` runs whatever (agent, seed) is missing from the
@@ -30,7 +30,7 @@ import pathlib
 import statistics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-from n2n_gym.benchmarks.records import read_records
+from n2n_gym.bench.records import read_records
 
 RESULTS = ROOT / "benchmarks" / "results"
 #: (label, runner agent, stage): the paper's two-stage N2N, N2N's shrink policy on the joint
@@ -44,8 +44,10 @@ def epochs_per_evaluation(env_id: str, protocol: str, env_kwargs: dict | None = 
     import gymnasium as gym
 
     import n2n_gym  # noqa: F401
-    from n2n_gym.agents.tas import evaluation_epochs  # the same count TAS sizes its search with
-    from n2n_gym.protocols import get_protocol
+    from n2n_gym.agents.tas import (
+        evaluation_epochs,  # the same count TAS sizes its search with
+    )
+    from n2n_gym.evaluation.protocols import get_protocol
 
     env = gym.make(env_id, **{**(env_kwargs or {}), "protocol": protocol})
     try:
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.run:
         import torch
 
-        from n2n_gym.benchmarks.runner import run_one, summary_line
+        from n2n_gym.bench.runner import run_one, summary_line
 
         torch.set_num_threads(args.threads)
         for agent, stage in (("n2n", "remove,shrink"), ("tas", "joint")):

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update({k: ckpt.get(k) for k in ("val_accuracy", "test_accuracy", "recipe", "data_digest")})
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from n2n_gym.files import atomic_write_text
+    from n2n_gym.utils.files import atomic_write_text
 
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=1))
 

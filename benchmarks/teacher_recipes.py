@@ -29,11 +29,12 @@ import time
 
 import torch
 
-from n2n_gym.data import Dataset, load_dataset
-from n2n_gym.distill import accuracy
-from n2n_gym.files import atomic_write_text
-from n2n_gym.teachers import Recipe, default_recipe, train_teacher
-from n2n_gym.zoo import teacher_architecture
+from n2n_gym.data.datasets import Dataset, load_dataset
+from n2n_gym.evaluation.distill import accuracy
+from n2n_gym.ir.zoo import teacher_architecture
+from n2n_gym.teachers.teacher import Recipe, default_recipe, train_teacher
+from n2n_gym.utils.devices import resolve_device
+from n2n_gym.utils.files import atomic_write_text
 
 PAPER_TEACHERS = ("resnet18", "resnet34", "vgg11", "vgg19")
 
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
     if args.limit_images is not None and args.limit_images < 1:
         raise SystemExit(f"--limit-images must be >= 1, got {args.limit_images}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     data = load_dataset(args.dataset)
     if args.limit_images:
         data = limited(data, args.limit_images)

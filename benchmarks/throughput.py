@@ -1,6 +1,6 @@
 """Evaluation throughput, paired and repeated in one run (issue 13).
 
-(a) **Distillation images/s**: the project's loop (``n2n_gym.distill.distill``: whole uint8
+(a) **Distillation images/s**: the project's loop (``n2n_gym.evaluation.distill.distill``: whole uint8
     tensors, batched crop/flip, reused teacher logits without augmentation) against a loop
     written like the original N2N code, here in this file: PIL images, per-sample
     torchvision transforms, a ``DataLoader``, a teacher forward on every batch. Same
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import os
 import pathlib
@@ -42,12 +41,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import n2n_gym
-from n2n_gym.checks import int_at_least
-from n2n_gym.backends import make_backend
-from n2n_gym.build import build, inherit_weights
-from n2n_gym.data import load_dataset
-from n2n_gym.distill import accuracy, distill, predict_logits
-from n2n_gym.teachers import save_teacher
+from n2n_gym.data.datasets import load_dataset
+from n2n_gym.evaluation.backends import make_backend
+from n2n_gym.evaluation.distill import accuracy, distill, predict_logits
+from n2n_gym.ir.build import build, inherit_weights
+from n2n_gym.teachers.teacher import save_teacher
+from n2n_gym.utils.checks import int_at_least
 
 
 # ---------------------------------------------------------------------------- helpers

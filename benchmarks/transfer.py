@@ -24,8 +24,8 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-from n2n_gym.checks import int_at_least
-from n2n_gym.agents.n2n import Args, N2N, save_policies
+from n2n_gym.agents.n2n import N2N, Args, save_policies
+from n2n_gym.utils.checks import int_at_least
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         if "fresh" in summary and "pretrained" in summary:
             # rliable statistics (as the leaderboard's): IQM of updates-to-threshold with a 95 %
             # stratified-bootstrap interval, and P(a pre-trained run reaches it sooner than a fresh one)
-            from n2n_gym.benchmarks.leaderboard import improvement_intervals, iqm_intervals
+            from n2n_gym.bench.leaderboard import improvement_intervals, iqm_intervals
 
             u = {k: [x or ns.updates + 1 for x in summary[k]["updates_to_threshold"]] for k in ("fresh", "pretrained")}
             for k, v in iqm_intervals(u, reps=2000).items():

@@ -4,9 +4,9 @@
     python docs/gen_pages.py --check    # regenerate everything in memory; exit 1 if a file differs
 
 Sources, and nothing else: the committed records and results of ``benchmarks/results/``
-(``*.jsonl`` leaderboards rendered by the package's own ``n2n_gym.benchmarks.leaderboard``,
+(``*.jsonl`` leaderboards rendered by the package's own ``n2n_gym.bench.leaderboard``,
 ``*.json`` benchmark results, plots linked, never copied), the env's docstring
-(``n2n_gym.env.N2NEnv.__doc__``: the MDP and version-history pages), the registered env ids
+(``n2n_gym.envs.env.N2NEnv.__doc__``: the MDP and version-history pages), the registered env ids
 and teacher architectures, the pinned-teacher registry and the agent registry of
 ``n2n-gym bench``. So no table on the site is typed by hand and none can disagree with its
 source.
@@ -114,7 +114,7 @@ def source_note(*names: str) -> str:
 def leaderboard_md(files: list[str], at_evaluations: int | None = None, heading: str = "###") -> str:
     """The package's own leaderboard (n2n-gym leaderboard --format md --reps REPS) of the
     records in ``files``, its headings moved under the page's."""
-    from n2n_gym.benchmarks import leaderboard as lb
+    from n2n_gym.bench import leaderboard as lb
 
     skipped: list = []
     records = lb.load([RESULTS / f for f in files], skipped=skipped)
@@ -413,7 +413,7 @@ def page_teacher_training() -> str:
 def env_docstring_sections() -> dict[str, str]:
     """``N2NEnv.__doc__`` split at its ``## `` headings (Gymnasium's env-docstring template),
     as Markdown: literals in single backticks, a blank line before each list."""
-    from n2n_gym.env import N2NEnv
+    from n2n_gym.envs.env import N2NEnv
 
     doc = textwrap.dedent(N2NEnv.__doc__ or "").strip("\n")
     sections: dict[str, str] = {}
@@ -448,15 +448,15 @@ def page_mdp() -> str:
     missing = [t for t in MDP_SECTIONS + ("Version History",) if t not in s]
     if missing:
         raise ValueError(f"N2NEnv's docstring lacks the sections {missing}")
-    from n2n_gym import encoding
-    from n2n_gym.env import RATIO_TABLES
+    from n2n_gym.ir import encoding
+    from n2n_gym.envs.env import RATIO_TABLES
 
     out = ["# The MDP", "",
            "This page is the env's own reference, `help(n2n_gym.N2NEnv)`, rendered section by section (Gymnasium's "
            "env-docstring template); the tables after it are read from the code.", ""]
     for title in MDP_SECTIONS:
         out += [f"## {title}", "", s[title]]
-    out += ["## Observation columns", "", "`n2n_gym.encoding.FEATURES`, in column order:", "",
+    out += ["## Observation columns", "", "`n2n_gym.ir.encoding.FEATURES`, in column order:", "",
             table(["column", "feature"], [[i, f"`{name}`"] for i, name in enumerate(encoding.FEATURES)], "rl"),
             "## Width-ratio tables", "",
             table(["`ratios=`", "ratios"], [[f"`\"{k}\"`", ", ".join(f"{r:g}" for r in v)]
@@ -469,7 +469,7 @@ def page_mdp() -> str:
 def protocols_table() -> str:
     from dataclasses import fields
 
-    from n2n_gym.protocols import PROTOCOLS
+    from n2n_gym.evaluation.protocols import PROTOCOLS
 
     names = list(PROTOCOLS)
     keys = [f.name for f in fields(next(iter(PROTOCOLS.values()))) if f.name != "name"]
@@ -487,9 +487,9 @@ def page_versions() -> str:
 
 def env_rows() -> list[list]:
     import n2n_gym  # noqa: F401  (registers the ids)
-    from n2n_gym.data import dataset_info
-    from n2n_gym.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID, ENVS
-    from n2n_gym.zoo import teacher_architecture
+    from n2n_gym.data.datasets import dataset_info
+    from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID, ENVS
+    from n2n_gym.ir.zoo import teacher_architecture
 
     rows = []
     for env_id, (teacher, dataset, note) in ENVS.items():
@@ -525,13 +525,13 @@ def pinned_table() -> str:
 
 
 def _envs() -> dict:
-    from n2n_gym.registration import ENVS
+    from n2n_gym.envs.registration import ENVS
 
     return ENVS
 
 
 def agents_table() -> str:
-    from n2n_gym.benchmarks.runner import AGENTS
+    from n2n_gym.bench.runner import AGENTS
 
     rows = [[f"`{name}`", spec.description, f"`{spec.default_stage}`",
              "`.[sb3]`" if spec.sb3 else ("`.[tpe]`" if name == "optuna_tpe" else "core")]
@@ -547,7 +547,7 @@ def page_envs() -> str:
         "the teacher's, FLOPs counted as 2 per multiply-accumulate (FlopCounterMode's convention) for one image "
         "of the data set's size.", "", env_table(),
         "## Pinned teachers", "",
-        "Every id names its teacher in one registry, `n2n_gym/pinned/registry.json`: architecture, recipe, data "
+        "Every id names its teacher in one registry, `n2n_gym/teachers/pinned/registry.json`: architecture, recipe, data "
         "variant with the digest of the data's content, accuracies, and the sha256 of the weights' content, which is "
         "the teacher's identity in every record and cache key.", "", pinned_table(),
         "The other ids are not pinned yet: their teachers are trained by the recipe on first use (see below).", "",
@@ -559,7 +559,7 @@ TEACHER_TEXT = """\
 
 The first `reset()` provisions the teacher (data errors surface there too), in this order:
 `teacher_checkpoint=`; the pinned file, looked for in `$N2N_TEACHERS`, the package's own
-`n2n_gym/pinned/`, the cache, and `$N2N_TEACHERS_URL/<file>` where downloads are allowed, each
+`n2n_gym/teachers/pinned/`, the cache, and `$N2N_TEACHERS_URL/<file>` where downloads are allowed, each
 verified by its weights' sha256; the cache of teachers trained here; else trained by the recipe.
 Before training, a few timed steps on this device estimate the duration; over
 `teacher_max_minutes` (default `$N2N_TEACHER_MAX_MINUTES` or 30) `reset()` stops within seconds
@@ -572,7 +572,7 @@ non-finite weights or no better than chance on its validation split is refused
 n2n-gym teacher list                       # every id: teacher, pinned sha, accuracies, size, present here, est. training time
 n2n-gym teacher train ID [--device cuda]   # train by the recipe (progress with ETA, resumable); checks the pinned sha
 n2n-gym teacher verify ID                  # re-measure on the env's splits, check the weights' sha256 against the pin
-n2n-gym teacher pin ID PATH                # pin a trained checkpoint (measured here; stored in n2n_gym/pinned/)
+n2n-gym teacher pin ID PATH                # pin a trained checkpoint (measured here; stored in n2n_gym/teachers/pinned/)
 ```
 
 `n2n-gym validate` checks each record's teacher against the registry: a record whose teacher is
@@ -586,7 +586,7 @@ teacher. Training curve of the pinned ResNet-20: [Teacher training](results/teac
 
 
 def pages() -> list[Page]:
-    pkg = "n2n_gym/env.py"
+    pkg = "n2n_gym/envs/env.py"
     return [
         Page("docs/results/leaderboards.md", ("benchmarks/results/leaderboard-digits.jsonl",
                                               "benchmarks/results/leaderboard-mnist.jsonl"),
@@ -610,9 +610,9 @@ def pages() -> list[Page]:
             "throughput-resnet20-lpt.json", "throughput-digits.json")), page_speed),
         Page("docs/results/teacher-training.md", ("benchmarks/results/teacher_resnet20_cifar10_jpeg.json",),
              page_teacher_training),
-        Page("docs/mdp.md", (pkg, "n2n_gym/encoding.py", "n2n_gym/protocols.py"), page_mdp),
+        Page("docs/mdp.md", (pkg, "n2n_gym/ir/encoding.py", "n2n_gym/evaluation/protocols.py"), page_mdp),
         Page("docs/versions.md", (pkg,), page_versions),
-        Page("docs/envs.md", ("n2n_gym/registration.py", "n2n_gym/zoo.py", "n2n_gym/pinned/registry.json"),
+        Page("docs/envs.md", ("n2n_gym/teachers/catalog.py", "n2n_gym/ir/zoo.py", "n2n_gym/teachers/pinned/registry.json"),
              page_envs),
     ]
 

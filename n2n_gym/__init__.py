@@ -1,16 +1,25 @@
 """n2n-gym: network compression as a Gymnasium MDP (N2N, Ashok et al., ICLR 2018).
 
 ``import n2n_gym`` registers the environments; ``gym.make(n2n_gym.DEFAULT_ENV_ID)``.
+
+The layers, bottom up (each sub-package may import only those below it; CI checks it with
+import-linter, ``pyproject.toml``): :mod:`n2n_gym.utils`, :mod:`n2n_gym.ir` (the architecture
+IR), :mod:`n2n_gym.data`, :mod:`n2n_gym.teachers`, :mod:`n2n_gym.evaluation` (protocols,
+training loops, reward, cache, backends), :mod:`n2n_gym.envs` (the MDP, wrappers),
+:mod:`n2n_gym.bench` (runner, records, leaderboard, validate), :mod:`n2n_gym.agents`; the CLI
+(:mod:`n2n_gym.cli`) is thin commands on top. ``docs/structure.md`` says where things go.
 """
 
 import os as _os
 import sys as _sys
 
-from .arch import FLOP_CONVENTION, Architecture, Layer
-from .registration import DEFAULT_ENV_ID, ENVS, register_envs
+from n2n_gym import _compat
+from n2n_gym.envs.registration import DEFAULT_ENV_ID, ENVS, register_envs
+from n2n_gym.ir.arch import FLOP_CONVENTION, Architecture, Layer
 
 __version__ = "0.1.0"
 
+_compat.install()
 register_envs()
 
 
@@ -32,15 +41,15 @@ if hasattr(_os, "register_at_fork"):  # (POSIX)
 def __getattr__(name):
     # the torch-heavy parts load on first use, so `import n2n_gym` stays light
     if name == "N2NEnv":
-        from .env import N2NEnv
+        from n2n_gym.envs.env import N2NEnv
 
         return N2NEnv
     if name == "load_student":
-        from .students import load_student
+        from n2n_gym.ir.students import load_student
 
         return load_student
     if name in ("import_module", "UnsupportedModelError"):
-        from . import importer
+        from n2n_gym.teachers import importer
 
         return getattr(importer, name)
     raise AttributeError(f"module 'n2n_gym' has no attribute {name!r}")

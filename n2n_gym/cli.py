@@ -8,7 +8,7 @@
   ``--model package.module:factory [--checkpoint weights.pt] --dataset npz:/path.npz``
   compresses your own network instead of a zoo teacher (``N2N-Custom-v0``).
 - ``n2n-gym teacher list | train ID | verify ID | pin ID PATH``: the pinned teachers
-  (``n2n_gym.teacher_registry``).
+  (``n2n_gym.teachers.registry``).
 
 Run folder of ``compress``::
 
@@ -18,13 +18,13 @@ Run folder of ``compress``::
     policies.pt      the trained policies (``--load-policy`` of a later search)
     student.json/.pt the best student after the final distillation: n2n_gym.load_student(folder)
     student.pt2      torch.export program;  student.onnx  ONNX (dynamo exporter)
-    teacher.pt2/.onnx the teacher's exports, for the latency comparison (n2n_gym.deploy)
+    teacher.pt2/.onnx the teacher's exports, for the latency comparison (n2n_gym.evaluation.deploy)
     final.ckpt       the final distillation's checkpoint after each epoch (--resume continues it);
                      magnitude.ckpt, thin.ckpt: the same for the same-size alternatives (--compare)
     report.json/.txt teacher vs best student vs the alternatives, latency;  rewards.png, pareto.png
 
 Before the search it prints an estimate of the whole run's duration (an upper bound: the
-teacher's architecture timed on this machine, ``n2n_gym.final.throughput``).
+teacher's architecture timed on this machine, ``n2n_gym.evaluation.final.throughput``).
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ import sys
 import time
 from typing import Any
 
-from n2n_gym.checks import int_at_least, json_object
-from n2n_gym.files import atomic_torch_save, atomic_write_text, remove_stale_temps
+from n2n_gym.bench.leaderboard import pareto_front
+from n2n_gym.utils.checks import int_at_least, json_object
+from n2n_gym.utils.devices import resolve_device
+from n2n_gym.utils.files import atomic_torch_save, atomic_write_text, remove_stale_temps
 
 RUNS_ROOT = pathlib.Path("runs")
 DEFAULT_FINAL_EPOCHS = 30
@@ -61,18 +63,6 @@ def read_history(path: pathlib.Path) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return rows
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points (params, accuracy) that no other point beats: fewer or equal
-    params with higher accuracy. Sorted by params."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
 
 
 def _fmt_int(n) -> str:
@@ -124,9 +114,9 @@ def _custom_teacher(ns: argparse.Namespace) -> None:
         ns.env_kwargs = {**ns.env_kwargs, "dataset": ns.dataset}
     if ns.model is None:
         return
-    from n2n_gym.data import dataset_info
-    from n2n_gym.importer import import_teacher
-    from n2n_gym.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID
+    from n2n_gym.data.datasets import dataset_info
+    from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID
+    from n2n_gym.teachers.importer import import_teacher
 
     if ns.env_id not in (DEFAULT_ENV_ID, CUSTOM_ENV_ID):
         raise SystemExit(f"n2n-gym compress: --model runs on {CUSTOM_ENV_ID}, not on --env {ns.env_id}; drop --env")
@@ -165,8 +155,8 @@ def _run_dir(ns: argparse.Namespace) -> tuple[pathlib.Path, bool]:
 
 def _final_distill(unwrapped, arch, epochs: int, seed: int, lr: float,
                    checkpoint: pathlib.Path | None = None) -> tuple[Any, float, float, float]:
-    """(module, val, test, seconds) of ``n2n_gym.final.final_distill`` (resumable from ``checkpoint``)."""
-    from n2n_gym.final import final_distill
+    """(module, val, test, seconds) of ``n2n_gym.evaluation.final.final_distill`` (resumable from ``checkpoint``)."""
+    from n2n_gym.evaluation.final import final_distill
 
     module, row = final_distill(unwrapped.evaluator, arch, epochs, lr, seed, checkpoint=checkpoint)
     return module, row["val_accuracy"], row["test_accuracy"], row["seconds"]
@@ -174,11 +164,11 @@ def _final_distill(unwrapped, arch, epochs: int, seed: int, lr: float,
 
 def _print_estimate(search, done: int, args, final_epochs: int, final_students: int) -> None:
     """The run's duration, estimated before it starts from a timing of the teacher's
-    architecture now (``n2n_gym.final.throughput``): an upper bound, as students are smaller."""
-    from n2n_gym.final import estimate_seconds, throughput
-    from n2n_gym.protocols import get_protocol
-
+    architecture now (``n2n_gym.evaluation.final.throughput``): an upper bound, as students are smaller."""
     import gymnasium as gym
+
+    from n2n_gym.evaluation.final import estimate_seconds, throughput
+    from n2n_gym.evaluation.protocols import get_protocol
 
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     ev = env.unwrapped.evaluator
@@ -200,12 +190,12 @@ def _duration(seconds: float) -> str:
 
 
 def _latency(run_dir: pathlib.Path, teacher, arch, exports: dict, rounds: int) -> dict | None:
-    """Teacher against student through the exported files (``n2n_gym.deploy.compare``), or
+    """Teacher against student through the exported files (``n2n_gym.evaluation.deploy.compare``), or
     ``None`` when skipped; a runtime that fails is reported, never fatal to the run."""
     if rounds <= 0 or not exports:
         return None
-    from n2n_gym import deploy
-    from n2n_gym.students import export_student
+    from n2n_gym.evaluation import deploy
+    from n2n_gym.ir.students import export_student
 
     teacher_files = export_student(teacher.module.cpu(), run_dir, stem="teacher")
     files = {who: {rt: f[key] for rt, key in (("onnxruntime", "onnx"), ("torch.export", "torch.export"))
@@ -224,7 +214,7 @@ def _latency_text(latency: dict | None) -> str:
         return ""
     if "error" in latency:
         return f"latency not measured: {latency['error']}\n\n"
-    from n2n_gym.deploy import table
+    from n2n_gym.evaluation.deploy import table
 
     return f"Inference through the exported files (teacher.* vs student.*):\n\n{table(latency)}\n\n"
 
@@ -272,7 +262,7 @@ def _plots(run_dir: pathlib.Path, history: list[dict], final: dict | None) -> li
     if valid:
         uniq = {r["architecture"]: r for r in valid}
         pts = [(r["params"], r["accuracy"]) for r in uniq.values()]
-        front = [pts[i] for i in pareto_front(pts)]
+        front = pareto_front(pts)
         ax.step([p for p, _ in front], [100 * a for _, a in front], where="post", color="red", lw=1.2)
         ax.scatter([p for p, _ in front], [100 * a for _, a in front], s=25, facecolors="none", edgecolors="red",
                    label="Pareto front")
@@ -320,11 +310,11 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import n2n_gym  # noqa: F401
-    from n2n_gym.agents.n2n import Args, N2N, save_policies
-    from n2n_gym.arch import Architecture
-    from n2n_gym.protocols import get_protocol
-    from n2n_gym.reward import n2n_reward
-    from n2n_gym.students import export_student, save_student
+    from n2n_gym.agents.n2n import N2N, Args, save_policies
+    from n2n_gym.evaluation.protocols import get_protocol
+    from n2n_gym.evaluation.reward import n2n_reward
+    from n2n_gym.ir.arch import Architecture
+    from n2n_gym.ir.students import export_student, save_student
 
     t_start = time.perf_counter()
     if ns.resume is None:
@@ -443,7 +433,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
                  "seconds": final_seconds}
     others = {}
     if compare:
-        from n2n_gym.final import alternatives
+        from n2n_gym.evaluation.final import alternatives
 
         print(f"the same final distillation for {', '.join(compare)} at the student's size ...", file=sys.stderr)
         try:
@@ -510,11 +500,15 @@ def _teacher_rows(ids: list[str], estimate: bool, device: str) -> list[dict]:
 
     import torch  # noqa: F401
 
-    from n2n_gym import teacher_registry as reg
-    from n2n_gym.cache import default_cache_dir
-    from n2n_gym.data import dataset_info, load_dataset
-    from n2n_gym.teachers import Recipe, default_recipe, estimate_training_seconds
-    from n2n_gym.zoo import teacher_architecture
+    from n2n_gym.data.datasets import dataset_info, load_dataset
+    from n2n_gym.ir.zoo import teacher_architecture
+    from n2n_gym.teachers import registry as reg
+    from n2n_gym.teachers.teacher import (
+        Recipe,
+        default_recipe,
+        estimate_training_seconds,
+    )
+    from n2n_gym.utils.files import default_cache_dir
 
     rows = []
     for env_id in ids:
@@ -551,11 +545,11 @@ def _teacher_rows(ids: list[str], estimate: bool, device: str) -> list[dict]:
 
 
 def cmd_teacher(ns: argparse.Namespace) -> int:
-    from n2n_gym import teacher_registry as reg
-    from n2n_gym.registration import ENVS
+    from n2n_gym.envs.registration import ENVS
+    from n2n_gym.teachers import registry as reg
 
     if ns.teacher_command == "list":
-        from n2n_gym.teachers import _fmt_duration
+        from n2n_gym.teachers.teacher import _fmt_duration
 
         ids = ns.ids or list(ENVS)
         rows = _teacher_rows(ids, ns.estimate, ns.device)
@@ -574,7 +568,7 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
                   f"{'yes' if r['present'] else 'no':<8} {est:>11}")
         print(f"\ntrain here: estimated from timed training steps on {ns.device} with the recipe's threads "
               "(`--no-estimate` skips); present: the pinned file, or a teacher trained here by the same recipe, "
-              "is on this machine. Pinned teachers: n2n_gym/pinned/registry.json.")
+              "is on this machine. Pinned teachers: n2n_gym/teachers/pinned/registry.json.")
         return 0
 
     teacher, dataset, pin = reg.env_teacher(ns.id)
@@ -588,13 +582,18 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
                                                       "machine's cache; others reproduce it by training)"))
         return 0
 
-    import torch
 
-    from n2n_gym.data import load_dataset
-    from n2n_gym.teachers import Recipe, _load_checkpoint, default_recipe, teacher_cache_path, train_teacher
-    from n2n_gym.zoo import teacher_architecture
+    from n2n_gym.data.datasets import load_dataset
+    from n2n_gym.ir.zoo import teacher_architecture
+    from n2n_gym.teachers.teacher import (
+        Recipe,
+        _load_checkpoint,
+        default_recipe,
+        teacher_cache_path,
+        train_teacher,
+    )
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
+    device = resolve_device(ns.device)
     data = load_dataset(dataset).to(device)
     recipe = Recipe(**pin.recipe) if pin else default_recipe(dataset)
     arch = teacher_architecture(teacher, data.info.input_shape, data.info.num_classes)
@@ -643,7 +642,7 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- parser
 def _alternatives(text: str) -> str:
-    from n2n_gym.final import ALTERNATIVES
+    from n2n_gym.evaluation.final import ALTERNATIVES
 
     names = [t for t in text.split(",") if t]
     unknown = sorted(set(names) - set(ALTERNATIVES))
@@ -653,7 +652,7 @@ def _alternatives(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from n2n_gym.registration import DEFAULT_ENV_ID
+    from n2n_gym.envs.registration import DEFAULT_ENV_ID
 
     parser = argparse.ArgumentParser(prog="n2n-gym", description="Network-to-network compression (N2N, ICLR 2018) "
                                      "as a Gymnasium MDP.")
@@ -698,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compress your own network: a function or class returning the trained nn.Module, "
                          "with literal keyword arguments if any (e.g. 'torchvision.models:resnet18(num_classes=10)'; "
                          "the current folder is importable); runs on "
-                         "N2N-Custom-v0, imported with torch.fx (n2n_gym.importer)")
+                         "N2N-Custom-v0, imported with torch.fx (n2n_gym.teachers.importer)")
     co.add_argument("--checkpoint", default=None, metavar="WEIGHTS.pt",
                     help="a state_dict to load into the --model network")
     co.add_argument("--dataset", default=None, metavar="NAME",
@@ -710,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.set_defaults(func=cmd_compress)
 
     te = sub.add_parser("teacher", help="pinned teachers: list, train, verify, pin",
-                        description="The teachers of the registered envs (n2n_gym/pinned/registry.json).")
+                        description="The teachers of the registered envs (n2n_gym/teachers/pinned/registry.json).")
     tsub = te.add_subparsers(dest="teacher_command", required=True)
     tl = tsub.add_parser("list", help="every registered env id: its teacher, pinned sha, accuracies, size, "
                                       "present here or not, estimated training time on this device")
@@ -744,9 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # subcommands implemented in benchmarks/, each with its own argument parser (`n2n-gym bench --help`)
 FORWARDED = {
-    "bench": ("n2n_gym.benchmarks.runner", "run agents x seeds at a budget of student evaluations; append JSONL records"),
-    "leaderboard": ("n2n_gym.benchmarks.leaderboard", "rank agents from results files (md/csv/html) with plots"),
-    "validate": ("n2n_gym.benchmarks.validate", "replay every record of a results file and re-check its reward"),
+    "bench": ("n2n_gym.bench.runner", "run agents x seeds at a budget of student evaluations; append JSONL records"),
+    "leaderboard": ("n2n_gym.bench.leaderboard", "rank agents from results files (md/csv/html) with plots"),
+    "validate": ("n2n_gym.bench.validate", "replay every record of a results file and re-check its reward"),
 }
 
 
@@ -755,8 +754,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     range, a teacher or data set that cannot be had): one line for the user, not a traceback."""
     import gymnasium as gym
 
-    from n2n_gym.data import DataUnavailableError
-    from n2n_gym.teachers import TeacherCheckpointError, TeacherInvalidError, TeacherTrainingTooLong
+    from n2n_gym.data.datasets import DataUnavailableError
+    from n2n_gym.teachers.teacher import (
+        TeacherCheckpointError,
+        TeacherInvalidError,
+        TeacherTrainingTooLong,
+    )
 
     return (gym.error.Error, ValueError, TypeError, KeyError, DataUnavailableError, TeacherCheckpointError,
             TeacherInvalidError, TeacherTrainingTooLong)

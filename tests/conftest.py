@@ -138,7 +138,7 @@ def digits_teacher(_isolated_n2n_cache):
 
 @pytest.fixture(scope="session")
 def digits_data():
-    from n2n_gym.data import load_dataset
+    from n2n_gym.data.datasets import load_dataset
 
     return load_dataset("digits")
 

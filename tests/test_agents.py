@@ -18,7 +18,7 @@ from gymnasium import spaces
 REPO = pathlib.Path(__file__).resolve().parents[1]
 from n2n_gym.agents import n2n as agent
 
-from n2n_gym.encoding import COLUMN, NUM_FEATURES
+from n2n_gym.ir.encoding import COLUMN, NUM_FEATURES
 
 MAX_LAYERS = 12
 
@@ -26,7 +26,7 @@ MAX_LAYERS = 12
 class ToyEnv(gym.Env):
     """N2N-shaped toy env: one step per layer, reward only at the end.
 
-    Observation rows follow ``n2n_gym.encoding`` (``present`` marks the real layers).
+    Observation rows follow ``n2n_gym.ir.encoding`` (``present`` marks the real layers).
     ``masks[t]`` are the allowed actions of layer t; ``good`` is the action that earns
     reward: the final reward is the fraction of layers where it was taken (a bandit when
     num_layers == 1). Accepts (and ignores) the kwargs the N2N search passes to gym.make.

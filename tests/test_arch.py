@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from n2n_gym.arch import (
+from n2n_gym.ir.arch import (
     BODY,
     CONV,
     GAP,
@@ -23,9 +23,9 @@ from n2n_gym.arch import (
     ArchitectureError,
     Layer,
 )
-from n2n_gym.build import build
-from n2n_gym.edits import InvalidStudent, apply_decisions, layer_rules
-from n2n_gym.zoo import TEACHERS, teacher_architecture
+from n2n_gym.ir.build import build
+from n2n_gym.ir.edits import InvalidStudent, apply_decisions, layer_rules
+from n2n_gym.ir.zoo import TEACHERS, teacher_architecture
 
 CIFAR = (3, 32, 32)
 DIGITS = (1, 8, 8)

@@ -20,8 +20,8 @@ from conftest import SMALL_DIGITS_RECIPE, make_digits_env, subprocess_env
 
 import n2n_gym
 from n2n_gym.agents.n2n import N2N, Args
-from n2n_gym.backends import make_backend
-from n2n_gym.cache import ResultCache
+from n2n_gym.evaluation.backends import make_backend
+from n2n_gym.evaluation.cache import ResultCache
 
 
 def random_actions(env, n: int, seed: int = 0) -> list[list[int]]:
@@ -63,7 +63,7 @@ def test_expired_claim_is_taken_over(tmp_path):
 def _claim_in_child(path, key: str, then: str) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import time, sys
-        from n2n_gym.cache import ResultCache
+        from n2n_gym.evaluation.cache import ResultCache
         c = ResultCache({str(path)!r})
         with c.claimed({key!r}, ttl=0.6) as hit:
             assert hit is None

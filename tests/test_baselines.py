@@ -15,8 +15,8 @@ import pytest
 from conftest import SMALL_DIGITS_RECIPE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-from n2n_gym.benchmarks import runner
-from n2n_gym.benchmarks.records import BudgetTracker, read_records
+from n2n_gym.bench import runner
+from n2n_gym.bench.records import BudgetTracker, read_records
 
 ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
 SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "recurrent_ppo")
@@ -109,7 +109,7 @@ def test_sb3_n_envs_is_checked(digits_teacher):
 def test_sb3_overshoot_of_parallel_envs_is_recorded_and_validates(digits_teacher, tmp_path):
     # 3 envs end their episodes together: a budget of 4 can end at 6 evaluations, which the
     # record states (budget.parallel) and its own checks accept; an integer train_freq passes through
-    from n2n_gym.benchmarks.records import record_errors
+    from n2n_gym.bench.records import record_errors
 
     record = bench("dqn", budget=4, hparams={"n_envs": 3, "train_freq": 4}, results=tmp_path / "r.jsonl")
     b = record["budget"]

@@ -19,8 +19,8 @@ import pytest
 from conftest import SMALL_DIGITS_RECIPE, subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-from n2n_gym.benchmarks import leaderboard, runner, validate
-from n2n_gym.benchmarks.records import (
+from n2n_gym.bench import leaderboard, runner, validate
+from n2n_gym.bench.records import (
     FLOP_CONVENTION,
     REQUIRED_FIELDS,
     append_record,
@@ -95,7 +95,7 @@ def test_a_cut_last_line_is_skipped_and_the_next_append_starts_a_new_line(tmp_pa
 
 _WRITER = """
 import sys, time
-from n2n_gym.benchmarks.records import append_record
+from n2n_gym.bench.records import append_record
 i = 0
 while True:
     append_record({path!r}, {{"i": i, "payload": "x" * 200000}})
@@ -211,8 +211,8 @@ def test_runner_rejects_protocol_in_env_kwargs():
 
 
 def test_wandb_is_imported_only_when_tracking():
-    code = ("import sys, n2n_gym.benchmarks.runner, n2n_gym.benchmarks.leaderboard, "
-            "n2n_gym.benchmarks.validate, n2n_gym.agents.random_search, n2n_gym.agents.sb3_baselines; "
+    code = ("import sys, n2n_gym.bench.runner, n2n_gym.bench.leaderboard, "
+            "n2n_gym.bench.validate, n2n_gym.agents.random_search, n2n_gym.agents.sb3_baselines; "
             "assert 'wandb' not in sys.modules, 'wandb imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env())
 
@@ -380,7 +380,7 @@ def test_validate_rerun_passes_a_genuine_record_and_catches_a_changed_seed_or_ag
 
 
 def test_validate_rerun_refuses_hparams_that_name_files(genuine, tmp_path, capsys):
-    from n2n_gym.benchmarks.validate import untrusted_hparams
+    from n2n_gym.bench.validate import untrusted_hparams
 
     assert untrusted_hparams({"load_policy": "policies.pt", "tensorboard_log": "runs/", "ratios": "paper",
                               "target_results": None, "x": "pkg.mod:fn"}) == [

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from conftest import SMALL_DIGITS_RECIPE, make_digits_env
 
-from n2n_gym.benchmarks import runner
-from n2n_gym.benchmarks.records import record_errors
-from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache
+from n2n_gym.bench import runner
+from n2n_gym.bench.records import record_errors
+from n2n_gym.envs.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
 ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
 

@@ -8,10 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from n2n_gym.arch import CONV, LINEAR, Architecture
-from n2n_gym.build import Network, build, inherit_weights
-from n2n_gym.edits import InvalidStudent, apply_decisions, channel_groups, layer_rules, producers
-from n2n_gym.zoo import teacher_architecture
+from n2n_gym.ir.arch import CONV, LINEAR, Architecture
+from n2n_gym.ir.build import Network, build, inherit_weights
+from n2n_gym.ir.edits import InvalidStudent, apply_decisions, channel_groups, layer_rules, producers
+from n2n_gym.ir.zoo import teacher_architecture
 
 CIFAR = (3, 32, 32)
 DIGITS = (1, 8, 8)

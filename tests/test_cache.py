@@ -1,8 +1,7 @@
-"""Tests for n2n_gym.cache (standard library only; no torch)."""
+"""Tests for n2n_gym.evaluation.cache (standard library only; no torch)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,15 +15,8 @@ import time
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CACHE_PY = REPO / "n2n_gym" / "cache.py"
-
-# Load the module file directly so the test does not depend on (or import
-# torch through) n2n_gym/__init__.py.
-_spec = importlib.util.spec_from_file_location("n2n_gym_cache_under_test", CACHE_PY)
-assert _spec is not None and _spec.loader is not None
-cache_mod = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = cache_mod
-_spec.loader.exec_module(cache_mod)
+# the cache module imports no torch (nor does ``import n2n_gym``): these tests stay light
+from n2n_gym.evaluation import cache as cache_mod  # noqa: E402
 
 ResultCache = cache_mod.ResultCache
 NullCache = cache_mod.NullCache
@@ -32,11 +24,9 @@ CacheCorruptError = cache_mod.CacheCorruptError
 
 # Prelude for child processes: same direct loading of the module file.
 _CHILD_PRELUDE = textwrap.dedent(
-    f"""
-    import importlib.util, sys
-    _spec = importlib.util.spec_from_file_location("n2n_cache", {str(CACHE_PY)!r})
-    cache = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(cache)
+    """
+    import sys
+    from n2n_gym.evaluation import cache
     """
 )
 

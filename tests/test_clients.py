@@ -26,8 +26,8 @@ from conftest import SMALL_DIGITS_RECIPE, make_digits_env, subprocess_env
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
 import n2n_gym
-from n2n_gym.encoding import NUM_FEATURES, OBSERVATIONS
-from n2n_gym.wrappers import BudgetTracker, BudgetWrapper, private_cache
+from n2n_gym.ir.encoding import NUM_FEATURES, OBSERVATIONS
+from n2n_gym.envs.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV_ID = n2n_gym.DEFAULT_ENV_ID

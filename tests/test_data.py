@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from n2n_gym import data as D
+from n2n_gym.data import datasets as D
 
 
 @pytest.fixture(autouse=True)
@@ -285,8 +285,12 @@ def test_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> N
     monkeypatch.setenv("N2N_DATA", str(tmp_path / "env"))
     assert D.data_root() == (tmp_path / "env").resolve()
     monkeypatch.delenv("N2N_DATA")
+    monkeypatch.delenv("N2N_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert D.data_root() == tmp_path / "xdg" / "n2n_gym" / "data"
+    # one cache-folder rule for the whole package: $N2N_CACHE first, as for the result cache
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
+    assert D.data_root() == tmp_path / "cache" / "data"
 
 
 def test_mnist_missing_offline(tmp_path: pathlib.Path) -> None:

@@ -1,13 +1,13 @@
-"""n2n_gym.deploy: latency, peak memory and size of exported files, each run in a fresh process."""
+"""n2n_gym.evaluation.deploy: latency, peak memory and size of exported files, each run in a fresh process."""
 
 from __future__ import annotations
 
 import pytest
 
-from n2n_gym import deploy
-from n2n_gym.build import build
-from n2n_gym.edits import apply_decisions
-from n2n_gym.students import export_student
+from n2n_gym.evaluation import deploy
+from n2n_gym.ir.build import build
+from n2n_gym.ir.edits import apply_decisions
+from n2n_gym.ir.students import export_student
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""n2n_gym.distill: the distillation losses, the step schedule and batch-norm recalibration."""
+"""n2n_gym.evaluation.distill: the distillation losses, the step schedule and batch-norm recalibration."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from n2n_gym.distill import KD_ALPHA, distill, distillation_loss, drop_epoch, recalibrate_batchnorm
+from n2n_gym.evaluation.distill import KD_ALPHA, distill, distillation_loss, drop_epoch, recalibrate_batchnorm
 
 
 def test_kd_loss_of_matching_logits_is_the_label_term_alone():

@@ -15,10 +15,10 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import n2n_gym
-from n2n_gym.arch import Architecture
-from n2n_gym.encoding import COLUMN
-from n2n_gym.env import KEEP, REMOVE, RATIO_TABLES, N2NEnv
-from n2n_gym.reward import n2n_reward
+from n2n_gym.ir.arch import Architecture
+from n2n_gym.ir.encoding import COLUMN
+from n2n_gym.envs.env import KEEP, REMOVE, RATIO_TABLES, N2NEnv
+from n2n_gym.evaluation.reward import n2n_reward
 
 STAGES = ("remove", "shrink", "joint")
 TERMINAL_KEYS = {
@@ -386,7 +386,7 @@ def test_stage_two_starts_from_stage_one_student(digits_teacher, tmp_path) -> No
 
 
 def test_bad_start_architecture(tmp_path) -> None:
-    from n2n_gym.zoo import teacher_architecture
+    from n2n_gym.ir.zoo import teacher_architecture
 
     foreign = teacher_architecture("resnet20", (3, 32, 32), 10)
     with pytest.raises(ValueError, match="input shape"):
@@ -433,10 +433,10 @@ def test_cifar10_resnet20_untrained_checkpoint_is_refused_at_reset(tmp_path) -> 
     root = shared_data_root("cifar10/cifar10-train.npz", "cifar10/cifar10-test.npz")
     import torch
 
-    from n2n_gym.build import build
-    from n2n_gym.data import load_dataset
-    from n2n_gym.teachers import TeacherInvalidError, save_teacher
-    from n2n_gym.zoo import teacher_architecture
+    from n2n_gym.ir.build import build
+    from n2n_gym.data.datasets import load_dataset
+    from n2n_gym.teachers.teacher import TeacherInvalidError, save_teacher
+    from n2n_gym.ir.zoo import teacher_architecture
 
     data = load_dataset("cifar10")
     if not (root / "cifar-10-batches-py").is_dir():
@@ -460,7 +460,7 @@ def test_cifar10_resnet20_untrained_checkpoint_is_refused_at_reset(tmp_path) -> 
 
 def test_cifar10_resnet20_episode_with_the_pinned_teacher(tmp_path) -> None:
     shared_data_root("cifar10/cifar10-train.npz", "cifar10/cifar10-test.npz")
-    from n2n_gym import teacher_registry
+    from n2n_gym.teachers import registry as teacher_registry
 
     pins = teacher_registry.for_names("resnet20", "cifar10")
     if not pins:

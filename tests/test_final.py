@@ -1,11 +1,11 @@
-"""n2n_gym.final: the final distillation and the same-size alternatives to a searched student."""
+"""n2n_gym.evaluation.final: the final distillation and the same-size alternatives to a searched student."""
 
 from __future__ import annotations
 
 import pytest
 
-from n2n_gym.edits import layer_rules, uniform_width_student
-from n2n_gym.final import alternatives, final_distill, final_protocol
+from n2n_gym.ir.edits import layer_rules, uniform_width_student
+from n2n_gym.evaluation.final import alternatives, final_distill, final_protocol
 
 
 def test_final_protocol_is_the_practitioners_run():
@@ -16,7 +16,7 @@ def test_final_protocol_is_the_practitioners_run():
 
 
 def test_alternatives_are_the_same_uniform_student_with_and_without_inherited_weights(digits_teacher, digits_data):
-    from n2n_gym.evaluation import Evaluator
+    from n2n_gym.evaluation.evaluator import Evaluator
 
     ev = Evaluator(digits_teacher, digits_data)
     start = digits_teacher.architecture
@@ -47,9 +47,9 @@ def test_uniform_width_student_keeps_every_layer_and_only_shrinks_free_widths(di
 
 
 def test_the_duration_estimate_counts_the_protocols_images(digits_teacher, digits_data):
-    from n2n_gym.evaluation import Evaluator
-    from n2n_gym.final import estimate_seconds, throughput
-    from n2n_gym.protocols import PROTOCOLS
+    from n2n_gym.evaluation.evaluator import Evaluator
+    from n2n_gym.evaluation.final import estimate_seconds, throughput
+    from n2n_gym.evaluation.protocols import PROTOCOLS
 
     rates = throughput(Evaluator(digits_teacher, digits_data))
     assert set(rates) == {"augmented", "reused_logits", "inference"} and all(v > 0 for v in rates.values())

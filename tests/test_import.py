@@ -1,4 +1,4 @@
-"""Your own network as the teacher: ``n2n_gym.importer`` (torch.fx), ``N2N-Custom-v0`` and
+"""Your own network as the teacher: ``n2n_gym.teachers.importer`` (torch.fx), ``N2N-Custom-v0`` and
 ``n2n-gym compress --model``, on models this project did not design: torchvision's
 ``resnet18`` and ``vgg11_bn``, a CIFAR ResNet written like kuangliu/pytorch-cifar, and a
 plain ``nn.Sequential`` CNN (random weights, 10 classes, 32x32 inputs from a small
@@ -24,9 +24,9 @@ import torchvision
 from torch import nn
 
 import n2n_gym
-from n2n_gym.build import build
-from n2n_gym.importer import UnsupportedModelError, import_module, weights_digest
-from n2n_gym.students import export_student
+from n2n_gym.ir.build import build
+from n2n_gym.teachers.importer import UnsupportedModelError, import_module, weights_digest
+from n2n_gym.ir.students import export_student
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 from conftest import make_digits_env, subprocess_env
@@ -504,7 +504,7 @@ def test_docs_compress_your_own_model_example_runs(capsys) -> None:
 def test_an_untrained_imported_teacher_is_refused_at_reset(npz32: str) -> None:
     """A random-weight model is no better than chance: refused (its Ra would exceed 1), unless
     the caller opts in for plumbing runs."""
-    from n2n_gym.teachers import TeacherInvalidError
+    from n2n_gym.teachers.teacher import TeacherInvalidError
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),

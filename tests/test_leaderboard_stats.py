@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from n2n_gym.benchmarks import leaderboard
-from n2n_gym.benchmarks.records import read_records
+from n2n_gym.bench import leaderboard
+from n2n_gym.bench.records import read_records
 
 FIXTURE_RECORDS = pathlib.Path(__file__).parent / "fixtures" / "bench-records.jsonl"
 REPS = 500  # enough for the properties tested, fast on 2 cores
@@ -122,7 +122,7 @@ def test_at_evaluations_scores_each_run_by_its_first_n_students(tmp_path):
 def test_one_seed_per_agent_gets_no_interval_no_p_and_no_rank_and_says_so(tmp_path, capsys):
     """Issue 21, kind 6: with one seed per agent the table printed zero-width intervals and
     P(> random) = 1.00 [1.00, 1.00] as if they meant something."""
-    from n2n_gym.benchmarks.records import append_record
+    from n2n_gym.bench.records import append_record
 
     records = read_records(FIXTURE_RECORDS)
     one_each = {}

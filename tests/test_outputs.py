@@ -13,8 +13,8 @@ import sys
 import pytest
 from conftest import SMALL_DIGITS_RECIPE, subprocess_env
 
-from n2n_gym.benchmarks import runner
-from n2n_gym.benchmarks.records import (append_record, fallback_records_path, read_records, results_file_problem,
+from n2n_gym.bench import runner
+from n2n_gym.bench.records import (append_record, fallback_records_path, read_records, results_file_problem,
                                         save_record)
 
 ARGV = ["--agent", "random", "--budget", "1", "--protocol", "tiny", "--device", "cpu", "--no-progress",
@@ -65,7 +65,7 @@ def test_a_write_that_fails_part_way_leaves_no_cut_line(tmp_path):
     script = f"""
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-from n2n_gym.benchmarks.records import append_record, save_record
+from n2n_gym.bench.records import append_record, save_record
 resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 500}, resource.RLIM_INFINITY))
 try:
     append_record({str(path)!r}, {RECORD!r})
@@ -91,7 +91,7 @@ def test_a_full_disk_loses_no_record_and_later_seeds_run(digits_teacher, tmp_pat
 
 
 def test_save_record_prints_the_record_when_no_file_takes_it(tmp_path, monkeypatch, capsys):
-    import n2n_gym.benchmarks.records as records
+    import n2n_gym.bench.records as records
 
     monkeypatch.setattr(records.tempfile, "gettempdir", lambda: "/dev/full")
     monkeypatch.setattr(records, "fallback_records_path", lambda p: pathlib.Path("/dev/full/x.jsonl"))

@@ -17,7 +17,7 @@ import torch
 from conftest import make_digits_env
 from torch import nn
 
-from n2n_gym.cache import CacheRowWarning
+from n2n_gym.evaluation.cache import CacheRowWarning
 
 
 # ---------------------------------------------------------------------------- cached rows
@@ -102,7 +102,7 @@ def test_a_killed_process_worker_is_replaced_and_the_student_scored(digits_teach
 def test_a_dead_ray_actor_is_replaced_and_no_result_is_dropped(digits_teacher):
     import ray
 
-    from n2n_gym.backends import RayBackend
+    from n2n_gym.evaluation.backends import RayBackend
 
     env = make_digits_env(cache=False)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -157,7 +157,7 @@ class _TiedWeights(_ConvTwice):
 @pytest.mark.parametrize("model, words", [(_ConvTwice, "module `conv` (Conv2d) is called 2 times"),
                                           (_TiedWeights, "`conv2.weight` is the same tensor as a weight of `conv`")])
 def test_the_importer_refuses_shared_weights(model, words):
-    from n2n_gym.importer import UnsupportedModelError, import_module
+    from n2n_gym.teachers.importer import UnsupportedModelError, import_module
 
     with pytest.raises(UnsupportedModelError, match="weight sharing") as err:
         import_module(model().eval(), torch.randn(2, 1, 8, 8))
@@ -174,7 +174,7 @@ def _cifar_npz(folder, y_train):
 
 
 def test_a_data_file_with_labels_outside_the_classes_is_an_error_naming_it(tmp_path):
-    from n2n_gym.data import load_dataset
+    from n2n_gym.data.datasets import load_dataset
 
     _cifar_npz(tmp_path / "cifar10", np.r_[np.arange(10), np.arange(10), [12]])
     with pytest.raises(ValueError, match=r"labels span 0\.\.12, outside the data set's 0\.\.9") as err:

@@ -1,4 +1,4 @@
-"""n2n_gym.protocols: the optional fields, their checks and the stability of cache keys."""
+"""n2n_gym.evaluation.protocols: the optional fields, their checks and the stability of cache keys."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from n2n_gym.protocols import PROTOCOLS, Protocol
+from n2n_gym.evaluation.protocols import PROTOCOLS, Protocol
 
 ORIGINAL_FIELDS = {"name", "init", "epochs", "train_images", "val_images", "test_images", "batch_size", "lr",
                    "weight_decay", "augment"}

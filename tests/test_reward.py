@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from n2n_gym.reward import (
+from n2n_gym.evaluation.reward import (
     Constraint,
     Reward,
     annealed_penalty_factor,

@@ -20,7 +20,7 @@ import pytest
 from conftest import SMALL_DIGITS_RECIPE, subprocess_env
 
 import n2n_gym
-from n2n_gym.adapters import DictKeys
+from n2n_gym.envs.adapters import DictKeys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV_ID = n2n_gym.DEFAULT_ENV_ID

@@ -23,15 +23,15 @@ import pytest
 from conftest import SMALL_DIGITS_RECIPE, make_digits_env
 
 import n2n_gym
-from n2n_gym.arch import Architecture
-from n2n_gym.cache import ResultCache
-from n2n_gym.data import clear_dataset_cache, dataset_info, load_dataset
-from n2n_gym.edits import apply_decisions, shrunk_width
-from n2n_gym.env import N2NEnv
-from n2n_gym.files import atomic_torch_save, atomic_write_text, remove_stale_temps
-from n2n_gym.protocols import PROTOCOLS, Protocol
-from n2n_gym.reward import Constraint, parse_constraints
-from n2n_gym.zoo import teacher_architecture
+from n2n_gym.ir.arch import Architecture
+from n2n_gym.evaluation.cache import ResultCache
+from n2n_gym.data.datasets import clear_dataset_cache, dataset_info, load_dataset
+from n2n_gym.ir.edits import apply_decisions, shrunk_width
+from n2n_gym.envs.env import N2NEnv
+from n2n_gym.utils.files import atomic_torch_save, atomic_write_text, remove_stale_temps
+from n2n_gym.evaluation.protocols import PROTOCOLS, Protocol
+from n2n_gym.evaluation.reward import Constraint, parse_constraints
+from n2n_gym.ir.zoo import teacher_architecture
 
 TINY = PROTOCOLS["tiny"]
 
@@ -345,7 +345,7 @@ def test_result_cache_errors_name_the_path_and_the_fix(tmp_path):
 
 
 def test_a_cache_whose_teacher_lock_cannot_be_written_still_serves_its_teacher(digits_teacher, tmp_path):
-    from n2n_gym.teachers import Recipe, _file_lock, load_teacher
+    from n2n_gym.teachers.teacher import Recipe, _file_lock, load_teacher
 
     ckpt = pathlib.Path(digits_teacher.path)
     lock = ckpt.with_suffix(".lock")
@@ -381,7 +381,7 @@ def _write(path: pathlib.Path, *records: dict, raw: str = "") -> pathlib.Path:
 
 
 def test_fixture_and_committed_records_are_consistent():
-    from n2n_gym.benchmarks.records import record_errors, scan_records
+    from n2n_gym.bench.records import record_errors, scan_records
 
     root = pathlib.Path(__file__).parents[1] / "benchmarks" / "results"
     checked = 0
@@ -406,7 +406,7 @@ def test_fixture_and_committed_records_are_consistent():
     (lambda r: r["best"].update(reward=float("nan")), "non-finite value"),
 ])
 def test_validate_fails_a_record_that_contradicts_itself(tamper, match, tmp_path, capsys):
-    from n2n_gym.benchmarks import validate
+    from n2n_gym.bench import validate
 
     record = _fixture_record()
     assert len(record["students"]["data"]) >= 2
@@ -417,7 +417,7 @@ def test_validate_fails_a_record_that_contradicts_itself(tamper, match, tmp_path
 
 
 def test_validate_fails_a_cut_line_and_a_repeated_record(tmp_path, capsys):
-    from n2n_gym.benchmarks import validate
+    from n2n_gym.bench import validate
 
     record = _fixture_record()
     record["env_id"] = "N2N-Nope-v0"  # stops at the static checks: no replay needed for this test
@@ -432,7 +432,7 @@ def test_validate_fails_a_cut_line_and_a_repeated_record(tmp_path, capsys):
 
 
 def test_validate_of_a_genuine_record_replays_exactly(digits_teacher, tmp_path, capsys):
-    from n2n_gym.benchmarks import runner, validate
+    from n2n_gym.bench import runner, validate
 
     path = tmp_path / "results.jsonl"
     runner.run_one("N2N-DigitsNet-Digits-v0", "random", 1, 2, protocol="tiny",
@@ -447,7 +447,7 @@ def test_validate_of_a_genuine_record_replays_exactly(digits_teacher, tmp_path, 
 
 
 def test_leaderboard_skips_and_lists_records_with_nan_or_failing_schema(tmp_path, capsys):
-    from n2n_gym.benchmarks import leaderboard
+    from n2n_gym.bench import leaderboard
 
     good = _fixture_record()
     nan = copy.deepcopy(good)
@@ -525,7 +525,7 @@ def test_a_read_only_cache_serves_everything_it_holds(digits_teacher, n2n_cache_
 
 
 def test_evaluating_an_architecture_of_another_teacher_is_invalid_not_an_error(digits_teacher, digits_data):
-    from n2n_gym.evaluation import Evaluator
+    from n2n_gym.evaluation.evaluator import Evaluator
 
     ev = Evaluator(digits_teacher, digits_data)
     foreign = teacher_architecture("resnet20", (1, 8, 8), 10)

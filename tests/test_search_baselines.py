@@ -9,8 +9,8 @@ import pytest
 from test_baselines import ENV_KWARGS, bench  # one runner call for every agent test
 
 from n2n_gym.agents import evolution, magnitude_pruning
-from n2n_gym.benchmarks import validate
-from n2n_gym.benchmarks.records import read_records
+from n2n_gym.bench import validate
+from n2n_gym.bench.records import read_records
 
 SEARCHERS = ("optuna_tpe", "evolution")
 
@@ -98,12 +98,12 @@ def test_uniform_ratio_is_the_largest_that_fits(digits_teacher):
     shrinkable = [bool(row.sum() > 1) for row in info["layer_masks"]]
     target = start.params // 3
     r, params = magnitude_pruning.uniform_ratio(start, target)
-    from n2n_gym.edits import apply_decisions
+    from n2n_gym.ir.edits import apply_decisions
 
     wider = apply_decisions(start, [min(1.0, r + 1e-3) if s else 1.0 for s in shrinkable]).params
     assert params <= target < wider
     # the env's masks and the IR's layer rules agree on what shrinks
-    from n2n_gym.edits import layer_rules
+    from n2n_gym.ir.edits import layer_rules
 
     assert shrinkable == [rule.shrinkable for rule in layer_rules(start)]
     with pytest.raises(ValueError, match="narrowest uniform student"):

@@ -1,4 +1,4 @@
-"""n2n_gym.supernet: shared weights that every student inherits, trained by the sandwich rule."""
+"""n2n_gym.evaluation.supernet: shared weights that every student inherits, trained by the sandwich rule."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from n2n_gym.build import build, inherit_weights
-from n2n_gym.supernet import (load_supernet, sample_student, save_supernet, score, shared_parameters,
+from n2n_gym.ir.build import build, inherit_weights
+from n2n_gym.evaluation.supernet import (load_supernet, sample_student, save_supernet, score, shared_parameters,
                               smallest_student, train_supernet)
 
 

@@ -28,13 +28,13 @@ from n2n_gym.agents.tas import (
     search,
     tau_at,
 )
-from n2n_gym.benchmarks.records import read_records
+from n2n_gym.bench.records import read_records
 
-from n2n_gym.arch import Architecture
-from n2n_gym.build import build
-from n2n_gym.data import dataset_info
-from n2n_gym.edits import apply_decisions
-from n2n_gym.zoo import teacher_architecture
+from n2n_gym.ir.arch import Architecture
+from n2n_gym.ir.build import build
+from n2n_gym.data.datasets import dataset_info
+from n2n_gym.ir.edits import apply_decisions
+from n2n_gym.ir.zoo import teacher_architecture
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SHAPES = {"digitsnet": (1, 8, 8), "resnet20": (3, 16, 16), "resnet56": (3, 32, 32), "vgg11": (3, 32, 32),
@@ -307,9 +307,9 @@ def test_script_arguments(capsys):
 
 def test_budget_sizes_the_search_and_the_runner_runs_tas(monkeypatch):
     from n2n_gym.agents.tas import evaluation_epochs, steps_for_budget
-    from n2n_gym.benchmarks import runner
+    from n2n_gym.bench import runner
 
-    from n2n_gym.protocols import get_protocol
+    from n2n_gym.evaluation.protocols import get_protocol
 
     arch = teacher_architecture("digitsnet", (1, 8, 8), 10)
     net = SearchableNetwork(arch)
@@ -328,7 +328,7 @@ def test_budget_sizes_the_search_and_the_runner_runs_tas(monkeypatch):
     student = Architecture.from_json(record["best"]["architecture"])
     assert student.flops == record["best"]["flops"]
     # the budget of 3 tiny evaluations buys about 2 evaluations' worth of search (an estimate)
-    from n2n_gym.data import load_dataset
+    from n2n_gym.data.datasets import load_dataset
 
     want = 2 * evaluation_epochs(get_protocol("tiny"), len(load_dataset("digits").train_idx))
     assert want / 2 < tas["student_epochs"] < 2 * want, (tas["student_epochs"], want)

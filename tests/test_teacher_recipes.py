@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from n2n_gym.benchmarks import teacher_recipes
-from n2n_gym.teachers import weights_sha256
+from n2n_gym.teachers.teacher import weights_sha256
 
 
 def test_teacher_recipes_tiny_run_on_cpu(tmp_path) -> None:
@@ -38,9 +38,9 @@ def test_teacher_log_parses_the_progress_bar(tmp_path) -> None:
     import io
 
     from n2n_gym.benchmarks import teacher_log
-    from n2n_gym.data import load_dataset
-    from n2n_gym.teachers import Recipe, train_teacher
-    from n2n_gym.zoo import teacher_architecture
+    from n2n_gym.data.datasets import load_dataset
+    from n2n_gym.teachers.teacher import Recipe, train_teacher
+    from n2n_gym.ir.zoo import teacher_architecture
 
     data = load_dataset("digits")
     err = io.StringIO()

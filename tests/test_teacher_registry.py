@@ -18,10 +18,10 @@ import torch
 from conftest import SMALL_DIGITS_RECIPE, make_digits_env, shared_data_root
 
 import n2n_gym
-from n2n_gym import teacher_registry as reg
-from n2n_gym.build import build
-from n2n_gym.data import DataUnavailableError, clear_dataset_cache, load_dataset
-from n2n_gym.teachers import (
+from n2n_gym.teachers import registry as reg
+from n2n_gym.ir.build import build
+from n2n_gym.data.datasets import DataUnavailableError, clear_dataset_cache, load_dataset
+from n2n_gym.teachers.teacher import (
     Recipe,
     TeacherInvalidError,
     TeacherTrainingTooLong,
@@ -30,7 +30,7 @@ from n2n_gym.teachers import (
     teacher_cache_path,
     weights_sha256,
 )
-from n2n_gym.zoo import teacher_architecture
+from n2n_gym.ir.zoo import teacher_architecture
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DIGITS_PIN = reg.pins()["digitsnet-digits"]
@@ -99,7 +99,7 @@ def test_checkpoint_accuracy_is_measured_on_the_envs_data(tmp_path, digits_teach
         t = load_teacher("digitsnet", other, checkpoint=ckpt)
     except TeacherInvalidError:
         return  # at chance on the other data: refused, which is right too
-    from n2n_gym.distill import accuracy
+    from n2n_gym.evaluation.distill import accuracy
 
     assert t.val_accuracy == pytest.approx(accuracy(t.module, other, *other.split("val")))
     assert t.val_accuracy < digits_teacher.val_accuracy - 0.2 and t.data_digest == other.digest
@@ -322,7 +322,7 @@ def test_mnist_records_of_the_unpinned_teacher_are_unverifiable_without_training
     is pinned to other weights: validate says so at once, without provisioning (training) it."""
     import io
 
-    from n2n_gym.benchmarks import validate
+    from n2n_gym.bench import validate
 
     monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
 

@@ -20,9 +20,9 @@ import pytest
 import torch
 from conftest import SMALL_DIGITS_RECIPE, make_digits_env, subprocess_env
 
-from n2n_gym.build import build
-from n2n_gym.data import DataUnavailableError
-from n2n_gym.teachers import (
+from n2n_gym.ir.build import build
+from n2n_gym.data.datasets import DataUnavailableError
+from n2n_gym.teachers.teacher import (
     FORMAT,
     Recipe,
     TeacherCheckpointError,
@@ -34,7 +34,7 @@ from n2n_gym.teachers import (
     teacher_cache_path,
     weights_sha256,
 )
-from n2n_gym.zoo import teacher_architecture
+from n2n_gym.ir.zoo import teacher_architecture
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DIGITS_ARCH = teacher_architecture("digitsnet", (1, 8, 8), 10)
@@ -180,8 +180,8 @@ _TRAIN_CHILD = textwrap.dedent(
     import os, sys
     import torch
     torch.set_num_threads(int(os.environ.get("N2N_TEST_TORCH_THREADS", "1")))  # as the parent
-    from n2n_gym.data import load_dataset
-    from n2n_gym.teachers import Recipe, load_teacher
+    from n2n_gym.data.datasets import load_dataset
+    from n2n_gym.teachers.teacher import Recipe, load_teacher
     load_teacher("digitsnet", load_dataset("digits"), recipe=Recipe(**{recipe!r}),
                  cache_dir=sys.argv[1], progress=False)
     """

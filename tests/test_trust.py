@@ -11,8 +11,8 @@ import uuid
 import pytest
 from conftest import SMALL_DIGITS_RECIPE
 
-from n2n_gym.benchmarks import runner, validate
-from n2n_gym.benchmarks.records import append_record, untrusted_fields
+from n2n_gym.bench import runner, validate
+from n2n_gym.bench.records import append_record, untrusted_fields
 
 ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
 
@@ -102,7 +102,7 @@ def test_teacher_training_state_loads_without_pickle(tmp_path):
     holding a pickled object is refused (training starts over) instead of executed."""
     import pickle
 
-    from n2n_gym.teachers import _partial_epochs
+    from n2n_gym.teachers.teacher import _partial_epochs
 
     class Boom:
         def __reduce__(self):

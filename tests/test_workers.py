@@ -12,8 +12,8 @@ import time
 
 from conftest import SMALL_DIGITS_RECIPE, subprocess_env
 
-from n2n_gym.backends import BLOB_PREFIX, remove_stale_blobs
-from n2n_gym.cache import ResultCache
+from n2n_gym.evaluation.backends import BLOB_PREFIX, remove_stale_blobs
+from n2n_gym.evaluation.cache import ResultCache
 
 
 def _dead_pid() -> int:
@@ -50,7 +50,7 @@ def test_a_claim_of_a_dead_process_is_taken_over_at_once(tmp_path):
     path = tmp_path / "c.sqlite"
     claimer = textwrap.dedent(f"""
         import os
-        from n2n_gym.cache import ResultCache
+        from n2n_gym.evaluation.cache import ResultCache
         assert ResultCache({str(path)!r}).claim("k", ttl=60.0)
         os._exit(0)  # killed: no release, no heartbeat
     """)

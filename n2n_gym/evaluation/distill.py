@@ -1,0 +1,194 @@
+"""Logit distillation of students (MSE on logits, N2N; or knowledge distillation), batch-norm
+recalibration and the finite-weights check. The supervised loop and the accuracy measure
+are the teachers' (:mod:`n2n_gym.teachers.training`), shared here.
+
+Everything works on whole uint8 tensors through :func:`n2n_gym.data.batches`; no
+per-sample Python in any loop.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from n2n_gym.data.datasets import Dataset, batches
+from n2n_gym.teachers.training import (  # noqa: F401
+    EVAL_BATCH,
+    accuracy,
+    autocast,
+    predict_logits,
+    train_epoch,
+)
+from n2n_gym.utils.files import atomic_torch_save
+
+#: Knowledge distillation's temperature and weight of the soft term (Hinton et al. 2015,
+#: "Distilling the Knowledge in a Neural Network"; T = 4, alpha = 0.9 as in the common
+#: CIFAR setups, e.g. Tian et al. ICLR 2020's RepDistiller).
+KD_TEMPERATURE = 4.0
+KD_ALPHA = 0.9
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Dataset,
+    x: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    augment: bool,
+    generator: torch.Generator,
+    teacher_logits: torch.Tensor | None = None,
+    loss: str = "mse",
+    y: torch.Tensor | None = None,
+    lr_drop: bool = False,
+    checkpoint: "str | os.PathLike | None" = None,
+    checkpoint_key: str = "",
+) -> nn.Module:
+    """Distil the teacher into the student with Adam; ``epochs`` passes over uint8 ``x`` (N, C, H, W).
+
+    ``checkpoint``: a file written atomically after every epoch (student, optimizer and
+    generator state); a later call with the same file and ``checkpoint_key`` continues after
+    its last finished epoch, to the same weights as an uninterrupted run. A file of another
+    key is ignored (with a warning) and overwritten.
+
+    ``loss="mse"``: regress the student's logits on the teacher's (N2N, Ashok et al. 2018).
+    ``loss="kd"``: ``KD_ALPHA * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - KD_ALPHA) * CE(s, y)``
+    with ``T = KD_TEMPERATURE`` (Hinton et al. 2015); needs the labels ``y`` (N,).
+    ``lr_drop``: the last third of the epochs (at least the first epoch at ``lr``) at ``lr / 10``.
+    ``teacher_logits`` (for ``x`` in order) are reused when given and ``augment`` is off.
+    Raises :class:`NonFiniteError` when the loss diverges, ``ValueError`` for inconsistent arguments.
+    """
+    if loss not in ("mse", "kd"):
+        raise ValueError(f"loss must be 'mse' or 'kd', got {loss!r}")
+    if loss == "kd" and (y is None or len(y) != len(x)):
+        raise ValueError("loss='kd' needs the labels y of the training images x (one per image)")
+    with torch.enable_grad():  # callers may step the env inside torch.no_grad()
+        return _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator,
+                        teacher_logits, loss, y, lr_drop, checkpoint, checkpoint_key)
+
+
+def drop_epoch(epochs: int) -> int:
+    """The first epoch at lr / 10 under ``lr_drop``: after two thirds, at least one epoch at lr."""
+    return max(epochs * 2 // 3, 1)
+
+
+def distillation_loss(out: torch.Tensor, target: torch.Tensor, loss: str, labels: torch.Tensor | None) -> torch.Tensor:
+    """The loss of student logits ``out`` against teacher logits ``target`` (both (B, classes))."""
+    if loss == "mse":
+        return F.mse_loss(out, target)
+    t = KD_TEMPERATURE
+    soft = F.kl_div(F.log_softmax(out / t, 1), F.log_softmax(target / t, 1), reduction="batchmean", log_target=True)
+    return KD_ALPHA * t * t * soft + (1.0 - KD_ALPHA) * F.cross_entropy(out, labels)
+
+
+def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator, teacher_logits,
+             loss="mse", y=None, lr_drop=False, checkpoint=None, checkpoint_key=""):
+    if augment and teacher_logits is not None:
+        raise ValueError("teacher logits cannot be reused when the inputs are augmented")
+    if epochs == 0:
+        student.eval()
+        return student
+    if teacher_logits is None and not augment:
+        teacher_logits = predict_logits(teacher, data, x)
+    teacher.eval()
+    student.train()
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
+    index = torch.arange(len(x), device=x.device)
+    first = _resume(checkpoint, checkpoint_key, student, optimizer, generator) if checkpoint else 0
+    for epoch in range(first, epochs):
+        if lr_drop and epoch == drop_epoch(epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = lr / 10
+        # summed on the device and checked once per epoch: no host sync per step
+        total = torch.zeros((), device=x.device)
+        for xb, ib in batches(x, index, batch_size, shuffle=True, generator=generator, augment=augment,
+                              info=data.info, normalize=data.normalize, drop_last=len(x) > batch_size):
+            if teacher_logits is not None:
+                target = teacher_logits[ib]
+            else:
+                with torch.no_grad(), autocast(xb.device):
+                    target = teacher(xb).float()
+            with autocast(xb.device):
+                out = student(xb)
+            value = distillation_loss(out.float(), target, loss, y[ib] if y is not None else None)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            try:
+                optimizer.step()
+            except RuntimeError as exc:  # Adam with a huge lr: "value cannot be converted ... without overflow"
+                if "overflow" not in str(exc):
+                    raise
+                raise NonFiniteError(f"distillation diverged: the optimizer step overflows in epoch {epoch + 1} "
+                                     f"(lr {lr:g}; a smaller lr fixes it)") from exc
+            total = total + value.detach()
+        if not bool(torch.isfinite(total)):
+            raise NonFiniteError(f"distillation diverged: the loss is not finite in epoch {epoch + 1} of {epochs} "
+                                 f"(lr {lr:g}; a smaller lr fixes it)")
+        if checkpoint:
+            atomic_torch_save({"key": checkpoint_key, "epoch": epoch + 1, "student": student.state_dict(),
+                               "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, checkpoint)
+    student.eval()
+    return student
+
+
+def _resume(path, key: str, student: nn.Module, optimizer, generator: torch.Generator) -> int:
+    """The first epoch still to run: 0, or the checkpoint's (whose state is loaded)."""
+    if not os.path.exists(path):
+        return 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("key") != key:
+            warnings.warn(f"{path} is the checkpoint of another distillation; starting afresh", stacklevel=3)
+            return 0
+        student.load_state_dict(state["student"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        return int(state["epoch"])
+    except Exception as exc:  # noqa: BLE001 - a damaged file (unpickling, shapes, keys: many types): a fresh start
+        warnings.warn(f"cannot resume from {path} ({type(exc).__name__}: {exc}); starting afresh", stacklevel=3)
+        return 0
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: Dataset, x: torch.Tensor, batch_size: int) -> nn.Module:
+    """Recompute every batch-norm layer's running mean and variance on uint8 images ``x``
+    (N, C, H, W), un-augmented, as the cumulative average over batches of ``batch_size``
+    (EagleEye's adaptive BN, Li et al. ECCV 2020); weights are untouched. Returns ``model`` in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(x) == 0:
+        return model.eval()
+    saved = [(m, m.momentum) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    try:
+        for xb, _ in batches(x, torch.zeros(len(x), device=x.device), batch_size, shuffle=False,
+                             normalize=data.normalize):
+            model(xb)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+    return model.eval()
+
+
+class NonFiniteError(ArithmeticError):
+    """Training produced a NaN or infinite loss, weight or logit (a diverged run)."""
+
+
+def check_finite_weights(model: nn.Module, what: str = "student") -> None:
+    """Raise :class:`NonFiniteError` if any parameter or buffer of ``model`` is NaN/inf
+    (one host sync for the whole model)."""
+    tensors = [t for t in list(model.parameters()) + list(model.buffers()) if t.is_floating_point() and t.numel()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        names = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+                 if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        raise NonFiniteError(f"the {what}'s weights are not finite after training ({', '.join(names[:4])}"
+                             f"{' ...' if len(names) > 4 else ''})")

@@ -1,0 +1,317 @@
+"""Student evaluation: a pure function of (teacher, architecture, protocol, seed), cached.
+
+The result holds validation accuracy (what the reward uses), test accuracy (reported
+only), params, FLOPs (2 per MAC), the reward, validity with a reason, and seconds.
+
+Error contract (CompilerGym's): nothing that goes wrong with a student escapes
+:meth:`Evaluator.evaluate`. A student that cannot be built or take the teacher's weights,
+or whose distillation diverges (non-finite loss in an epoch, weights after training, or
+logits on the scored images; checked once per epoch / once per student, never per step)
+gets ``valid=False``, reward -1 and a ``reason`` naming the failure, cached like any
+result. Any other exception is scored the same way but warned about
+(:class:`StudentEvaluationWarning`, with the traceback) and not cached.
+
+Test accuracy is reported only, so an evaluator with ``lazy_test=True`` skips it (``NaN``
+in the result and the cache) and :meth:`Evaluator.test_accuracy` measures it on demand for
+the students whose test accuracy is reported (it retrains the student: the same weights,
+as training is deterministic for a seed and thread count). Rewards do not change.
+
+With a shared :class:`ResultCache`, a student in training is *claimed* there
+(:meth:`ResultCache.claimed`): another process asking for it waits for this result
+instead of training it again (:mod:`n2n_gym.evaluation.backends` runs evaluators in worker processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from n2n_gym.data.datasets import Dataset
+from n2n_gym.evaluation.cache import NullCache, ResultCache, cache_key
+from n2n_gym.evaluation.distill import (
+    NonFiniteError,
+    check_finite_weights,
+    distill,
+    predict_logits,
+    recalibrate_batchnorm,
+)
+from n2n_gym.evaluation.protocols import Protocol, get_protocol
+from n2n_gym.evaluation.reward import n2n_reward
+from n2n_gym.ir.arch import Architecture, ArchitectureError
+from n2n_gym.ir.build import build, inherit_weights
+from n2n_gym.ir.edits import check_start_architecture
+from n2n_gym.teachers.teacher import Teacher
+
+EVAL_VERSION = 1  # bump when a change to evaluation changes results: old cache entries stop matching
+
+
+@dataclass
+class EvalResult:
+    valid: bool
+    reason: str
+    accuracy: float  # validation accuracy: used by the reward
+    test_accuracy: float  # reported only; NaN when not measured (lazy_test)
+    params: int
+    flops: int
+    reward: float  # N2N reward without constraints (the env adds those)
+    seconds: float
+    cached: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Evaluator:
+    """Scores students of one teacher on one data set; holds reusable teacher logits."""
+
+    def __init__(self, teacher: Teacher, data: Dataset, device: str | torch.device = "cpu",
+                 cache: ResultCache | NullCache | None = None, lazy_test: bool = False):
+        self.teacher, self.data, self.device = teacher, data, torch.device(device)
+        self.cache = cache if cache is not None else NullCache()
+        self.lazy_test = bool(lazy_test)
+        self._teacher_logits: dict[int | None, torch.Tensor] = {}
+        self._subsets: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict:
+        """Pickled once per worker (:mod:`n2n_gym.evaluation.backends`): teacher, data and cache path;
+        derived tensors (subsets, teacher logits) are rebuilt there on first use."""
+        data = dataclasses.replace(self.data, _on_device={}, _splits={}, _normalize=None)
+        return {"teacher": self.teacher, "data": data, "device": str(self.device), "cache": self.cache,
+                "lazy_test": self.lazy_test}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["teacher"], state["data"], state["device"], state["cache"], state["lazy_test"])
+
+    def _subset(self, which: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed evaluation subsets, drawn once per evaluator rather than per student."""
+        if (which, n) not in self._subsets:
+            self._subsets[(which, n)] = self.data.subset(which, n, seed=0)
+        return self._subsets[(which, n)]
+
+    def key(self, arch: Architecture, protocol: Protocol, seed: int) -> str:
+        # CUDA trains under bf16 autocast (n2n_gym.evaluation.distill.autocast): its results are kept apart
+        gpu = {"precision": "cuda-bf16"} if self.device.type == "cuda" else {}
+        return cache_key(v=EVAL_VERSION, teacher=self.teacher.sha256, data=self.data.digest,
+                         split=[len(self.data.train_idx), len(self.data.val_idx)],
+                         arch=arch.canonical_hash(), protocol=protocol.to_dict(), seed=seed, **gpu)
+
+    def evaluate(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> EvalResult:
+        """Train and score one student (or return its cached result); the key is claimed in
+        a shared cache while the student trains (another process waits for this result)."""
+        protocol = get_protocol(protocol)
+        start = time.perf_counter()
+        early = self.lookup(arch, protocol, seed)
+        if early is not None:
+            return early
+        key = self.key(arch, protocol, seed)
+        with self.cache.claimed(key) as hit:
+            hit = self._checked(key, hit, arch.params, arch.flops)
+            if hit is not None:  # another worker evaluated it while we waited
+                return dataclasses.replace(EvalResult(**hit), cached=True)
+            return self._compute(key, arch, protocol, seed, start)
+
+    def evaluate_many(self, requests: "Sequence[tuple[Architecture, str | Protocol, int]]") -> list[EvalResult]:
+        """:meth:`evaluate` for each ``(arch, protocol, seed)``, in order (in this process;
+        :mod:`n2n_gym.evaluation.backends` spreads a batch over worker processes or a Ray cluster)."""
+        return [self.evaluate(arch, protocol, seed) for arch, protocol, seed in requests]
+
+    def lookup(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> EvalResult | None:
+        """The result when it needs no training (invalid student, cache hit), else ``None``."""
+        protocol = get_protocol(protocol)
+        start = time.perf_counter()
+        try:
+            params, flops = arch.params, arch.flops
+        except ArchitectureError as exc:
+            return EvalResult(False, str(exc), 0.0, 0.0, 0, 0, -1.0, time.perf_counter() - start)
+        if arch.input_shape != self.teacher.architecture.input_shape or arch.num_classes != self.teacher.architecture.num_classes:
+            return EvalResult(False, "input shape or classes differ from the teacher's", 0.0, 0.0, params, flops, -1.0,
+                              time.perf_counter() - start)
+        if protocol.init == "inherit":  # every layer must have a teacher layer to take its weights from
+            try:
+                check_start_architecture(arch, self.teacher.architecture)
+            except ValueError as exc:
+                return EvalResult(False, str(exc).replace("start_architecture", "the student", 1), 0.0, 0.0, params,
+                                  flops, -1.0, time.perf_counter() - start)
+        if params >= self.teacher.params:
+            return EvalResult(False, f"not smaller than the teacher ({params:,} >= {self.teacher.params:,} params)",
+                              0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
+        key = self.key(arch, protocol, seed)
+        hit = self._checked(key, self.cache.get(key), params, flops)
+        if hit is not None:
+            result = dataclasses.replace(EvalResult(**hit), cached=True)
+            if result.valid and not self.lazy_test and math.isnan(result.test_accuracy):  # stored lazily
+                result = dataclasses.replace(result, test_accuracy=self.test_accuracy(arch, protocol, seed))
+            return result
+        return None
+
+    def test_accuracy(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> float:
+        """The student's test accuracy under ``protocol``/``seed``: from the cache, else measured
+        (trains the student again, the same weights as its evaluation) and stored with its result."""
+        protocol = get_protocol(protocol)
+        key = self.key(arch, protocol, seed)
+        hit = self._checked(key, self.cache.get(key), arch.params, arch.flops)
+        if hit is not None and not math.isnan(hit["test_accuracy"]):
+            return float(hit["test_accuracy"])
+        with self.cache.claimed(key + ":test"):  # nothing is stored under this key: always ours in the end
+            # another process may have measured it while we waited
+            hit = self._checked(key, self.cache.get(key), arch.params, arch.flops)
+            if hit is not None and not math.isnan(hit["test_accuracy"]):
+                return float(hit["test_accuracy"])
+            if hit is None or not hit["valid"]:  # never evaluated (or invalid): one whole eager evaluation
+                lazy, self.lazy_test = self.lazy_test, False
+                try:
+                    return self.evaluate(arch, protocol, seed).test_accuracy
+                finally:
+                    self.lazy_test = lazy
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                student = self._train(arch, protocol, seed)
+            test = self._accuracy(student, "test", *self._subset("test", protocol.test_images))
+            self.cache.put(key, {**hit, "test_accuracy": test})
+            return test
+
+    def _checked(self, key: str, hit: dict | None, params: int, flops: int) -> dict | None:
+        """A cached row if it is a result this evaluator could have stored for a student of
+        ``params`` / ``flops``, else ``None``: a damaged row (wrong fields or types, an
+        accuracy outside [0, 1], NaN, a reward that is not the row's own) is dropped with a
+        :class:`~n2n_gym.evaluation.cache.CacheRowWarning` and the student is evaluated again."""
+        if hit is None:
+            return None
+        problem = result_row_problem(hit, params, flops, self.teacher.params, self.teacher.val_accuracy)
+        if problem is None:
+            return hit
+        self.cache.discard(key, problem)
+        return None
+
+    def _compute(self, key: str, arch: Architecture, protocol: Protocol, seed: int, start: float) -> EvalResult:
+        params, flops = arch.params, arch.flops
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                val_acc, test_acc = self._train_and_score(arch, protocol, seed)
+        except STUDENT_ERRORS as exc:
+            # the student's own problem (diverged, cannot be built or inherit): a result like any other
+            result = EvalResult(False, _reason(exc), 0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
+            self.cache.put(key, result.to_dict())
+            return result
+        except Exception as exc:  # noqa: BLE001 - CompilerGym's contract: nothing escapes step()
+            # Unexpected (possibly a bug of ours, or a transient error such as out of memory):
+            # -1 with the reason and a warning holding the traceback, but not cached, so that
+            # fixing the cause is enough. The tests turn this warning into an error.
+            reason = _reason(exc)
+            warnings.warn(f"student evaluation failed unexpectedly, scored -1 ({reason}):\n"
+                          f"{traceback.format_exc()}", StudentEvaluationWarning, stacklevel=2)
+            return EvalResult(False, reason, 0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
+        reward = n2n_reward(student_params=params, teacher_params=self.teacher.params,
+                            student_accuracy=val_acc, teacher_accuracy=self.teacher.val_accuracy).value
+        result = EvalResult(True, "", val_acc, test_acc, params, flops, reward, time.perf_counter() - start)
+        self.cache.put(key, result.to_dict())
+        return result
+
+    def _train_and_score(self, arch: Architecture, protocol: Protocol, seed: int) -> tuple[float, float]:
+        student = self._train(arch, protocol, seed)
+        val = self._accuracy(student, "validation", *self._subset("val", protocol.val_images))
+        if self.lazy_test:
+            return val, math.nan
+        return val, self._accuracy(student, "test", *self._subset("test", protocol.test_images))
+
+    def _train(self, arch: Architecture, protocol: Protocol, seed: int, checkpoint=None) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        try:
+            student = build(arch, self.device)
+            if protocol.init == "inherit":
+                inherit_weights(student, self.teacher.module)
+        except (RuntimeError, ArchitectureError) as exc:  # shapes that do not fit (torch's copy_ raises RuntimeError)
+            raise StudentBuildError(f"cannot build the student or inherit the teacher's weights: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+        x, y = self._subset("train", protocol.train_images)
+        logits = None
+        if not protocol.augment and protocol.epochs > 0:
+            if protocol.train_images not in self._teacher_logits:
+                self._teacher_logits[protocol.train_images] = predict_logits(self.teacher.module, self.data, x)
+            logits = self._teacher_logits[protocol.train_images]
+        distill(student, self.teacher.module, self.data, x, epochs=protocol.epochs, batch_size=protocol.batch_size,
+                lr=protocol.lr, weight_decay=protocol.weight_decay, augment=protocol.augment,
+                generator=torch.Generator().manual_seed(seed), teacher_logits=logits, loss=protocol.loss,
+                y=y if protocol.loss == "kd" else None, lr_drop=protocol.lr_drop, checkpoint=checkpoint,
+                checkpoint_key=self.key(arch, protocol, seed) if checkpoint else "")
+        if protocol.bn_recalibration:
+            recalibrate_batchnorm(student, self.data, self._subset("train", protocol.bn_recalibration)[0],
+                                  protocol.batch_size)
+        check_finite_weights(student)
+        return student
+
+    def train_student(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0,
+                      checkpoint: "str | None" = None) -> torch.nn.Module:
+        """The student of ``arch`` trained under ``protocol`` (eval mode, on the evaluator's device),
+        not scored and not cached: what :meth:`evaluate` scores, and what ``n2n-gym compress``
+        exports after its final distillation. ``checkpoint``: a file saved after every epoch, from
+        which a later call continues (:func:`~n2n_gym.evaluation.distill.distill`). Raises
+        :class:`StudentBuildError` or :class:`~n2n_gym.evaluation.distill.NonFiniteError` for a student that
+        cannot be trained."""
+        protocol = get_protocol(protocol)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            return self._train(arch, protocol, seed, checkpoint)
+
+    def _accuracy(self, student: torch.nn.Module, split: str, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Top-1 accuracy; non-finite logits (weights finite, activations overflowing) fail it."""
+        if len(x) == 0:
+            raise ValueError(f"the {split} split of {self.data.variant} is empty: no accuracy to measure")
+        logits = predict_logits(student, self.data, x)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteError(f"the student's logits on the {split} images are not finite")
+        return float((logits.argmax(1) == y).float().mean())
+
+
+class StudentBuildError(RuntimeError):
+    """The student's modules cannot be built or cannot take the teacher's weights."""
+
+
+class StudentEvaluationWarning(RuntimeWarning):
+    """A student evaluation failed with an unexpected exception (scored -1, traceback in the message)."""
+
+
+#: Failures that are the student's own: scored -1 with the reason and cached like any result.
+STUDENT_ERRORS = (NonFiniteError, StudentBuildError, ArchitectureError)
+
+
+_ROW_TYPES = {"valid": (bool,), "reason": (str,), "accuracy": (int, float), "test_accuracy": (int, float),
+              "params": (int,), "flops": (int,), "reward": (int, float), "seconds": (int, float), "cached": (bool,)}
+
+
+def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, teacher_accuracy: float) -> str | None:
+    """What is wrong with a stored :class:`EvalResult` row for a student of ``params`` /
+    ``flops`` (None: nothing): its fields and types, accuracies in [0, 1] (test: or NaN,
+    not measured), the student's params and FLOPs, and its reward (-1 when invalid, else
+    ``R = Rc * Ra`` of its params and accuracy)."""
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not an object"
+    fields = set(_ROW_TYPES) - {"cached"}
+    if not fields <= set(row) <= set(_ROW_TYPES):
+        return f"fields {sorted(row)} are not {sorted(fields)}"
+    for name, types in _ROW_TYPES.items():
+        v = row.get(name, False)
+        if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
+            return f"{name} {v!r} is not {' or '.join(t.__name__ for t in types)}"
+    test = row["test_accuracy"]
+    if not (0.0 <= row["accuracy"] <= 1.0) or not (math.isnan(test) or 0.0 <= test <= 1.0):
+        return f"accuracy {row['accuracy']!r} / test accuracy {test!r} outside [0, 1]"
+    if not (math.isfinite(row["seconds"]) and row["seconds"] >= 0):
+        return f"seconds {row['seconds']!r} is not a duration"
+    if (row["params"], row["flops"]) != (params, flops):
+        return f"params / FLOPs {row['params']} / {row['flops']} are not the student's {params} / {flops}"
+    want = -1.0 if not row["valid"] else n2n_reward(student_params=params, teacher_params=teacher_params,
+                                                    student_accuracy=row["accuracy"],
+                                                    teacher_accuracy=teacher_accuracy).value
+    if not math.isclose(row["reward"], want, rel_tol=1e-9, abs_tol=1e-12):
+        return f"reward {row['reward']!r} is not {want!r}, the reward of its params and accuracy"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

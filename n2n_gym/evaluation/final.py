@@ -1,0 +1,114 @@
+"""After the search: the final distillation of a chosen student, and the students a
+practitioner would ship instead, trained the same way.
+
+- :func:`final_protocol`: ``n2n-gym compress``'s final distillation as a
+  :class:`~n2n_gym.evaluation.protocols.Protocol`: inherited weights, ``epochs`` over the whole training
+  split with the data set's augmentation, batch 64, Adam at ``lr`` with the last third at
+  lr / 10, MSE on logits (N2N's loss); scored on the whole validation and test splits. The
+  fidelity study's reference (``benchmarks/fidelity.py``) is this protocol.
+- :func:`final_distill`: one student under it, with its accuracies and seconds.
+- :func:`alternatives`: at the same parameter budget, what practitioners do instead of a
+  search (N2N's Table 3 compares hand-designed students): ``magnitude``, uniform L1
+  magnitude pruning (every shrinkable layer at the same width ratio, the output channels of
+  largest L1 norm kept: what Torch-Pruning users do), and ``thin``, the same uniformly thin
+  architecture designed by hand and trained from random initialisation by the same
+  distillation. The pair separates the value of the inherited weights from that of the
+  searched (non-uniform) architecture.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from n2n_gym.evaluation.distill import accuracy, distill, predict_logits
+from n2n_gym.evaluation.protocols import Protocol
+from n2n_gym.ir.arch import Architecture
+from n2n_gym.ir.edits import MIN_WIDTH, uniform_width_student
+
+ALTERNATIVES = ("magnitude", "thin")
+
+
+def final_protocol(epochs: int, lr: float = 1e-3, init: str = "inherit") -> Protocol:
+    """The final distillation as a protocol (see the module docstring); ``init="random"`` for a
+    student that does not inherit the teacher's weights."""
+    return Protocol(f"final-{epochs}ep" + ("" if init == "inherit" else f"-{init}"), init, epochs, None, None,
+                    None, 64, lr, 0.0, True, lr_drop=True)
+
+
+def final_distill(evaluator, arch: Architecture, epochs: int, lr: float, seed: int,
+                  init: str = "inherit", checkpoint: "str | os.PathLike | None" = None) -> tuple:
+    """``(module, row)``: the student trained by :func:`final_protocol` and its row
+    ``{"val_accuracy", "test_accuracy", "params", "flops", "compression", "epochs", "seconds"}``
+    (accuracies in [0, 1] on the whole validation and test splits). ``checkpoint``: a file
+    saved after every epoch; a killed run continues from it (the same weights)."""
+    start = time.perf_counter()
+    module = evaluator.train_student(arch, final_protocol(epochs, lr, init), seed, checkpoint)
+    data = evaluator.data
+    row = {"val_accuracy": accuracy(module, data, *data.split("val")),
+           "test_accuracy": accuracy(module, data, *data.split("test")),
+           "params": arch.params, "flops": arch.flops, "compression": evaluator.teacher.params / arch.params,
+           "epochs": epochs, "init": init}
+    row["seconds"] = time.perf_counter() - start
+    return module, row
+
+
+def alternatives(evaluator, start: Architecture, target_params: int, epochs: int, lr: float, seed: int,
+                 which: tuple[str, ...] = ALTERNATIVES, min_width: int = MIN_WIDTH,
+                 checkpoints: "str | os.PathLike | None" = None) -> dict[str, dict]:
+    """``{name: row}`` of :func:`final_distill` for each of ``which`` at <= ``target_params``
+    parameters (the uniform width ratio is in the row); ``ValueError`` for an unknown name or a
+    target below the narrowest uniform student. ``checkpoints``: a folder for each one's
+    ``<name>.ckpt`` (resumable)."""
+    unknown = sorted(set(which) - set(ALTERNATIVES))
+    if unknown:
+        raise ValueError(f"unknown alternatives {unknown}; choose from {list(ALTERNATIVES)}")
+    arch, ratio = uniform_width_student(start, target_params, min_width)
+    out = {}
+    for name in which:
+        ckpt = os.path.join(checkpoints, f"{name}.ckpt") if checkpoints else None
+        _, row = final_distill(evaluator, arch, epochs, lr, seed, "inherit" if name == "magnitude" else "random", ckpt)
+        out[name] = {**row, "width_ratio": ratio, "architecture": arch.to_dict()}
+    return out
+
+
+__all__ = ["ALTERNATIVES", "alternatives", "final_distill", "final_protocol"]
+
+
+def throughput(evaluator, batches: int = 3, batch_size: int = 64) -> dict[str, float]:
+    """Images per second of training the *teacher's* architecture (an upper bound on any
+    student's cost) on this machine now, timed on ``batches`` batches after one warm-up
+    batch: ``"augmented"`` (the teacher's forward pass per batch, as in the final
+    distillation), ``"reused_logits"`` (the search protocols without augmentation) and
+    ``"inference"`` (scoring)."""
+    import torch
+
+    data, teacher = evaluator.data, evaluator.teacher
+    x, _ = data.subset("train", batch_size * (batches + 1), seed=0)
+    out = {}
+    for name, augment in (("augmented", True), ("reused_logits", False)):
+        student = evaluator.train_student(teacher.architecture, final_protocol(0), 0)  # a copy of the teacher
+        logits = None if augment else predict_logits(teacher.module, data, x)
+        kw = dict(batch_size=batch_size, lr=1e-4, weight_decay=0.0, augment=augment, teacher_logits=logits)
+        distill(student, teacher.module, data, x[:batch_size], epochs=1, generator=torch.Generator(), **kw)
+        start = time.perf_counter()
+        distill(student, teacher.module, data, x[batch_size:], epochs=1, generator=torch.Generator(),
+                **{**kw, "teacher_logits": None if augment else logits[batch_size:]})
+        out[name] = batches * batch_size / (time.perf_counter() - start)
+    start = time.perf_counter()
+    predict_logits(teacher.module, data, x)
+    out["inference"] = len(x) / (time.perf_counter() - start)
+    return out
+
+
+def estimate_seconds(rates: dict[str, float], protocol: Protocol, evaluations: int, train_split: int,
+                     val_split: int, test_split: int, final_epochs: int, final_students: int) -> dict[str, float]:
+    """Upper bounds (students timed as the teacher) of a compress run's parts in seconds:
+    ``search`` (``evaluations`` students under ``protocol``) and ``final`` (``final_students``
+    final distillations of ``final_epochs`` epochs, each scored on the whole splits)."""
+    train = min(protocol.train_images or train_split, train_split) * protocol.epochs
+    scored = min(protocol.val_images or val_split, val_split) + min(protocol.test_images or test_split, test_split)
+    per_student = train / rates["augmented" if protocol.augment else "reused_logits"] + scored / rates["inference"]
+    per_final = final_epochs * train_split / rates["augmented"] + (val_split + test_split) / rates["inference"]
+    return {"search": evaluations * per_student, "final": final_students * per_final,
+            "per_student": per_student, "per_final_student": per_final}

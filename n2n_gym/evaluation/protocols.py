@@ -1,0 +1,117 @@
+"""Student evaluation protocols: how a student is trained from its teacher and scored.
+
+- ``paper``: the N2N code's settings: random init, MSE on logits, Adam lr 5e-4, weight
+  decay 5e-4, batch 200, 5 epochs over the training split with random crop (+ flip where
+  the data allows); validation and test accuracy on the whole splits.
+- ``fast`` (default): the student inherits the teacher's weights, then a short
+  distillation (MSE on logits) on a fixed subset of the training split whose teacher
+  logits are computed once and reused by every student; scored on fixed subsets.
+- ``tiny``: a few optimizer steps; seconds on CPU, for tests and CI.
+- ``digits-v1``: the default of ``N2N-DigitsNet-Digits-v1``, chosen by the fidelity ladder
+  (``benchmarks/fidelity.py``; its results in ``benchmarks/results/fidelity/``): the
+  cheapest rung whose rewards rank 40 students at Spearman rho >= 0.8 against the
+  reference (compress's final distillation, 30 epochs): inherited weights, the whole
+  training split 3 times (~4k student images), Adam lr 1e-3 with the last epoch at lr/10,
+  batch-norm recalibration on the training split, scored on the whole validation split.
+
+Three optional fields (defaults: off) describe the rungs of the fidelity ladder
+(``benchmarks/fidelity.py``) and the final distillation of ``n2n-gym compress``:
+
+- ``loss``: ``"mse"`` on logits (N2N) or ``"kd"``: Hinton et al. (2015)'s
+  ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)`` with
+  ``T = 4``, ``alpha = 0.9`` (:data:`n2n_gym.evaluation.distill.KD_TEMPERATURE`, ``KD_ALPHA``).
+- ``lr_drop``: the last third of the epochs at lr / 10 (the step schedule of compress).
+- ``bn_recalibration``: after training, batch-norm statistics are recomputed on this many
+  training images (EagleEye, Li et al. ECCV 2020); with ``epochs=0`` the student is scored
+  on its inherited weights after recalibration alone.
+
+A field left at its default is left out of :meth:`Protocol.to_dict`, so the cache keys and
+records of the protocols that existed before these fields stay the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from n2n_gym.utils.checks import check_bool, check_choice, check_float, check_int
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    init: str  # "inherit" (teacher weights) | "random"
+    epochs: int  # passes over the (sub)set of training images
+    train_images: int | None  # None: the whole training split
+    val_images: int | None  # None: the whole validation split
+    test_images: int | None  # None: the whole test set
+    batch_size: int
+    lr: float
+    weight_decay: float
+    augment: bool  # random crop (+ flip); teacher logits are then recomputed per batch
+    loss: str = "mse"  # "mse" (N2N: MSE on logits) | "kd" (Hinton et al. 2015: KL at T=4 + labels)
+    lr_drop: bool = False  # the last third of the epochs at lr / 10
+    bn_recalibration: int = 0  # training images over which batch-norm statistics are recomputed after training
+
+    def __post_init__(self) -> None:
+        # checked here so that a bad protocol fails where it is written, not after a student trained
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"Protocol name must be a non-empty str, got {self.name!r}")
+        check_choice("Protocol init", self.init, ("inherit", "random"))
+        check_int("Protocol epochs", self.epochs, min=0)
+        check_choice("Protocol loss", self.loss, LOSSES)
+        check_bool("Protocol lr_drop", self.lr_drop)
+        check_int("Protocol bn_recalibration", self.bn_recalibration, min=0)
+        if self.epochs == 0 and self.init != "inherit":
+            raise ValueError("Protocol epochs=0 scores the student untrained: it needs init='inherit' "
+                             "(the teacher's weights), usually with bn_recalibration > 0")
+        for field in ("train_images", "val_images", "test_images"):
+            if getattr(self, field) is not None:
+                check_int(f"Protocol {field}", getattr(self, field), min=1)
+        check_int("Protocol batch_size", self.batch_size, min=1)
+        check_float("Protocol lr", self.lr, min=0.0, min_open=True)
+        check_float("Protocol weight_decay", self.weight_decay, min=0.0)
+        check_bool("Protocol augment", self.augment)
+
+    def to_dict(self) -> dict:
+        """The fields as a dict; the optional fields only where they differ from their default."""
+        out = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.name in OPTIONAL_FIELDS and out[f.name] == f.default:
+                del out[f.name]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Protocol":
+        """The protocol of :meth:`to_dict` (a record's or a cache row's); unknown keys raise ``ValueError``."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a protocol must be given as a dict of its fields, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown Protocol fields {unknown}; the fields are {sorted(names)}")
+        return cls(**data)
+
+
+LOSSES = ("mse", "kd")
+OPTIONAL_FIELDS = ("loss", "lr_drop", "bn_recalibration")
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "paper": Protocol("paper", "random", 5, None, None, None, 200, 5e-4, 5e-4, True),
+    "fast": Protocol("fast", "inherit", 2, 1024, 1000, 1000, 64, 5e-4, 0.0, False),
+    "tiny": Protocol("tiny", "inherit", 1, 128, 256, 256, 64, 5e-4, 0.0, False),
+    # the ladder's rung "mse-4k" on the digits split (1,293 training images): rho 0.83 [0.61, 0.96]
+    "digits-v1": Protocol("digits-v1", "inherit", 3, None, None, None, 64, 1e-3, 0.0, False, lr_drop=True,
+                          bn_recalibration=2048),
+}
+
+
+def get_protocol(protocol: "str | Protocol") -> Protocol:
+    if isinstance(protocol, Protocol):
+        return protocol
+    if not isinstance(protocol, str):
+        raise TypeError(f"protocol must be one of {sorted(PROTOCOLS)} or a Protocol, got {type(protocol).__name__}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {sorted(PROTOCOLS)} or pass a Protocol")
+    return PROTOCOLS[protocol]
