@@ -43,6 +43,7 @@ __all__ = [
     "CLAIM_TTL",
     "CacheCorruptError",
     "CacheRowWarning",
+    "MAX_CLAIM_TTL",
     "NullCache",
     "ResultCache",
     "cache_key",
@@ -59,6 +60,12 @@ _LOCK_RETRIES = 10
 #: Seconds a claim lives without a heartbeat: a crashed worker's evaluation is
 #: taken over this long after its last heartbeat.
 CLAIM_TTL = 30.0
+#: The longest ``ttl`` a claim may have. Claims rows are data from outside the process (any
+#: program can write the file): one whose expiry is not a number, or further ahead than this,
+#: was not written by a live owner of ours and is stale, so a hostile row cannot hang a waiter.
+MAX_CLAIM_TTL = 3600.0
+# SQL condition of a claims row that is over: expired, or an expiry no owner of ours writes
+_STALE_CLAIM = "(typeof(expires) NOT IN ('real', 'integer') OR expires<? OR expires>?)"
 
 # Connections inherited across a fork are never closed in the child: closing
 # them there could interfere with the parent's locks / WAL state.  They are
@@ -70,7 +77,7 @@ def pid_dead(pid: int) -> bool:
     """Whether no process of this machine has the id ``pid`` (signal 0 probes without sending)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (OverflowError: no pid is that large)
         return True
     except OSError:  # it exists (PermissionError: another user's)
         return False
@@ -260,8 +267,10 @@ class ResultCache:
     def _parsed(self, key: str, blob: Any) -> dict | None:
         try:
             value = json.loads(blob)
-        except (TypeError, ValueError) as exc:  # JSONDecodeError, bytes that are not UTF-8
+        except (TypeError, ValueError) as exc:  # JSONDecodeError, bytes that are not UTF-8, a 5000-digit int
             problem = f"not JSON: {exc}"
+        except RecursionError:  # nested deeper than the parser's stack: nothing this cache wrote
+            problem = "JSON nested too deep"
         else:
             if isinstance(value, dict):
                 return value
@@ -325,11 +334,14 @@ class ResultCache:
     # ----------------------------------------------------------------- claims
     def claim(self, key: str, ttl: float = CLAIM_TTL) -> str | None:
         """Claim ``key`` for an evaluation: a token, or ``None`` when the result is
-        already stored or another live owner holds the claim.
+        already stored or another live owner holds the claim. Raises ``ValueError`` for a
+        ``ttl`` outside ``(0, MAX_CLAIM_TTL]`` (a longer claim would read as stale to others).
 
         One transaction checks the result, drops an expired claim and inserts ours, so
         two processes never both get a token for the same key.
         """
+        if not (isinstance(ttl, (int, float)) and 0 < ttl <= MAX_CLAIM_TTL):
+            raise ValueError(f"ttl must be a number of seconds in (0, {MAX_CLAIM_TTL:g}], got {ttl!r}")
         if self.readonly:  # nothing can be written, so nothing is shared: the caller computes
             return "readonly"
         token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
@@ -341,7 +353,7 @@ class ResultCache:
                 if conn.execute("SELECT 1 FROM results WHERE key=?", (key,)).fetchone() is not None:
                     got = None
                 else:
-                    conn.execute("DELETE FROM claims WHERE key=? AND expires<?", (key, now))
+                    conn.execute(f"DELETE FROM claims WHERE key=? AND {_STALE_CLAIM}", (key, now, now + MAX_CLAIM_TTL))
                     held = conn.execute("SELECT host, pid FROM claims WHERE key=?", (key,)).fetchone()
                     if held is not None and _owner_dead(*held):  # its process is gone: take it over now
                         conn.execute("DELETE FROM claims WHERE key=?", (key,))
@@ -377,8 +389,9 @@ class ResultCache:
         """The live claim on ``key`` (``{"owner", "host", "pid", "expires"}``) or ``None``."""
         if self.readonly:
             return None
-        row = self._run(lambda c: c.execute("SELECT owner, host, pid, expires FROM claims WHERE key=? AND expires>=?",
-                                            (key, time.time())).fetchone())
+        now = time.time()
+        row = self._run(lambda c: c.execute(f"SELECT owner, host, pid, expires FROM claims WHERE key=? AND NOT "
+                                            f"{_STALE_CLAIM}", (key, now, now + MAX_CLAIM_TTL)).fetchone())
         if row is None or _owner_dead(row[1], row[2]):  # a dead process's claim is over at once
             return None
         return dict(zip(("owner", "host", "pid", "expires"), row))

@@ -280,6 +280,9 @@ class StudentEvaluationWarning(RuntimeWarning):
 STUDENT_ERRORS = (NonFiniteError, StudentBuildError, ArchitectureError)
 
 
+#: The longest a stored evaluation may have taken (30 days): a row saying more is not one of ours.
+MAX_EVAL_SECONDS = 30 * 24 * 3600.0
+
 _ROW_TYPES = {"valid": (bool,), "reason": (str,), "accuracy": (int, float), "test_accuracy": (int, float),
               "params": (int,), "flops": (int,), "reward": (int, float), "seconds": (int, float), "cached": (bool,)}
 
@@ -287,8 +290,9 @@ _ROW_TYPES = {"valid": (bool,), "reason": (str,), "accuracy": (int, float), "tes
 def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, teacher_accuracy: float) -> str | None:
     """What is wrong with a stored :class:`EvalResult` row for a student of ``params`` /
     ``flops`` (None: nothing): its fields and types, accuracies in [0, 1] (test: or NaN,
-    not measured), the student's params and FLOPs, and its reward (-1 when invalid, else
-    ``R = Rc * Ra`` of its params and accuracy)."""
+    not measured), seconds a duration up to :data:`MAX_EVAL_SECONDS`, an invalid student with
+    accuracy 0 and a reason (a valid one with none), the student's params and FLOPs, and its
+    reward (-1 when invalid, else ``R = Rc * Ra`` of its params and accuracy)."""
     if not isinstance(row, dict):
         return f"a {type(row).__name__}, not an object"
     fields = set(_ROW_TYPES) - {"cached"}
@@ -301,8 +305,13 @@ def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, 
     test = row["test_accuracy"]
     if not (0.0 <= row["accuracy"] <= 1.0) or not (math.isnan(test) or 0.0 <= test <= 1.0):
         return f"accuracy {row['accuracy']!r} / test accuracy {test!r} outside [0, 1]"
-    if not (math.isfinite(row["seconds"]) and row["seconds"] >= 0):
-        return f"seconds {row['seconds']!r} is not a duration"
+    if not (math.isfinite(row["seconds"]) and 0 <= row["seconds"] <= MAX_EVAL_SECONDS):
+        return f"seconds {row['seconds']!r} is not a duration in [0, {MAX_EVAL_SECONDS:g}]"
+    if not row["valid"] and (row["accuracy"] != 0 or not (math.isnan(test) or test == 0) or not row["reason"]):
+        # what _compute and lookup store for a student that failed: no accuracy, and why
+        return f"an invalid student with accuracy {row['accuracy']!r} / {test!r} and reason {row['reason']!r}"
+    if row["valid"] and row["reason"]:
+        return f"a valid student with a failure reason {row['reason'][:80]!r}"
     if (row["params"], row["flops"]) != (params, flops):
         return f"params / FLOPs {row['params']} / {row['flops']} are not the student's {params} / {flops}"
     want = -1.0 if not row["valid"] else n2n_reward(student_params=params, teacher_params=teacher_params,
