@@ -508,7 +508,7 @@ def env_table() -> str:
 
 
 def pinned_table() -> str:
-    reg = json.loads((ROOT / "n2n_gym" / "pinned" / "registry.json").read_text())
+    reg = json.loads((ROOT / "n2n_gym" / "teachers" / "pinned" / "registry.json").read_text())
     rows = []
     for tid, t in reg["teachers"].items():
         env_ids = [e for e, (teacher, dataset, _) in _envs().items() if (teacher, dataset) == (t["teacher"],

@@ -18,19 +18,24 @@ import torch
 from conftest import SMALL_DIGITS_RECIPE, make_digits_env, shared_data_root
 
 import n2n_gym
-from n2n_gym.teachers import registry as reg
+from n2n_gym.data.datasets import (
+    DataUnavailableError,
+    clear_dataset_cache,
+    load_dataset,
+)
 from n2n_gym.ir.build import build
-from n2n_gym.data.datasets import DataUnavailableError, clear_dataset_cache, load_dataset
+from n2n_gym.ir.zoo import teacher_architecture
+from n2n_gym.teachers import registry as reg
 from n2n_gym.teachers.teacher import (
     Recipe,
     TeacherInvalidError,
     TeacherTrainingTooLong,
     load_teacher,
+    pin_teacher,
     save_teacher,
     teacher_cache_path,
     weights_sha256,
 )
-from n2n_gym.ir.zoo import teacher_architecture
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DIGITS_PIN = reg.pins()["digitsnet-digits"]
@@ -282,8 +287,8 @@ def test_pin_a_checkpoint_measures_it_and_writes_the_entry(tmp_path, digits_teac
     save_teacher(ckpt, digits_teacher.module, digits_data, Recipe(**SMALL_DIGITS_RECIPE), val_accuracy=0.5,
                  test_accuracy=0.5)  # numbers the pin must not copy
     registry = tmp_path / "registry.json"
-    pin = reg.pin_teacher(n2n_gym.DEFAULT_ENV_ID, ckpt, registry=registry, pinned_dir=tmp_path / "pinned",
-                          train_seconds=1.0, legacy_sha256=("f" * 64,), legacy_note="test")
+    pin = pin_teacher(n2n_gym.DEFAULT_ENV_ID, ckpt, registry=registry, pinned_dir=tmp_path / "pinned",
+                      train_seconds=1.0, legacy_sha256=("f" * 64,), legacy_note="test")
     (again,) = reg.pins(registry).values()
     assert again == pin and pin.sha256 == digits_teacher.sha256 and pin.val_accuracy == digits_teacher.val_accuracy
     assert pin.recipe["epochs"] == SMALL_DIGITS_RECIPE["epochs"] and pin.data_digest == digits_data.digest

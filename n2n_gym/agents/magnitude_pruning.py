@@ -41,6 +41,7 @@ import gymnasium as gym
 import numpy as np
 
 import n2n_gym  # noqa: F401  (registers the environments)
+from n2n_gym.envs.registration import resolve_protocol
 from n2n_gym.envs.wrappers import BudgetTracker, BudgetWrapper, private_cache
 from n2n_gym.ir.edits import MIN_WIDTH, uniform_width_student
 from n2n_gym.utils.checks import check_float, check_int
@@ -125,7 +126,7 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
         target = math.floor(teacher_params / check_float("target_compression", args.target_compression, min=1.0,
                                                          min_open=True))
     else:
-        target = target_from_results(args.target_results, env_id, kwargs_in.get("protocol", "fast"), seed,
+        target = target_from_results(args.target_results, env_id, resolve_protocol(env_id, kwargs_in.get("protocol")), seed,
                                      args.target_agent, args.target_label)
     ratio, params = uniform_ratio(start, target, min_width)
     if ratio >= 1.0 or params >= start.params:

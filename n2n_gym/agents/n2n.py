@@ -103,6 +103,7 @@ from torch import nn
 
 import n2n_gym  # noqa: F401  (registers the environments)
 from n2n_gym.envs.env import RATIO_TABLES
+from n2n_gym.envs.registration import resolve_protocol
 from n2n_gym.envs.wrappers import (
     BudgetExhausted,
     BudgetTracker,
@@ -127,8 +128,8 @@ class Args:
     """Gymnasium id of the compression environment (default: the embedded digits env)"""
     env_kwargs: dict = field(default_factory=dict)
     """extra keyword arguments of gym.make, as JSON (e.g. '{"teacher_recipe": {"epochs": 3}}')"""
-    protocol: str = "fast"
-    """student evaluation protocol of the env: fast | paper | tiny"""
+    protocol: str | None = None
+    """student evaluation protocol of the env (default: the env id's own, e.g. fast for the v0 ids)"""
     stages: str = "remove,shrink"
     """comma-separated stages, run in order; each starts from the best student of the one before"""
     updates: str = "20,40"
@@ -180,9 +181,12 @@ class Args:
             raise TypeError(f"env_id must be a Gymnasium id (str), got {self.env_id!r}")
         if not isinstance(self.env_kwargs, dict):
             raise TypeError(f"env_kwargs must be a dict (JSON object), got {type(self.env_kwargs).__name__}")
-        for name in ("protocol", "device", "stages", "baseline"):
+        for name in ("device", "stages", "baseline"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a str, got {getattr(self, name)!r}")
+        if self.protocol is not None and not isinstance(self.protocol, str):
+            raise TypeError(f"protocol must be a str or None (the env id's own), got {self.protocol!r}")
+        self.protocol = resolve_protocol(self.env_id, self.protocol)
         check_choice("protocol", self.protocol, sorted(PROTOCOLS))
         self.update_list()  # checks stages too
         check_int("rollouts", self.rollouts, min=1)
@@ -770,7 +774,7 @@ def run_benchmark(env_id: str, seed: int, budget: int, env_kwargs: dict | None =
     remove_fraction = float(hparams.pop("remove_fraction", 1 / 3))
     with private_cache(env_kwargs) as kwargs:
         stage = kwargs.pop("stage", None)
-        protocol = kwargs.pop("protocol", "fast")
+        protocol = kwargs.pop("protocol", None)
         device = kwargs.pop("device", "auto")
         kwargs.pop("progress", None)
         fields = {f.name for f in dataclasses.fields(Args)}

@@ -116,7 +116,9 @@ from torch import nn
 import n2n_gym
 from n2n_gym.agents.n2n import add_args, args_or_exit, student_record
 from n2n_gym.data.datasets import Dataset, DatasetInfo, batches
+from n2n_gym.envs.registration import resolve_protocol
 from n2n_gym.evaluation.distill import accuracy
+from n2n_gym.evaluation.protocols import PROTOCOLS
 from n2n_gym.ir.arch import CONV, LINEAR, Architecture
 from n2n_gym.ir.build import Network, build
 from n2n_gym.ir.edits import (
@@ -140,8 +142,8 @@ class Args:
     """Gymnasium id of the compression environment (teacher, data, evaluation protocol)"""
     env_kwargs: dict = field(default_factory=dict)
     """extra keyword arguments of gym.make, as JSON (e.g. '{"teacher_recipe": {"epochs": 3}}')"""
-    protocol: str = "fast"
-    """student evaluation protocol of the env: fast | paper | tiny"""
+    protocol: str | None = None
+    """student evaluation protocol of the env (default: the env id's own, e.g. fast for the v0 ids)"""
     flops_ratio: float = 0.5
     """target FLOPs of the student as a fraction of the teacher's (R / F_teacher)"""
     tolerance: float = 0.05
@@ -213,10 +215,9 @@ class Args:
 
     def __post_init__(self) -> None:
         """Every setting checked where it is given (flops_ratio 1.5 used to run to the end)."""
-        from n2n_gym.evaluation.protocols import PROTOCOLS
-
         if not isinstance(self.env_kwargs, dict):
             raise TypeError(f"env_kwargs must be a dict (JSON object), got {type(self.env_kwargs).__name__}")
+        self.protocol = resolve_protocol(self.env_id, self.protocol)
         check_choice("protocol", self.protocol, sorted(PROTOCOLS))
         check_float("flops_ratio", self.flops_ratio, min=0.0, max=1.0, min_open=True)
         check_float("tolerance", self.tolerance, min=0.0, max=1.0)
@@ -972,7 +973,7 @@ def run_benchmark(env_id: str, seed: int, budget: int, env_kwargs: dict | None =
     if not {"steps", "epochs", "budget_evaluations"} & set(hparams):
         hparams["budget_evaluations"] = budget
     with private_cache(env_kwargs) as kwargs:
-        protocol = kwargs.pop("protocol", "fast")
+        protocol = kwargs.pop("protocol", None)
         device = kwargs.pop("device", "auto")
         for k in ("progress", "stage", "ratios"):
             kwargs.pop(k, None)

@@ -182,7 +182,7 @@ def finish_wandb(run, record: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- running
-def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str = "fast", stage: str | None = None,
+def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str | None = None, stage: str | None = None,
             env_kwargs: dict | None = None, hparams: dict | None = None, eval_seed: int | None = None,
             device: str | None = None, max_episodes: int | None = None, max_seconds: float | None = None,
             results: str | os.PathLike | None = None, track: bool = False, wandb_project: str = "n2n-gym",
@@ -190,8 +190,14 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str = 
             label: str | None = None) -> dict:
     """One benchmark run; appends its record to ``results`` (if given) and returns it.
     ``progress``: a tqdm bar over the budget's evaluations, with the best reward so far.
-    ``label``: the leaderboard name of this variant of the agent (e.g. its hparams)."""
+    ``label``: the leaderboard name of this variant of the agent (e.g. its hparams).
+    ``protocol``: None means the env id's own (:func:`n2n_gym.envs.registration.default_protocol`);
+    the record names the protocol that was used."""
     import n2n_gym  # noqa: F401  (registers the environments)
+    from n2n_gym.envs.registration import default_protocol
+
+    if protocol is None:
+        protocol = default_protocol(env_id)
 
     fn = load_agent(agent)
     # every output location is checked before the first evaluation, not after the budget is spent
@@ -286,8 +292,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0], help="seeds, one run each (default 0)")
     p.add_argument("--budget", type=int_at_least(1), default=60,
                    help="student evaluations per run that were not cache hits (default 60)")
-    p.add_argument("--protocol", default="fast", choices=sorted(PROTOCOLS),
-                   help="evaluation protocol: fast | paper | tiny (default fast)")
+    p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
+                   help="evaluation protocol (default: the env id's own: fast for the v0 ids, digits-v1 for "
+                        "N2N-DigitsNet-Digits-v1)")
     p.add_argument("--stage", default=None, choices=("remove", "shrink", "joint"),
                    help="remove | shrink | joint (default: joint for the baselines, remove then shrink for n2n)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"JSONL file to append to (default {DEFAULT_RESULTS})")
@@ -324,7 +331,13 @@ def check_env_kwargs(args: argparse.Namespace) -> None:
     import gymnasium as gym
 
     import n2n_gym  # noqa: F401  (registers the environments)
+    from n2n_gym.envs.registration import default_protocol
 
+    if args.protocol is None:  # the env id's own, named in the records and the resume keys
+        try:
+            args.protocol = default_protocol(args.env)
+        except gym.error.Error as exc:
+            raise SystemExit(f"n2n-gym bench: error: {exc}") from None
     kwargs = {**args.env_kwargs, "protocol": args.protocol, "progress": False}
     if args.stage is not None:
         kwargs["stage"] = args.stage

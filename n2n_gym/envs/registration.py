@@ -6,9 +6,15 @@ from __future__ import annotations
 import gymnasium as gym
 from gymnasium.envs.registration import WrapperSpec
 
-from n2n_gym.teachers.catalog import CUSTOM_ENV_ID, DEFAULT_ENV_ID, ENVS
+from n2n_gym.teachers.catalog import (
+    CUSTOM_ENV_ID,
+    DEFAULT_ENV_ID,
+    DEFAULT_PROTOCOLS,
+    ENVS,
+)
 
-__all__ = ["ACTION_MASKS", "CUSTOM_ENV_ID", "DEFAULT_ENV_ID", "ENVS", "register_envs"]
+__all__ = ["ACTION_MASKS", "CUSTOM_ENV_ID", "DEFAULT_ENV_ID", "ENVS", "default_protocol", "register_envs",
+           "resolve_protocol"]
 
 # gym.make's outermost wrapper: env.action_masks() on what gym.make returns (Gymnasium 1.x
 # wrappers forward no attributes; sb3-contrib's ActionMasker calls it on the outermost one)
@@ -19,5 +25,29 @@ def register_envs() -> None:
     ids = {CUSTOM_ENV_ID: ("custom", "digits")} | {k: (teacher, data) for k, (teacher, data, _) in ENVS.items()}
     for env_id, (teacher, dataset) in ids.items():
         if env_id not in gym.registry:
-            gym.register(env_id, entry_point="n2n_gym.envs.env:N2NEnv", kwargs={"teacher": teacher, "dataset": dataset},
+            kwargs = {"teacher": teacher, "dataset": dataset}
+            if env_id in DEFAULT_PROTOCOLS:
+                kwargs["protocol"] = DEFAULT_PROTOCOLS[env_id]
+            gym.register(env_id, entry_point="n2n_gym.envs.env:N2NEnv", kwargs=kwargs,
                          nondeterministic=False, additional_wrappers=(ACTION_MASKS,))
+
+
+def default_protocol(env_id: str) -> str:
+    """The evaluation protocol ``gym.make(env_id)`` uses: the ``protocol`` of its registered
+    kwargs, else the env's own default ``"fast"``. Raises ``gymnasium.error.Error`` (a
+    subclass of it: ``NameNotFound``, ``VersionNotFound``, ...) for an unregistered id."""
+    protocol = gym.spec(env_id).kwargs.get("protocol", "fast")
+    # a Protocol object registered by a user has a name too; records name protocols by name
+    return protocol if isinstance(protocol, str) else protocol.name
+
+
+def resolve_protocol(env_id: str, protocol: str | None) -> str:
+    """``protocol``, or the env id's own when it is None (agents' and the runner's default).
+    Raises ``ValueError`` naming the id when it is not registered."""
+    if protocol is not None:
+        return protocol
+    try:
+        return default_protocol(env_id)
+    except gym.error.Error as exc:
+        raise ValueError(f"env_id {env_id!r} is not a registered environment ({exc}); pass a registered id "
+                         f"(n2n_gym.ENVS) or register yours with gymnasium.register first") from None

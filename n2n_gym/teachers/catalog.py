@@ -22,6 +22,14 @@ ENVS: dict[str, tuple[str, str, str]] = {
     "N2N-ResNet34-CIFAR100-v0": ("resnet34", "cifar100", "paper"),
     "N2N-ResNet20-CIFAR10-v0": ("resnet20", "cifar10", "TAS"),
     "N2N-ResNet56-CIFAR10-v0": ("resnet56", "cifar10", "TAS"),
+    # v1: the reward's protocol chosen by the fidelity ladder (benchmarks/fidelity.py)
+    "N2N-DigitsNet-Digits-v1": ("digitsnet", "digits", "embedded default, protocol chosen by the fidelity ladder"),
+}
+
+#: The evaluation protocol of each id whose default is not "fast" (n2n_gym.evaluation.protocols):
+#: a new default protocol changes the reward of the same actions, so it comes with a new version.
+DEFAULT_PROTOCOLS: dict[str, str] = {
+    "N2N-DigitsNet-Digits-v1": "digits-v1",
 }
 
 

@@ -1,0 +1,75 @@
+"""Env versions and their default evaluation protocols (n2n_gym.envs.registration,
+n2n_gym.teachers.catalog): a v1 id's reward comes from the protocol the fidelity ladder chose,
+and the runner, the agents and the records use the id's own protocol unless told otherwise."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import gymnasium as gym
+import pytest
+
+import n2n_gym
+from n2n_gym.agents.n2n import Args
+from n2n_gym.bench import runner
+from n2n_gym.data.datasets import load_dataset
+from n2n_gym.envs.registration import default_protocol, resolve_protocol
+from n2n_gym.evaluation.protocols import PROTOCOLS
+
+V0, V1 = "N2N-DigitsNet-Digits-v0", "N2N-DigitsNet-Digits-v1"
+
+
+def test_each_id_has_its_own_default_protocol():
+    assert default_protocol(V0) == "fast"
+    assert default_protocol(V1) == "digits-v1"
+    assert gym.make(V1).unwrapped.protocol == PROTOCOLS["digits-v1"]
+    assert gym.make(V1, protocol="tiny").unwrapped.protocol.name == "tiny"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Gymnasium: "v0 is out of date"
+        assert gym.make(V0).unwrapped.protocol.name == "fast"
+
+
+def test_every_v0_id_stays_makeable():
+    for env_id in n2n_gym.ENVS:
+        if env_id.endswith("-v0"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                gym.make(env_id).close()  # loads nothing: data and teacher come at reset()
+
+
+def test_an_unregistered_id_is_named_in_the_error():
+    assert resolve_protocol("N2N-Nope-v0", "tiny") == "tiny"
+    with pytest.raises(ValueError, match="N2N-Nope-v0"):
+        resolve_protocol("N2N-Nope-v0", None)
+    with pytest.raises(ValueError, match="N2N-Nope-v0"):
+        Args(env_id="N2N-Nope-v0")
+
+
+def test_agents_default_to_the_ids_protocol():
+    assert Args(env_id=V1).protocol == "digits-v1"
+    assert Args(env_id=V0).protocol == "fast"
+    assert Args(env_id=V1, protocol="tiny").protocol == "tiny"
+
+
+def test_digits_v1_is_the_ladder_rung_that_was_measured():
+    """The protocol of N2N-DigitsNet-Digits-v1 must stay the ladder's "mse-4k" rung on the digits
+    training split: its figures (rho 0.83 against 30-epoch training) were measured for that one."""
+    from n2n_gym.benchmarks.fidelity import ladder
+
+    train_split = len(load_dataset("digits").train_idx)
+    rung = ladder(train_split)["mse-4k"]
+    assert dataclasses.replace(rung, name="digits-v1") == PROTOCOLS["digits-v1"]
+
+
+def test_a_bench_record_names_the_protocol_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
+    results = tmp_path / "runs.jsonl"
+    rc = runner.main(["--env", V1, "--agent", "random", "--budget", "2", "--results", str(results)])
+    assert rc == 0
+    (record,) = [r for r in runner.read_records(results)]
+    assert (record["env_id"], record["protocol"]) == (V1, "digits-v1")
+    # resuming finds the run under the id's own protocol, so --skip-existing skips it
+    rc = runner.main(["--env", V1, "--agent", "random", "--budget", "2", "--results", str(results),
+                      "--skip-existing"])
+    assert rc == 0 and len(runner.read_records(results)) == 1
