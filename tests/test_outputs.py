@@ -79,15 +79,31 @@ except OSError as exc:
     assert len(read_records(path)) == 1
 
 
-def test_a_full_disk_loses_no_record_and_later_seeds_run(digits_teacher, tmp_path, capsys):
-    """/dev/full answers every write with ENOSPC: both seeds' records go to the fallback file."""
-    fallback = fallback_records_path("/dev/full")
+def test_a_full_disk_loses_no_record(digits_teacher, tmp_path, capsys):
+    """The disk fills during the run (the results path becomes /dev/full, which answers every
+    write with ENOSPC, after the up-front check passed): the record goes to the fallback file.
+    (/dev/full given as --results is refused up front: tests/test_untrusted_inputs.py.)"""
+    from n2n_gym.agents import random_search
+
+    results = tmp_path / "r.jsonl"
+
+    def disk_fills(*args, **kwargs):
+        out = random_search.run(*args, **kwargs)
+        if not results.is_symlink():
+            results.symlink_to("/dev/full")
+        return out
+
+    fallback = fallback_records_path(results)
     fallback.unlink(missing_ok=True)
-    assert runner.main(ARGV + ["--seeds", "0", "1", "--results", "/dev/full"]) == 0
+    runner.register_agent("disk-fills", disk_fills, "random search; the disk fills during its run")
+    try:
+        assert runner.main([*ARGV[2:], "--agent", "disk-fills", "--seeds", "0", "--results", str(results)]) == 0
+    finally:
+        runner.AGENTS.pop("disk-fills")
     err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.startswith("could not write the record to /dev/full")]
-    assert len(lines) == 2 and f"it was written to {fallback} instead" in lines[0]
-    assert [r["seed"] for r in read_records(fallback)] == [0, 1]
+    lines = [l for l in err.splitlines() if l.startswith(f"could not write the record to {results}")]
+    assert len(lines) == 1 and f"it was written to {fallback} instead" in lines[0]
+    assert [r["seed"] for r in read_records(fallback)] == [0]
 
 
 def test_save_record_prints_the_record_when_no_file_takes_it(tmp_path, monkeypatch, capsys):

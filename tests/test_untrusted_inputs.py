@@ -5,16 +5,26 @@ of the pass and from others of the same kind."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
+import signal
 import sqlite3
 import time
+import uuid
 
 import numpy as np
 import pytest
-from conftest import make_digits_env
+from conftest import SMALL_DIGITS_RECIPE, make_digits_env
 
+from n2n_gym.bench import leaderboard, runner, validate
+from n2n_gym.bench.records import (append_record, output_folder_problem, read_records, results_file_problem,
+                                    save_record)
 from n2n_gym.evaluation.cache import MAX_CLAIM_TTL, CacheRowWarning, ResultCache
+
+ENV_ID = "N2N-DigitsNet-Digits-v0"
+ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
 
 
 # ---------------------------------------------------------------------------- the result cache
@@ -104,3 +114,99 @@ def test_a_live_claim_still_makes_others_wait(tmp_path):
         cache.claim("j", ttl=MAX_CLAIM_TTL * 2)
     with pytest.raises(ValueError, match="ttl"):
         cache.claim("j", ttl=math.nan)
+
+
+# ---------------------------------------------------------------------------- results files
+@pytest.fixture(scope="module")
+def genuine(digits_teacher) -> dict:
+    """One real record: random search, 2 evaluations, tiny protocol."""
+    return runner.run_one(ENV_ID, "random", 0, 2, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
+
+
+def _copy(record: dict, **change) -> dict:
+    """``record`` with a new run id and ``change`` (dotted keys reach into objects)."""
+    r = copy.deepcopy(record)
+    r["run_id"] = uuid.uuid4().hex
+    for dotted, value in change.items():
+        *parents, last = dotted.split("__")
+        target = r
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    return r
+
+
+BAD_LINES = {
+    "nested-100000-deep": "[" * 100_000 + "]" * 100_000,
+    "nested-object-40-deep": '{"format": "n2n-gym-bench", "x": ' + '{"a": ' * 40 + "1" + "}" * 41,
+    "int-5000-digits": '{"format": "n2n-gym-bench", "seed": ' + "9" * 5000 + "}",
+    "int-400-digits": '{"format": "n2n-gym-bench", "seed": 1' + "0" * 400 + "}",
+}
+
+
+@pytest.mark.parametrize("reader", ["validate", "leaderboard"])
+def test_a_hostile_results_line_is_a_bad_line_never_a_traceback(genuine, tmp_path, capsys, reader):
+    """Issue 21 (remaining 6): deep-nested JSON lines and huge ints (RecursionError, OverflowError,
+    Python's 4300-digit limit) crashed validate and the leaderboard; a huge int where a number is
+    compared (budget, best reward, a student row) is as bad as one in the seed."""
+    path = tmp_path / "r.jsonl"
+    lines = list(BAD_LINES.values())
+    for dotted in ("seed", "budget__requested", "best__reward", "teacher__params"):
+        lines.append(json.dumps(_copy(genuine, **{dotted: 10 ** 400})))
+    path.write_text("\n".join(lines) + "\n")
+    append_record(path, genuine)
+    if reader == "validate":
+        assert validate.main([str(path)]) == 1
+        out = capsys.readouterr().out
+        assert out.count("FAIL ") == len(lines) and out.count("PASS ") == 1
+        assert "nested deeper" in out and "bits (records hold integers below 2**63)" in out
+    else:
+        assert leaderboard.main([str(path), "--reps", "100"]) == 0
+        err = capsys.readouterr().err
+        assert err.count("skipped ") >= len(lines) and "nested deeper" in err
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "fifo.jsonl"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("where, words", [
+    ("fifo", "not a regular file"),
+    ("/dev/full", "a folder of the kernel's"),
+    ("/proc/n2n-results.jsonl", "a folder of the kernel's"),
+    ("/proc/self/comm", "a folder of the kernel's"),
+])
+def test_a_results_path_no_record_can_reach_is_refused_before_any_evaluation(request, where, words, capsys):
+    """Issue 21 (remaining 11, 12): a FIFO blocked forever; /dev/full and /proc paths passed the
+    up-front check, and the run's record was lost at the end."""
+    target = str(request.getfixturevalue("fifo")) if where == "fifo" else where
+    assert words in results_file_problem(target)
+    with pytest.raises(ValueError, match=words):
+        runner.run_one(ENV_ID, "random", 0, 1, protocol="tiny", env_kwargs=ENV_KWARGS, results=target)
+    with pytest.raises(SystemExit, match=words):
+        runner.main(["--agent", "random", "--budget", "1", "--protocol", "tiny", "--results", target])
+
+
+def test_a_fifo_put_at_the_path_later_never_blocks_the_write(fifo, tmp_path, capsys):
+    """The write itself does not block on a FIFO (one made after the up-front check): the record
+    goes to the fallback file, said in one line."""
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("the write blocked on a FIFO"))
+    signal.alarm(20)
+    try:
+        with pytest.raises(OSError, match="not a regular file"):
+            append_record(fifo, {"format": "n2n-gym-bench", "run_id": "x"})
+        saved = save_record(fifo, {"format": "n2n-gym-bench", "run_id": "x"})
+    finally:
+        signal.alarm(0)
+    assert saved is not None and saved != fifo and "written to" in capsys.readouterr().err
+    assert read_records(saved)[-1]["run_id"] == "x"
+
+
+def test_an_output_folder_that_takes_no_file_is_found_before_any_evaluation(tmp_path):
+    """os.access says yes to root everywhere: the check really creates a file (and removes it)."""
+    assert output_folder_problem(tmp_path) is None and list(tmp_path.iterdir()) == []
+    assert "no file can be created" in output_folder_problem("/proc/self") or \
+        "not a writable folder" in output_folder_problem("/proc/self")

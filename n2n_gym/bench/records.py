@@ -35,11 +35,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import math
 import os
 import pathlib
 import platform
+import stat
 import subprocess
 import sys
 import tempfile
@@ -90,8 +92,13 @@ def append_record(path: str | os.PathLike, record: dict) -> None:
     line = json.dumps(json_safe(record), allow_nan=False, separators=(",", ":")).encode("utf-8") + b"\n"
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if path.exists() and not path.is_file():
+        raise OSError(errno.EINVAL, _NOT_REGULAR.format(path=path))
+    # O_NONBLOCK: a FIFO put at the path since would block the open until a reader came
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, _NOT_REGULAR.format(path=path))
         fcntl.flock(fd, fcntl.LOCK_EX)  # writers of one file append one after the other
         size = os.fstat(fd).st_size
         if size:  # a line cut by an earlier kill: start ours on a fresh line
@@ -115,15 +122,28 @@ def append_record(path: str | os.PathLike, record: dict) -> None:
         os.close(fd)
 
 
+_NOT_REGULAR = "{path} is not a regular file (a FIFO, device or socket): records go to a regular file"
+#: Folders of the kernel's pseudo file systems: their files look writable and take no record.
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+
+
 def results_file_problem(path: str | os.PathLike) -> str | None:
     """Why the results file ``path`` cannot take records (None: it can), known before any
-    run: a folder, an unwritable file or folder, or a file of the user's that is not a
-    results file (its first line is not an n2n-gym record), which is never written to."""
+    run: a folder, not a regular file (a FIFO would block, /dev/full fails every write), a
+    file of the kernel's (:data:`SYSTEM_FOLDERS`), an unwritable file or folder (a file is
+    really created there and removed, as ``os.access`` is true for root on anything), or a
+    file of the user's that is not a results file (its first line is not an n2n-gym record),
+    which is never written to."""
     path = pathlib.Path(path)
+    real = path.resolve()
+    if any(real == pathlib.Path(d) or pathlib.Path(d) in real.parents for d in SYSTEM_FOLDERS):
+        return f"{path} is in {real.parts[0]}{real.parts[1]}, a folder of the kernel's, not a place for a results file"
     if path.is_dir():
         return f"{path} is a folder, not a results file"
     if path.exists():
-        if path.is_file() and path.stat().st_size and not _holds_records(path):
+        if not path.is_file():
+            return _NOT_REGULAR.format(path=path)
+        if path.stat().st_size and not _holds_records(path):
             return (f"{path} is not a results file of n2n-gym (none of its first lines is a record): it is left "
                     "untouched; pass another --results")
         if not os.access(path, os.W_OK):
@@ -165,6 +185,12 @@ def output_folder_problem(folder: str | os.PathLike, what: str = "cannot write t
         return f"{what}: {existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{what}: {existing} is not a writable folder"
+    try:  # really create a file: access() says yes to root on read-only mounts and pseudo file systems
+        fd, probe = tempfile.mkstemp(prefix=".n2n-gym-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{what}: no file can be created in {existing} ({exc.strerror or exc})"
     return None
 
 
@@ -252,13 +278,41 @@ def scan_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iter
                     continue
                 try:
                     record = json.loads(text)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    yield f"{path}#{n}", None, f"not valid JSON (a line cut by a kill?): {exc}"
+                except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int of > 4300 digits
+                    yield f"{path}#{n}", None, f"not valid JSON (a line cut by a kill?): {str(exc)[:200]}"
                     continue
+                except RecursionError:
+                    yield f"{path}#{n}", None, "JSON nested deeper than Python's parser goes: not a record"
+                    continue
+                problem = data_problem(record)
                 if not isinstance(record, dict):
                     yield f"{path}#{n}", None, f"not a JSON object but {type(record).__name__}"
-                    continue
-                yield f"{path}#{n}", record, ""
+                elif problem:
+                    yield f"{path}#{n}", None, problem
+                else:
+                    yield f"{path}#{n}", record, ""
+
+
+#: How deep a record's JSON nests (a record nests 5 levels) and how large its integers are
+#: (seeds, params, FLOPs fit in 64 bits): beyond, a line is not a record, whatever it holds.
+MAX_DEPTH = 32
+MAX_INT = 2 ** 63 - 1
+
+
+def data_problem(value) -> str | None:
+    """Why the parsed JSON ``value`` cannot be a record's data (None: it can): nested deeper
+    than :data:`MAX_DEPTH`, or an integer beyond +-:data:`MAX_INT` (a float conversion of
+    it overflows). Walked without recursion, so no line can exhaust the stack."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+            return f"an integer of {v.bit_length()} bits (records hold integers below 2**63): not a record"
+        if isinstance(v, (dict, list)):
+            if depth >= MAX_DEPTH:
+                return f"JSON nested deeper than {MAX_DEPTH} levels: not a record"
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return None
 
 
 def _nonfinite(value, where: str = "") -> list[str]:
@@ -293,6 +347,9 @@ def record_errors(record: dict, *, students: bool = True) -> list[str]:
     table, as logged to W&B). Empty when consistent."""
     from n2n_gym.evaluation.reward import n2n_reward
 
+    problem = data_problem(record)  # records of W&B and callers come without scan_records' check
+    if problem:
+        return [problem]
     errors = schema_errors(record)
     if errors:
         return errors
