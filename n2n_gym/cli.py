@@ -80,7 +80,8 @@ def cmd_episode(ns: argparse.Namespace) -> int:
 
     import n2n_gym  # noqa: F401
 
-    env = gym.make(ns.env, **{"protocol": ns.protocol, "device": ns.device, **ns.env_kwargs, "stage": ns.stage,
+    protocol = {"protocol": ns.protocol} if ns.protocol is not None else {}  # None: the id's own
+    env = gym.make(ns.env, **{**protocol, "device": ns.device, **ns.env_kwargs, "stage": ns.stage,
                               "render_mode": "ansi"})
     rng = np.random.default_rng(ns.seed)
     for ep in range(ns.episodes):
@@ -134,8 +135,13 @@ def _custom_teacher(ns: argparse.Namespace) -> None:
                      "dataset": dataset}
 
 
+#: What makes a folder a run of ``compress`` (written at its first update).
+RUN_FILES = ("state.pt", "history.jsonl")
+
+
 def _run_dir(ns: argparse.Namespace) -> tuple[pathlib.Path, bool]:
-    """(run folder, resuming?)."""
+    """(run folder, resuming?). A new run's ``--out`` that is a non-empty folder holding no
+    run is the user's: the run goes to a fresh sub-folder of it, said in one line."""
     if ns.resume is not None:
         if ns.resume:
             return pathlib.Path(ns.resume), True
@@ -146,11 +152,17 @@ def _run_dir(ns: argparse.Namespace) -> tuple[pathlib.Path, bool]:
         if not runs:
             raise SystemExit(f"n2n-gym compress --resume: no run folder under {RUNS_ROOT}/; pass the folder")
         return runs[-1], True
-    if ns.out:
-        return pathlib.Path(ns.out), False
     slug = re.sub(r"[^A-Za-z0-9]+", "-", ns.env_id).strip("-").lower()
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return RUNS_ROOT / f"{slug}-seed{ns.seed}-{stamp}", False
+    fresh = f"{slug}-seed{ns.seed}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if ns.out:
+        out = pathlib.Path(ns.out)
+        # a folder of the user's (files, no run of ours): its config.json, student.pt, ... are never
+        # overwritten; a folder holding a run is refused later (--resume continues it)
+        if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in RUN_FILES):
+            print(f"{out} holds files that are not an n2n-gym run: this run goes to {out / fresh}", file=sys.stderr)
+            return out / fresh, False
+        return out, False
+    return RUNS_ROOT / fresh, False
 
 
 def _final_distill(unwrapped, arch, epochs: int, seed: int, lr: float,
@@ -341,7 +353,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         config = json.loads(config_path.read_text())
         print(f"resuming {run_dir} (its config.json; options given now are ignored)", file=sys.stderr)
     else:
-        if state_path.exists() or history_path.exists():
+        if any((run_dir / f).exists() for f in RUN_FILES):
             raise SystemExit(f"n2n-gym compress: {run_dir} already holds a run; pass --resume to continue it "
                              "or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -665,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
     ep.add_argument("--stage", default="joint", choices=("remove", "shrink", "joint"),
                     help="the env's stage (default: %(default)s)")
     ep.add_argument("--episodes", type=int_at_least(1), default=3, help="number of episodes (default: %(default)s)")
-    ep.add_argument("--protocol", default="fast", help="evaluation protocol: fast | paper | tiny (default: fast)")
+    ep.add_argument("--protocol", default=None,
+                    help="evaluation protocol: fast | paper | tiny | ... (default: the env id's own)")
     ep.add_argument("--seed", type=int_at_least(0), default=0, help="seed of the random actions (default: %(default)s)")
     ep.add_argument("--device", default="auto", help="device of student training (default: %(default)s)")
     ep.add_argument("--env-kwargs", type=json_object, default={}, metavar="JSON",

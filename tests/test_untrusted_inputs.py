@@ -210,3 +210,22 @@ def test_an_output_folder_that_takes_no_file_is_found_before_any_evaluation(tmp_
     assert output_folder_problem(tmp_path) is None and list(tmp_path.iterdir()) == []
     assert "no file can be created" in output_folder_problem("/proc/self") or \
         "not a writable folder" in output_folder_problem("/proc/self")
+
+
+# ---------------------------------------------------------------------------- files of the user's
+def test_compress_never_overwrites_files_of_the_users_out_folder(digits_teacher, tmp_path, capsys):
+    """Issue 21 (remaining 3): ``compress --out DIR`` with DIR a folder of the user's overwrote its
+    config.json, report.json and student.pt; the run now goes to a fresh sub-folder, said in one line."""
+    from n2n_gym.cli import main
+
+    mine = {"config.json": "my config", "report.json": "my report", "student.pt": "my weights", "notes.txt": "x"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    assert main(["compress", "--protocol", "tiny", "--updates", "1,1", "--rollouts", "1", "--seed", "3",
+                 "--env-kwargs", json.dumps(ENV_KWARGS), "--final-epochs", "1", "--latency-rounds", "1",
+                 "--no-progress", "--no-export", "--out", str(tmp_path)]) == 0
+    assert {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()} == mine
+    runs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(runs) == 1 and (runs[0] / "student.pt").is_file() and (runs[0] / "history.jsonl").is_file()
+    err = capsys.readouterr().err
+    assert f"holds files that are not an n2n-gym run: this run goes to {runs[0]}" in err
