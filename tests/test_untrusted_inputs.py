@@ -229,3 +229,49 @@ def test_compress_never_overwrites_files_of_the_users_out_folder(digits_teacher,
     assert len(runs) == 1 and (runs[0] / "student.pt").is_file() and (runs[0] / "history.jsonl").is_file()
     err = capsys.readouterr().err
     assert f"holds files that are not an n2n-gym run: this run goes to {runs[0]}" in err
+
+
+# ---------------------------------------------------------------------------- workers
+_POOL_PARENT = """
+import sys, numpy as np
+from conftest import make_digits_env
+from n2n_gym.evaluation.backends import ProcessBackend
+env = make_digits_env(cache=False)
+env.reset(seed=0)
+arch = env.unwrapped.student_architecture([int(np.flatnonzero(m)[0]) for m in env.unwrapped.layer_masks()])
+backend = ProcessBackend(env.unwrapped.evaluator, workers=1, threads=1)
+backend.evaluate_many([(arch, "tiny", 0)])  # the worker is up
+print(*backend._pool._processes, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_process_pool_workers_exit_with_a_killed_parent(digits_teacher):
+    """Issue 21 (remaining 8): the workers of a killed process-pool run trained on."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    proc = subprocess.Popen([sys.executable, "-c", _POOL_PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=subprocess_env(), cwd=pathlib.Path(__file__).parent)
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert workers and not any(_gone(p) for p in workers)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while not all(_gone(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(p) for p in workers), "a worker outlived its killed parent"
+    finally:
+        proc.kill()

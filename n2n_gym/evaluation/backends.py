@@ -33,6 +33,8 @@ import multiprocessing
 import os
 import pickle
 import tempfile
+import threading
+import time
 import weakref
 from typing import Any, Sequence
 
@@ -162,8 +164,22 @@ def _default_threads(workers: int) -> int:
 _WORKER_EVALUATOR: Evaluator | None = None
 
 
-def _init_worker(blob_path: str, threads: int) -> None:
+#: Seconds between a pool worker's checks that the process that started it still runs.
+PARENT_POLL = 1.0
+
+
+def _watch_parent(parent: int) -> None:
+    # a worker whose parent was killed would go on training students that no one records,
+    # holding cores and memory (a pool's workers are not killed with their parent)
+    while os.getppid() == parent and not pid_dead(parent):
+        time.sleep(PARENT_POLL)
+    os._exit(1)
+
+
+def _init_worker(blob_path: str, threads: int, parent: int | None = None) -> None:
     global _WORKER_EVALUATOR
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="n2n-exit-with-parent").start()
     torch.set_num_threads(threads)
     with open(blob_path, "rb") as f:
         _WORKER_EVALUATOR = pickle.load(f)
@@ -203,7 +219,9 @@ _GUARD_HINT = ("the 'process' backend starts its workers with multiprocessing's 
 
 
 class ProcessBackend(Backend):
-    """A pool of ``workers`` local processes (spawned), each holding a copy of the evaluator."""
+    """A pool of ``workers`` local processes (spawned), each holding a copy of the evaluator.
+    A worker exits within :data:`PARENT_POLL` seconds of this process's death (a kill -9
+    leaves no worker training on)."""
 
     name = "process"
 
@@ -229,7 +247,7 @@ class ProcessBackend(Backend):
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(self._blob_path, self.threads))
+            initializer=_init_worker, initargs=(self._blob_path, self.threads, os.getpid()))
 
     def submit(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0
                ) -> concurrent.futures.Future:
