@@ -14,6 +14,7 @@ import sqlite3
 import time
 import uuid
 
+import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import SMALL_DIGITS_RECIPE, make_digits_env
@@ -275,3 +276,62 @@ def test_process_pool_workers_exit_with_a_killed_parent(digits_teacher):
         assert all(_gone(p) for p in workers), "a worker outlived its killed parent"
     finally:
         proc.kill()
+
+
+# ---------------------------------------------------------------------------- budgets
+def _bypass(how: str, env, kwargs: dict, actions: list[int]) -> None:
+    """Train the student of ``actions`` behind the budget's back, the way ``how`` names."""
+    u = env.unwrapped
+    if how == "evaluator":
+        u.evaluator.evaluate(u.student_architecture(actions), u.protocol, u.eval_seed)
+    elif how == "student_test_accuracy":
+        u.student_test_accuracy(actions)
+    else:
+        other = copy.deepcopy(env) if how == "deepcopy" else gym.make(ENV_ID, **kwargs)  # (the run's cache)
+        try:
+            _play(other, actions)
+        finally:
+            other.close()
+
+
+def _bypassing_agent(how: str):
+    from n2n_gym.envs.wrappers import BudgetWrapper, private_cache
+
+    def run(env_id, seed, budget, env_kwargs, hparams, *, tracker, wandb_run=None):
+        with private_cache(env_kwargs) as kwargs:
+            env = BudgetWrapper(gym.make(env_id, **kwargs), tracker)
+            try:
+                _, info = env.reset(seed=seed)
+                allowed = [np.flatnonzero(m) for m in info["layer_masks"]]
+                first, second = ([int(a[i % len(a)]) for a in allowed] for i in (0, 1))
+                _play(env, first)  # by the rules: one evaluation
+                _bypass(how, env, kwargs, second)  # a training the budget does not see...
+                _play(env, second)  # ...so this is a cache hit
+            finally:
+                env.close()
+        return {"hparams": {}, "tracker": tracker}
+
+    return run
+
+
+@pytest.mark.parametrize("how", ["evaluator", "second-env", "deepcopy", "student_test_accuracy"])
+def test_a_student_trained_outside_the_budget_shows_in_the_record_and_fails_it(digits_teacher, how, tmp_path,
+                                                                               capsys):
+    """Issue 21 (remaining 1): students trained through env.unwrapped.evaluator, a second env on
+    the run's private cache, copy.deepcopy(env) and student_test_accuracy were not counted, and
+    validate passed the record. Trainings are counted where they happen (the evaluator)."""
+    runner.register_agent("bypass", _bypassing_agent(how), "trains a student behind the budget's back")
+    try:
+        record = runner.run_one(ENV_ID, "bypass", 0, 5, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
+    finally:
+        runner.AGENTS.pop("bypass")
+        runner._LOADED.pop("bypass", None)
+    assert record["budget"]["evaluations"] == 1 and record["budget"]["trainings"] == 2
+    path = tmp_path / "r.jsonl"
+    append_record(path, record)
+    assert validate.main([str(path)]) == 1
+    assert "students were trained outside the budget" in capsys.readouterr().out
+
+
+def test_an_honest_run_trains_exactly_what_it_counts(genuine):
+    assert genuine["budget"]["trainings"] == genuine["budget"]["evaluations"] == 2

@@ -393,6 +393,13 @@ def record_errors(record: dict, *, students: bool = True) -> list[str]:
                       f"{counts['invalid_episodes']} invalid episodes do not add up to {ep} episodes")
     if counts["env_steps"] < ep:
         errors.append(f"budget: {counts['env_steps']} env steps for {ep} episodes")
+    trained = budget.get("trainings")  # (records before issue 21 lack it)
+    if trained is not None and not _is_int(trained):
+        errors.append(f"budget.trainings {trained!r} is not an integer >= 0")
+    elif trained is not None and trained > ev + counts["invalid_episodes"]:
+        errors.append(f"budget: {trained} students were trained during the run, but only {ev} evaluations (and "
+                      f"{counts['invalid_episodes']} invalid episodes) were counted: students were trained outside "
+                      "the budget (env.unwrapped.evaluator, a copy or a second env, student_test_accuracy)")
     if budget.get("stop_reason") == "budget" and ev < counts["requested"]:
         errors.append(f"budget: stop_reason 'budget' after {ev} of {counts['requested']} evaluations")
 

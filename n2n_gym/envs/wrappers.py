@@ -15,7 +15,10 @@ and env steps are counted too, and a run also stops after ``max_episodes`` episo
 agent that keeps proposing students it already evaluated would otherwise never exhaust
 its budget). The tracker keeps the best student (highest reward, then fewest params)
 with what replays it, the anytime curve (best reward after each evaluation) and one row
-per evaluated student (:data:`STUDENT_COLUMNS`).
+per evaluated student (:data:`STUDENT_COLUMNS`). Its summary also says how many students were
+trained in this process during the run, by any path (``trainings``, counted by the evaluator:
+``env.unwrapped.evaluator``, a copy or a second env, ``student_test_accuracy``); more than the
+evaluations and invalid episodes it counted fails the record (``records.record_errors``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Callable, Iterator
 import gymnasium as gym
 import numpy as np
 
+from n2n_gym.evaluation.evaluator import trainings
 from n2n_gym.ir.arch import Architecture
 from n2n_gym.utils.devices import resolve_device
 from n2n_gym.utils.files import json_safe
@@ -90,6 +94,9 @@ class BudgetTracker:
         self.max_seconds = max_seconds
         self.on_evaluation = on_evaluation
         self.start_time = time.perf_counter()
+        # students trained in this process from here on, by whatever path (the summary's
+        # "trainings"): one trained outside the budget makes it exceed the evaluations counted
+        self._trainings_at_start = trainings()
         self.evaluations = self.episodes = self.env_steps = 0
         self.cached_episodes = self.invalid_episodes = 0
         self.best: dict | None = None
@@ -179,6 +186,7 @@ class BudgetTracker:
             "invalid_episodes": self.invalid_episodes, "wall_seconds": round(self.seconds, 3),
             "eval_seconds": round(self.eval_seconds, 3), "stop_reason": self.stop_reason or "agent_finished",
             "max_episodes": self.max_episodes, "parallel": self.parallel,
+            "trainings": trainings() - self._trainings_at_start,
         }
 
 

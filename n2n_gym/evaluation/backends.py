@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import torch
 
 from n2n_gym.evaluation.cache import pid_dead
-from n2n_gym.evaluation.evaluator import EvalResult, Evaluator
+from n2n_gym.evaluation.evaluator import EvalResult, Evaluator, count_trainings
 from n2n_gym.evaluation.protocols import Protocol, get_protocol
 from n2n_gym.ir.arch import Architecture
 
@@ -57,6 +57,7 @@ class Backend:
     Subclasses implement :meth:`_run` (students that need training, distinct, in order)."""
 
     name = "base"
+    remote = False  # True: students are trained in other processes (counted by evaluation.count_trainings)
 
     def __init__(self, evaluator: Evaluator, workers: int = 1):
         if workers < 1:
@@ -88,6 +89,8 @@ class Backend:
         if len(computed) != len(groups):  # never zip results away: each student gets its own or a reason
             computed = list(computed)[:len(groups)] + [None] * (len(groups) - len(computed))
         computed = [_worker_result(r, normalized[idx[0]][0], self.name) for idx, r in zip(groups, computed)]
+        if self.remote:  # trained in another process: counted here, where the budget looks
+            count_trainings(sum(r.valid and not r.cached for r in computed))
         for idx, result in zip(groups, computed):
             results[idx[0]] = result
             for j in idx[1:]:
@@ -224,6 +227,7 @@ class ProcessBackend(Backend):
     leaves no worker training on)."""
 
     name = "process"
+    remote = True
 
     def __init__(self, evaluator: Evaluator, workers: int = 2, threads: int | None = None):
         if getattr(multiprocessing.current_process(), "_inheriting", False):
@@ -298,6 +302,7 @@ class RayBackend(Backend):
     A local instance started here is shut down by :meth:`close`."""
 
     name = "ray"
+    remote = True
 
     def __init__(self, evaluator: Evaluator, workers: int = 2, threads: int | None = None, *,
                  address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 import traceback
 import warnings
@@ -50,6 +51,25 @@ from n2n_gym.ir.edits import check_start_architecture
 from n2n_gym.teachers.teacher import Teacher
 
 EVAL_VERSION = 1  # bump when a change to evaluation changes results: old cache entries stop matching
+
+# Students trained in this process, whoever asked (env.step, env.unwrapped.evaluator, a copy or a
+# second env, student_test_accuracy): a budget compares it with the evaluations it counted
+_TRAININGS = [0]
+_TRAININGS_LOCK = threading.Lock()
+
+
+def trainings() -> int:
+    """How many students were trained in this process so far (every :meth:`Evaluator._train`,
+    plus the students that worker processes or Ray actors trained for it, counted by
+    :mod:`n2n_gym.evaluation.backends`). A :class:`~n2n_gym.envs.wrappers.BudgetTracker` takes the
+    difference over its run, so a student trained outside the budget shows in the record."""
+    return _TRAININGS[0]
+
+
+def count_trainings(n: int = 1) -> None:
+    """Add ``n`` students trained for this process elsewhere (a worker process, a Ray actor)."""
+    with _TRAININGS_LOCK:
+        _TRAININGS[0] += int(n)
 
 
 @dataclass
@@ -221,6 +241,7 @@ class Evaluator:
         return val, self._accuracy(student, "test", *self._subset("test", protocol.test_images))
 
     def _train(self, arch: Architecture, protocol: Protocol, seed: int, checkpoint=None) -> torch.nn.Module:
+        count_trainings()
         torch.manual_seed(seed)
         try:
             student = build(arch, self.device)
