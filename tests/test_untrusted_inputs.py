@@ -335,3 +335,59 @@ def test_a_student_trained_outside_the_budget_shows_in_the_record_and_fails_it(d
 
 def test_an_honest_run_trains_exactly_what_it_counts(genuine):
     assert genuine["budget"]["trainings"] == genuine["budget"]["evaluations"] == 2
+
+
+# ---------------------------------------------------------------------------- validate --rerun
+def _rerun_other_student(record: dict) -> dict:
+    """``record`` with its second student's hash replaced: the curve, rewards and best still hold."""
+    r = _copy(record)
+    r["students"]["data"][1][-1] = "f" * 64
+    return r
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda g: _copy(g, agent="evolution"), "the agent reports hyperparameters"),
+    (_rerun_other_student, "the students table differs from row 2"),
+])
+def test_validate_rerun_compares_the_students_table_and_the_agents_settings(genuine, tmp_path, capsys, change, words):
+    """Issue 21 (remaining 2): a record whose agent name / hparams were relabelled, or whose
+    students table was edited where the curve does not show it, passed --rerun."""
+    doctored = change(genuine)
+    assert validate.main([str(_file(tmp_path, doctored))]) == 0  # plain validate cannot tell...
+    capsys.readouterr()
+    assert validate.main([str(_file(tmp_path, doctored)), "--rerun"]) == 1  # ...the re-run can
+    assert words in capsys.readouterr().out
+    assert validate.main([str(_file(tmp_path, genuine)), "--rerun"]) == 0
+
+
+def _file(tmp_path, record: dict):
+    path = tmp_path / f"{uuid.uuid4().hex}.jsonl"
+    append_record(path, record)
+    return path
+
+
+def test_validate_rerun_refuses_a_search_larger_than_max_evaluations(genuine, tmp_path, capsys):
+    """Issue 21 (remaining 5): --rerun started a search of any size a record claimed (budget 1e9)."""
+    huge = _copy(genuine, budget__requested=10 ** 9, budget__stop_reason="agent_finished")
+    start = time.monotonic()
+    assert validate.main([str(_file(tmp_path, huge)), "--rerun"]) == 1
+    out = capsys.readouterr().out
+    assert "re-run refused, nothing was run" in out and "over --max-evaluations 200" in out
+    assert time.monotonic() - start < 60
+    assert validate.main([str(_file(tmp_path, genuine)), "--rerun", "--max-evaluations", "1"]) == 1
+    assert "over --max-evaluations 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(budget__max_episodes=10 ** 9, budget__stop_reason="max_episodes"), "stop_reason 'max_episodes' after"),
+    (dict(budget__stop_reason="tired"), "budget.stop_reason 'tired' is not one of"),
+    (dict(stage="../../etc"), "stage '../../etc' is not one of"),
+    (dict(best__stage="../x"), "best.stage '../x' is not one of"),
+    (dict(seed=10 ** 400), "bits (records hold integers below 2**63)"),
+    (dict(budget__torch_threads=1024), "budget.torch_threads '1024' is not a thread count in [1, 256]"),
+])
+def test_plain_validate_refuses_a_record_that_contradicts_itself(genuine, tmp_path, capsys, change, words):
+    """Issue 21 (remaining 5 and "also"): a max_episodes stop after 3 of 1e9 episodes, stage
+    "../../etc", seed 10**400 and torch_threads 1024 passed plain validate."""
+    assert validate.main([str(_file(tmp_path, _copy(genuine, **change)))]) == 1
+    assert words in capsys.readouterr().out

@@ -62,8 +62,14 @@ from n2n_gym.envs.wrappers import (  # noqa: F401  (re-exported: the budget live
     resolve_device,
 )
 from n2n_gym.ir.arch import FLOP_CONVENTION
+from n2n_gym.ir.encoding import STAGES
 
 TrackedEnv = BudgetWrapper  # the name the first records' code used
+
+#: Why a run stopped (``budget.stop_reason``).
+STOP_REASONS = ("budget", "max_episodes", "max_seconds", "agent_finished")
+#: The most torch threads a record may ask a checking machine for.
+MAX_THREADS = 256
 
 FORMAT = "n2n-gym-bench"
 SCHEMA_VERSION = 1
@@ -400,8 +406,20 @@ def record_errors(record: dict, *, students: bool = True) -> list[str]:
         errors.append(f"budget: {trained} students were trained during the run, but only {ev} evaluations (and "
                       f"{counts['invalid_episodes']} invalid episodes) were counted: students were trained outside "
                       "the budget (env.unwrapped.evaluator, a copy or a second env, student_test_accuracy)")
-    if budget.get("stop_reason") == "budget" and ev < counts["requested"]:
+    stop, cap = budget.get("stop_reason"), budget.get("max_episodes")
+    if stop is not None and stop not in STOP_REASONS:
+        errors.append(f"budget.stop_reason {str(stop)[:40]!r} is not one of {list(STOP_REASONS)}")
+    if stop == "budget" and ev < counts["requested"]:
         errors.append(f"budget: stop_reason 'budget' after {ev} of {counts['requested']} evaluations")
+    if cap is not None and not _is_int(cap, 1):
+        errors.append(f"budget.max_episodes {cap!r} is not an integer >= 1")
+    elif stop == "max_episodes" and (cap is None or ep < cap):
+        errors.append(f"budget: stop_reason 'max_episodes' after {ep} episodes, but the cap is {cap!r}")
+    stages = record["stage"].split(",") if isinstance(record["stage"], str) else [record["stage"]]
+    if record["stage"] is not None and not all(st in STAGES for st in stages):
+        errors.append(f"stage {str(record['stage'])[:40]!r} is not one of {list(STAGES)} (or a comma-separated list)")
+    if best.get("stage") is not None and best["stage"] not in STAGES:
+        errors.append(f"best.stage {str(best['stage'])[:40]!r} is not one of {list(STAGES)}")
 
     curve = (record["curve"] or {}).get("best_reward") if isinstance(record["curve"], dict) else None
     if not isinstance(curve, list) or not all(_is_num(c) for c in curve):
@@ -552,8 +570,8 @@ def untrusted_fields(record: dict) -> list[str]:
         elif key == "teacher_recipe":
             out += _recipe_problems(where, value, {f.name for f in dataclasses.fields(Recipe)})
     threads = (record.get("budget") or {}).get("torch_threads") if isinstance(record.get("budget"), dict) else None
-    if threads is not None and not (_is_int(threads, 1) and threads <= 1024):
-        out.append(f"budget.torch_threads {str(threads)[:20]!r} is not a thread count in [1, 1024]")
+    if threads is not None and not (_is_int(threads, 1) and threads <= MAX_THREADS):
+        out.append(f"budget.torch_threads {str(threads)[:20]!r} is not a thread count in [1, {MAX_THREADS}]")
     return out
 
 
@@ -580,8 +598,8 @@ def _recipe_problems(where: str, recipe, fields: set[str]) -> list[str]:
         if k in fields and not (isinstance(v, (int, float)) and not (isinstance(v, float) and not math.isfinite(v))):
             out.append(f"{where}.{k} {str(v)[:40]!r} is not a finite number")
     threads = recipe.get("threads", 1)
-    if isinstance(threads, (int, float)) and not 1 <= threads <= 1024:
-        out.append(f"{where}.threads {threads!r} is not a thread count in [1, 1024]")
+    if isinstance(threads, (int, float)) and not 1 <= threads <= MAX_THREADS:
+        out.append(f"{where}.threads {threads!r} is not a thread count in [1, {MAX_THREADS}]")
     return out
 
 

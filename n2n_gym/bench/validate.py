@@ -34,9 +34,10 @@ For every line of the results files (CompilerGym's ``validate`` idea):
 With ``--rerun``, a record that passes is also *re-run*: the agent's whole search again from
 the record (agent, hparams, seed, budget, stage, env kwargs, protocol, eval seed, torch
 thread count), and its anytime curve (best reward after each evaluation), evaluation count
-and best student (architecture hash) must be the record's, within ``--tolerance``. So a
-record whose agent name, seed or hyperparameters were changed after the run fails, though
-its best student replays. Exact where the record was made: the same kind of machine, torch
+students table (row by row: the student, its params and reward) and best student
+(architecture hash) must be the record's, within ``--tolerance``. So a record whose agent
+name, seed or hyperparameters were changed after the run fails, though its best student
+replays. A search larger than ``--max-evaluations`` (default 200) is refused, not started. Exact where the record was made: the same kind of machine, torch
 build and thread count give the same floats, so the same students in the same order; on
 another machine a float that differs in its last bit can send a search elsewhere, so a
 re-run there is evidence, not proof (say ``--tolerance`` and the machine with the result).
@@ -60,6 +61,7 @@ import sys
 from typing import Any
 
 from n2n_gym.bench.records import record_errors, scan_records, untrusted_fields
+from n2n_gym.utils.checks import int_at_least
 
 DEFAULT_TOLERANCE = 1e-9
 
@@ -237,16 +239,26 @@ def untrusted_hparams(hparams: dict) -> list[str]:
     return out
 
 
+#: Default of ``--max-evaluations``: the largest search ``--rerun`` starts.
+DEFAULT_MAX_EVALUATIONS = 200
+
+
 def rerun_errors(record: dict, tolerance: float = DEFAULT_TOLERANCE, threads: int | None = None, *,
-                 trusted: bool = False) -> list[str]:
-    """Re-run the record's whole search and compare its anytime curve, evaluation count and
-    best student; the reasons it differs (empty: the same run). Raises :class:`Unverifiable`
-    for a run that stopped on wall time."""
+                 trusted: bool = False, max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> list[str]:
+    """Re-run the record's whole search and compare its anytime curve, evaluation count,
+    students table (row by row: student, params, reward) and best student; the reasons it
+    differs (empty: the same run). A search larger than ``max_evaluations`` evaluations (or
+    ``20 * max_evaluations + 20`` episodes, the tracker's default cap) is refused before it
+    starts. Raises :class:`Unverifiable` for a run that stopped on wall time."""
     from n2n_gym.bench.runner import run_one
 
     budget = record.get("budget") or {}
     if budget.get("stop_reason") == "max_seconds":
         raise Unverifiable("the run stopped on wall time (max_seconds): a re-run cannot stop at the same point")
+    episodes = budget.get("max_episodes")
+    if budget["requested"] > max_evaluations or (episodes is not None and episodes > 20 * max_evaluations + 20):
+        return [f"re-run refused, nothing was run: the search asks for {budget['requested']} evaluations / "
+                f"{episodes} episodes, over --max-evaluations {max_evaluations} (raise it to re-run a larger search)"]
     refused = [] if trusted else untrusted_hparams(record.get("hparams") or {})
     if refused:
         return [f"re-run refused, nothing was run: {'; '.join(refused)} (--trusted for your own records)"]
@@ -263,9 +275,30 @@ def rerun_errors(record: dict, tolerance: float = DEFAULT_TOLERANCE, threads: in
     if first is not None:
         errors.append(f"re-run: the anytime curve differs from evaluation {first + 1} on ({got[first]!r} vs "
                       f"recorded {want[first]!r})")
+    if again["hparams"] != record.get("hparams"):  # the agent's settings as it reports them, defaults included
+        errors.append(f"re-run: the agent reports hyperparameters {json.dumps(again['hparams'])[:200]}, the record "
+                      f"{json.dumps(record.get('hparams'))[:200]}")
+    row = _first_other_student(record["students"], again["students"], tolerance)
+    if row is not None:
+        errors.append(f"re-run: the students table differs from row {row} on (another student, params or reward: "
+                      "the agent, its hyperparameters or its seed are not the record's)")
     if (again["best"] or {}).get("arch_hash") != (record["best"] or {}).get("arch_hash"):
         errors.append("re-run: the search found another best student")
     return errors
+
+
+def _first_other_student(want: dict, got: dict, tolerance: float) -> int | None:
+    """The first row (1-based) where two students tables differ in student, params or
+    reward (within ``tolerance``); a row only one table has counts. None: the same."""
+    from n2n_gym.bench.records import STUDENT_COLUMNS
+
+    col = {c: i for i, c in enumerate(STUDENT_COLUMNS)}
+    a, b = want.get("data") or [], got.get("data") or []
+    for i, (x, y) in enumerate(zip(a, b), 1):
+        if x[col["arch_hash"]] != y[col["arch_hash"]] or x[col["params"]] != y[col["params"]] \
+                or not _close(x[col["reward"]], y[col["reward"]], tolerance):
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b)) + 1
 
 
 def teacher_errors(record: dict, info: dict, tolerance: float) -> list[str]:
@@ -298,7 +331,8 @@ def describe(record: dict) -> str:
 
 def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device: str = "cpu",
                   threads: int | None = None, out=None, counts: dict | None = None, *,
-                  trusted: bool = False, rerun: bool = False) -> tuple[int, int]:
+                  trusted: bool = False, rerun: bool = False,
+                  max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> tuple[int, int]:
     """Check every line of ``paths``; returns (passed, failed). A line that cannot be read
     as a record, or repeats an earlier record's run id, fails; a record whose teacher or
     data cannot be obtained here is UNVERIFIABLE (neither). ``counts`` (a dict, if given)
@@ -321,7 +355,8 @@ def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device
                 errors = check_record(record, tolerance, device, threads, trusted=trusted)
                 if rerun and not errors:
                     print(f"re-running {where} {describe(record)} ...", file=out, flush=True)
-                    errors = rerun_errors(record, tolerance, threads, trusted=trusted)
+                    errors = rerun_errors(record, tolerance, threads, trusted=trusted,
+                                          max_evaluations=max_evaluations)
             except Unverifiable as exc:
                 unverifiable += 1
                 print(f"UNVERIFIABLE {where} {describe(record)}: {exc}", file=out, flush=True)
@@ -363,6 +398,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--rerun", action="store_true",
                    help="also re-run each passing record's whole search and compare its anytime curve and best "
                         "student (costs what the search cost; exact on the same kind of machine and thread count)")
+    p.add_argument("--max-evaluations", type=int_at_least(1), default=DEFAULT_MAX_EVALUATIONS,
+                   help="--rerun refuses a search of more evaluations than this (default %(default)s): a record "
+                        "from someone else cannot make this machine run a search of any size")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the re-evaluation (default: the record's budget.torch_threads)")
     return p
@@ -377,7 +415,7 @@ def run_args(args: argparse.Namespace) -> int:
     """Run the parsed arguments of :func:`build_parser` (for a CLI with subcommands)."""
     counts: dict = {}
     passed, failed = validate_file(args.results, args.tolerance, args.device, args.threads, counts=counts,
-                                   trusted=args.trusted, rerun=args.rerun)
+                                   trusted=args.trusted, rerun=args.rerun, max_evaluations=args.max_evaluations)
     unverifiable = counts.get("unverifiable", 0)
     print(f"{passed} passed, {failed} failed, {unverifiable} unverifiable")
     if passed + failed + unverifiable == 0:
