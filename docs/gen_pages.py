@@ -407,6 +407,63 @@ def page_teacher_training() -> str:
     return "\n".join(out)
 
 
+# ---------------------------------------------------------------------------- fidelity ladder
+
+#: The studies of benchmarks/fidelity.py with a report (ladder.json), in page order.
+FIDELITY = ("n2n-digitsnet-digits-v0", "n2n-resnet20-cifar10-v0")
+RHO_TARGET = 0.8
+
+
+def _ci(d: dict, key: str) -> str:
+    if key not in d:
+        return "-"
+    lo, hi = d.get(f"{key}_ci95", (math.nan, math.nan))
+    return f"{d[key]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def page_fidelity() -> str:
+    out = ["# Fidelity results", "",
+           "How each candidate protocol ranks students against the reference (what `n2n-gym compress`'s final "
+           "distillation makes of them), from the committed per-student scores of `benchmarks/fidelity.py` "
+           "([method](../fidelity.md)). Intervals are bootstrap 95 % over students; seconds are per student on "
+           "one thread of a shared 2-core machine, with the 1-minute load average beside them. *Removal shift*: "
+           "how many percentile points lower (negative) the protocol ranks the removal-only students than the "
+           "reference does; the hypothesis that brief training after inheritance punishes layer removal predicts "
+           "a negative shift that vanishes as training lengthens.", ""]
+    for name in FIDELITY:
+        path = RESULTS / "fidelity" / name / "ladder.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        ref, stab = d["reference"], d.get("reference_stability", {})
+        out += [f"## {d['env']}", "",
+                f"Data: {d['data_variant']}; teacher sha256 `{d['teacher_sha256'][:12]}`, validation accuracy "
+                f"{pct(d['teacher_val_accuracy'])}. Students with a reference score: **{d['students_with_reference']} "
+                f"of {d['students']}**. Reference: `{ref['name']}` ({ref['epochs']} epochs, lr {ref['lr']}), median "
+                f"{(d.get('reference_median_seconds') or math.nan) / 60:.1f} min per student, median validation "
+                f"accuracy {pct((d.get('reference_val_accuracy') or {}).get('median'))}; against twice the epochs on "
+                f"{stab.get('students', 0)} students it ranks rewards at rho {_ci(stab, 'spearman_reward')}.", ""]
+        rows, chosen = [], None
+        for proto, r in d["ladder"].items():
+            shift = (r.get("rank_shift_by_kind") or {}).get("removal")
+            rows.append([f"`{proto}`", r["students"], _ci(r, "spearman_reward"), _ci(r, "kendall_reward"),
+                         _ci(r, "spearman_accuracy"),
+                         f"{r['top5_in_top10']:.1f}" if "top5_in_top10" in r else "-",
+                         f"{r['median_seconds']:.1f} ({r['median_load']:.1f})" if "median_seconds" in r else "-",
+                         f"{100 * shift['mean']:+.0f} [{100 * shift['ci95'][0]:+.0f}, {100 * shift['ci95'][1]:+.0f}]"
+                         if shift and shift["ci95"] else "-"])
+            ok = r.get("spearman_reward", -1) >= RHO_TARGET and d["students_with_reference"] >= 40
+            if ok and (chosen is None or r["median_seconds"] < chosen[1]):
+                chosen = (proto, r["median_seconds"])
+        out += [table(["protocol", "students", "rho reward", "tau reward", "rho accuracy", "top-5 in top-10",
+                       "s / student (load)", "removal shift, pts"], rows, "lrrrrrrr"),
+                (f"Cheapest protocol at rho >= {RHO_TARGET} on >= 40 students: **`{chosen[0]}`**." if chosen else
+                 f"No protocol has reached rho >= {RHO_TARGET} on >= 40 students yet."), "",
+                source_note(f"fidelity/{name}/ladder.json"), plot(f"fidelity/{name}/ladder.png",
+                                                                    f"fidelity ladder, {d['env']}"), ""]
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------- the env, envs, agents
 
 
@@ -610,6 +667,9 @@ def pages() -> list[Page]:
             "throughput-resnet20-lpt.json", "throughput-digits.json")), page_speed),
         Page("docs/results/teacher-training.md", ("benchmarks/results/teacher_resnet20_cifar10_jpeg.json",),
              page_teacher_training),
+        Page("docs/results/fidelity.md", tuple(f"benchmarks/results/fidelity/{n}/ladder.json" for n in FIDELITY
+                                               if (RESULTS / "fidelity" / n / "ladder.json").is_file()),
+             page_fidelity),
         Page("docs/mdp.md", (pkg, "n2n_gym/ir/encoding.py", "n2n_gym/evaluation/protocols.py"), page_mdp),
         Page("docs/versions.md", (pkg,), page_versions),
         Page("docs/envs.md", ("n2n_gym/teachers/catalog.py", "n2n_gym/ir/zoo.py", "n2n_gym/teachers/pinned/registry.json"),

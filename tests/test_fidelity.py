@@ -161,3 +161,19 @@ def test_a_trained_supernet_becomes_a_candidate_keyed_by_its_content(study, tmp_
     assert all(0 <= r["accuracy"] <= 1 and len(r["spec"]["supernet"]) == 64 for r in new)
     fidelity.main(["report", "--env", "N2N-DigitsNet-Digits-v0", "--out", str(folder), "--resamples", "100"])
     assert "supernet-bn" in json.loads((folder / "ladder.json").read_text())["ladder"]
+
+
+def test_rank_shift_by_kind_finds_a_kind_the_protocol_ranks_too_low():
+    import numpy as np
+
+    # the reference ranks students 0..5 in order; the protocol puts the removal ones (0, 1) last
+    ref = {i: {"reward": float(i)} for i in range(6)}
+    proto = {i: {"reward": float(i if i > 1 else i - 10)} for i in range(6)}
+    kinds = {0: "removal", 1: "removal", 2: "random", 3: "random", 4: "random", 5: "magnitude"}
+    out = fidelity.rank_shift_by_kind(proto, ref, kinds, 200, np.random.default_rng(0))
+    assert out["removal"]["students"] == 2 and out["removal"]["mean"] == 0.0
+    proto = {i: {"reward": float(-i if i < 2 else i)} for i in range(6)}  # removal reversed: same places
+    ref2 = {i: {"reward": float(i + 10 if i < 2 else i)} for i in range(6)}  # training ranks them first
+    out = fidelity.rank_shift_by_kind(proto, ref2, kinds, 200, np.random.default_rng(0))
+    assert out["removal"]["mean"] < -0.5 and out["removal"]["ci95"][1] < 0
+    assert out["magnitude"]["ci95"] is None  # one student: no interval
