@@ -11,7 +11,7 @@ from n2n_gym.evaluation.protocols import Protocol
 from n2n_gym.ir.arch import Architecture
 from n2n_gym.teachers.teacher import Recipe
 from n2n_gym.utils.checks import (
-    _type_name,
+    type_name,
     check_bool,
     check_float,
     check_int,
@@ -30,7 +30,7 @@ def check_reset_options(options: Any) -> dict:
     if options is None:
         return {}
     if not isinstance(options, Mapping):
-        raise TypeError(f"reset options must be a dict, got {_type_name(options)} {options!r}")
+        raise TypeError(f"reset options must be a dict, got {type_name(options)} {options!r}")
     unknown = sorted(set(options) - set(RESET_OPTIONS))
     if unknown:
         valid = "; ".join(f"{k!r}: {v}" for k, v in RESET_OPTIONS.items())
@@ -47,20 +47,20 @@ def check_env_args(*, teacher: Any, dataset: Any, protocol: Any, ratios: Any, st
     """Type and range checks of ``N2NEnv``'s arguments that need no data (``gym.make`` stays
     cheap). Choices (stage, penalty, ...) and the constraints are checked where they are parsed."""
     if not isinstance(teacher, str):
-        raise TypeError(f"teacher must be a zoo name (str), got {_type_name(teacher)} {teacher!r}")
+        raise TypeError(f"teacher must be a zoo name (str), got {type_name(teacher)} {teacher!r}")
     if not isinstance(dataset, str):
-        raise TypeError(f"dataset must be a name or 'npz:/path/file.npz' (str), got {_type_name(dataset)} {dataset!r}")
+        raise TypeError(f"dataset must be a name or 'npz:/path/file.npz' (str), got {type_name(dataset)} {dataset!r}")
     if not isinstance(protocol, (str, Protocol)):
-        raise TypeError(f"protocol must be 'fast', 'paper', 'tiny' or a Protocol, got {_type_name(protocol)} {protocol!r}")
+        raise TypeError(f"protocol must be 'fast', 'paper', 'tiny' or a Protocol, got {type_name(protocol)} {protocol!r}")
     if ratios is not None and not isinstance(ratios, str):
         if not isinstance(ratios, Iterable) or isinstance(ratios, Mapping):
             raise TypeError(f"ratios must be 'paper', 'uniform' or a sequence of numbers in (0, 1] with 1.0, "
-                            f"got {_type_name(ratios)} {ratios!r}")
+                            f"got {type_name(ratios)} {ratios!r}")
         for r in ratios:
             check_float("every width ratio of ratios", r, min=0.0, max=1.0, min_open=True)
     if start_architecture is not None and not isinstance(start_architecture, (Architecture, str, os.PathLike)):
         raise TypeError(f"start_architecture must be an Architecture, its JSON or a path to it, "
-                        f"got {_type_name(start_architecture)}")
+                        f"got {type_name(start_architecture)}")
     check_path_like("teacher_checkpoint", teacher_checkpoint)
     if teacher_checkpoint is not None and not os.path.isfile(teacher_checkpoint):
         raise FileNotFoundError(f"teacher_checkpoint {str(teacher_checkpoint)!r} is not a file; pass the path of a "
@@ -78,7 +78,7 @@ def check_env_args(*, teacher: Any, dataset: Any, protocol: Any, ratios: Any, st
                                     + (f" (did you mean {close[0]!r}?)" if close else "")
                                     + f"; its fields: {', '.join(fields)}")
         elif not isinstance(teacher_recipe, Recipe):
-            raise TypeError(f"teacher_recipe must be a Recipe or a dict of its fields, got {_type_name(teacher_recipe)}")
+            raise TypeError(f"teacher_recipe must be a Recipe or a dict of its fields, got {type_name(teacher_recipe)}")
     check_int("penalty_horizon", penalty_horizon, min=1)
     check_int("episodes_per_update", episodes_per_update, min=1)
     # a width below 1 is no layer at all; min_width=0 with ratio 0.01 used to fail at the last step
@@ -86,7 +86,7 @@ def check_env_args(*, teacher: Any, dataset: Any, protocol: Any, ratios: Any, st
     check_int("eval_seed", eval_seed, min=0, max=2**63 - 1)
     check_path_like("data_root", data_root)
     if not isinstance(device, str):
-        raise TypeError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (str), got {_type_name(device)} {device!r}")
+        raise TypeError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (str), got {type_name(device)} {device!r}")
     if device != "auto":
         import torch
 
@@ -97,5 +97,5 @@ def check_env_args(*, teacher: Any, dataset: Any, protocol: Any, ratios: Any, st
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use device='auto' or 'cpu'")
     if not isinstance(cache, (bool, str, os.PathLike)):
-        raise TypeError(f"cache must be True (the shared cache), False (none) or a path, got {_type_name(cache)} {cache!r}")
+        raise TypeError(f"cache must be True (the shared cache), False (none) or a path, got {type_name(cache)} {cache!r}")
     check_bool("progress", progress)

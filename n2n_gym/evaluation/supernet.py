@@ -43,7 +43,7 @@ from n2n_gym.evaluation.distill import accuracy, drop_epoch, recalibrate_batchno
 from n2n_gym.ir.arch import Architecture
 from n2n_gym.ir.build import (
     Network,
-    _weight_and_bn,
+    weight_and_bn,
     build,
     inherit_weights,
     inheritance_plan,
@@ -97,8 +97,8 @@ def shared_parameters(student: Network, supernet: Network) -> dict[str, torch.Te
     names = {id(p): n for n, p in student.named_parameters()}
     out: dict[str, torch.Tensor] = {}
     for c in inheritance_plan(student.arch, supernet):
-        s_w, s_bn = _weight_and_bn(student.layers[c.student_layer])
-        t_w, t_bn = _weight_and_bn(supernet.layers[c.teacher_layer])
+        s_w, s_bn = weight_and_bn(student.layers[c.student_layer])
+        t_w, t_bn = weight_and_bn(supernet.layers[c.teacher_layer])
         out[names[id(s_w.weight)]] = _gather(t_w.weight, c.out_idx, c.in_idx, s_w.weight.shape)
         if isinstance(s_w, nn.Linear):
             out[names[id(s_w.bias)]] = t_w.bias.index_select(0, c.out_idx.to(t_w.bias.device))

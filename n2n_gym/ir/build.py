@@ -67,7 +67,7 @@ def build(arch: Architecture, device: torch.device | str = "cpu") -> Network:
     return Network(arch).to(device=device, memory_format=torch.channels_last)
 
 
-def _weight_and_bn(module: nn.Module):
+def weight_and_bn(module: nn.Module):
     """(weight-bearing layer, its BatchNorm or None) of one built layer."""
     if isinstance(module, nn.Sequential):
         first = module[1] if isinstance(module[0], nn.Flatten) else module[0]
@@ -78,7 +78,7 @@ def _weight_and_bn(module: nn.Module):
 
 @torch.no_grad()
 def _l1_norms(teacher: Network, layer_index: int) -> torch.Tensor:
-    weight, _ = _weight_and_bn(teacher.layers[layer_index])
+    weight, _ = weight_and_bn(teacher.layers[layer_index])
     return weight.weight.detach().abs().flatten(1).sum(1).float().cpu()
 
 
@@ -133,7 +133,7 @@ def inheritance_plan(student_arch: Architecture, teacher: Network) -> list[Layer
         if layer.kind not in (CONV, LINEAR):
             continue
         o = layer.origin
-        t_w, _ = _weight_and_bn(teacher.layers[o])
+        t_w, _ = weight_and_bn(teacher.layers[o])
         t_out, t_in = t_w.weight.shape[0], t_w.weight.shape[1]
         out_idx = kept[s_groups[i]][: layer.out]
         if out_idx.numel() < layer.out or int(out_idx.max()) >= t_out:
@@ -159,8 +159,8 @@ def inherit_weights(student: Network, teacher: Network) -> Network:
     """Copy ``teacher``'s weights into ``student`` (in place; returns it). Layers are matched
     by ``origin``; see the module docstring for channel selection."""
     for c in inheritance_plan(student.arch, teacher):
-        s_w, s_bn = _weight_and_bn(student.layers[c.student_layer])
-        t_w, t_bn = _weight_and_bn(teacher.layers[c.teacher_layer])
+        s_w, s_bn = weight_and_bn(student.layers[c.student_layer])
+        t_w, t_bn = weight_and_bn(teacher.layers[c.teacher_layer])
         _copy_rows(s_w.weight, t_w.weight, c.out_idx, c.in_idx)
         if isinstance(s_w, nn.Linear):
             s_w.bias[: c.out_idx.numel()] = t_w.bias[c.out_idx.to(t_w.bias.device)]

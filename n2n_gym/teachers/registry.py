@@ -28,7 +28,7 @@ from typing import Any
 
 from n2n_gym.teachers.catalog import ENVS
 from n2n_gym.utils.files import (
-    _replace_atomically,
+    replace_atomically,
     atomic_write_text,
     default_cache_dir,
 )
@@ -151,7 +151,7 @@ def download(pin: Pin) -> pathlib.Path | None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     url = base.rstrip("/") + "/" + pin.file
     with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - a user-configured base URL
-        _replace_atomically(dest, lambda f: f.write(resp.read()))
+        replace_atomically(dest, lambda f: f.write(resp.read()))
     return dest
 
 

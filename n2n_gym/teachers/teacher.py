@@ -264,7 +264,7 @@ def load_teacher(
     arch = teacher_architecture(name, data.info.input_shape, data.info.num_classes)
     if checkpoint is not None:
         with torch.random.fork_rng():
-            t = _load_checkpoint(name, arch, pathlib.Path(checkpoint), data, device, verify_sidecar=False)
+            t = load_checkpoint(name, arch, pathlib.Path(checkpoint), data, device, verify_sidecar=False)
         t.source = "checkpoint"
         return t
     recipe = recipe or default_recipe(data.info.name)
@@ -285,7 +285,7 @@ def load_teacher(
                     raise TeacherTrainingTooLong(_too_long_message(name, data, recipe, device, est, limit), est)
             train_teacher(arch, data, recipe, path, device, progress)
             source = "trained"
-        t = _load_checkpoint(name, arch, path, data, device, verify_sidecar=True)
+        t = load_checkpoint(name, arch, path, data, device, verify_sidecar=True)
     t.source = source
     if pin is not None and t.sha256 == pin.sha256:
         t.pin = pin.id
@@ -315,7 +315,7 @@ def _load_pinned(pin, arch: Architecture, data: Dataset, device) -> Teacher | No
 
     def attempt(path: pathlib.Path) -> Teacher | None:
         try:
-            t = _load_checkpoint(pin.teacher, arch, path, data, device, verify_sidecar=False,
+            t = load_checkpoint(pin.teacher, arch, path, data, device, verify_sidecar=False,
                                  known=(pin.sha256, pin.val_accuracy, pin.test_accuracy))
         except TeacherCheckpointError as exc:
             warnings.warn(f"skipping {path}: {exc}", stacklevel=3)
@@ -338,7 +338,7 @@ def _load_pinned(pin, arch: Architecture, data: Dataset, device) -> Teacher | No
     return attempt(path) if path is not None else None
 
 
-def _load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset, device, verify_sidecar: bool,
+def load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset, device, verify_sidecar: bool,
                      known: tuple[str, float, float] | None = None, measure: bool = False) -> Teacher:
     """Load and check a teacher file. Accuracies: ``known`` = (weights sha, val, test)
     when the weights have that sha; the registry's when they are a pinned teacher and
@@ -485,7 +485,8 @@ def estimate_training_seconds(arch: Architecture, data: Dataset | None, recipe: 
     return TrainingEstimate(total(per_step), per_step, steps, timed, k, str(device), recipe.threads)
 
 
-def _fmt_duration(s: float) -> str:
+def format_duration(s: float) -> str:
+    """``s`` seconds for people: "45 s", "12 min", "3.5 h", "9 days"."""
     if s < 90:
         return f"{s:.0f} s"
     if s < 5400:
@@ -499,10 +500,10 @@ def _too_long_message(name: str, data: Dataset, recipe: Recipe, device, est: Tra
     env_ids = [e for e, (t, d, _) in ENVS.items() if t == name and d == data.info.name] or ["ENV_ID"]
     return (
         f"the {name} teacher for {data.variant} is not available and training it here would take about "
-        f"{_fmt_duration(est.seconds)} (estimated from {est.timed_steps} timed training step(s) of "
+        f"{format_duration(est.seconds)} (estimated from {est.timed_steps} timed training step(s) of "
         f"{est.probe_images} images on {est.device}, {est.threads} thread(s): {est.seconds_per_step:.2f} s per "
         f"step of {recipe.batch_size} images, {est.steps:,} steps = {recipe.epochs} epochs), over the limit of "
-        f"{_fmt_duration(limit)}. Ways out: (1) a GPU: device='cuda'; (2) a trained checkpoint: "
+        f"{format_duration(limit)}. Ways out: (1) a GPU: device='cuda'; (2) a trained checkpoint: "
         f"teacher_checkpoint='teacher.pt'; (3) train it beforehand (progress, resumable): "
         f"`n2n-gym teacher train {env_ids[0]} [--device cuda]`, or put its pinned file in $N2N_TEACHERS; "
         f"(4) a shorter recipe: teacher_recipe={{'epochs': N}}; (5) opt in to the wait: "
@@ -621,7 +622,7 @@ def pin_teacher(env_id: str, checkpoint: str | os.PathLike, *, store: bool = Tru
     data = load_dataset(dataset, data_root)
     arch = teacher_architecture(teacher, data.info.input_shape, data.info.num_classes)
     path = pathlib.Path(checkpoint)
-    t = _load_checkpoint(teacher, arch, path, data, "cpu", verify_sidecar=False, measure=True)
+    t = load_checkpoint(teacher, arch, path, data, "cpu", verify_sidecar=False, measure=True)
     if recipe is None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         recipe = ckpt.get("recipe") if isinstance(ckpt, dict) else None

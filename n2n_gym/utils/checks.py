@@ -20,7 +20,8 @@ __all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_path
 
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """The type of ``value`` as error messages name it (``int``, ``str``, ``dict``)."""
     return type(value).__name__
 
 
@@ -30,7 +31,7 @@ def check_int(name: str, value: Any, *, min: int | None = None, max: int | None 
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         hint = f" (pass {name}={int(value)!r} without quotes)" if isinstance(value, str) and value.strip().lstrip(
             "+-").isdigit() else ""
-        raise TypeError(f"{name} must be an int, got {_type_name(value)} {value!r}{hint}")
+        raise TypeError(f"{name} must be an int, got {type_name(value)} {value!r}{hint}")
     value = int(value)
     if min is not None and value < min:
         raise ValueError(f"{name} must be >= {min}, got {value}")
@@ -49,7 +50,7 @@ def check_float(name: str, value: Any, *, min: float | None = None, max: float |
                 hint = f" (pass {name}={float(value)!r}, a number, not a string)"
             except ValueError:
                 pass
-        raise TypeError(f"{name} must be a number, got {_type_name(value)} {value!r}{hint}")
+        raise TypeError(f"{name} must be a number, got {type_name(value)} {value!r}{hint}")
     value = float(value)
     if math.isnan(value) or (finite and math.isinf(value)):
         raise ValueError(f"{name} must be a finite number, got {value}")
@@ -64,14 +65,14 @@ def check_bool(name: str, value: Any) -> bool:
     import numpy as np
 
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {_type_name(value)} {value!r}")
+        raise TypeError(f"{name} must be True or False, got {type_name(value)} {value!r}")
     return bool(value)
 
 
 def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     choices = list(choices)
     if not isinstance(value, str) and all(isinstance(c, str) for c in choices):
-        raise TypeError(f"{name} must be one of {choices}, got {_type_name(value)} {value!r}")
+        raise TypeError(f"{name} must be one of {choices}, got {type_name(value)} {value!r}")
     if value not in choices:
         import difflib
 
@@ -86,7 +87,7 @@ def check_path_like(name: str, value: Any, *, optional: bool = True) -> None:
         return
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name} must be a path (str or os.PathLike){' or None' if optional else ''}, "
-                        f"got {_type_name(value)} {value!r}")
+                        f"got {type_name(value)} {value!r}")
 
 
 # ---- argparse value types: a bad command-line value is argparse's one-line error, no traceback

@@ -24,7 +24,9 @@ import numpy as np
 _TMP = re.compile(r"^(?P<name>.+)\.tmp(?P<pid>\d+)$")
 
 
-def _replace_atomically(path: pathlib.Path, write) -> None:
+def replace_atomically(path: pathlib.Path, write) -> None:
+    """Call ``write(f)`` on a temporary binary file beside ``path``, fsync it, rename it over
+    ``path``; on any error the temporary file is removed and ``path`` is untouched."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -45,7 +47,7 @@ def _replace_atomically(path: pathlib.Path, write) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    _replace_atomically(pathlib.Path(path), lambda f: f.write(text.encode()))
+    replace_atomically(pathlib.Path(path), lambda f: f.write(text.encode()))
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
@@ -55,7 +57,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    _replace_atomically(pathlib.Path(path), lambda f: f.write(buf.getbuffer()))
+    replace_atomically(pathlib.Path(path), lambda f: f.write(buf.getbuffer()))
 
 
 def _pid_alive(pid: int) -> bool:
