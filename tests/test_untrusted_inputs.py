@@ -391,3 +391,39 @@ def test_plain_validate_refuses_a_record_that_contradicts_itself(genuine, tmp_pa
     "../../etc", seed 10**400 and torch_threads 1024 passed plain validate."""
     assert validate.main([str(_file(tmp_path, _copy(genuine, **change)))]) == 1
     assert words in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------- the leaderboard
+def test_a_copied_run_counts_once_on_the_leaderboard(genuine, tmp_path, capsys):
+    """Issue 21 (remaining 9): the same record twice, or under a new run id in another file,
+    counted as one more seed."""
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    append_record(first, genuine)
+    append_record(first, genuine)  # the same line twice
+    append_record(second, _copy(genuine))  # the same run under a new run id, in another file
+    records = leaderboard.load([first, second])
+    assert len(records) == 1
+    other_seed = runner.run_one(ENV_ID, "random", 1, 2, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
+    append_record(second, other_seed)
+    assert len(leaderboard.load([first, second])) == 2  # a real second seed still counts
+    assert leaderboard.main([str(first), str(second), "--reps", "100"]) == 0
+    assert capsys.readouterr().err.count("a copy of the run") == 2
+
+
+@pytest.mark.parametrize("name", ["\x1b[2J\x1b[31mrandom\x1b[0m", "ran\u202edom", "a | b", "x\x07\x00y"])
+def test_what_a_record_names_reaches_no_terminal_or_table_raw_and_unknown_agents_are_not_ranked(
+        genuine, tmp_path, capsys, name):
+    """Issue 21 (remaining 10): ANSI escapes, RTL marks and '|' in agent names reached the terminal
+    and the Markdown table; an agent the registry does not know was ranked as if known."""
+    path = tmp_path / "r.jsonl"
+    for seed in (0, 1):
+        append_record(path, _copy(genuine, agent=name, seed=seed, label=None))
+        append_record(path, _copy(genuine, seed=seed, best__reward=genuine["best"]["reward"]))
+    assert leaderboard.main([str(path), "--reps", "100"]) == 0
+    out, err = capsys.readouterr()
+    for text in (out, err):
+        assert not any(c in text for c in "\x1b\u202e\x07\x00")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "unregistered" in line]
+    assert len(rows) == 1 and rows[0].startswith("| - (unregistered) |")
+    assert rows[0].count(" | ") == out.splitlines()[[l.startswith("| rank") for l in out.splitlines()].index(True)] \
+        .count(" | ")  # a '|' in the name does not add a column

@@ -50,9 +50,10 @@ import pathlib
 import re
 import statistics
 import sys
+import unicodedata
 import warnings
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from n2n_gym.bench.records import (
     FLOP_CONVENTION,
@@ -105,8 +106,9 @@ def load_wandb(project: str) -> list[dict]:
 
 def load(paths: Iterable[str | os.PathLike], wandb_project: str | None = None,
          skipped: list[tuple[str, str]] | None = None) -> list[dict]:
-    """Records of local JSONL files (+ a W&B project), one per run id. Lines that are cut,
-    fail the schema or contradict themselves (``records.record_errors``: NaN rewards, ...)
+    """Records of local JSONL files (+ a W&B project), one per run (:func:`run_identity`; the
+    same run id or a copy of a run under a new one counts once). Lines that are cut, fail the
+    schema or contradict themselves (``records.record_errors``: NaN rewards, ...) and copies
     are left out and appended to ``skipped`` as ``(where, why)``."""
     skipped = skipped if skipped is not None else []
     records = []
@@ -123,14 +125,32 @@ def load(paths: Iterable[str | os.PathLike], wandb_project: str | None = None,
                 skipped.append((record.get("source") or f"wandb:{wandb_project}#{i}", "; ".join(errors)))
             else:
                 records.append(record)
-    seen, out = set(), []
+    seen: dict[Any, str] = {}
+    out = []
     for r in records:
-        rid = r.get("run_id")
-        if rid is not None and rid in seen:
-            continue
-        seen.add(rid)
-        out.append(r)
+        for key in (("run_id", r.get("run_id")), run_identity(r)):
+            if key[1] is not None and key in seen:
+                skipped.append((str(r.get("source") or r.get("run_id")), f"a copy of the run {seen[key]} (same "
+                                f"{'run id' if key[0] == 'run_id' else 'agent, seed, students and curve'}): "
+                                "counted once"))
+                break
+        else:
+            for key in (("run_id", r.get("run_id")), run_identity(r)):
+                seen[key] = str(r.get("run_id"))
+            out.append(r)
     return out
+
+
+def run_identity(record: dict) -> tuple[str, str]:
+    """What makes two records the same run whatever their run ids and files say: env,
+    protocol, agent, label, seed, stage, budget asked for, students table and anytime curve
+    (a copied line with a new run id is one run, not one more seed)."""
+    import hashlib
+
+    parts = [record.get(k) for k in ("env_id", "protocol", "agent", "label", "seed", "stage")]
+    parts += [(record.get("budget") or {}).get("requested"), (record.get("students") or {}).get("data"),
+              (record.get("curve") or {}).get("best_reward")]
+    return "content", hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def at_evaluations(record: dict, n: int) -> dict:
@@ -174,21 +194,40 @@ def _std(xs: list) -> float | None:
     return statistics.stdev(xs) if len(xs) > 1 else None
 
 
-def group_records(records: list[dict]) -> dict[tuple[str, str], dict[str, list[dict]]]:
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|.)")
+
+
+def printable(text: Any, limit: int = 80) -> str:
+    """``text`` as a record names it, safe to print and to put in a table: ANSI escape
+    sequences, control and format characters (RTL marks) removed, at most ``limit`` characters."""
+    text = _ANSI.sub("", str(text))
+    return "".join(c for c in text if unicodedata.category(c)[0] != "C")[:limit]
+
+
+#: What the leaderboard appends to the label of an agent that ``n2n-gym bench`` does not know.
+UNREGISTERED = " (unregistered agent)"
+
+
+def group_records(records: list[dict], known_agents: Collection[str] | None = None
+                  ) -> dict[tuple[str, str], dict[str, list[dict]]]:
     """``{(env_id, protocol): {agent label: [records]}}``; the label is the record's
     ``label`` (``n2n-gym bench --label``) if it has one, else the agent, plus the stage
-    when the agent ran several stages on the same env."""
+    when the agent ran several stages on the same env, plus :data:`UNREGISTERED` for an
+    agent not in ``known_agents`` (if given; the command passes ``n2n_gym.bench.runner.AGENTS``):
+    shown, never ranked. Every name goes through :func:`printable`."""
     stages: dict[tuple, set] = defaultdict(set)
     for r in records:
         stages[(r.get("env_id"), r.get("protocol"), r.get("agent"))].add(r.get("stage"))
     groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        key = (r.get("env_id"), r.get("protocol"))
-        label = str(r.get("agent"))
+        key = (printable(r.get("env_id")), printable(r.get("protocol")))
+        label = printable(r.get("agent"))
         if r.get("label"):
-            label = str(r["label"])
-        elif len(stages[(*key, r.get("agent"))]) > 1:
-            label += f" [{r.get('stage')}]"
+            label = printable(r["label"])
+        elif len(stages[(r.get("env_id"), r.get("protocol"), r.get("agent"))]) > 1:
+            label += f" [{printable(r.get('stage'))}]"
+        if known_agents is not None and r.get("agent") not in known_agents:
+            label += UNREGISTERED
         groups[key][label].append(r)
     return {k: dict(v) for k, v in groups.items()}
 
@@ -222,12 +261,15 @@ def agent_row(label: str, runs: list[dict]) -> dict[str, Any]:
     }
 
 
-def leaderboard(records: list[dict], *, reps: int = DEFAULT_REPS, seed: int = DEFAULT_BOOTSTRAP_SEED) -> list[dict]:
+def leaderboard(records: list[dict], *, reps: int = DEFAULT_REPS, seed: int = DEFAULT_BOOTSTRAP_SEED,
+                known_agents: Collection[str] | None = None) -> list[dict]:
     """One section per (env, protocol): its header facts and the agent rows, ranked where
     their bootstrap intervals separate (:func:`add_statistics`; ``reps`` bootstrap
-    resamples, ``seed`` of the bootstrap)."""
+    resamples, ``seed`` of the bootstrap); agents not in ``known_agents`` (if given) are
+    shown unranked (:func:`group_records`)."""
     sections = []
-    for (env_id, protocol), agents in sorted(group_records(records).items(), key=lambda kv: tuple(map(str, kv[0]))):
+    groups = group_records(records, known_agents)
+    for (env_id, protocol), agents in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         rows = [agent_row(label, runs) for label, runs in agents.items()]
         add_statistics(rows, agents, reps=reps, seed=seed)
         first = next(iter(agents.values()))[0]
@@ -341,7 +383,7 @@ def add_statistics(rows: list[dict], agents: dict[str, list[dict]], *, reps: int
     auc = {k: [a for a in map(anytime_auc, runs) if a is not None] for k, runs in agents.items()}
     best_ci, auc_ci = iqm_intervals(best, reps=reps, seed=seed), iqm_intervals(auc, reps=reps, seed=seed + 500)
     poi = improvement_intervals(best, reps=reps, seed=seed)
-    ranks = separated_ranks(best_ci)
+    ranks = separated_ranks({k: v for k, v in best_ci.items() if not k.endswith(UNREGISTERED)})
     for row in rows:
         k = row["agent"]
         row["best_reward_iqm"], row["best_reward_ci_low"], row["best_reward_ci_high"] = best_ci.get(k, (None,) * 3)
@@ -391,7 +433,8 @@ def _ci(point, low, high, fmt="{:.4f}") -> str:
 
 def _table_cells(row: dict) -> list[str]:
     agent = row["agent"] + (f" ({row['stopped_early']} stopped early)" if row["stopped_early"] else "")
-    rank = "- (1 seed)" if row["rank"] is None else f"{row['rank']} (tied)" if row.get("tied") else str(row["rank"])
+    unranked = "- (unregistered)" if row["agent"].endswith(UNREGISTERED) else "- (1 seed)"
+    rank = unranked if row["rank"] is None else f"{row['rank']} (tied)" if row.get("tied") else str(row["rank"])
     return [rank, agent, str(row["seeds"]),
             _ci(row.get("best_reward_iqm"), row.get("best_reward_ci_low"), row.get("best_reward_ci_high")),
             _ci(row.get("p_improvement"), row.get("p_improvement_ci_low"), row.get("p_improvement_ci_high"), "{:.2f}"),
@@ -454,7 +497,7 @@ def render_md(sections: list[dict], plots: bool = False) -> str:
         out.append("| " + " | ".join(TABLE_HEADER) + " |")
         out.append("|" + "|".join(["---:" if h not in ("agent",) else "---" for h in TABLE_HEADER]) + "|")
         for row in sec["rows"]:
-            out.append("| " + " | ".join(_table_cells(row)) + " |")
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in _table_cells(row)) + " |")
         out.append("")
         if plots:
             anytime, pareto, learning = plot_names(sec)
@@ -748,12 +791,15 @@ def run_args(args: argparse.Namespace) -> int:
     skipped: list[tuple[str, str]] = []
     records = load(args.results, args.wandb_project, skipped)
     unreadable = [where for where, why in skipped if why.startswith("cannot read the file")]
+    copies = [where for where, why in skipped if why.startswith("a copy of the run")]
     for where, why in skipped:
-        print(f"skipped {where}: {why}", file=sys.stderr)
-    if len(skipped) > len(unreadable):
-        print(f"skipped {len(skipped) - len(unreadable)} record(s) that fail the schema or their own checks "
-              f"(n2n-gym validate says more)", file=sys.stderr)
-    for (env_id, protocol), agents in group_records(records).items():
+        print(f"skipped {printable(where, 300)}: {why}", file=sys.stderr)
+    if len(skipped) > len(unreadable) + len(copies):
+        print(f"skipped {len(skipped) - len(unreadable) - len(copies)} record(s) that fail the schema or their own "
+              f"checks (n2n-gym validate says more)", file=sys.stderr)
+    from n2n_gym.bench.runner import AGENTS  # records come from anyone: an agent of no registry is not ranked
+
+    for (env_id, protocol), agents in group_records(records, AGENTS).items():
         for label, runs in agents.items():
             seeds = [r.get("seed") for r in runs]
             repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
@@ -774,7 +820,7 @@ def run_args(args: argparse.Namespace) -> int:
             raise SystemExit(f"n2n-gym leaderboard: error: {exc}") from None
         if not any("at_evaluations" in r for r in records):
             print(f"note: no run has more than {args.at_evaluations} evaluations: nothing was cut", file=sys.stderr)
-    sections = leaderboard(records, reps=args.reps, seed=args.bootstrap_seed)
+    sections = leaderboard(records, reps=args.reps, seed=args.bootstrap_seed, known_agents=AGENTS)
     if args.out:
         for path in write(sections, args.out, args.format, not args.no_plots, args.band, args.metric):
             print(f"wrote {path}")
