@@ -561,7 +561,7 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
     from n2n_gym.teachers import registry as reg
 
     if ns.teacher_command == "list":
-        from n2n_gym.teachers.teacher import _fmt_duration
+        from n2n_gym.teachers.teacher import format_duration
 
         ids = ns.ids or list(ENVS)
         rows = _teacher_rows(ids, ns.estimate, ns.device)
@@ -574,7 +574,7 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
         print("-" * len(head))
         for r in rows:
             size = f"{r['file_bytes'] / 1e6:.1f} MB" if r["file_bytes"] else ("-" if r["pin"] is None else "not kept")
-            est = _fmt_duration(r["estimated_train_seconds"]) if r["estimated_train_seconds"] is not None else "-"
+            est = format_duration(r["estimated_train_seconds"]) if r["estimated_train_seconds"] is not None else "-"
             print(f"{r['id']:<26} {r['teacher']:<10} {(r['sha256'] or 'not pinned')[:12]:<14} "
                   f"{_fmt_acc(r['val_accuracy']):>7} {_fmt_acc(r['test_accuracy']):>8} {r['params']:>11,} {size:>8} "
                   f"{'yes' if r['present'] else 'no':<8} {est:>11}")
@@ -599,7 +599,7 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
     from n2n_gym.ir.zoo import teacher_architecture
     from n2n_gym.teachers.teacher import (
         Recipe,
-        _load_checkpoint,
+        load_checkpoint,
         default_recipe,
         teacher_cache_path,
         train_teacher,
@@ -615,7 +615,7 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
         path = teacher_cache_path(arch, data, recipe, device)
         if not path.exists():
             train_teacher(arch, data, recipe, path, device, progress=True)
-        t = _load_checkpoint(teacher, arch, path, data, device, verify_sidecar=True)
+        t = load_checkpoint(teacher, arch, path, data, device, verify_sidecar=True)
         t.source = "trained"
         print(f"{teacher} on {data.variant}: weights sha256 {t.sha256} ({t.source}, {t.path}); "
               f"val {_fmt_acc(t.val_accuracy)}, test {_fmt_acc(t.test_accuracy)}")
@@ -634,7 +634,7 @@ def cmd_teacher(ns: argparse.Namespace) -> int:
         print(f"{ns.id}: no {teacher} teacher on this machine; `n2n-gym teacher train {ns.id}`"
               + (f" or put {pin.file} in $N2N_TEACHERS" if pin else ""), file=sys.stderr)
         return 1
-    t = _load_checkpoint(teacher, arch, paths[0], data, device, verify_sidecar=False, measure=True)
+    t = load_checkpoint(teacher, arch, paths[0], data, device, verify_sidecar=False, measure=True)
     print(f"{paths[0]}: weights sha256 {t.sha256}; measured on {data.identity}: val {t.val_accuracy:.6f}, "
           f"test {t.test_accuracy:.6f}")
     if pin is None:
@@ -774,8 +774,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         TeacherTrainingTooLong,
     )
 
+    from n2n_gym.utils.files import CacheFolderError
+
     return (gym.error.Error, ValueError, TypeError, KeyError, DataUnavailableError, TeacherCheckpointError,
-            TeacherInvalidError, TeacherTrainingTooLong)
+            TeacherInvalidError, TeacherTrainingTooLong, CacheFolderError)
 
 
 def main(argv: list[str] | None = None) -> int:

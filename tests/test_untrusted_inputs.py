@@ -427,3 +427,18 @@ def test_what_a_record_names_reaches_no_terminal_or_table_raw_and_unknown_agents
     assert len(rows) == 1 and rows[0].startswith("| - (unregistered) |")
     assert rows[0].count(" | ") == out.splitlines()[[l.startswith("| rank") for l in out.splitlines()].index(True)] \
         .count(" | ")  # a '|' in the name does not add a column
+
+
+def test_an_unusable_cache_folder_is_a_clear_error_naming_n2n_cache(tmp_path, monkeypatch, capsys):
+    """Issue 21 ("also"): an unwritable N2N_CACHE gave a traceback."""
+    from n2n_gym.cli import main
+    from n2n_gym.utils.files import CacheFolderError, default_cache_dir
+
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(CacheFolderError, match="N2N_CACHE"):
+        default_cache_dir()
+    assert main(["bench", "--agent", "random", "--budget", "1", "--protocol", "tiny", "--no-progress",
+                 "--results", str(tmp_path / "r.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "(from N2N_CACHE) cannot be made or written" in err and "Traceback" not in err

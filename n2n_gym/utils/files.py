@@ -93,20 +93,32 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+class CacheFolderError(OSError):
+    """The n2n-gym cache folder (``$N2N_CACHE``, ...) cannot be made or written."""
+
+
 def default_cache_dir() -> pathlib.Path:
     """Return the cache directory, creating it if needed.
 
     ``$N2N_CACHE`` if set, else ``$XDG_CACHE_HOME/n2n_gym``, else
-    ``~/.cache/n2n_gym``.
+    ``~/.cache/n2n_gym``. Raises ``OSError`` naming the folder, the variable that chose it
+    and the fix (:class:`CacheFolderError`, an ``OSError``) when it cannot be made or written.
     """
     env = os.environ.get("N2N_CACHE")
     if env:
-        d = pathlib.Path(env).expanduser()
+        d, source = pathlib.Path(env).expanduser(), "N2N_CACHE"
     else:
         xdg = os.environ.get("XDG_CACHE_HOME")
         base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
-        d = base / "n2n_gym"
-    d.mkdir(parents=True, exist_ok=True)
+        d, source = base / "n2n_gym", "XDG_CACHE_HOME" if xdg else "the default ~/.cache/n2n_gym"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        raise CacheFolderError(exc.errno, f"the n2n-gym cache folder {d} (from {source}) cannot be made or "
+                                          f"written: {exc.strerror or exc}; set N2N_CACHE to a writable folder"
+                               ) from exc
     return d
 
 
