@@ -20,7 +20,7 @@ import pytest
 from conftest import SMALL_DIGITS_RECIPE, subprocess_env
 
 import n2n_gym
-from n2n_gym.envs.adapters import DictKeys
+from n2n_gym.envs.adapters import DictKeys, NumpyInfo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ENV_ID = n2n_gym.DEFAULT_ENV_ID
@@ -36,8 +36,9 @@ ROWS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
         ("test_sb3_make_vec_env[dummy]", "test_sb3_make_vec_env[subproc]")),
     "sb3-contrib": (
         ("sb3-contrib",),
-        "`ActionMasker(env, lambda env: env.action_masks())` + `MaskablePPO`",
-        ("test_sb3_contrib_action_masker_maskable_ppo",)),
+        "`ActionMasker(gym.make(ID), lambda env: env.action_masks())` + `MaskablePPO`; under other wrappers "
+        '(`make_vec_env(ID, wrapper_class=ActionMasker, ...)`): `lambda env: env.get_wrapper_attr("action_masks")()`',
+        ("test_sb3_contrib_action_masker_maskable_ppo", "test_sb3_contrib_make_vec_env_action_masker")),
     "RL Zoo": (
         ("rl_zoo3",),
         "`python -m rl_zoo3.train --algo ppo --env ID --gym-packages n2n_gym --conf-file n2n.yml "
@@ -46,8 +47,9 @@ ROWS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
     "TorchRL": (
         ("torchrl", "tensordict"),
         '`GymEnv(ID, observation="dict", categorical_action_encoding=True)` + `ActionMask()`, '
-        "`MaskedCategorical` PPO (`ClipPPOLoss`, `GAE`, `Collector`) over `ParallelEnv`",
-        ("test_torchrl_masked_ppo_parallel_env",)),
+        "`MaskedCategorical` PPO (`ClipPPOLoss`, `GAE`, `Collector`) over `ParallelEnv`; info: "
+        "`GymWrapper(NumpyInfo(gym.make(ID)))` + `set_info_dict_reader(default_info_dict_reader([...]))`",
+        ("test_torchrl_masked_ppo_parallel_env", "test_torchrl_info_dict_reader")),
     "Tianshou": (
         ("tianshou",),
         '`DictKeys(gym.make(ID, observation="dict"), observation="obs", action_mask="mask")`; '
@@ -55,8 +57,8 @@ ROWS: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
         ("test_tianshou_dqn_masked", "test_tianshou_ppo_masked")),
     "RLlib": (
         ("ray",),
-        'PPO, new API stack: `.environment(ID, env_config={"observation": "flat", ...})`; masked: '
-        '`DictKeys(..., observation="observations")` + `ActionMaskingTorchRLModule`',
+        'PPO, new API stack, remote env runners: `.environment("n2n_gym:ID", env_config={"observation": "flat", ...})`; '
+        'masked: `DictKeys(..., observation="observations")` + `ActionMaskingTorchRLModule`',
         ("test_rllib_ppo[plain]", "test_rllib_ppo[masked]")),
 }
 
@@ -111,6 +113,37 @@ def test_sb3_contrib_action_masker_maskable_ppo(digits_teacher):
         assert mask[action]
         obs, reward, done, _, info = env.step(action)
     assert not any(info["illegal_layers"]) and -1 <= reward <= 1
+    env.close()
+
+
+def test_sb3_contrib_make_vec_env_action_masker(digits_teacher, monkeypatch):
+    """make_vec_env puts SB3's Monitor between gym.make's wrappers and ActionMasker, and
+    Gymnasium 1.x wrappers forward no attributes: the mask function asks the wrapper stack."""
+    from sb3_contrib import MaskablePPO
+    from sb3_contrib.common.wrappers import ActionMasker
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.monitor import Monitor
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with pytest.warns(UserWarning, match="render_mode='rgb_array' is not supported"):
+        venv = make_vec_env(ENV_ID, n_envs=2, env_kwargs={**TINY, "observation": "flat"},
+                            wrapper_class=ActionMasker,
+                            wrapper_kwargs={"action_mask_fn": lambda env: env.get_wrapper_attr("action_masks")()})
+    try:
+        assert isinstance(venv.envs[0].env, Monitor)  # the wrapper that hides env.action_masks()
+        model = MaskablePPO("MlpPolicy", venv, n_steps=9, batch_size=9, n_epochs=1, gamma=1.0, seed=0,
+                            device="cpu")
+        model.learn(18)
+        assert model.num_timesteps == 18
+        masks = np.stack(venv.env_method("action_masks"))  # ActionMasker's, through the mask function
+        assert masks.dtype == bool and masks.shape == (2, venv.action_space.n) and masks.any(axis=1).all()
+    finally:
+        venv.close()
+    # FlattenObservation (any gymnasium wrapper) around gym.make: the same, or env.unwrapped
+    env = ActionMasker(gym.wrappers.FlattenObservation(gym.make(ENV_ID, **TINY)),
+                       lambda env: env.unwrapped.action_masks())
+    _, info = env.reset(seed=0)
+    assert np.array_equal(env.action_masks(), info["action_mask"])
     env.close()
 
 
@@ -197,6 +230,38 @@ def test_torchrl_masked_ppo_parallel_env(digits_teacher, monkeypatch):
     finally:
         if not env.is_closed:
             env.close()
+
+
+def test_torchrl_info_dict_reader(digits_teacher):
+    """TorchRL's info reader reads ``value.dtype``: NumpyInfo gives info's values as numpy,
+    while the env's own info stays plain Python (json.dumps writes it)."""
+    import torch
+    from torchrl.envs import GymWrapper
+    from torchrl.envs.libs.gym import default_info_dict_reader
+
+    def env(keys=None):
+        wrapped = GymWrapper(NumpyInfo(gym.make(ENV_ID, **TINY)), categorical_action_encoding=True)
+        return wrapped.set_info_dict_reader(default_info_dict_reader(keys))
+
+    keys = ["accuracy", "params", "valid", "actions", "illegal_layers"]
+    data = env(keys).rollout(9)
+    last = data["next"][-1]
+    assert data["next", "done"][-1].all() and data["next", "done"].sum() == 1  # one whole episode
+    assert last["accuracy"].dtype == torch.float64 and last["params"].dtype == torch.int64
+    assert last["valid"].dtype == torch.bool and last["illegal_layers"].dtype == torch.bool
+    assert last["actions"].shape == (data["next", "actions"].shape[-1],) and (last["actions"] >= 0).all()
+    assert not last["valid"] or last["params"] > 0
+    data = env().rollout(9)  # every key, the strings as non-tensor data
+    assert json.loads(data["next", "architecture"][-1])["layers"]
+
+    plain = gym.make(ENV_ID, **TINY)
+    _, info = plain.reset(seed=0)
+    while True:
+        _, _, done, _, info = plain.step(_allowed(info["action_mask"]))
+        if done:
+            break
+    json.dumps({k: v for k, v in info.items() if not isinstance(v, np.ndarray)})  # the env's own: plain Python
+    plain.close()
 
 
 # ---- Tianshou ----------------------------------------------------------------------------
@@ -304,32 +369,36 @@ def test_tianshou_ppo_masked(digits_teacher):
 
 
 # ---- RLlib -------------------------------------------------------------------------------
-def _rllib_masked_env(config):
-    return DictKeys(gym.make(ENV_ID, observation="dict", **config), observation="observations")
-
-
 @pytest.mark.parametrize("masked", [False, True], ids=["plain", "masked"])
 def test_rllib_ppo(digits_teacher, masked):
+    """RLlib's PPO with a remote env runner (``num_env_runners=1``; RLlib's default is 2): the
+    runner is a Ray worker process that has not imported n2n_gym, so the plain id is given as
+    ``"n2n_gym:ID"`` (Gymnasium imports the module, which registers the ids), and the masked
+    env's creator (``register_env``) builds it from code that imports n2n_gym."""
     import ray
     from ray.rllib.algorithms.ppo import PPOConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
     from ray.tune.registry import register_env
 
     config = (PPOConfig()
-              .env_runners(num_env_runners=0)
+              .env_runners(num_env_runners=1)
               .learners(num_learners=0)
               .training(train_batch_size_per_learner=18, minibatch_size=9, num_epochs=1, gamma=1.0)
               .debugging(seed=0))
     if masked:
         from ray.rllib.examples.rl_modules.classes.action_masking_rlm import ActionMaskingTorchRLModule
 
-        register_env("n2n-masked", _rllib_masked_env)
+        # a lambda is pickled by value for the worker (a function of this test module would be
+        # pickled by reference, and the worker cannot import the tests)
+        register_env("n2n-masked", lambda cfg: DictKeys(gym.make(SPAWN_ID, observation="dict", **cfg),
+                                                        observation="observations"))
         config = (config.environment("n2n-masked", env_config=dict(TINY))
                   .rl_module(rl_module_spec=RLModuleSpec(module_class=ActionMaskingTorchRLModule,
                                                          model_config={"head_fcnet_hiddens": [32]})))
     else:
-        config = config.environment(ENV_ID, env_config={**TINY, "observation": "flat"})
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+        config = config.environment(SPAWN_ID, env_config={**TINY, "observation": "flat"})
+    # the worker inherits this process's environment: the session's N2N_CACHE (the small teacher)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         algo = config.build_algo()
         try:

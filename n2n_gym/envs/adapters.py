@@ -9,6 +9,9 @@
 - :class:`DictKeys` renames the keys of the ``observation="dict"`` observation for a
   library that reads masks under other names: Tianshou (``obs``, ``mask``) and RLlib's
   action-masking example (``observations``, ``action_mask``).
+- :class:`NumpyInfo` gives ``info``'s values as numpy scalars and arrays, for
+  TorchRL's ``default_info_dict_reader`` (which reads ``value.dtype``). The env's own
+  ``info`` keeps plain Python values, so ``json.dumps(info)`` works.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["ActionMasks", "DictKeys"]
+__all__ = ["ActionMasks", "DictKeys", "NumpyInfo", "numpy_info"]
 
 
 class ActionMasks(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -58,3 +61,53 @@ class DictKeys(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 
     def action_masks(self) -> np.ndarray:
         return self.env.unwrapped.action_masks()
+
+
+class NumpyInfo(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """``info`` with numpy values: ``bool`` -> ``np.bool_``, ``int`` -> ``np.int64``,
+    ``float`` -> ``np.float64``, ``str`` -> ``np.str_``, a list (``actions``,
+    ``illegal_layers``) -> an array; arrays unchanged. Keys, shapes and dtypes are the same at
+    every step, so TorchRL's info reader stores them (strings as non-tensor data)::
+
+        from torchrl.envs import GymWrapper
+        from torchrl.envs.libs.gym import default_info_dict_reader
+
+        env = GymWrapper(NumpyInfo(gym.make(ID)), categorical_action_encoding=True)
+        env.set_info_dict_reader(default_info_dict_reader(["accuracy", "params", "valid"]))
+
+    (The env's own ``info`` holds plain Python values, which ``json.dumps`` writes and
+    TorchRL's reader refuses.) ``action_masks()`` stays reachable on this wrapper."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, numpy_info(info)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, numpy_info(info)
+
+    def action_masks(self) -> np.ndarray:
+        return self.env.unwrapped.action_masks()
+
+
+def numpy_info(info: dict) -> dict:
+    """A copy of ``info`` with its numbers, strings and lists as numpy scalars and arrays
+    (see :class:`NumpyInfo`); arrays and anything else unchanged."""
+    out = {}
+    for key, value in info.items():
+        if isinstance(value, (bool, np.bool_)):
+            value = np.bool_(value)
+        elif isinstance(value, (int, np.integer)):
+            value = np.int64(value)
+        elif isinstance(value, (float, np.floating)):
+            value = np.float64(value)
+        elif isinstance(value, (list, tuple)):
+            value = np.asarray(value)
+        elif isinstance(value, str):
+            value = np.str_(value)  # has a dtype; TorchRL stores it as non-tensor data
+        out[key] = value
+    return out

@@ -13,12 +13,21 @@ from n2n_gym.teachers.catalog import (
     ENVS,
 )
 
-__all__ = ["ACTION_MASKS", "CUSTOM_ENV_ID", "DEFAULT_ENV_ID", "ENVS", "default_protocol", "register_envs",
-           "resolve_protocol"]
+__all__ = ["ACTION_MASKS", "CUSTOM_ENV_ID", "DEFAULT_ENV_ID", "ENVS", "default_protocol", "make_env",
+           "register_envs", "resolve_protocol"]
 
 # gym.make's outermost wrapper: env.action_masks() on what gym.make returns (Gymnasium 1.x
 # wrappers forward no attributes; sb3-contrib's ActionMasker calls it on the outermost one)
 ACTION_MASKS = WrapperSpec("ActionMasks", "n2n_gym.envs.adapters:ActionMasks", {})
+
+
+def make_env(**kwargs):
+    """The registered ids' entry point: ``N2NEnv(**kwargs)``. A function, not the class, so
+    that ``gym.make`` does not read ``N2NEnv.metadata`` and warn about an unsupported
+    ``render_mode`` itself: the env warns once, saying what ``render()`` then does."""
+    from n2n_gym.envs.env import N2NEnv
+
+    return N2NEnv(**kwargs)
 
 
 def register_envs() -> None:
@@ -28,7 +37,7 @@ def register_envs() -> None:
             kwargs = {"teacher": teacher, "dataset": dataset}
             if env_id in DEFAULT_PROTOCOLS:
                 kwargs["protocol"] = DEFAULT_PROTOCOLS[env_id]
-            gym.register(env_id, entry_point="n2n_gym.envs.env:N2NEnv", kwargs=kwargs,
+            gym.register(env_id, entry_point="n2n_gym.envs.registration:make_env", kwargs=kwargs,
                          nondeterministic=False, additional_wrappers=(ACTION_MASKS,))
 
 
