@@ -102,7 +102,9 @@ def default_cache_dir() -> pathlib.Path:
 
     ``$N2N_CACHE`` if set, else ``$XDG_CACHE_HOME/n2n_gym``, else
     ``~/.cache/n2n_gym``. Raises ``OSError`` naming the folder, the variable that chose it
-    and the fix (:class:`CacheFolderError`, an ``OSError``) when it cannot be made or written.
+    and the fix (:class:`CacheFolderError`, an ``OSError``) when it cannot be made. A folder
+    that exists read-only is returned: a shared read-only cache serves what it holds (the
+    result cache opens it read-only), and a writer says so where it writes.
     """
     env = os.environ.get("N2N_CACHE")
     if env:
@@ -113,8 +115,6 @@ def default_cache_dir() -> pathlib.Path:
         d, source = base / "n2n_gym", "XDG_CACHE_HOME" if xdg else "the default ~/.cache/n2n_gym"
     try:
         d.mkdir(parents=True, exist_ok=True)
-        if not os.access(d, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "not writable")
     except OSError as exc:
         raise CacheFolderError(exc.errno, f"the n2n-gym cache folder {d} (from {source}) cannot be made or "
                                           f"written: {exc.strerror or exc}; set N2N_CACHE to a writable folder"
