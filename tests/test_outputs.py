@@ -81,8 +81,9 @@ except OSError as exc:
 
 def test_a_full_disk_loses_no_record(digits_teacher, tmp_path, capsys):
     """The disk fills during the run (the results path becomes /dev/full, which answers every
-    write with ENOSPC, after the up-front check passed): the record goes to the fallback file.
-    (/dev/full given as --results is refused up front: tests/test_untrusted_inputs.py.)"""
+    write with ENOSPC, after the up-front check passed): the record goes to the fallback file,
+    and so does a later seed's (never a traceback); the summary names the file that holds each
+    record and the command exits 1. (/dev/full given as --results is refused up front.)"""
     from n2n_gym.agents import random_search
 
     results = tmp_path / "r.jsonl"
@@ -97,13 +98,14 @@ def test_a_full_disk_loses_no_record(digits_teacher, tmp_path, capsys):
     fallback.unlink(missing_ok=True)
     runner.register_agent("disk-fills", disk_fills, "random search; the disk fills during its run")
     try:
-        assert runner.main([*ARGV[2:], "--agent", "disk-fills", "--seeds", "0", "--results", str(results)]) == 0
+        assert runner.main([*ARGV[2:], "--agent", "disk-fills", "--seeds", "0", "1", "--results", str(results)]) == 1
     finally:
         runner.AGENTS.pop("disk-fills")
-    err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.startswith(f"could not write the record to {results}")]
-    assert len(lines) == 1 and f"it was written to {fallback} instead" in lines[0]
-    assert [r["seed"] for r in read_records(fallback)] == [0]
+    captured = capsys.readouterr()
+    lines = [l for l in captured.err.splitlines() if l.startswith(f"could not write the record to {results}")]
+    assert len(lines) == 2 and all(f"it was written to {fallback} instead" in line for line in lines)
+    assert [r["seed"] for r in read_records(fallback)] == [0, 1]
+    assert captured.out.count(f"-> {fallback} (") == 2 and "2 record(s) did not reach" in captured.err
 
 
 def test_save_record_prints_the_record_when_no_file_takes_it(tmp_path, monkeypatch, capsys):

@@ -59,6 +59,7 @@ from n2n_gym.bench.records import (
 )
 from n2n_gym.evaluation.protocols import PROTOCOLS
 from n2n_gym.utils.checks import int_at_least, json_object, positive_float
+from n2n_gym.utils.files import default_cache_dir
 
 DEFAULT_RESULTS = "results.jsonl"
 
@@ -189,10 +190,26 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str | 
             wandb_group: str | None = None, wandb_dir: str | None = None, progress: bool = False,
             label: str | None = None) -> dict:
     """One benchmark run; appends its record to ``results`` (if given) and returns it.
+    Raises ``ValueError`` before any evaluation when ``results`` or the W&B folder cannot take
+    a file; a write that fails at the end goes to a fallback file, said in one line.
     ``progress``: a tqdm bar over the budget's evaluations, with the best reward so far.
     ``label``: the leaderboard name of this variant of the agent (e.g. its hparams).
     ``protocol``: None means the env id's own (:func:`n2n_gym.envs.registration.default_protocol`);
     the record names the protocol that was used."""
+    return _run(env_id, agent, seed, budget, protocol=protocol, stage=stage, env_kwargs=env_kwargs, hparams=hparams,
+                eval_seed=eval_seed, device=device, max_episodes=max_episodes, max_seconds=max_seconds,
+                results=results, track=track, wandb_project=wandb_project, wandb_group=wandb_group,
+                wandb_dir=wandb_dir, progress=progress, label=label)[0]
+
+
+def _run(env_id: str, agent: str, seed: int, budget: int, *, protocol: str | None, stage: str | None,
+         env_kwargs: dict | None, hparams: dict | None, eval_seed: int | None, device: str | None,
+         max_episodes: int | None, max_seconds: float | None, results: str | os.PathLike | None, track: bool,
+         wandb_project: str, wandb_group: str | None, wandb_dir: str | None, progress: bool, label: str | None,
+         check_results: bool = True) -> tuple[dict, pathlib.Path | None]:
+    """:func:`run_one`, plus the file that holds the record (None: only printed).
+    ``check_results=False``: the caller checked ``results`` before its first run; a path gone
+    bad since is the fallback's business, not a reason to lose this run."""
     import n2n_gym  # noqa: F401  (registers the environments)
     from n2n_gym.envs.registration import default_protocol
 
@@ -201,7 +218,7 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str | 
 
     fn = load_agent(agent)
     # every output location is checked before the first evaluation, not after the budget is spent
-    for problem in (results_file_problem(results) if results is not None else None,
+    for problem in (results_file_problem(results) if results is not None and check_results else None,
                     output_folder_problem(wandb_dir, f"cannot write the W&B folder {wandb_dir}") if track and wandb_dir else None):
         if problem:
             raise ValueError(problem)
@@ -242,11 +259,10 @@ def run_one(env_id: str, agent: str, seed: int, budget: int, *, protocol: str | 
                          stage=stage or AGENTS[agent].default_stage,
                          env_kwargs=user_kwargs, tracker=tracker, protocol=protocol, eval_seed=eval_seed,
                          extra=out.get("extra"), label=label)
-    if results is not None:
-        save_record(results, record)  # on a write failure: a fallback file, said in one line
+    saved = save_record(results, record) if results is not None else None  # on failure: a fallback, said
     if run is not None:
         finish_wandb(run, record)
-    return record
+    return record, saved
 
 
 def summary_line(record: dict) -> str:
@@ -362,23 +378,32 @@ def run_args(args: argparse.Namespace) -> int:
     if problem:
         raise SystemExit(f"n2n-gym bench: error: {problem}")
     check_env_kwargs(args)
+    if args.env_kwargs.get("cache", True) is True:  # the shared cache is an output location too
+        default_cache_dir()  # CacheFolderError names the folder and N2N_CACHE
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     results = pathlib.Path(args.results)
     done = done_keys(results) if args.skip_existing else set()
+    lost = 0  # records that did not reach --results (a fallback file, or only printed)
     for seed in args.seeds:
         if run_key(args.env, args.agent, seed, args.protocol, args.stage, args.budget, args.label) in done:
             print(f"{args.agent} seed {seed}: already in {results}, skipped")
             continue
         start = time.perf_counter()
-        record = run_one(args.env, args.agent, seed, args.budget, protocol=args.protocol, stage=args.stage,
-                         env_kwargs=args.env_kwargs, hparams=args.hparams, eval_seed=args.eval_seed,
-                         device=args.device, max_episodes=args.max_episodes, max_seconds=args.max_seconds,
-                         results=results, track=args.track, wandb_project=args.wandb_project,
-                         wandb_group=args.wandb_group, progress=args.progress, label=args.label)
-        print(summary_line(record) + f" -> {results} ({time.perf_counter() - start:.1f} s)", flush=True)
+        record, saved = _run(args.env, args.agent, seed, args.budget, protocol=args.protocol, stage=args.stage,
+                             env_kwargs=args.env_kwargs, hparams=args.hparams, eval_seed=args.eval_seed,
+                             device=args.device, max_episodes=args.max_episodes, max_seconds=args.max_seconds,
+                             results=results, track=args.track, wandb_project=args.wandb_project,
+                             wandb_group=args.wandb_group, wandb_dir=None, progress=args.progress,
+                             label=args.label, check_results=False)
+        lost += saved != results
+        where = saved if saved is not None else "nowhere: printed above"
+        print(summary_line(record) + f" -> {where} ({time.perf_counter() - start:.1f} s)", flush=True)
+    if lost:
+        print(f"n2n-gym bench: {lost} record(s) did not reach {results} (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
