@@ -216,22 +216,11 @@ def read_scores(folder: pathlib.Path) -> list[dict]:
 _EVALUATOR = None
 
 
-def _exit_with_parent(parent: int) -> None:
-    """A worker stops when the study's main process is gone (killed: a pool's workers would
-    otherwise go on training students that no one will record)."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(2.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
-
-
 def _init_worker(env_id: str, nice: int, parent: int) -> None:
     global _EVALUATOR
-    _exit_with_parent(parent)
+    from n2n_gym.evaluation.backends import exit_with_parent
+
+    exit_with_parent(parent)  # a killed study leaves no worker training students no one records
     import torch
 
     torch.set_num_threads(1)

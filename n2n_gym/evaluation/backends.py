@@ -179,10 +179,18 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+def exit_with_parent(parent: int) -> threading.Thread:
+    """Start a daemon thread that ends this (worker) process within :data:`PARENT_POLL` seconds
+    of the death of process ``parent``; for pools whose workers would outlive a killed parent."""
+    thread = threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="n2n-exit-with-parent")
+    thread.start()
+    return thread
+
+
 def _init_worker(blob_path: str, threads: int, parent: int | None = None) -> None:
     global _WORKER_EVALUATOR
     if parent is not None:
-        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="n2n-exit-with-parent").start()
+        exit_with_parent(parent)
     torch.set_num_threads(threads)
     with open(blob_path, "rb") as f:
         _WORKER_EVALUATOR = pickle.load(f)
