@@ -35,7 +35,9 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 RESULTS = ROOT / "benchmarks" / "results"
-PLOTS = "plots"  # the site serves benchmarks/results/ under results/plots/ (docs/hooks.py)
+# the result pages (docs/results/) link plots where they are in the repository, so the links work
+# on GitHub too; the site serves them under results/plots/ and docs/hooks.py rewrites the links
+PLOTS = "../../benchmarks/results"
 REPS = 2000  # bootstrap resamples of every leaderboard on the site
 BOOTSTRAP_SEED = 0
 # part of the leaderboard pages' digests. The leaderboard code itself is not (others edit it

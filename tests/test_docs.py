@@ -96,8 +96,10 @@ def test_staleness_is_detected(tmp_path, monkeypatch):
 def test_every_plot_and_record_a_results_page_names_exists():
     for page in (DOCS / "results").glob("*.md"):
         text = page.read_text()
-        for name in re.findall(r"\]\(plots/([^)]+)\)", text):
-            assert (ROOT / "benchmarks" / "results" / name).is_file(), f"{page.name}: {name}"
+        assert "](plots/" not in text, f"{page.name}: a site-only plot link (broken on GitHub)"
+        for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):  # relative to the page, as GitHub reads it
+            assert link.startswith("../../benchmarks/results/"), f"{page.name}: {link}"
+            assert (page.parent / link).resolve().is_file(), f"{page.name}: {link}"
         for name in re.findall(r"`benchmarks/results/([^`]+)`", text):
             assert (ROOT / "benchmarks" / "results" / name).exists(), f"{page.name}: {name}"
 
@@ -123,6 +125,10 @@ def test_site_builds_strict(site):
     for page in ("mdp", "envs", "agents", "results/leaderboards", "results/baselines", "reproduce", "api"):
         assert (site / page / "index.html").is_file(), page
     assert (site / "results" / "plots" / "baselines-digits-1000" / "profile-N2N-DigitsNet-Digits-v0-fast.png").is_file()
+    # the pages link plots in the repository (for GitHub); docs/hooks.py points the site's at results/plots/
+    baselines = (site / "results" / "baselines" / "index.html").read_text()
+    assert 'src="../plots/baselines-digits-1000/profile-N2N-DigitsNet-Digits-v0-fast.png"' in baselines
+    assert "../benchmarks/results/" not in baselines  # no repository path left on the site
     assert "class=\"doc doc-object" in (site / "api" / "index.html").read_text()  # mkdocstrings rendered
 
 
