@@ -132,7 +132,9 @@ class N2NEnv(gym.Env):
     ``violated_constraints`` (names joined by "; ", "" if none), ``illegal_layers`` (per
     layer: was its action disallowed), the teacher's and data's identity.
     Every step's ``info`` (reset's too) has the same keys, each of one type and shape at
-    every step (what replay buffers that store ``info`` need: Tianshou, TorchRL): neutral
+    every step (what replay buffers that store ``info`` need: Tianshou, TorchRL), as plain
+    Python values (``json.dumps`` writes them; TorchRL's ``default_info_dict_reader`` wants numpy
+    values: wrap the env in ``n2n_gym.envs.adapters.NumpyInfo``): neutral
     values before the last step (0, False, "", teacher and data fields already filled),
     ``actions`` padded with -1 for the layers not decided yet, strings never None (an
     invalid student's ``architecture`` is ""). NaN appears only in ``test_accuracy`` with
