@@ -222,3 +222,111 @@ def test_compress_resume_never_unpickles_code_from_the_run_folder(full_run, tmp_
     with pytest.raises(SystemExit, match="cannot be read as a search state"):
         main(["compress", "--resume", str(copy), "--no-progress"])
     assert not (tmp_path / "pwned").exists()
+
+
+# ---------------------------------------------------------------------------- compress --agent
+AGENT_RUN = ["--protocol", "tiny", "--seed", "3", "--env-kwargs", ENV_KWARGS, "--final-epochs", "1", "--compare", "",
+             "--latency-rounds", "0", "--no-export", "--no-progress"]
+
+
+def _strip(history: list[dict]) -> list[tuple]:
+    return [(r["evaluation"], r["architecture"], round(r["reward"], 6)) for r in history]
+
+
+@pytest.fixture(scope="module")
+def random_run(cache_dir, tmp_path_factory):
+    """`n2n-gym compress --agent random --budget 4`, in process (the session's cache)."""
+    from n2n_gym.cli import main
+
+    run = tmp_path_factory.mktemp("agent-runs") / "random"
+    assert main(["compress", "--agent", "random", "--budget", "4", *AGENT_RUN, "--out", str(run)]) == 0
+    return run
+
+
+def test_compress_with_a_benchmark_agent(random_run, capsys):
+    run = random_run
+    for name in ("config.json", "history.jsonl", "search.jsonl", "cache.sqlite", "student.json", "student.pt",
+                 "report.json", "report.txt", "rewards.png", "pareto.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "state.pt").exists() and not (run / "policies.pt").exists()  # N2N's files only
+    config = json.loads((run / "config.json").read_text())
+    assert (config["agent"], config["budget"], config["hparams"]) == ("random", 4, {})
+    history = _history(run)
+    assert [r["evaluation"] for r in history] == [0, 1, 2, 3]  # the budget: 4 distinct valid students
+    assert all(r["valid"] for r in history) and len({r["architecture"] for r in history}) == 4
+    record = json.loads((run / "search.jsonl").read_text())
+    assert record["agent"] == "random" and record["budget"]["evaluations"] == 4 and record["seed"] == 3
+    report = json.loads((run / "report.json").read_text())
+    assert report["agent"] == "random" and report["students"] == 4
+    assert report["search"]["budget"]["requested"] == 4 and report["final"]["params"] < report["teacher"]["params"]
+    best = max(history, key=lambda r: (r["reward"], -r["params"]))
+    assert report["search_best"]["reward"] == pytest.approx(best["reward"])
+    assert report["search_best"]["evaluation"] == best["evaluation"]
+    assert record["best"]["architecture"] == best["architecture"]
+
+
+def test_compress_agent_resume_does_not_redo_a_finished_search(random_run, tmp_path, capsys):
+    import shutil
+
+    from n2n_gym.cli import main
+
+    run = tmp_path / "after-search"
+    shutil.copytree(random_run, run)
+    for name in ("report.json", "report.txt", "student.json", "student.pt"):  # killed in the final distillation
+        (run / name).unlink()
+    before = (run / "history.jsonl").read_text()
+    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "the search is done" in err and "not redone" in err and "estimated duration" not in err
+    assert (run / "history.jsonl").read_text() == before
+    report, reference = (json.loads((r / "report.json").read_text()) for r in (run, random_run))
+    assert report["search_best"] == reference["search_best"]
+    assert report["final"]["params"] == reference["final"]["params"] and (run / "student.pt").is_file()
+
+
+def test_compress_agent_resume_after_a_kill_in_the_search(random_run, tmp_path, capsys):
+    """A search killed after 2 of its 4 students: the resumed search replays them from the run's
+    result cache (free, counted as before) and ends with the uninterrupted run's students."""
+    import shutil
+
+    from n2n_gym.cli import main
+
+    run = tmp_path / "killed"
+    shutil.copytree(random_run, run)
+    for name in ("search.jsonl", "report.json", "report.txt", "student.json", "student.pt", "final.ckpt",
+                 "rewards.png", "pareto.png"):
+        (run / name).unlink(missing_ok=True)
+    lines = (run / "history.jsonl").read_text().splitlines(keepends=True)
+    (run / "history.jsonl").write_text("".join(lines[:2]) + lines[2][:25])  # the kill cut the third line short
+    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "the 2 students evaluated before come from its cache" in err
+    assert "estimated duration" in err and "(2 students, cache hits free)" in err
+    history = _history(run)
+    assert _strip(history) == _strip(_history(random_run)), "a resumed search differs from the uninterrupted one"
+    assert all(r["cached"] for r in history)  # the run's cache held every one: none was trained again
+    assert json.loads((run / "search.jsonl").read_text())["budget"]["evaluations"] == 4
+    assert (run / "report.json").is_file() and (run / "student.pt").is_file()
+
+
+def test_compress_agent_settings_are_checked_before_a_run_folder(tmp_path, capsys, monkeypatch):
+    from n2n_gym import cli
+    from n2n_gym.compress import compress
+
+    monkeypatch.delenv("N2N_DEBUG", raising=False)
+    run = tmp_path / "run"
+    for argv, message in ((["--agent", "nope"], "unknown agent 'nope'"),
+                          (["--agent", "random", "--budget", "0"], "argument --budget: must be >= 1"),
+                          (["--hparams", '{"population": 4}'], "--hparams is for an --agent other than n2n")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["compress", *argv, "--out", str(run)])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    for kwargs, error in (({"budget": 0}, ValueError), ({"agent": "nope"}, ValueError), ({"updatez": "1"}, TypeError),
+                          ({"compare": ("magnitude", "wide")}, ValueError)):
+        with pytest.raises(error):
+            compress(out=run, **kwargs)
+    assert not run.exists()
+    # an agent that refuses its hparams does so before its first student: no run is left behind
+    assert cli.main(["compress", "--agent", "random", "--hparams", '{"foo": 1}', *AGENT_RUN, "--out", str(run)]) == 2
+    assert "random search has no hyperparameters" in capsys.readouterr().err
+    assert not (run / "config.json").exists() and not (run / "history.jsonl").exists()

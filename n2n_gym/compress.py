@@ -1,0 +1,725 @@
+"""Compress a network: the whole job of ``n2n-gym compress``, as a library function.
+
+    from n2n_gym.compress import compress
+
+    report = compress("N2N-DigitsNet-Digits-v0", out="runs/digits", agent="n2n")
+    report["final"]["compression"], report["final"]["test_accuracy"]
+
+:func:`compress` searches the teacher's students with an agent (``n2n``: the two-stage N2N
+search of ``agents/n2n.py``, removal then shrinkage; or any agent of
+``n2n_gym.bench.runner.AGENTS``, e.g. ``random``, ``optuna_tpe``, ``evolution``, under a
+budget of student evaluations), distils the best student longer (the final distillation),
+trains the same-size alternatives the same way (uniform L1 magnitude pruning; the same thin
+network from random init), exports the student, measures teacher against student through
+the exported files and writes a report and plots, all in a run folder. ``resume=True``
+continues a killed run without losing an evaluated student. The CLI (``n2n_gym.cli``) only
+parses its arguments and prints.
+
+Run folder::
+
+    config.json      the settings (``resume`` reuses them)
+    history.jsonl    every evaluated student, one JSON line each, appended and flushed
+    state.pt         (n2n) search state after the last completed policy update (atomic)
+    policies.pt      (n2n) the trained policies (``--load-policy`` of a later search)
+    cache.sqlite     (other agents) the search's result cache: a resumed search gets the
+                     students evaluated before the kill from it, free
+    search.jsonl     (other agents) the finished search's record (``n2n-gym validate`` replays
+                     it); a resumed run with it skips the search
+    student.json/.pt the best student after the final distillation: n2n_gym.load_student(folder)
+    student.pt2      torch.export program;  student.onnx  ONNX (dynamo exporter)
+    teacher.pt2/.onnx the teacher's exports, for the latency comparison (n2n_gym.evaluation.deploy)
+    final.ckpt       the final distillation's checkpoint after each epoch (resume continues it);
+                     magnitude.ckpt, thin.ckpt: the same for the same-size alternatives (compare)
+    report.json/.txt teacher vs best student vs the alternatives, latency;  rewards.png, pareto.png
+
+Before the search it says an estimate of the whole run's duration (an upper bound: the
+teacher's architecture timed on this machine, ``n2n_gym.evaluation.final.throughput``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import pathlib
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import gymnasium as gym
+import torch
+from tqdm.auto import tqdm
+
+import n2n_gym  # noqa: F401  (registers the environments)
+from n2n_gym.agents.n2n import N2N, Args, save_policies
+from n2n_gym.bench.leaderboard import pareto_front
+from n2n_gym.bench.records import BudgetTracker, make_record
+from n2n_gym.bench.runner import AGENTS, load_agent
+from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID
+from n2n_gym.evaluation.final import (
+    ALTERNATIVES,
+    alternatives,
+    estimate_seconds,
+    final_distill,
+    throughput,
+)
+from n2n_gym.evaluation.protocols import get_protocol
+from n2n_gym.evaluation.reward import n2n_reward
+from n2n_gym.ir.arch import Architecture
+from n2n_gym.ir.students import export_student, save_student
+from n2n_gym.utils.files import (
+    atomic_torch_save,
+    atomic_write_text,
+    json_safe,
+    remove_stale_temps,
+)
+
+RUNS_ROOT = pathlib.Path("runs")
+DEFAULT_FINAL_EPOCHS = 30
+DEFAULT_AGENT = "n2n"
+#: What makes a folder a run of ``compress`` (written when its search starts).
+RUN_FILES = ("state.pt", "history.jsonl")
+ALTERNATIVE_LABELS = {"magnitude": "uniform L1 magnitude pruning", "thin": "hand-designed thin, random init"}
+#: settings of the N2N search that are not :func:`compress` settings (``Args`` fields)
+_N2N_ONLY = tuple(f.name for f in dataclasses.fields(Args)
+                  if f.name not in ("env_id", "env_kwargs", "protocol", "seed", "device", "out", "save_policy",
+                                    "progress"))
+
+
+class CompressError(Exception):
+    """A run that cannot start or continue (a folder, a file, a model that cannot be used),
+    said in one sentence; ``flag`` names the command-line option it is about, if any."""
+
+    def __init__(self, message: str, flag: str = ""):
+        super().__init__(message)
+        self.flag = flag
+
+
+def format_count(n) -> str:
+    return f"{int(n):,}" if n is not None else "-"
+
+
+def format_accuracy(a) -> str:
+    return f"{100 * a:.2f}%" if a is not None else "-"
+
+
+def read_history(path: pathlib.Path) -> list[dict]:
+    """The records of a history file; a line cut short by a kill is skipped."""
+    rows = []
+    if not path.exists():
+        return rows
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- the entry point
+def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = None, resume: bool = False,
+             agent: str = DEFAULT_AGENT, budget: int | None = None, hparams: dict | None = None,
+             env_kwargs: dict | None = None, protocol: str | None = None, seed: int = 0, device: str = "auto",
+             model: str | None = None, checkpoint: str | os.PathLike | None = None, dataset: str | None = None,
+             final_epochs: int = DEFAULT_FINAL_EPOCHS, final_lr: float = 1e-3, export: bool = True,
+             compare: str | Iterable[str] = ALTERNATIVES, latency_rounds: int = 3, progress: bool = True,
+             log: Callable[[str], None] | None = None, **n2n_settings: Any) -> dict:
+    """Compress the teacher of ``env_id``; returns the report (also ``report.json`` of the run folder).
+
+    - ``out``: the run folder (default ``runs/<env>-seed<seed>-<time>``; a non-empty folder
+      holding no run gets a fresh sub-folder, so no file of the user's is overwritten; one
+      holding a run is refused unless ``resume``).
+    - ``resume``: continue the run in ``out`` (default: the newest under ``runs/``) with its
+      ``config.json``; the settings given now are ignored. Students evaluated before a kill
+      are kept, a finished search is not redone, the final distillation continues from its
+      checkpoint.
+    - ``agent``: the search. ``"n2n"``: the two-stage N2N search; its settings are the fields of
+      :class:`n2n_gym.agents.n2n.Args` as keywords (``stages``, ``updates``, ``rollouts``, ...).
+      Any other name of ``n2n_gym.bench.runner.AGENTS`` (``random``, ``optuna_tpe``,
+      ``evolution``, ...) runs that agent as ``n2n-gym bench`` does, with ``hparams``, until it
+      has spent ``budget`` student evaluations (a student it proposes again, or an invalid one,
+      is free) on the env's stage (``joint`` unless ``env_kwargs`` sets ``stage``).
+    - ``budget``: student evaluations of the search. Default: the N2N search's own size,
+      ``updates`` x ``rollouts`` (300); for ``n2n`` a given budget sets ``updates`` (a third to
+      removal, the rest to the last stage, rounded up to whole updates).
+    - ``model``/``checkpoint``/``dataset``: compress your own network on ``N2N-Custom-v0``
+      (``n2n_gym.teachers.importer``), as ``n2n-gym compress --model``.
+    - ``final_epochs``, ``final_lr``: the final distillation; ``compare``: the same-size
+      alternatives (``magnitude``, ``thin``; ``()`` for none); ``export``: torch.export and ONNX
+      files; ``latency_rounds``: paired rounds of the latency measurement (0 skips it).
+    - ``progress``: progress bars; ``log``: where the run's messages go (default: stderr).
+
+    The report holds the teacher, the search's best student, the final student and the
+    alternatives (``report["final"]``, ...), or only ``{"best", "students"}`` when the search
+    found no valid student. Raises ``ValueError``/``TypeError`` for a bad setting (before any
+    folder is made) and :class:`CompressError` for a run folder or model that cannot be used.
+    """
+    log = log or _stderr
+    t_start = time.perf_counter()
+    if resume:
+        run_dir = _resume_dir(out)
+    else:
+        config = _new_config(env_id, agent=agent, budget=budget, hparams=hparams, env_kwargs=dict(env_kwargs or {}),
+                             protocol=protocol, seed=seed, device=device, model=model, checkpoint=checkpoint,
+                             dataset=dataset, final_epochs=final_epochs, final_lr=final_lr, export=export,
+                             compare=compare, latency_rounds=latency_rounds, n2n_settings=n2n_settings)
+        env_id, env_kwargs = _custom_teacher(env_id, config["env_kwargs"], model, checkpoint, dataset, log)
+        config.update(env_id=env_id, env_kwargs=env_kwargs)
+        if not model:  # (a --model was imported and checked just now)
+            # a wrong env id or env kwarg fails here, before a run folder is made (gym.make is cheap)
+            gym.make(env_id, **{"protocol": protocol, "device": device, **env_kwargs}).close()
+        run_dir = _new_run_dir(out, env_id, seed, log)
+    _check_writable(run_dir)
+    for stale in remove_stale_temps(run_dir):  # left by a run killed mid-write
+        log(f"removed {stale}, a temporary file of an interrupted write")
+    config_path = run_dir / "config.json"
+    if resume:
+        if not config_path.exists():
+            raise CompressError(f"{run_dir} holds no config.json; nothing to resume", "--resume")
+        config = json.loads(config_path.read_text())
+        log(f"resuming {run_dir} (its config.json; options given now are ignored)")
+    else:
+        if any((run_dir / f).exists() for f in RUN_FILES):
+            raise CompressError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(config_path, json.dumps(config, indent=1, sort_keys=True))
+    return _run(config, run_dir, resume, progress, log, t_start)
+
+
+# ---------------------------------------------------------------------------- settings and folders
+def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | None, env_kwargs: dict,
+                protocol: str | None, seed: int, device: str, model, checkpoint, dataset, final_epochs: int,
+                final_lr: float, export: bool, compare, latency_rounds: int, n2n_settings: dict) -> dict:
+    """The run's ``config.json``, every setting checked (a bad one fails before any folder exists)."""
+    unknown = sorted(set(n2n_settings) - set(_N2N_ONLY))
+    if unknown:
+        raise TypeError(f"compress() got unexpected keyword argument(s) {unknown}; the N2N search's settings are "
+                        f"{', '.join(_N2N_ONLY)}")
+    if agent not in AGENTS:
+        raise ValueError(f"unknown agent {agent!r}; choose one of {', '.join(AGENTS)}")
+    if hparams is not None and not isinstance(hparams, dict):
+        raise TypeError(f"hparams must be a dict (JSON object), got {type(hparams).__name__}")
+    if agent == DEFAULT_AGENT and hparams:
+        raise ValueError("the n2n agent's settings are its own options (--updates, --rollouts, ...), not hparams")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise ValueError(f"budget must be an integer >= 1 (student evaluations), got {budget!r}")
+    for name, value in (("final_epochs", final_epochs), ("latency_rounds", latency_rounds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if not (isinstance(final_lr, (int, float)) and math.isfinite(final_lr) and final_lr > 0):
+        raise ValueError(f"final_lr must be a finite number > 0, got {final_lr!r}")
+    names = [c for c in compare.split(",") if c] if isinstance(compare, str) else list(compare)
+    bad = sorted(set(names) - set(ALTERNATIVES))
+    if bad:
+        raise ValueError(f"compare: unknown {bad}; choose from {', '.join(ALTERNATIVES)}")
+    settings = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(Args) if f.name in _N2N_ONLY}
+    settings.update(n2n_settings)
+    settings.update(env_id=env_id, env_kwargs=env_kwargs, protocol=protocol, seed=seed, device=device)
+    Args(**settings)  # checks them all
+    return {**settings, "agent": agent, "budget": budget, "hparams": dict(hparams or {}), "model": model,
+            "checkpoint": None if checkpoint is None else str(checkpoint), "dataset": dataset,
+            "final_epochs": final_epochs, "final_lr": final_lr, "export": bool(export), "compare": ",".join(names),
+            "latency_rounds": latency_rounds}
+
+
+def _custom_teacher(env_id: str, env_kwargs: dict, model, checkpoint, dataset, log) -> tuple[str, dict]:
+    """``model``/``checkpoint``/``dataset``: compress the user's network on N2N-Custom-v0.
+    The env gets the factory spec and the checkpoint's absolute path (JSON, so config.json
+    and resume hold them); the model is imported once here so that an unsupported one is
+    refused before a run folder exists."""
+    if checkpoint is not None and model is None:
+        raise CompressError("--checkpoint goes with --model package.module:factory "
+                            "(a zoo env's teacher checkpoint is --env-kwargs '{\"teacher_checkpoint\": ...}')")
+    if dataset is not None:
+        env_kwargs = {**env_kwargs, "dataset": dataset}
+    if model is None:
+        return env_id, env_kwargs
+    from n2n_gym.data.datasets import dataset_info
+    from n2n_gym.teachers.importer import import_teacher
+
+    if env_id not in (DEFAULT_ENV_ID, CUSTOM_ENV_ID):
+        raise CompressError(f"--model runs on {CUSTOM_ENV_ID}, not on --env {env_id}; drop --env")
+    checkpoint = str(pathlib.Path(checkpoint).resolve()) if checkpoint else None
+    dataset = env_kwargs.get("dataset", "digits")
+    try:
+        imported = import_teacher(model, dataset_info(dataset), checkpoint)
+    except (ValueError, TypeError) as exc:
+        raise CompressError(str(exc)) from None
+    log(f"imported {model}: {len(imported.architecture)} layers, {imported.architecture.params:,} params, "
+        f"logits reproduced within {imported.max_abs_diff:.1e}" + "".join(f"; {n}" for n in imported.notes))
+    return CUSTOM_ENV_ID, {**env_kwargs, "teacher_module": model, "teacher_checkpoint": checkpoint,
+                           "dataset": dataset}
+
+
+def _resume_dir(out) -> pathlib.Path:
+    """The run folder to continue: ``out``, else the newest under ``runs/``."""
+    if out:
+        return pathlib.Path(out)
+    runs = sorted((p for p in RUNS_ROOT.glob("*") if (p / "config.json").exists()), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise CompressError(f"no run folder under {RUNS_ROOT}/; pass the folder", "--resume")
+    return runs[-1]
+
+
+def _new_run_dir(out, env_id: str, seed: int, log) -> pathlib.Path:
+    """A new run's folder. An ``out`` that is a non-empty folder holding no run is the user's:
+    the run goes to a fresh sub-folder of it, said in one line."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", env_id).strip("-").lower()
+    fresh = f"{slug}-seed{seed}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if not out:
+        return RUNS_ROOT / fresh
+    out = pathlib.Path(out)
+    # a folder of the user's (files, no run of ours): its config.json, student.pt, ... are never
+    # overwritten; a folder holding a run is refused later (resume continues it)
+    if out.is_dir() and any(out.iterdir()) and not any((out / f).exists() for f in RUN_FILES):
+        log(f"{out} holds files that are not an n2n-gym run: this run goes to {out / fresh}")
+        return out / fresh
+    return out
+
+
+def _check_writable(run_dir: pathlib.Path) -> None:
+    """An unwritable run folder fails now, not after the search."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-check-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise CompressError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); "
+                            "choose another --out") from exc
+
+
+def _search_args(config: dict, progress: bool) -> Args:
+    """The search settings of a run's config (``budget`` sets an n2n search's ``updates``)."""
+    args = Args(**{k: v for k, v in config.items() if k in {f.name for f in dataclasses.fields(Args)}})
+    args.progress = progress
+    if not progress:  # also silence the env's teacher-training bar (not saved in config.json)
+        args.env_kwargs = {"progress": False, **args.env_kwargs}
+    if config.get("budget") and config.get("agent", DEFAULT_AGENT) == DEFAULT_AGENT:
+        args.updates = n2n_updates(int(config["budget"]), args.stage_list(), args.rollouts)
+    return args
+
+
+def n2n_updates(budget: int, stages: list[str], rollouts: int) -> str:
+    """``updates`` of an N2N search of about ``budget`` students: a third of them to each stage
+    before the last (at least one update), the rest to the last, in whole updates of ``rollouts``."""
+    first = max(1, math.ceil(budget / 3 / rollouts)) if len(stages) > 1 else 0
+    last = max(1, math.ceil((budget - first * rollouts * (len(stages) - 1)) / rollouts))
+    return ",".join([str(first)] * (len(stages) - 1) + [str(last)])
+
+
+def search_budget(config: dict, args: Args) -> int:
+    """Student evaluations of the run's search: ``budget``, else updates x rollouts."""
+    return int(config.get("budget") or sum(args.update_list()) * args.rollouts)
+
+
+def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, log) -> None:
+    """The run's duration, estimated before it starts from a timing of the teacher's
+    architecture now (``n2n_gym.evaluation.final.throughput``): an upper bound, as students are smaller."""
+    env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
+    ev = env.unwrapped.evaluator
+    rates = throughput(ev)
+    env.close()
+    data = ev.data
+    est = estimate_seconds(rates, get_protocol(args.protocol), students, len(data.train_idx), len(data.val_idx),
+                           len(data.y_test), final_epochs, final_students)
+    total = est["search"] + est["final"]
+    log(f"estimated duration (upper bound, students timed as the teacher at {rates['augmented']:.0f} / "
+        f"{rates['reused_logits']:.0f} img/s now): {_duration(total)} = search {_duration(est['search'])} "
+        f"({students} students, cache hits free) + final distillation "
+        f"{_duration(est['final'])} ({final_students} student(s) x {final_epochs} epochs)")
+
+
+def _duration(seconds: float) -> str:
+    m = round(seconds / 60)
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else (f"{m} min" if m else f"{seconds:.0f} s")
+
+
+# ---------------------------------------------------------------------------- the searches
+def _search_n2n(args: Args, run_dir: pathlib.Path, resuming: bool, progress: bool, estimate, log) -> dict | None:
+    """The N2N search, resumable from ``state.pt`` (the students of completed updates are
+    kept, the interrupted update is redone); returns its best student."""
+    state_path, history_path = run_dir / "state.pt", run_dir / "history.jsonl"
+    state = None
+    if resuming and state_path.exists():
+        try:  # a run folder may come from elsewhere: loading it never runs code
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling errors have many types
+            raise CompressError(f"{state_path} cannot be read as a search state ({type(exc).__name__}); start a new "
+                                "run with another --out", "--resume") from exc
+    done_key = (state["stage_index"], state["update"]) if state else (0, 0)
+    kept = [r for r in read_history(history_path) if (r["stage_index"], r["update"]) < done_key]
+    if state and len(kept) != state["evaluations"]:
+        log(f"warning: history holds {len(kept)} students of completed updates, the state {state['evaluations']}")
+    atomic_write_text(history_path, "".join(json.dumps(r) + "\n" for r in kept))
+    history_file = open(history_path, "a")
+
+    bar: Any = None
+
+    def on_student(record: dict) -> None:
+        try:
+            history_file.write(json.dumps(record) + "\n")
+            history_file.flush()
+        except OSError as exc:  # e.g. a full disk: name the file; the students before it are kept
+            raise OSError(exc.errno, f"cannot append to {history_path}: {exc.strerror}; free disk space, then "
+                                     f"n2n-gym compress --resume {run_dir}") from exc
+        bar.update(1)
+        bar.set_postfix_str(f"stage {record['stage']}, update {record['update']}, best reward "
+                            f"{search.best['reward']:.4f}")
+
+    def on_update(s: N2N) -> None:
+        atomic_torch_save(s.state_dict(), state_path)
+
+    search = N2N(args, on_student=on_student, on_update=on_update)
+    if state:
+        search.load_state_dict(state, history=kept)
+    estimate(search.total_evaluations - len(kept))
+    bar = tqdm(total=search.total_evaluations, initial=len(kept), unit="student", desc="n2n-gym compress",
+               disable=not progress, dynamic_ncols=True)
+    if search.best:
+        bar.set_postfix_str(f"best reward {search.best['reward']:.4f}")
+    try:
+        search.run()
+    finally:
+        bar.close()
+        history_file.close()
+    save_policies(search, run_dir / "policies.pt")
+    return search.best
+
+
+class SearchTracker(BudgetTracker):
+    """The budget of a search of ``compress``: a student counts when it is valid and new to
+    this search (by canonical architecture hash), whatever the result cache says. Its cache
+    lives in the run folder, so a resumed search replays the students evaluated before the
+    kill from it (free in time, counted as before) and spends its budget on the same
+    students as an uninterrupted one. ``on_student(info)`` gets each counted student's info."""
+
+    def __init__(self, budget: int, on_student: Callable[[dict], None], **kwargs):
+        super().__init__(budget, **kwargs)
+        self.on_student = on_student
+        self.seen: set[str] = set()
+
+    def observe(self, info: dict, replay: dict, *, update: int | None = None) -> dict | None:
+        counted = info
+        if info.get("valid") and info.get("architecture"):
+            key = Architecture.from_json(info["architecture"]).canonical_hash()
+            counted = {**info, "cached": key in self.seen}
+            self.seen.add(key)
+        row = super().observe(counted, replay, update=update)
+        if row is not None:  # (its "cached": the env's word, i.e. whether it came from the result cache)
+            self.on_student({**info, "update": update})
+        return row
+
+
+def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, fresh: bool, progress: bool,
+                  estimate, log) -> dict | None:
+    """A benchmark agent's search (``n2n_gym.bench.runner.AGENTS``) under the run's budget; its
+    record goes to ``search.jsonl``, which a resumed run reuses instead of searching again.
+    Returns the best student of ``history.jsonl``. A new run (``fresh``) whose agent refuses its
+    settings (``ValueError``/``TypeError``) before any student leaves no run behind."""
+    history_path, record_path = run_dir / "history.jsonl", run_dir / "search.jsonl"
+    budget = search_budget(config, args)
+    if record_path.exists():
+        try:
+            json.loads(record_path.read_text().splitlines()[0])
+            history = read_history(history_path)
+            log(f"the search is done ({record_path}, {len(history)} students): not redone")
+            return _best_of(history)
+        except (ValueError, IndexError):
+            log(f"{record_path} cannot be read: the search runs again (students in its cache are free)")
+    before = len(read_history(history_path))  # students of a killed search: in the cache, replayed free
+    atomic_write_text(history_path, "")
+    history_file = open(history_path, "a")
+    bar = tqdm(total=budget, unit="student", desc=f"n2n-gym compress ({agent})", disable=not progress,
+               dynamic_ncols=True)
+
+    def on_student(info: dict) -> None:
+        record = json_safe({"evaluation": tracker.evaluations - 1, "stage_index": 0,
+                            **{k: v for k, v in info.items() if k not in ("action_mask", "layer_masks")}})
+        try:
+            history_file.write(json.dumps(record) + "\n")
+            history_file.flush()
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot append to {history_path}: {exc.strerror}; free disk space, then "
+                                     f"n2n-gym compress --resume {run_dir}") from exc
+        bar.update(1)
+        bar.set_postfix_str(f"best reward {tracker.best['reward']:.4f}")
+
+    tracker = SearchTracker(budget, on_student)
+    user_kwargs = dict(config.get("env_kwargs") or {})
+    kwargs = {**args.env_kwargs, "protocol": args.protocol, "device": args.device,
+              "cache": str(run_dir / "cache.sqlite")}
+    if before:
+        log(f"the search restarts from its seed: the {before} students evaluated before come from its cache")
+    estimate(max(budget - before, 0))
+    try:
+        out = load_agent(agent)(args.env_id, args.seed, budget, kwargs, dict(config.get("hparams") or {}),
+                                tracker=tracker, wandb_run=None)
+    except (ValueError, TypeError):
+        if fresh and tracker.evaluations == 0:  # e.g. a bad hparam: no run is left behind, the same --out works again
+            history_file.close()
+            for leftover in [history_path, run_dir / "config.json", *run_dir.glob("cache.sqlite*")]:
+                leftover.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+        history_file.close()
+    record = make_record(env_id=args.env_id, agent=agent, hparams=out["hparams"], seed=args.seed,
+                         stage=user_kwargs.get("stage") or AGENTS[agent].default_stage, env_kwargs=user_kwargs,
+                         tracker=tracker, protocol=args.protocol, eval_seed=tracker.context.get("eval_seed"),
+                         extra=out.get("extra"))
+    atomic_write_text(record_path, json.dumps(record) + "\n")
+    return _best_of(read_history(history_path))
+
+
+def _best_of(history: list[dict]) -> dict | None:
+    """The first student of highest reward, then fewest parameters (as the N2N search keeps it)."""
+    best = None
+    for r in history:
+        if best is None or (r["reward"], -r.get("params", 0)) > (best["reward"], -best.get("params", 0)):
+            best = r
+    return best
+
+
+# ---------------------------------------------------------------------------- the run
+def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, log, t_start: float) -> dict:
+    agent = config.get("agent", DEFAULT_AGENT)
+    args = _search_args(config, progress)
+    final_epochs, export = int(config.get("final_epochs", DEFAULT_FINAL_EPOCHS)), bool(config.get("export", True))
+    final_lr = float(config.get("final_lr", 1e-3))
+    compare = tuple(c for c in str(config.get("compare", "magnitude,thin")).split(",") if c)
+
+    def estimate(students: int) -> None:
+        _print_estimate(args, students, final_epochs, 1 + len(compare), log)
+
+    t_search = time.perf_counter()
+    if agent == DEFAULT_AGENT:
+        best = _search_n2n(args, run_dir, resuming, progress, estimate, log)
+    else:
+        best = _search_agent(agent, config, args, run_dir, not resuming, progress, estimate, log)
+    search_seconds = time.perf_counter() - t_search
+    history = read_history(run_dir / "history.jsonl")
+    if best is None or not best.get("valid"):
+        log("no valid student was found; nothing to distil or export")
+        report = {"best": best, "students": len(history)}
+        atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
+        return report
+
+    # ---- final distillation of the best student, exports, report, plots
+    env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
+    try:
+        return _finish(env.unwrapped, config, args, agent, run_dir, best, history, final_epochs, final_lr, export,
+                       compare, search_seconds, log, t_start)
+    finally:
+        env.close()
+
+
+def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Path, best: dict, history: list[dict],
+            final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], search_seconds: float, log,
+            t_start: float) -> dict:
+    arch = Architecture.from_json(best["architecture"])
+    teacher = unwrapped.teacher
+    log(f"final distillation of the best student ({final_epochs} epochs over the training split) ...")
+    module, row = final_distill(unwrapped.evaluator, arch, final_epochs, final_lr, args.seed,
+                                checkpoint=run_dir / "final.ckpt")
+    val_acc, test_acc, final_seconds = row["val_accuracy"], row["test_accuracy"], row["seconds"]
+    reward = n2n_reward(student_params=arch.params, teacher_params=teacher.params, student_accuracy=val_acc,
+                        teacher_accuracy=teacher.val_accuracy).value
+    data = unwrapped.evaluator.data
+    protocol = get_protocol(args.protocol)
+    teacher_row = {"val_accuracy": teacher.val_accuracy, "test_accuracy": teacher.test_accuracy,
+                   "params": teacher.params, "flops": teacher.architecture.flops, "compression": 1.0, "reward": None}
+    search_row = {"val_accuracy": best["accuracy"], "test_accuracy": best["test_accuracy"], "params": best["params"],
+                  "flops": best["flops"], "compression": best["compression"], "reward": best["reward"],
+                  "stage": best["stage"], "evaluation": best["evaluation"]}
+    final_row = {"val_accuracy": val_acc, "test_accuracy": test_acc, "params": arch.params, "flops": arch.flops,
+                 "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
+                 "seconds": final_seconds}
+    others = {}
+    if compare:
+        log(f"the same final distillation for {', '.join(compare)} at the student's size ...")
+        try:
+            others = alternatives(unwrapped.evaluator, unwrapped.start_architecture, arch.params, final_epochs,
+                                  final_lr, args.seed, compare, unwrapped.min_width, checkpoints=run_dir)
+        except ValueError as exc:  # a student smaller than any uniform one: said, not fatal
+            log(f"alternatives not trained: {exc}")
+        for r in others.values():
+            r["reward"] = n2n_reward(student_params=r["params"], teacher_params=teacher.params,
+                                     student_accuracy=r["val_accuracy"], teacher_accuracy=teacher.val_accuracy).value
+    save_student(run_dir, module.cpu(), env_id=args.env_id, teacher=teacher.summary(),
+                 normalization={"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"},
+                 metrics=final_row, search_metrics=search_row)
+    t_export = time.perf_counter()
+    exports = export_student(module, run_dir) if export else {}
+    latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
+    export_seconds = time.perf_counter() - t_export
+    plots = _plots(run_dir, history, final_row, "N2N" if agent == DEFAULT_AGENT else agent)
+    table = _report_table(teacher_row, search_row, final_row, protocol.name, others)
+    n_val, n_test = len(data.val_idx), len(data.y_test)
+    notes = (
+        f"Accuracies: teacher on the whole validation ({n_val}) and test ({n_test}) splits. Search rows are "
+        f"LOW FIDELITY: protocol '{protocol.name}' ({protocol.epochs} epoch(s) of distillation on "
+        f"{protocol.train_images or 'all'} training images, scored on {min(protocol.val_images or n_val, n_val)} "
+        f"validation / {min(protocol.test_images or n_test, n_test)} test images); they are what the reward "
+        f"used. Final rows: after the final distillation ({final_epochs} epochs over the whole training split), "
+        f"on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
+        f"FLOPs: 2 per multiply-accumulate.")
+    total_seconds = time.perf_counter() - t_start
+    report = {
+        "env_id": args.env_id, "run_dir": str(run_dir), "agent": agent, "args": dataclasses.asdict(args),
+        "final_epochs": final_epochs, "teacher": teacher_row, "search_best": search_row, "final": final_row,
+        "alternatives": {k: {f: v for f, v in r.items() if f != "architecture"} for k, r in others.items()},
+        "students": len(history),
+        "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
+        "student_architecture": arch.to_dict(), "exports": exports, "latency": latency, "plots": plots,
+        "seconds": {"total_this_invocation": total_seconds, "search": search_seconds, "final_distillation": final_seconds,
+                    "export": export_seconds},
+        "notes": notes,
+    }
+    if agent != DEFAULT_AGENT:
+        record = json.loads((run_dir / "search.jsonl").read_text().splitlines()[0])
+        report["search"] = {"agent": agent, "hparams": record["hparams"], "budget": record["budget"],
+                            "record": str(run_dir / "search.jsonl")}
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
+    text = (f"{table}\n\n{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
+            f"{len(history)}; {report['distinct_students']} distinct students; "
+            f"{total_seconds:.0f} s (search {search_seconds:.0f} s, final distillation {final_seconds:.0f} s, "
+            f"export and latency {export_seconds:.0f} s)\n\n{_latency_text(latency)}{arch.table()}\n")
+    atomic_write_text(run_dir / "report.txt", text)
+    return report
+
+
+# ---------------------------------------------------------------------------- report parts
+def _latency(run_dir: pathlib.Path, teacher, arch, exports: dict, rounds: int) -> dict | None:
+    """Teacher against student through the exported files (``n2n_gym.evaluation.deploy.compare``), or
+    ``None`` when skipped; a runtime that fails is reported, never fatal to the run."""
+    if rounds <= 0 or not exports:
+        return None
+    from n2n_gym.evaluation import deploy
+
+    teacher_files = export_student(teacher.module.cpu(), run_dir, stem="teacher")
+    files = {who: {rt: f[key] for rt, key in (("onnxruntime", "onnx"), ("torch.export", "torch.export"))
+                   if key in f and not f[key].startswith("failed")} for who, f in (("teacher", teacher_files),
+                                                                                      ("student", exports))}
+    try:
+        return deploy.compare(files["teacher"], files["student"], arch.input_shape, (1, 256), rounds=rounds,
+                              teacher_params=teacher.params, student_params=arch.params,
+                              teacher_flops=teacher.architecture.flops, student_flops=arch.flops)
+    except (ValueError, RuntimeError, OSError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _latency_text(latency: dict | None) -> str:
+    if latency is None:
+        return ""
+    if "error" in latency:
+        return f"latency not measured: {latency['error']}\n\n"
+    from n2n_gym.evaluation.deploy import table
+
+    return f"Inference through the exported files (teacher.* vs student.*):\n\n{table(latency)}\n\n"
+
+
+def _plots(run_dir: pathlib.Path, history: list[dict], final: dict | None, searcher: str = "N2N") -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    colors = {"remove": "tab:blue", "shrink": "tab:orange", "joint": "tab:green"}
+    # reward and best so far vs evaluations
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs = [r["evaluation"] for r in history]
+    for stage in dict.fromkeys(r["stage"] for r in history):
+        rows = [r for r in history if r["stage"] == stage]
+        ax.scatter([r["evaluation"] for r in rows], [r["reward"] for r in rows], s=10, alpha=0.6,
+                   color=colors.get(stage), label=f"stage {stage}")
+    best, curve = -math.inf, []
+    for r in history:
+        best = max(best, r["reward"])
+        curve.append(best)
+    ax.plot(xs, curve, color="black", lw=1.5, label="best so far")
+    starts = [r["evaluation"] for a, r in zip(history, history[1:]) if a["stage_index"] != r["stage_index"]]
+    for s in starts:
+        ax.axvline(s - 0.5, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("student evaluations")
+    ax.set_ylabel("reward R = Rc * Ra (-1: invalid)")
+    ax.set_ylim(max(-1.05, min([r["reward"] for r in history] + [0]) - 0.05), 1.02)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{searcher} search: reward per evaluated student")
+    fig.tight_layout()
+    fig.savefig(run_dir / "rewards.png", dpi=120)
+    plt.close(fig)
+    paths.append(str(run_dir / "rewards.png"))
+
+    # accuracy vs params, Pareto front
+    valid = [r for r in history if r.get("valid")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for stage in dict.fromkeys(r["stage"] for r in valid):
+        rows = [r for r in valid if r["stage"] == stage]
+        ax.scatter([r["params"] for r in rows], [100 * r["accuracy"] for r in rows], s=10, alpha=0.5,
+                   color=colors.get(stage), label=f"students, stage {stage}")
+    if valid:
+        uniq = {r["architecture"]: r for r in valid}
+        pts = [(r["params"], r["accuracy"]) for r in uniq.values()]
+        front = pareto_front(pts)
+        ax.step([p for p, _ in front], [100 * a for _, a in front], where="post", color="red", lw=1.2)
+        ax.scatter([p for p, _ in front], [100 * a for _, a in front], s=25, facecolors="none", edgecolors="red",
+                   label="Pareto front")
+        t = valid[0]
+        ax.scatter([t["teacher_params"]], [100 * t["teacher_accuracy"]], marker="*", s=150, color="black",
+                   label="teacher")
+    if final:
+        ax.scatter([final["params"]], [100 * final["val_accuracy"]], marker="D", s=50, color="green",
+                   label="best student, final distillation")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("accuracy vs size: students at search time (low fidelity);\n"
+                 "teacher and final student on the whole validation split", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "pareto.png", dpi=120)
+    plt.close(fig)
+    paths.append(str(run_dir / "pareto.png"))
+    return paths
+
+
+def _report_table(teacher: dict, search: dict, final: dict | None, protocol: str,
+                  others: dict | None = None) -> str:
+    rows = [("teacher", teacher), (f"best student, search ({protocol} protocol)", search)]
+    if final:
+        rows.append(("best student, final distillation", final))
+    rows += [(f"{ALTERNATIVE_LABELS[k]}, same size", r) for k, r in (others or {}).items()]
+    head = f"{'':<42} {'val acc':>8} {'test acc':>8} {'params':>10} {'FLOPs':>12} {'compr.':>7} {'reward':>7}"
+    lines = [head, "-" * len(head)]
+    for name, r in rows:
+        comp = f"{r['compression']:.2f}x" if r.get("compression") else "1.00x"
+        rew = f"{r['reward']:.4f}" if r.get("reward") is not None else "-"
+        lines.append(f"{name:<42} {format_accuracy(r['val_accuracy']):>8} {format_accuracy(r['test_accuracy']):>8} "
+                     f"{format_count(r['params']):>10} {format_count(r['flops']):>12} {comp:>7} {rew:>7}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ALTERNATIVE_LABELS",
+    "DEFAULT_FINAL_EPOCHS",
+    "RUNS_ROOT",
+    "RUN_FILES",
+    "CompressError",
+    "SearchTracker",
+    "compress",
+    "n2n_updates",
+    "read_history",
+    "search_budget",
+]
