@@ -330,3 +330,15 @@ def test_compress_agent_settings_are_checked_before_a_run_folder(tmp_path, capsy
     assert cli.main(["compress", "--agent", "random", "--hparams", '{"foo": 1}', *AGENT_RUN, "--out", str(run)]) == 2
     assert "random search has no hyperparameters" in capsys.readouterr().err
     assert not (run / "config.json").exists() and not (run / "history.jsonl").exists()
+
+
+def test_compress_budget_sets_the_n2n_updates():
+    from n2n_gym.compress import _search_args, n2n_updates, search_budget
+
+    assert n2n_updates(300, ["remove", "shrink"], 5) == "20,40"  # the defaults' 300 students
+    assert n2n_updates(10, ["joint"], 5) == "2" and n2n_updates(7, ["remove", "shrink"], 5) == "1,1"
+    config = {"env_id": "N2N-DigitsNet-Digits-v0", "protocol": "tiny", "rollouts": 2, "agent": "n2n", "budget": 12}
+    args = _search_args(config, progress=False)
+    assert args.updates == "2,4" and search_budget(config, args) == 12
+    args = _search_args({**config, "budget": None, "agent": "random"}, progress=False)
+    assert args.updates == "20,40" and search_budget({"budget": None}, args) == 120  # updates x rollouts
