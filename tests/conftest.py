@@ -143,6 +143,18 @@ def digits_data():
     return load_dataset("digits")
 
 
+#: The env_kwargs of every benchmark-runner test run: the small shared teacher recipe.
+BENCH_ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+
+
+def bench(agent: str, budget: int = 2, seed: int = 0, **kw) -> dict:
+    """One benchmark-runner run of ``agent`` on the embedded env (tiny protocol, CPU): its record."""
+    from n2n_gym.bench import runner
+
+    kw.setdefault("env_kwargs", dict(BENCH_ENV_KWARGS))
+    return runner.run_one("N2N-DigitsNet-Digits-v0", agent, seed, budget, protocol="tiny", device="cpu", **kw)
+
+
 def shared_data_root(*required: str) -> pathlib.Path:
     """``$N2N_DATA`` as a path; skips the test if it is unset or lacks ``required`` files."""
     root = os.environ.get("N2N_DATA")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +18,21 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_DIGITS_RECIPE
+
+import n2n_gym
+from n2n_gym.teachers import registry as reg
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-from conftest import SMALL_DIGITS_RECIPE, subprocess_env
+from conftest import subprocess_env
 
 ENV_KWARGS = json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE})
+
+
 SEARCH = ["--protocol", "tiny", "--updates", "2,2", "--rollouts", "2", "--seed", "3", "--env-kwargs", ENV_KWARGS,
           "--final-epochs", "1", "--latency-rounds", "1", "--no-progress"]
+
+
 TIMEOUT = 300
 
 
@@ -206,7 +215,6 @@ def test_compress_refuses_an_unwritable_run_folder_before_the_search(tmp_path):
 
 
 def test_compress_resume_never_unpickles_code_from_the_run_folder(full_run, tmp_path):
-    import shutil
 
     from n2n_gym.cli import main
 
@@ -266,7 +274,6 @@ def test_compress_with_a_benchmark_agent(random_run, capsys):
 
 
 def test_compress_agent_resume_does_not_redo_a_finished_search(random_run, tmp_path, capsys):
-    import shutil
 
     from n2n_gym.cli import main
 
@@ -287,7 +294,6 @@ def test_compress_agent_resume_does_not_redo_a_finished_search(random_run, tmp_p
 def test_compress_agent_resume_after_a_kill_in_the_search(random_run, tmp_path, capsys):
     """A search killed after 2 of its 4 students: the resumed search replays them from the run's
     result cache (free, counted as before) and ends with the uninterrupted run's students."""
-    import shutil
 
     from n2n_gym.cli import main
 
@@ -342,3 +348,87 @@ def test_compress_budget_sets_the_n2n_updates():
     assert args.updates == "2,4" and search_budget(config, args) == 12
     args = _search_args({**config, "budget": None, "agent": "random"}, progress=False)
     assert args.updates == "20,40" and search_budget({"budget": None}, args) == 120  # updates x rollouts
+
+
+# ---------------------------------------------------------------------------- F: CLI values
+@pytest.mark.parametrize("argv, message", [
+    (["compress", "--stages", "foo"], "stages must be a comma-separated list"),
+    (["compress", "--stages", ""], "stages must be a comma-separated list"),
+    (["compress", "--updates", "-1"], "updates must be one integer >= 1"),
+    (["compress", "--updates", "0"], "updates must be one integer >= 1"),
+    (["compress", "--rollouts", "0"], "rollouts must be >= 1"),
+    (["compress", "--lr-remove", "nan"], "lr_remove must be a finite number"),
+    (["bench", "--agent", "random", "--budget", "-5"], "argument --budget: must be >= 1, got -5"),
+    (["bench", "--agent", "random", "--seeds", "x"], "argument --seeds: must be an integer"),
+    (["bench", "--agent", "random", "--env-kwargs", "{bad"], "argument --env-kwargs: not valid JSON"),
+    (["bench", "--agent", "random", "--env-kwargs", '{"min_width": 0}'], "min_width must be >= 1"),
+    (["episode", "--episodes", "0"], "argument --episodes: must be >= 1"),
+    (["validate", "x.jsonl", "--tolerance", "-1"], "argument --tolerance: must be a finite number >= 0"),
+])
+def test_cli_value_errors_are_one_line_without_traceback(argv, message, capsys, tmp_path, monkeypatch):
+    from n2n_gym import cli
+
+    monkeypatch.chdir(tmp_path)  # compress must not leave a run folder behind
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    err = capsys.readouterr().err + str(exc.value.code if isinstance(exc.value.code, str) else "")
+    assert exc.value.code not in (0, None)
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_compress_resume_cleans_leftover_temp_files(tmp_path, capsys):
+    from n2n_gym import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.pt.tmp999999999").write_bytes(b"half")
+    with pytest.raises(SystemExit, match="holds no config.json"):
+        cli.main(["compress", "--resume", str(run)])
+    assert not (run / "state.pt.tmp999999999").exists()
+
+
+DIGITS_PIN = reg.pins()["digitsnet-digits"]
+
+
+def _teacher_cli(capsys, *args: str) -> tuple[int, str]:
+    from n2n_gym.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().out
+
+
+def test_teacher_list_and_verify(capsys) -> None:
+    code, out = _teacher_cli(capsys, "teacher", "list", "--no-estimate")
+    assert code == 0
+    for env_id in n2n_gym.ENVS:
+        assert env_id in out
+    assert DIGITS_PIN.sha256[:12] in out
+    code, out = _teacher_cli(capsys, "teacher", "list", "--json", n2n_gym.DEFAULT_ENV_ID)
+    rows = json.loads(out)
+    assert rows[0]["pin"] == "digitsnet-digits" and rows[0]["present"] and rows[0]["estimated_train_seconds"] > 0
+    code, out = _teacher_cli(capsys, "teacher", "verify", n2n_gym.DEFAULT_ENV_ID)
+    assert code == 0 and "OK: the pinned teacher" in out, out
+
+
+BENCH_ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+
+
+# ---------------------------------------------------------------------------- files of the user's
+def test_compress_never_overwrites_files_of_the_users_out_folder(digits_teacher, tmp_path, capsys):
+    """Issue 21 (remaining 3): ``compress --out DIR`` with DIR a folder of the user's overwrote its
+    config.json, report.json and student.pt; the run now goes to a fresh sub-folder, said in one line."""
+    from n2n_gym.cli import main
+
+    mine = {"config.json": "my config", "report.json": "my report", "student.pt": "my weights", "notes.txt": "x"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    assert main(["compress", "--protocol", "tiny", "--updates", "1,1", "--rollouts", "1", "--seed", "3",
+                 "--env-kwargs", json.dumps(BENCH_ENV_KWARGS), "--final-epochs", "1", "--latency-rounds", "1",
+                 "--no-progress", "--no-export", "--out", str(tmp_path)]) == 0
+    assert {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()} == mine
+    runs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(runs) == 1 and (runs[0] / "student.pt").is_file() and (runs[0] / "history.jsonl").is_file()
+    err = capsys.readouterr().err
+    assert f"holds files that are not an n2n-gym run: this run goes to {runs[0]}" in err

@@ -10,11 +10,12 @@ keyword arguments fail in Python's own wording.
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
-import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -26,11 +27,15 @@ from conftest import SMALL_DIGITS_RECIPE, make_digits_env, subprocess_env
 from gymnasium.utils.env_checker import check_env as gym_check_env
 
 import n2n_gym
-from n2n_gym.ir.encoding import NUM_FEATURES, OBSERVATIONS
 from n2n_gym.envs.wrappers import BudgetTracker, BudgetWrapper, private_cache
+from n2n_gym.ir.encoding import NUM_FEATURES, OBSERVATIONS
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
 ENV_ID = n2n_gym.DEFAULT_ENV_ID
+
+
 TINY = {"protocol": "tiny", "teacher_recipe": dict(SMALL_DIGITS_RECIPE), "progress": False, "device": "cpu"}
 
 
@@ -271,3 +276,29 @@ def test_ci_turns_missing_package_skips_into_failures(pytester, monkeypatch, ci)
         result.stdout.fnmatch_lines(["*CI=true: skipped for a missing package*"])
     else:
         result.assert_outcomes(skipped=2)
+
+
+# ---------------------------------------------------------------------------- the README example
+EXAMPLE = REPO / "examples" / "cleanrl_style.py"
+
+
+def test_readme_snippet_runs(digits_teacher, capsys):
+    doc = ast.get_docstring(ast.parse(EXAMPLE.read_text()))
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    assert 'protocol="fast"' in code and "range(30)" in code
+    code = code.replace('protocol="fast"', f'protocol="tiny", teacher_recipe={SMALL_DIGITS_RECIPE!r}, '
+                                           f'progress=False, device="cpu"').replace("range(30)", "range(3)")
+    exec(compile(code, str(EXAMPLE), "exec"), {})
+    assert len(re.findall(r"reward [-0-9.]+ ", capsys.readouterr().out)) == 3
+
+
+def test_example_script_main(digits_teacher):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cleanrl_style", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    best = mod.main(["--episodes", "2", "--protocol", "tiny",
+                     "--env-kwargs", f'{{"teacher_recipe": {__import__("json").dumps(SMALL_DIGITS_RECIPE)}, '
+                                     f'"progress": false, "device": "cpu"}}'])
+    assert len(best["actions"]) == 9 and best["reward"] <= 1.0

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of issue 11's two contracts:
+"""Property-based tests (hypothesis) of two contracts of the env:
 
 1. every invalid argument fails at construction (``TypeError`` / ``ValueError`` /
    ``FileNotFoundError`` naming it), every valid combination constructs;

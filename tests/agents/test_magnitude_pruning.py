@@ -1,57 +1,13 @@
-"""The search baselines of issue 15 (agents/optuna_tpe.py, agents/evolution.py,
-agents/magnitude_pruning.py) through the benchmark runner, on the embedded digits env
-with the tiny protocol and the small shared teacher recipe of conftest.py."""
+"""n2n_gym.agents.magnitude_pruning: the target size, replay and uniform ratio, through the benchmark
+runner on the embedded digits env (tiny protocol, the small shared teacher recipe of conftest.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from test_baselines import ENV_KWARGS, bench  # one runner call for every agent test
+from conftest import bench  # one runner call for every agent test
 
-from n2n_gym.agents import evolution, magnitude_pruning
+from n2n_gym.agents import magnitude_pruning
 from n2n_gym.bench import validate
-from n2n_gym.bench.records import read_records
-
-SEARCHERS = ("optuna_tpe", "evolution")
-
-
-@pytest.mark.parametrize("agent", SEARCHERS)
-def test_searchers_spend_exactly_their_budget_and_never_take_a_forbidden_action(agent, digits_teacher, tmp_path):
-    # illegal_action="invalid": one forbidden action would make a student invalid
-    results = tmp_path / "r.jsonl"
-    record = bench(agent, budget=4, results=results, env_kwargs={**ENV_KWARGS, "illegal_action": "invalid"})
-    b = record["budget"]
-    assert b["evaluations"] == 4 and b["stop_reason"] == "budget" and b["invalid_episodes"] == 0
-    assert record["curve"]["best_reward"][-1] == pytest.approx(record["best"]["reward"])
-    assert len(record["best"]["actions"]) == 9 and record["stage"] == "joint"
-    assert read_records(results) == [record]
-
-
-@pytest.mark.parametrize("agent,stage", [("optuna_tpe", "remove"), ("evolution", "shrink")])
-def test_searchers_run_on_any_stage(agent, stage, digits_teacher):
-    record = bench(agent, budget=2, stage=stage)
-    assert record["best"]["replay"]["stage"] == stage and record["budget"]["evaluations"] == 2
-
-
-def test_tpe_is_deterministic_per_seed(digits_teacher):
-    a, b = bench("optuna_tpe", budget=3, seed=4), bench("optuna_tpe", budget=3, seed=4)
-    assert [r[-1] for r in a["students"]["data"]] == [r[-1] for r in b["students"]["data"]]
-
-
-def test_evolution_mutates_one_allowed_layer():
-    rng = np.random.default_rng(0)
-    choices = [np.array([9]), np.array([0, 3, 9]), np.array([1, 2]), np.array([5])]
-    parent = [9, 3, 1, 5]
-    for _ in range(50):
-        child = evolution.mutate(parent, choices, rng)
-        diff = [t for t in range(4) if child[t] != parent[t]]
-        assert len(diff) == 1 and diff[0] in (1, 2) and child[diff[0]] in choices[diff[0]]
-
-
-def test_aging_evolution_keeps_the_population_size(digits_teacher):
-    record = bench("evolution", budget=6, hparams={"population": 3, "sample_size": 2})
-    assert record["hparams"] == {"population": 3, "sample_size": 2}
-    assert record["extra"]["cycles"] >= 3  # 3 random genomes, then children
 
 
 # ---------------------------------------------------------------------------- magnitude pruning

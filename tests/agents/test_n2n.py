@@ -6,7 +6,9 @@ uses the Gymnasium API, so any env with the same observation layout and info key
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
 import sys
 
 import gymnasium as gym
@@ -15,9 +17,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 from n2n_gym.agents import n2n as agent
-
 from n2n_gym.ir.encoding import COLUMN, NUM_FEATURES
 
 MAX_LAYERS = 12
@@ -283,8 +284,6 @@ def test_random_search_has_no_policy():
 
 
 def test_script_help():
-    import os
-    import subprocess
 
     from conftest import subprocess_env
 
@@ -349,3 +348,15 @@ def test_the_search_does_not_depend_on_what_the_env_cache_holds():
     plain = agent.N2N(_args(env_id="AgentTestToy-v0", **kw)).run()
     caching = agent.N2N(_args(env_id="AgentTestCachingToy-v0", **kw)).run()
     assert [r["actions"] for r in plain] == [r["actions"] for r in caching]
+
+
+def test_agent_scripts_report_bad_settings_as_usage_errors(capsys):
+    from n2n_gym.agents import n2n, tas
+
+    for parse, argv, message in ((n2n.parse_args, ["--rollouts", "0"], "rollouts must be >= 1"),
+                                 (n2n.parse_args, ["--baseline", "median"], "baseline must be one of"),
+                                 (tas.parse_args, ["--flops-ratio", "1.5"], "flops_ratio must be <= 1"),
+                                 (tas.parse_args, ["--tau-max", "0.01"], "tau_max must be >= 0.1")):
+        with pytest.raises(SystemExit) as exc:
+            parse(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 
+import gymnasium as gym
 import pytest
 import torch
 import torch.nn.functional as F
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 from conftest import SMALL_DIGITS_RECIPE
+
+import n2n_gym
 from n2n_gym.agents.tas import (
     TAS,
     Args,
@@ -28,15 +28,12 @@ from n2n_gym.agents.tas import (
     search,
     tau_at,
 )
-from n2n_gym.bench.records import read_records
-
+from n2n_gym.data.datasets import dataset_info, load_dataset
 from n2n_gym.ir.arch import Architecture
 from n2n_gym.ir.build import build
-from n2n_gym.data.datasets import dataset_info
 from n2n_gym.ir.edits import apply_decisions
 from n2n_gym.ir.zoo import teacher_architecture
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 SHAPES = {"digitsnet": (1, 8, 8), "resnet20": (3, 16, 16), "resnet56": (3, 32, 32), "vgg11": (3, 32, 32),
           "resnet18": (3, 32, 32), "resnet34": (3, 32, 32)}
 
@@ -277,9 +274,7 @@ def test_tiny_search_end_to_end_on_the_embedded_env(tmp_path):
     assert student.flops == record["flops"] == tas.result.architecture.flops
     assert record["flops_ratio"] == pytest.approx(student.flops / teacher_architecture("digitsnet", (1, 8, 8)).flops)
     # the actions replay to the same student in a fresh env
-    import gymnasium as gym
 
-    import n2n_gym
 
     env = gym.make(n2n_gym.DEFAULT_ENV_ID, stage="joint", ratios=args.ratio_list(), protocol="tiny",
                    teacher_recipe=dict(SMALL_DIGITS_RECIPE), progress=False)
@@ -308,7 +303,6 @@ def test_script_arguments(capsys):
 def test_budget_sizes_the_search_and_the_runner_runs_tas(monkeypatch):
     from n2n_gym.agents.tas import evaluation_epochs, steps_for_budget
     from n2n_gym.bench import runner
-
     from n2n_gym.evaluation.protocols import get_protocol
 
     arch = teacher_architecture("digitsnet", (1, 8, 8), 10)
@@ -328,28 +322,14 @@ def test_budget_sizes_the_search_and_the_runner_runs_tas(monkeypatch):
     student = Architecture.from_json(record["best"]["architecture"])
     assert student.flops == record["best"]["flops"]
     # the budget of 3 tiny evaluations buys about 2 evaluations' worth of search (an estimate)
-    from n2n_gym.data.datasets import load_dataset
 
     want = 2 * evaluation_epochs(get_protocol("tiny"), len(load_dataset("digits").train_idx))
     assert want / 2 < tas["student_epochs"] < 2 * want, (tas["student_epochs"], want)
 
 
-def test_tas_vs_n2n_runs_both_at_one_budget_and_reports_their_compute(tmp_path):
-    from n2n_gym.benchmarks import tas_vs_n2n
+@pytest.mark.parametrize("ratio", [1.5, -0.2, 0.0])
+def test_tas_flops_ratio_outside_0_1_is_refused(ratio):
+    from n2n_gym.agents.tas import Args
 
-    results = tmp_path / "results.jsonl"
-    argv = ["--budget", "2", "--seeds", "0", "--protocol", "tiny", "--results", str(results), "--out", str(tmp_path),
-            "--env-kwargs", json.dumps({"teacher_recipe": dict(SMALL_DIGITS_RECIPE)})]
-    with pytest.raises(SystemExit, match="add --run"):
-        tas_vs_n2n.main(argv[:6] + ["--results", str(FIXTURES / "bench-records.jsonl")])
-    result = tas_vs_n2n.main(argv + ["--run"])
-    n2n, tas = result["runs"]["n2n"][0], result["runs"]["tas"][0]
-    assert n2n["evaluations"] == 2 and tas["evaluations"] == 1
-    # an RL evaluation costs epochs_per_evaluation; TAS reports what its search really spent
-    # (at least one step of batch 256 here, which is more than 2 tiny evaluations)
-    assert n2n["student_epochs"] == pytest.approx(2 * result["epochs_per_evaluation"])
-    assert tas["student_epochs"] > result["epochs_per_evaluation"]
-    assert (tmp_path / "tas_vs_n2n_n2n-digitsnet-digits-v0.png").stat().st_size > 0
-    assert len(read_records(results)) == 2
-    tas_vs_n2n.main(argv + ["--run"])  # nothing missing: runs nothing
-    assert len(read_records(results)) == 2
+    with pytest.raises(ValueError, match="flops_ratio must be"):
+        Args(flops_ratio=ratio)

@@ -1,20 +1,33 @@
-"""The leaderboard's statistics (benchmarks/leaderboard.py, rliable): interquartile means
-with stratified-bootstrap intervals, probability of improvement over random search,
-ranks only where intervals separate, the anytime AUC, performance profiles; seeded."""
+"""n2n_gym.bench.leaderboard: the statistics (rliable): interquartile means with
+stratified-bootstrap intervals, probability of improvement over random search, ranks only
+where intervals separate, the anytime AUC, performance profiles (seeded); the rendered tables
+and plots, W&B projects as a source, and the records it skips."""
 
 from __future__ import annotations
 
 import copy
+import csv
+import io
+import json
 import pathlib
+import sys
+import uuid
 
 import numpy as np
 import pytest
+from conftest import SMALL_DIGITS_RECIPE
 from scipy import stats
 
-from n2n_gym.bench import leaderboard
-from n2n_gym.bench.records import read_records
+from n2n_gym.bench import leaderboard, runner
+from n2n_gym.bench.records import (
+    FLOP_CONVENTION,
+    append_record,
+    read_records,
+)
 
-FIXTURE_RECORDS = pathlib.Path(__file__).parent / "fixtures" / "bench-records.jsonl"
+FIXTURE_RECORDS = pathlib.Path(__file__).parents[1] / "fixtures" / "bench-records.jsonl"
+
+
 REPS = 500  # enough for the properties tested, fast on 2 cores
 
 
@@ -92,7 +105,7 @@ def test_leaderboard_ranks_ties_and_renders_deterministically(tmp_path):
 
 def test_at_evaluations_scores_each_run_by_its_first_n_students(tmp_path):
     # real records of the digits baselines (50 evaluations each, n2n and magnitude among them)
-    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "results" / "baselines-digits-50.jsonl"
+    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "results" / "baselines-digits-50.jsonl"
     records = read_records(path)
     for r in records:
         cut = leaderboard.at_evaluations(r, 10)
@@ -141,3 +154,201 @@ def test_one_seed_per_agent_gets_no_interval_no_p_and_no_rank_and_says_so(tmp_pa
         assert row["rank"] is None and row["best_reward_ci_low"] is None and row["p_improvement"] is None
     # with two seeds or more an agent is ranked as before
     assert leaderboard.iqm_intervals({"a": [0.1, 0.3]}, reps=100)["a"][1] is not None
+
+
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures"
+
+
+def test_leaderboard_ranks_by_separated_intervals():
+    records = read_records(FIXTURE_RECORDS)
+    (sec,) = leaderboard.leaderboard(records, reps=500)
+    rows = sec["rows"]
+    assert [r["rank"] for r in rows] == sorted(r["rank"] for r in rows) and rows[0]["rank"] == 1
+    for row in rows:  # rank = 1 + the agents whose interval lies entirely above
+        above = [o for o in rows if o["best_reward_ci_low"] > row["best_reward_ci_high"]]
+        assert row["rank"] == 1 + len(above)
+    by_agent = {}
+    for r in records:
+        by_agent.setdefault(r["agent"], []).append(r["best"]["reward"])
+    for row in rows:
+        rewards = by_agent[row["agent"]]
+        assert row["best_reward_mean"] == pytest.approx(sum(rewards) / len(rewards))
+        assert row["seeds"] == len(rewards)
+    r0 = records[0]
+    drop = r0["teacher"]["test_accuracy"] - r0["best"]["test_accuracy"]
+    assert leaderboard.accuracy_drop(r0, "test") == pytest.approx(drop)
+
+
+def test_a_labelled_variant_gets_its_own_leaderboard_row():
+    records = read_records(FIXTURE_RECORDS)
+    agent = records[0]["agent"]
+    variant = [{**copy.deepcopy(r), "label": f"{agent} tuned"} for r in records if r["agent"] == agent]
+    for r in variant:
+        r["best"]["reward"] = 2.0
+    (sec,) = leaderboard.leaderboard(records + variant, reps=500)
+    labels = [row["agent"] for row in sec["rows"]]
+    assert labels[0] == f"{agent} tuned" and agent in labels
+    assert sec["rows"][0]["seeds"] == len(variant)
+    assert runner._key(variant[0]) != runner._key(records[0])  # --skip-existing tells them apart
+
+
+def test_window_means_of_the_learning_plot():
+    assert leaderboard.window_means([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.5, 3.5, 5.0]
+    assert leaderboard.window_means([], 5) == []
+
+
+@pytest.mark.parametrize("fmt", ["md", "csv", "html"])
+def test_leaderboard_renders_tables_and_plots(tmp_path, fmt, capsys):
+    out = tmp_path / "lb"
+    assert leaderboard.main([str(FIXTURE_RECORDS), "--format", fmt, "--out", str(out), "--reps", "500"]) == 0
+    table = (out / f"leaderboard.{fmt}").read_text()
+    pngs = sorted(out.glob("*.png"))
+    assert [p.name.split("-")[0] for p in pngs] == ["anytime", "learning", "pareto", "profile"]
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+    agents = {r["agent"] for r in read_records(FIXTURE_RECORDS)}
+    assert all(a in table for a in agents)
+    if fmt == "md":
+        assert "| rank | agent |" in table and "±" in table and f"({pngs[0].name})" in table
+        assert FLOP_CONVENTION in table
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(table)))
+        assert {r["agent"] for r in rows} == agents and rows[0]["rank"] == "1"
+        assert float(rows[0]["best_reward_iqm"]) >= float(rows[-1]["best_reward_iqm"])
+    else:
+        assert table.startswith("<!DOCTYPE html>") and "<table>" in table and "<img" in table
+    # without --out: the table on stdout
+    capsys.readouterr()
+    assert leaderboard.main([str(FIXTURE_RECORDS), "--format", fmt, "--reps", "500"]) == 0
+    printed = capsys.readouterr().out
+    assert all(a in printed for a in agents)
+
+
+def test_leaderboard_skips_a_cut_line(tmp_path, capsys):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(FIXTURE_RECORDS.read_bytes() + b'{"format": "n2n-gym-bench", "env_id": "N2N-Di')
+    assert leaderboard.main([str(path), "--reps", "500"]) == 0
+    n = len(FIXTURE_RECORDS.read_bytes().splitlines()) + 1
+    assert f"skipped {path}#{n}: not valid JSON" in capsys.readouterr().err
+
+
+def test_pareto_front():
+    pts = [(10, 0.5), (20, 0.4), (20, 0.7), (30, 0.6), (40, 0.9), (5, 0.1)]
+    assert leaderboard.pareto_front(pts) == [(5, 0.1), (10, 0.5), (20, 0.7), (40, 0.9)]
+
+
+def test_leaderboard_reads_a_wandb_project(monkeypatch, capsys):
+    import types
+
+    records = read_records(FIXTURE_RECORDS)
+
+    class FakeRun:
+        def __init__(self, record):
+            self.summary = {"n2n_record": json.dumps({k: v for k, v in record.items() if k != "students"})}
+            self.path = ["me", "n2n", record["run_id"][:8]]
+
+    class FakeApi:
+        def runs(self, path):
+            assert path == "me/n2n"
+            return [FakeRun(r) for r in records] + [types.SimpleNamespace(summary={}, path=["me", "n2n", "x"])]
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=FakeApi))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    loaded = leaderboard.load([], wandb_project="me/n2n")
+    assert [r["run_id"] for r in loaded] == [r["run_id"] for r in records]
+    assert loaded[0]["source"].startswith("wandb:me/n2n/")
+    # local records and the same runs on W&B are counted once
+    assert len(leaderboard.load([FIXTURE_RECORDS], wandb_project="me/n2n")) == len(records)
+    assert leaderboard.main(["--wandb-project", "me/n2n"]) == 0
+    assert "maskable_ppo" in capsys.readouterr().out
+
+
+def _fixture_record() -> dict:
+    return json.loads(FIXTURE_RECORDS.read_text().splitlines()[0])
+
+
+def _write(path: pathlib.Path, *records: dict, raw: str = "") -> pathlib.Path:
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.write(raw)
+    return path
+
+
+def test_leaderboard_skips_and_lists_records_with_nan_or_failing_schema(tmp_path, capsys):
+    from n2n_gym.bench import leaderboard
+
+    good = _fixture_record()
+    nan = copy.deepcopy(good)
+    nan["run_id"], nan["best"]["reward"] = uuid.uuid4().hex, float("nan")
+    broken = {"format": "n2n-gym-bench", "run_id": uuid.uuid4().hex}
+    path = _write(tmp_path / "r.jsonl", good, nan, broken, raw='{"cut')
+    assert leaderboard.main([str(path), "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert good["agent"] in captured.out
+    assert f"skipped {path}#2: non-finite value(s) at best.reward" in captured.err
+    assert f"skipped {path}#3: missing field" in captured.err
+    assert f"skipped {path}#4: not valid JSON" in captured.err
+    assert "skipped 3 record(s)" in captured.err
+
+
+ENV_ID = "N2N-DigitsNet-Digits-v0"
+
+
+ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+
+
+# ---------------------------------------------------------------------------- results files
+@pytest.fixture(scope="module")
+def genuine_record(digits_teacher) -> dict:
+    """One real record: random search, 2 evaluations, tiny protocol."""
+    return runner.run_one(ENV_ID, "random", 0, 2, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
+
+
+def _copy(record: dict, **change) -> dict:
+    """``record`` with a new run id and ``change`` (dotted keys reach into objects)."""
+    r = copy.deepcopy(record)
+    r["run_id"] = uuid.uuid4().hex
+    for dotted, value in change.items():
+        *parents, last = dotted.split("__")
+        target = r
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    return r
+
+
+# ---------------------------------------------------------------------------- the leaderboard
+def test_a_copied_run_counts_once_on_the_leaderboard(genuine_record, tmp_path, capsys):
+    """Issue 21 (remaining 9): the same record twice, or under a new run id in another file,
+    counted as one more seed."""
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    append_record(first, genuine_record)
+    append_record(first, genuine_record)  # the same line twice
+    append_record(second, _copy(genuine_record))  # the same run under a new run id, in another file
+    records = leaderboard.load([first, second])
+    assert len(records) == 1
+    other_seed = runner.run_one(ENV_ID, "random", 1, 2, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
+    append_record(second, other_seed)
+    assert len(leaderboard.load([first, second])) == 2  # a real second seed still counts
+    assert leaderboard.main([str(first), str(second), "--reps", "100"]) == 0
+    assert capsys.readouterr().err.count("a copy of the run") == 2
+
+
+@pytest.mark.parametrize("name", ["\x1b[2J\x1b[31mrandom\x1b[0m", "ran\u202edom", "a | b", "x\x07\x00y"])
+def test_what_a_record_names_reaches_no_terminal_or_table_raw_and_unknown_agents_are_not_ranked(
+        genuine_record, tmp_path, capsys, name):
+    """Issue 21 (remaining 10): ANSI escapes, RTL marks and '|' in agent names reached the terminal
+    and the Markdown table; an agent the registry does not know was ranked as if known."""
+    path = tmp_path / "r.jsonl"
+    for seed in (0, 1):
+        append_record(path, _copy(genuine_record, agent=name, seed=seed, label=None))
+        append_record(path, _copy(genuine_record, seed=seed, best__reward=genuine_record["best"]["reward"]))
+    assert leaderboard.main([str(path), "--reps", "100"]) == 0
+    out, err = capsys.readouterr()
+    for text in (out, err):
+        assert not any(c in text for c in "\x1b\u202e\x07\x00")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "unregistered" in line]
+    assert len(rows) == 1 and rows[0].startswith("| - (unregistered) |")
+    assert rows[0].count(" | ") == out.splitlines()[[l.startswith("| rank") for l in out.splitlines()].index(True)] \
+        .count(" | ")  # a '|' in the name does not add a column

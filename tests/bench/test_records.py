@@ -1,36 +1,46 @@
-"""Benchmark records, the results file, validation, the leaderboard and W&B tracking
-(benchmarks/records.py, runner.py, validate.py, leaderboard.py)."""
+"""n2n_gym.bench.records: the record's fields, the JSONL results file (appends, cut lines, killed
+writers, hostile lines, FIFOs, full disks, the fallback file), output folders, and the committed
+fixture records."""
 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
-import uuid
+import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
+import uuid
 import warnings
 
 import pytest
 from conftest import SMALL_DIGITS_RECIPE, subprocess_env
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 from n2n_gym.bench import leaderboard, runner, validate
+from n2n_gym.bench.records import (
+    append_record,
+    output_folder_problem,
+    read_records,
+    results_file_problem,
+    save_record,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 from n2n_gym.bench.records import (
     FLOP_CONVENTION,
     REQUIRED_FIELDS,
-    append_record,
     json_safe,
-    read_records,
     schema_errors,
 )
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures"
+
+
 FIXTURE_RECORDS = FIXTURES / "bench-records.jsonl"
+
+
 ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
 
 
@@ -133,90 +143,6 @@ def _parses(b: bytes) -> bool:
         return False
 
 
-# ---------------------------------------------------------------------------- validate
-def test_validate_passes_a_genuine_record(genuine, capsys):
-    path, _ = genuine
-    assert validate.main([str(path)]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("PASS ") and "1 passed, 0 failed, 0 unverifiable" in out
-
-
-def _tampered(record: dict, what: str) -> dict:
-    r = copy.deepcopy(record)
-    r["run_id"] = uuid.uuid4().hex  # another record, not a repeated one
-    best = r["best"]
-    if what == "reward":
-        best["reward"] += 0.01
-        r["curve"]["best_reward"][-1] = best["reward"]
-        r["curve"]["best_reward"] = [min(v, best["reward"]) for v in r["curve"]["best_reward"]]
-    elif what == "accuracy":
-        best["accuracy"] += 0.01
-    elif what == "actions":
-        full = 9  # "keep at full width" on the joint stage's uniform ratio table
-        best["actions"] = [full] * len(best["actions"])
-        best["actions"][1] = 0 if record["best"]["actions"][1] != 0 else 4
-    elif what == "architecture":
-        arch = json.loads(best["architecture"])
-        conv = next(l for l in arch["layers"] if l["kind"] == "conv" and l["out"] > 10)
-        conv["out"] -= 1
-        best["architecture"] = json.dumps(arch)
-    elif what == "params":
-        best["params"] -= 100
-    elif what == "env":
-        r["env_id"] = "N2N-Nope-v0"
-    return r
-
-
-@pytest.mark.parametrize("what", ["reward", "accuracy", "actions", "architecture", "params", "env"])
-def test_validate_catches_a_tampered_record(genuine, tmp_path, capsys, what):
-    _, record = genuine
-    bad = tmp_path / "bad.jsonl"
-    append_record(bad, record)  # a genuine one first: the file fails if any record fails
-    append_record(bad, _tampered(record, what))
-    assert validate.main([str(bad)]) == 1
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("PASS") and lines[1].startswith("FAIL")
-    assert lines[-1] == "1 passed, 1 failed, 0 unverifiable"
-
-
-def test_validate_fails_records_without_required_fields(tmp_path, capsys):
-    bad = tmp_path / "bad.jsonl"
-    append_record(bad, {"format": "n2n-gym-bench", "env_id": "N2N-DigitsNet-Digits-v0"})
-    assert validate.main([str(bad)]) == 1
-    assert "missing field" in capsys.readouterr().out
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
-    assert validate.main([str(empty)]) == 2
-
-
-# ---------------------------------------------------------------------------- runner CLI
-def test_runner_cli_appends_and_skips_existing(digits_teacher, tmp_path, capsys):
-    results = tmp_path / "r.jsonl"
-    argv = ["--agent", "random", "--seeds", "0", "1", "--budget", "2", "--protocol", "tiny", "--device", "cpu",
-            "--env-kwargs", json.dumps(ENV_KWARGS), "--results", str(results), "--skip-existing"]
-    assert runner.main(argv) == 0
-    assert [r["seed"] for r in read_records(results)] == [0, 1]
-    assert runner.main(argv) == 0
-    assert len(read_records(results)) == 2
-    assert "skipped" in capsys.readouterr().out
-    assert runner.main(["--list-agents"]) == 0
-    assert "maskable_ppo" in capsys.readouterr().out
-
-
-def test_runner_rejects_protocol_in_env_kwargs():
-    with pytest.raises(SystemExit):
-        runner.run_one("N2N-DigitsNet-Digits-v0", "random", 0, 1, env_kwargs={"protocol": "tiny"})
-    with pytest.raises(SystemExit):
-        runner.main(["--agent", "nope", "--budget", "1"])
-
-
-def test_wandb_is_imported_only_when_tracking():
-    code = ("import sys, n2n_gym.bench.runner, n2n_gym.bench.leaderboard, "
-            "n2n_gym.bench.validate, n2n_gym.agents.random_search, n2n_gym.agents.sb3_baselines; "
-            "assert 'wandb' not in sys.modules, 'wandb imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env())
-
-
 # ---------------------------------------------------------------------------- leaderboard
 def test_fixture_records_are_valid_records():
     records = read_records(FIXTURE_RECORDS)
@@ -224,173 +150,143 @@ def test_fixture_records_are_valid_records():
     assert len({r["agent"] for r in records}) >= 3
 
 
-def test_leaderboard_ranks_by_separated_intervals():
-    records = read_records(FIXTURE_RECORDS)
-    (sec,) = leaderboard.leaderboard(records, reps=500)
-    rows = sec["rows"]
-    assert [r["rank"] for r in rows] == sorted(r["rank"] for r in rows) and rows[0]["rank"] == 1
-    for row in rows:  # rank = 1 + the agents whose interval lies entirely above
-        above = [o for o in rows if o["best_reward_ci_low"] > row["best_reward_ci_high"]]
-        assert row["rank"] == 1 + len(above)
-    by_agent = {}
-    for r in records:
-        by_agent.setdefault(r["agent"], []).append(r["best"]["reward"])
-    for row in rows:
-        rewards = by_agent[row["agent"]]
-        assert row["best_reward_mean"] == pytest.approx(sum(rewards) / len(rewards))
-        assert row["seeds"] == len(rewards)
-    r0 = records[0]
-    drop = r0["teacher"]["test_accuracy"] - r0["best"]["test_accuracy"]
-    assert leaderboard.accuracy_drop(r0, "test") == pytest.approx(drop)
+def test_fixture_and_committed_records_are_consistent():
+    from n2n_gym.bench.records import record_errors, scan_records
+
+    root = pathlib.Path(__file__).parents[2] / "benchmarks" / "results"
+    checked = 0
+    for where, record, problem in scan_records([FIXTURE_RECORDS, *sorted(root.glob("*.jsonl"))]):
+        assert record is not None, (where, problem)
+        assert record_errors(record) == [], where
+        checked += 1
+    assert checked >= 10
 
 
-def test_a_labelled_variant_gets_its_own_leaderboard_row():
-    records = read_records(FIXTURE_RECORDS)
-    agent = records[0]["agent"]
-    variant = [{**copy.deepcopy(r), "label": f"{agent} tuned"} for r in records if r["agent"] == agent]
-    for r in variant:
-        r["best"]["reward"] = 2.0
-    (sec,) = leaderboard.leaderboard(records + variant, reps=500)
-    labels = [row["agent"] for row in sec["rows"]]
-    assert labels[0] == f"{agent} tuned" and agent in labels
-    assert sec["rows"][0]["seeds"] == len(variant)
-    assert runner._key(variant[0]) != runner._key(records[0])  # --skip-existing tells them apart
+RECORD = {"format": "n2n-gym-bench", "run_id": "r1", "payload": "x" * 2000}
 
 
-def test_window_means_of_the_learning_plot():
-    assert leaderboard.window_means([1.0, 2.0, 3.0, 4.0, 5.0], 2) == [1.5, 3.5, 5.0]
-    assert leaderboard.window_means([], 5) == []
-
-
-@pytest.mark.parametrize("fmt", ["md", "csv", "html"])
-def test_leaderboard_renders_tables_and_plots(tmp_path, fmt, capsys):
-    out = tmp_path / "lb"
-    assert leaderboard.main([str(FIXTURE_RECORDS), "--format", fmt, "--out", str(out), "--reps", "500"]) == 0
-    table = (out / f"leaderboard.{fmt}").read_text()
-    pngs = sorted(out.glob("*.png"))
-    assert [p.name.split("-")[0] for p in pngs] == ["anytime", "learning", "pareto", "profile"]
-    for p in pngs:
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
-    agents = {r["agent"] for r in read_records(FIXTURE_RECORDS)}
-    assert all(a in table for a in agents)
-    if fmt == "md":
-        assert "| rank | agent |" in table and "±" in table and f"({pngs[0].name})" in table
-        assert FLOP_CONVENTION in table
-    elif fmt == "csv":
-        rows = list(csv.DictReader(io.StringIO(table)))
-        assert {r["agent"] for r in rows} == agents and rows[0]["rank"] == "1"
-        assert float(rows[0]["best_reward_iqm"]) >= float(rows[-1]["best_reward_iqm"])
-    else:
-        assert table.startswith("<!DOCTYPE html>") and "<table>" in table and "<img" in table
-    # without --out: the table on stdout
-    capsys.readouterr()
-    assert leaderboard.main([str(FIXTURE_RECORDS), "--format", fmt, "--reps", "500"]) == 0
-    printed = capsys.readouterr().out
-    assert all(a in printed for a in agents)
-
-
-def test_leaderboard_skips_a_cut_line(tmp_path, capsys):
+def test_a_results_file_whose_first_line_was_cut_is_still_ours(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_bytes(FIXTURE_RECORDS.read_bytes() + b'{"format": "n2n-gym-bench", "env_id": "N2N-Di')
-    assert leaderboard.main([str(path), "--reps", "500"]) == 0
-    n = len(FIXTURE_RECORDS.read_bytes().splitlines()) + 1
-    assert f"skipped {path}#{n}: not valid JSON" in capsys.readouterr().err
+    path.write_bytes(b'{"format": "n2n-gym-be\n')
+    append_record(path, RECORD)
+    assert results_file_problem(path) is None
+    assert results_file_problem(tmp_path / "new" / "r.jsonl") is None
 
 
-def test_pareto_front():
-    pts = [(10, 0.5), (20, 0.4), (20, 0.7), (30, 0.6), (40, 0.9), (5, 0.1)]
-    assert leaderboard.pareto_front(pts) == [(5, 0.1), (10, 0.5), (20, 0.7), (40, 0.9)]
+def test_a_write_that_fails_part_way_leaves_no_cut_line(tmp_path):
+    """A file size limit (a full disk) stops the write in the middle of the line: the file is
+    cut back to its records, and save_record puts the record in the fallback file."""
+    path = tmp_path / "r.jsonl"
+    append_record(path, {**RECORD, "payload": ""})
+    size = path.stat().st_size
+    script = f"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+from n2n_gym.bench.records import append_record, save_record
+resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 500}, resource.RLIM_INFINITY))
+try:
+    append_record({str(path)!r}, {RECORD!r})
+except OSError as exc:
+    print("failed:", exc.errno)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                          timeout=120)
+    assert "failed: 27" in proc.stdout, proc.stderr  # EFBIG, after a partial write
+    assert path.stat().st_size == size and path.read_bytes().endswith(b"\n")
+    assert len(read_records(path)) == 1
 
 
-# ---------------------------------------------------------------------------- W&B
-@pytest.mark.parametrize("agent", ["random", "ppo"])
-def test_track_with_wandb_disabled(agent, digits_teacher, tmp_path, monkeypatch):
-    import wandb  # noqa: F401  (in the dev install: a missing wandb is a failure, not a skip)
+def test_save_record_prints_the_record_when_no_file_takes_it(tmp_path, monkeypatch, capsys):
+    import n2n_gym.bench.records as records
 
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    record = runner.run_one("N2N-DigitsNet-Digits-v0", agent, 0, 2, protocol="tiny", env_kwargs=ENV_KWARGS,
-                            device="cpu", results=tmp_path / "r.jsonl", track=True, wandb_project="me/n2n-test",
-                            wandb_dir=str(tmp_path))
-    assert record["budget"]["evaluations"] == 2
-    if agent == "ppo":
-        assert record["extra"]["sb3_logging"] in ("tensorboard", "wandb-logger")
-    assert read_records(tmp_path / "r.jsonl")[0]["run_id"] == record["run_id"]
+    monkeypatch.setattr(records.tempfile, "gettempdir", lambda: "/dev/full")
+    monkeypatch.setattr(records, "fallback_records_path", lambda p: pathlib.Path("/dev/full/x.jsonl"))
+    assert save_record("/dev/full", RECORD) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and json.loads(err.split("here it is: ", 1)[1]) == RECORD
 
 
-def test_leaderboard_reads_a_wandb_project(monkeypatch, capsys):
-    import types
-
-    records = read_records(FIXTURE_RECORDS)
-
-    class FakeRun:
-        def __init__(self, record):
-            self.summary = {"n2n_record": json.dumps({k: v for k, v in record.items() if k != "students"})}
-            self.path = ["me", "n2n", record["run_id"][:8]]
-
-    class FakeApi:
-        def runs(self, path):
-            assert path == "me/n2n"
-            return [FakeRun(r) for r in records] + [types.SimpleNamespace(summary={}, path=["me", "n2n", "x"])]
-
-    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(Api=FakeApi))
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    loaded = leaderboard.load([], wandb_project="me/n2n")
-    assert [r["run_id"] for r in loaded] == [r["run_id"] for r in records]
-    assert loaded[0]["source"].startswith("wandb:me/n2n/")
-    # local records and the same runs on W&B are counted once
-    assert len(leaderboard.load([FIXTURE_RECORDS], wandb_project="me/n2n")) == len(records)
-    assert leaderboard.main(["--wandb-project", "me/n2n"]) == 0
-    assert "maskable_ppo" in capsys.readouterr().out
+ENV_ID = "N2N-DigitsNet-Digits-v0"
 
 
-def test_n2n_hparams_grid_labels_each_point_and_resumes(digits_teacher, tmp_path, capsys):
-    from n2n_gym.benchmarks import n2n_hparams
-
-    results = tmp_path / "grid.jsonl"
-    argv = ["--budget", "2", "--seeds", "0", "--lrs", "0.03", "--baselines", "mean", "loo", "--protocol", "tiny",
-            "--env-kwargs", json.dumps(ENV_KWARGS), "--results", str(results)]
-    assert n2n_hparams.main(argv) == 0
-    records = read_records(results)
-    labels = sorted(r.get("label") or r["agent"] for r in records)
-    assert labels == ["n2n [joint, loo, lr 0.03]", "n2n [joint, mean, lr 0.03]", "random"]
-    loo = next(r for r in records if r.get("label") == "n2n [joint, loo, lr 0.03]")
-    assert loo["hparams"]["baseline"] == "loo" and loo["hparams"]["lr_shrink"] == 0.03 and loo["stage"] == "joint"
-    assert all(r["budget"]["evaluations"] == 2 for r in records)
-    assert "n2n [joint, loo, lr 0.03]" in capsys.readouterr().out
-    n2n_hparams.main(argv)  # every (label, seed) done: runs nothing
-    assert len(read_records(results)) == 3
+# ---------------------------------------------------------------------------- results files
+@pytest.fixture(scope="module")
+def genuine_record(digits_teacher) -> dict:
+    """One real record: random search, 2 evaluations, tiny protocol."""
+    return runner.run_one(ENV_ID, "random", 0, 2, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
 
 
-def test_validate_rerun_passes_a_genuine_record_and_catches_a_changed_seed_or_agent(genuine, tmp_path, capsys):
-    path, record = genuine
-    assert validate.main([str(path), "--rerun"]) == 0
-    assert "1 passed, 0 failed" in capsys.readouterr().out
-    for field, value in (("seed", record["seed"] + 1), ("agent", "optuna_tpe")):
-        changed = copy.deepcopy(record)
-        changed["run_id"] = uuid.uuid4().hex
-        changed[field] = value  # its best student still replays: only a re-run tells
-        bad = tmp_path / f"{field}.jsonl"
-        append_record(bad, changed)
-        assert validate.main([str(bad)]) == 0, field
-        capsys.readouterr()
-        assert validate.main([str(bad), "--rerun"]) == 1, field
-        assert "re-run:" in capsys.readouterr().out
+def _copy(record: dict, **change) -> dict:
+    """``record`` with a new run id and ``change`` (dotted keys reach into objects)."""
+    r = copy.deepcopy(record)
+    r["run_id"] = uuid.uuid4().hex
+    for dotted, value in change.items():
+        *parents, last = dotted.split("__")
+        target = r
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    return r
 
 
-def test_validate_rerun_refuses_hparams_that_name_files(genuine, tmp_path, capsys):
-    from n2n_gym.bench.validate import untrusted_hparams
+BAD_LINES = {
+    "nested-100000-deep": "[" * 100_000 + "]" * 100_000,
+    "nested-object-40-deep": '{"format": "n2n-gym-bench", "x": ' + '{"a": ' * 40 + "1" + "}" * 41,
+    "int-5000-digits": '{"format": "n2n-gym-bench", "seed": ' + "9" * 5000 + "}",
+    "int-400-digits": '{"format": "n2n-gym-bench", "seed": 1' + "0" * 400 + "}",
+}
 
-    assert untrusted_hparams({"load_policy": "policies.pt", "tensorboard_log": "runs/", "ratios": "paper",
-                              "target_results": None, "x": "pkg.mod:fn"}) == [
-        "hparams.load_policy names a file or code", "hparams.tensorboard_log names a file or code",
-        "hparams.x = 'pkg.mod:fn' looks like a path or an import"]
-    _, record = genuine
-    changed = copy.deepcopy(record)
-    changed["run_id"] = uuid.uuid4().hex
-    changed["hparams"] = {"load_policy": str(tmp_path / "evil.pt")}
-    bad = tmp_path / "hp.jsonl"
-    append_record(bad, changed)
-    assert validate.main([str(bad), "--rerun"]) == 1
-    assert "re-run refused, nothing was run" in capsys.readouterr().out
+
+@pytest.mark.parametrize("reader", ["validate", "leaderboard"])
+def test_a_hostile_results_line_is_a_bad_line_never_a_traceback(genuine_record, tmp_path, capsys, reader):
+    """Issue 21 (remaining 6): deep-nested JSON lines and huge ints (RecursionError, OverflowError,
+    Python's 4300-digit limit) crashed validate and the leaderboard; a huge int where a number is
+    compared (budget, best reward, a student row) is as bad as one in the seed."""
+    path = tmp_path / "r.jsonl"
+    lines = list(BAD_LINES.values())
+    for dotted in ("seed", "budget__requested", "best__reward", "teacher__params"):
+        lines.append(json.dumps(_copy(genuine_record, **{dotted: 10 ** 400})))
+    path.write_text("\n".join(lines) + "\n")
+    append_record(path, genuine_record)
+    if reader == "validate":
+        assert validate.main([str(path)]) == 1
+        out = capsys.readouterr().out
+        assert out.count("FAIL ") == len(lines) and out.count("PASS ") == 1
+        assert "nested deeper" in out and "bits (records hold integers below 2**63)" in out
+    else:
+        assert leaderboard.main([str(path), "--reps", "100"]) == 0
+        err = capsys.readouterr().err
+        assert err.count("skipped ") >= len(lines) and "nested deeper" in err
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "fifo.jsonl"
+    os.mkfifo(path)
+    return path
+
+
+def test_a_fifo_put_at_the_path_later_never_blocks_the_write(fifo, tmp_path, capsys):
+    """The write itself does not block on a FIFO (one made after the up-front check): the record
+    goes to the fallback file, said in one line."""
+    signal.signal(signal.SIGALRM, lambda *a: pytest.fail("the write blocked on a FIFO"))
+    signal.alarm(20)
+    try:
+        with pytest.raises(OSError, match="not a regular file"):
+            append_record(fifo, {"format": "n2n-gym-bench", "run_id": "x"})
+        saved = save_record(fifo, {"format": "n2n-gym-bench", "run_id": "x"})
+    finally:
+        signal.alarm(0)
+    assert saved is not None and saved != fifo and "written to" in capsys.readouterr().err
+    assert read_records(saved)[-1]["run_id"] == "x"
+
+
+def test_an_output_folder_that_takes_no_file_is_found_before_any_evaluation(tmp_path):
+    """os.access says yes to root everywhere: the check really creates a file (and removes it)."""
+    assert output_folder_problem(tmp_path) is None and list(tmp_path.iterdir()) == []
+    assert "no file can be created" in output_folder_problem("/proc/self") or \
+        "not a writable folder" in output_folder_problem("/proc/self")
+
+
+def test_an_honest_run_trains_exactly_what_it_counts(genuine_record):
+    assert genuine_record["budget"]["trainings"] == genuine_record["budget"]["evaluations"] == 2

@@ -1,24 +1,30 @@
-"""The comparison baselines (agents/sb3_baselines.py, agents/random_search.py), the N2N
-adapter of the benchmark runner, and the third-party example (examples/cleanrl_style.py).
+"""n2n_gym.bench.runner: every agent through the runner (budgets spent exactly, masks respected, any
+stage, cache hits), its command line, hparam grids, W&B tracking, registered agents, and the
+checks of every output location before the first evaluation.
 
 Every agent runs a budget of 2 evaluations on the embedded digits env with the tiny
-protocol and the small shared teacher recipe of conftest.py.
-"""
+protocol and the small shared teacher recipe of conftest.py."""
 
 from __future__ import annotations
 
-import ast
-import pathlib
-import re
+import json
+import os
+import subprocess
+import sys
 
 import pytest
-from conftest import SMALL_DIGITS_RECIPE
+from conftest import SMALL_DIGITS_RECIPE, bench, subprocess_env
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 from n2n_gym.bench import runner
-from n2n_gym.bench.records import BudgetTracker, read_records
+from n2n_gym.bench.records import (
+    fallback_records_path,
+    read_records,
+    results_file_problem,
+)
 
 ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+
+
 SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "recurrent_ppo")
 
 
@@ -31,11 +37,6 @@ def _n2n_available() -> bool:
 
 
 ALL_AGENTS = ["random", *SB3_AGENTS] + (["n2n"] if _n2n_available() else [])
-
-
-def bench(agent: str, budget: int = 2, seed: int = 0, **kw) -> dict:
-    kw.setdefault("env_kwargs", dict(ENV_KWARGS))
-    return runner.run_one("N2N-DigitsNet-Digits-v0", agent, seed, budget, protocol="tiny", device="cpu", **kw)
 
 
 @pytest.mark.parametrize("agent", ALL_AGENTS)
@@ -80,72 +81,11 @@ def test_cache_hits_do_not_count_and_max_episodes_stops_a_stuck_agent(digits_tea
     assert len(record["students"]["data"]) == b["evaluations"]
 
 
-@pytest.mark.parametrize("agent", ["maskable_ppo", "dqn", "a2c"])
-def test_sb3_agents_step_several_envs_in_parallel(agent, digits_teacher, tmp_path):
-    # n_envs=2: SB3's SubprocVecEnv, one process per env, sharing the run's cache; the budget
-    # is counted in this process and no student is trained twice
-    record = bench(agent, budget=4, hparams={"n_envs": 2}, results=tmp_path / "r.jsonl")
-    b = record["budget"]
-    assert b["stop_reason"] == "budget" and 4 <= b["evaluations"] <= 5  # a vector step may overshoot by 1
-    hashes = [row[record["students"]["columns"].index("arch_hash")] for row in record["students"]["data"]]
-    assert len(hashes) == b["evaluations"] == len(set(hashes))
-    assert b["env_steps"] == 9 * b["episodes"]
-    assert record["hparams"]["n_envs"] == 2
-    if agent == "maskable_ppo":  # an update still sees 4 whole episodes: 2 per env
-        assert record["hparams"]["n_steps"] == 18 and record["hparams"]["batch_size"] == 36
-    if agent == "dqn":  # trains after each episode, on all the envs' new transitions
-        assert record["hparams"]["train_freq"] == [9, "step"] and record["hparams"]["gradient_steps"] == 18
-
-
-def test_sb3_n_envs_is_checked(digits_teacher):
-    with pytest.raises(ValueError, match="n_envs must be an integer >= 1"):
-        bench("ppo", hparams={"n_envs": 0})
-    with pytest.raises(ValueError, match="cannot train per episode with several envs"):
-        bench("dqn", hparams={"n_envs": 2, "train_freq": [1, "episode"]})
-    with pytest.raises(ValueError, match="use n_envs with the default backend='inline'"):
-        bench("a2c", hparams={"n_envs": 2}, env_kwargs={**ENV_KWARGS, "backend": "process", "workers": 2})
-
-
-def test_sb3_overshoot_of_parallel_envs_is_recorded_and_validates(digits_teacher, tmp_path):
-    # 3 envs end their episodes together: a budget of 4 can end at 6 evaluations, which the
-    # record states (budget.parallel) and its own checks accept; an integer train_freq passes through
-    from n2n_gym.bench.records import record_errors
-
-    record = bench("dqn", budget=4, hparams={"n_envs": 3, "train_freq": 4}, results=tmp_path / "r.jsonl")
-    b = record["budget"]
-    assert b["parallel"] == 3 and 4 <= b["evaluations"] <= 6 and record["hparams"]["train_freq"] == 4
-    assert record_errors(record) == []
-    over = {**record, "budget": {**b, "evaluations": 7, "episodes": b["episodes"] + 7}}
-    assert any("plus the 2 that 3 envs" in e for e in record_errors(over))
-
-
-def test_sb3_defaults_align_rollouts_to_episodes():
-    from n2n_gym.agents.sb3_baselines import ALGOS, default_hparams
-
-    for algo in ALGOS:
-        hp = default_hparams(algo, episode_length=9, budget=60)
-        assert hp["gamma"] == 1.0
-        if "n_steps" in hp:
-            assert hp["n_steps"] % 9 == 0 and hp["gae_lambda"] == 1.0
-    assert default_hparams("dqn", 9, 60)["train_freq"] == [1, "episode"]
-    with pytest.raises(ValueError):
-        default_hparams("sac", 9, 60)
-
-
 def test_hparam_overrides_are_recorded(digits_teacher):
     record = bench("ppo", budget=2, hparams={"episodes_per_rollout": 2, "learning_rate": 3e-4})
     hp = record["hparams"]
     assert hp["n_steps"] == 18 and hp["batch_size"] == 18 and hp["learning_rate"] == 3e-4
     assert record["extra"]["sb3_version"]
-
-
-def test_agent_run_function_works_without_the_runner(digits_teacher):
-    from n2n_gym.agents import random_search
-
-    out = random_search.run("N2N-DigitsNet-Digits-v0", seed=1, budget=2,
-                            env_kwargs={**ENV_KWARGS, "protocol": "tiny", "progress": False, "device": "cpu"})
-    tracker = out["tracker"]
-    assert isinstance(tracker, BudgetTracker) and tracker.evaluations == 2 and tracker.best["valid"]
 
 
 def test_register_agent_extends_the_runner(digits_teacher):
@@ -163,45 +103,171 @@ def test_register_agent_extends_the_runner(digits_teacher):
         runner._LOADED.pop("my_random")
 
 
-# ---------------------------------------------------------------------------- the README example
-EXAMPLE = REPO / "examples" / "cleanrl_style.py"
+# ---------------------------------------------------------------------------- runner CLI
+def test_runner_cli_appends_and_skips_existing(digits_teacher, tmp_path, capsys):
+    results = tmp_path / "r.jsonl"
+    argv = ["--agent", "random", "--seeds", "0", "1", "--budget", "2", "--protocol", "tiny", "--device", "cpu",
+            "--env-kwargs", json.dumps(ENV_KWARGS), "--results", str(results), "--skip-existing"]
+    assert runner.main(argv) == 0
+    assert [r["seed"] for r in read_records(results)] == [0, 1]
+    assert runner.main(argv) == 0
+    assert len(read_records(results)) == 2
+    assert "skipped" in capsys.readouterr().out
+    assert runner.main(["--list-agents"]) == 0
+    assert "maskable_ppo" in capsys.readouterr().out
 
 
-def test_readme_snippet_runs(digits_teacher, capsys):
-    doc = ast.get_docstring(ast.parse(EXAMPLE.read_text()))
-    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
-    assert 'protocol="fast"' in code and "range(30)" in code
-    code = code.replace('protocol="fast"', f'protocol="tiny", teacher_recipe={SMALL_DIGITS_RECIPE!r}, '
-                                           f'progress=False, device="cpu"').replace("range(30)", "range(3)")
-    exec(compile(code, str(EXAMPLE), "exec"), {})
-    assert len(re.findall(r"reward [-0-9.]+ ", capsys.readouterr().out)) == 3
+def test_runner_rejects_protocol_in_env_kwargs():
+    with pytest.raises(SystemExit):
+        runner.run_one("N2N-DigitsNet-Digits-v0", "random", 0, 1, env_kwargs={"protocol": "tiny"})
+    with pytest.raises(SystemExit):
+        runner.main(["--agent", "nope", "--budget", "1"])
 
 
-def test_example_script_main(digits_teacher):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cleanrl_style", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    best = mod.main(["--episodes", "2", "--protocol", "tiny",
-                     "--env-kwargs", f'{{"teacher_recipe": {__import__("json").dumps(SMALL_DIGITS_RECIPE)}, '
-                                     f'"progress": false, "device": "cpu"}}'])
-    assert len(best["actions"]) == 9 and best["reward"] <= 1.0
+def test_wandb_is_imported_only_when_tracking():
+    code = ("import sys, n2n_gym.bench.runner, n2n_gym.bench.leaderboard, "
+            "n2n_gym.bench.validate, n2n_gym.agents.random_search, n2n_gym.agents.sb3_baselines; "
+            "assert 'wandb' not in sys.modules, 'wandb imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env())
 
 
-def test_sb3_metrics_reach_wandb_without_tensorboard():
-    from n2n_gym.agents.sb3_baselines import _wandb_logger
+# ---------------------------------------------------------------------------- W&B
+@pytest.mark.parametrize("agent", ["random", "ppo"])
+def test_track_with_wandb_disabled(agent, digits_teacher, tmp_path, monkeypatch):
+    import wandb  # noqa: F401  (in the dev install: a missing wandb is a failure, not a skip)
 
-    class FakeRun:
-        logged: list = []
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    record = runner.run_one("N2N-DigitsNet-Digits-v0", agent, 0, 2, protocol="tiny", env_kwargs=ENV_KWARGS,
+                            device="cpu", results=tmp_path / "r.jsonl", track=True, wandb_project="me/n2n-test",
+                            wandb_dir=str(tmp_path))
+    assert record["budget"]["evaluations"] == 2
+    if agent == "ppo":
+        assert record["extra"]["sb3_logging"] in ("tensorboard", "wandb-logger")
+    assert read_records(tmp_path / "r.jsonl")[0]["run_id"] == record["run_id"]
 
-        def log(self, data):
-            self.logged.append(data)
 
-    run = FakeRun()
-    logger = _wandb_logger(run)
-    logger.record("train/loss", 0.5)
-    logger.record("rollout/ep_rew_mean", 0.9)
-    logger.record("time/text", "not a number")
-    logger.dump(step=36)
-    assert run.logged == [{"sb3/train/loss": 0.5, "sb3/rollout/ep_rew_mean": 0.9, "sb3/timesteps": 36}]
+def test_n2n_hparams_grid_labels_each_point_and_resumes(digits_teacher, tmp_path, capsys):
+    from n2n_gym.benchmarks import n2n_hparams
+
+    results = tmp_path / "grid.jsonl"
+    argv = ["--budget", "2", "--seeds", "0", "--lrs", "0.03", "--baselines", "mean", "loo", "--protocol", "tiny",
+            "--env-kwargs", json.dumps(ENV_KWARGS), "--results", str(results)]
+    assert n2n_hparams.main(argv) == 0
+    records = read_records(results)
+    labels = sorted(r.get("label") or r["agent"] for r in records)
+    assert labels == ["n2n [joint, loo, lr 0.03]", "n2n [joint, mean, lr 0.03]", "random"]
+    loo = next(r for r in records if r.get("label") == "n2n [joint, loo, lr 0.03]")
+    assert loo["hparams"]["baseline"] == "loo" and loo["hparams"]["lr_shrink"] == 0.03 and loo["stage"] == "joint"
+    assert all(r["budget"]["evaluations"] == 2 for r in records)
+    assert "n2n [joint, loo, lr 0.03]" in capsys.readouterr().out
+    n2n_hparams.main(argv)  # every (label, seed) done: runs nothing
+    assert len(read_records(results)) == 3
+
+
+SEARCHERS = ("optuna_tpe", "evolution")
+
+
+@pytest.mark.parametrize("agent", SEARCHERS)
+def test_searchers_spend_exactly_their_budget_and_never_take_a_forbidden_action(agent, digits_teacher, tmp_path):
+    # illegal_action="invalid": one forbidden action would make a student invalid
+    results = tmp_path / "r.jsonl"
+    record = bench(agent, budget=4, results=results, env_kwargs={**ENV_KWARGS, "illegal_action": "invalid"})
+    b = record["budget"]
+    assert b["evaluations"] == 4 and b["stop_reason"] == "budget" and b["invalid_episodes"] == 0
+    assert record["curve"]["best_reward"][-1] == pytest.approx(record["best"]["reward"])
+    assert len(record["best"]["actions"]) == 9 and record["stage"] == "joint"
+    assert read_records(results) == [record]
+
+
+@pytest.mark.parametrize("agent,stage", [("optuna_tpe", "remove"), ("evolution", "shrink")])
+def test_searchers_run_on_any_stage(agent, stage, digits_teacher):
+    record = bench(agent, budget=2, stage=stage)
+    assert record["best"]["replay"]["stage"] == stage and record["budget"]["evaluations"] == 2
+
+
+ARGV = ["--agent", "random", "--budget", "1", "--protocol", "tiny", "--device", "cpu", "--no-progress",
+        "--env-kwargs", json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE})]
+
+
+@pytest.mark.parametrize("setup, words", [
+    (lambda p: p.write_text("my notes\nnot a record\n"), "is not a results file of n2n-gym"),
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: None, "is a file, not a folder"),  # (under a file, below)
+])
+def test_bench_checks_the_results_path_before_any_evaluation(tmp_path, capsys, setup, words):
+    target = tmp_path / "out.jsonl"
+    if words == "is a file, not a folder":
+        (tmp_path / "file").write_text("x")
+        target = tmp_path / "file" / "out.jsonl"
+    setup(target)
+    before = target.read_bytes() if target.is_file() else None
+    with pytest.raises(SystemExit, match=words):
+        runner.main(ARGV + ["--seeds", "0", "--results", str(target)])
+    if before is not None:
+        assert target.read_bytes() == before  # the user's file is untouched
+    with pytest.raises(ValueError, match=words):  # the library entry point checks too
+        runner.run_one("N2N-DigitsNet-Digits-v0", "random", 0, 1, results=target)
+
+
+def test_the_wandb_folder_is_checked_before_any_evaluation(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot write the W&B folder .* is a file"):
+        runner.run_one("N2N-DigitsNet-Digits-v0", "random", 0, 1, track=True, wandb_dir=str(tmp_path / "file"))
+
+
+def test_a_full_disk_loses_no_record(digits_teacher, tmp_path, capsys):
+    """The disk fills during the run (the results path becomes /dev/full, which answers every
+    write with ENOSPC, after the up-front check passed): the record goes to the fallback file,
+    and so does a later seed's (never a traceback); the summary names the file that holds each
+    record and the command exits 1. (/dev/full given as --results is refused up front.)"""
+    from n2n_gym.agents import random_search
+
+    results = tmp_path / "r.jsonl"
+
+    def disk_fills(*args, **kwargs):
+        out = random_search.run(*args, **kwargs)
+        if not results.is_symlink():
+            results.symlink_to("/dev/full")
+        return out
+
+    fallback = fallback_records_path(results)
+    fallback.unlink(missing_ok=True)
+    runner.register_agent("disk-fills", disk_fills, "random search; the disk fills during its run")
+    try:
+        assert runner.main([*ARGV[2:], "--agent", "disk-fills", "--seeds", "0", "1", "--results", str(results)]) == 1
+    finally:
+        runner.AGENTS.pop("disk-fills")
+    captured = capsys.readouterr()
+    lines = [l for l in captured.err.splitlines() if l.startswith(f"could not write the record to {results}")]
+    assert len(lines) == 2 and all(f"it was written to {fallback} instead" in line for line in lines)
+    assert [r["seed"] for r in read_records(fallback)] == [0, 1]
+    assert captured.out.count(f"-> {fallback} (") == 2 and "2 record(s) did not reach" in captured.err
+
+
+ENV_ID = "N2N-DigitsNet-Digits-v0"
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "fifo.jsonl"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("where, words", [
+    ("fifo", "not a regular file"),
+    ("/dev/full", "a folder of the kernel's"),
+    ("/proc/n2n-results.jsonl", "a folder of the kernel's"),
+    ("/proc/self/comm", "a folder of the kernel's"),
+])
+def test_a_results_path_no_record_can_reach_is_refused_before_any_evaluation(request, where, words, capsys):
+    """Issue 21 (remaining 11, 12): a FIFO blocked forever; /dev/full and /proc paths passed the
+    up-front check, and the run's record was lost at the end."""
+    target = str(request.getfixturevalue("fifo")) if where == "fifo" else where
+    assert words in results_file_problem(target)
+    with pytest.raises(ValueError, match=words):
+        runner.run_one(ENV_ID, "random", 0, 1, protocol="tiny", env_kwargs=ENV_KWARGS, results=target)
+    with pytest.raises(SystemExit, match=words):
+        runner.main(["--agent", "random", "--budget", "1", "--protocol", "tiny", "--results", target])

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from n2n_gym.data import datasets as D
+from n2n_gym.data.datasets import clear_dataset_cache, dataset_info, load_dataset
+from n2n_gym.envs.env import N2NEnv
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +33,6 @@ def _shared_root() -> pathlib.Path:
     if not root:
         pytest.skip("N2N_DATA is not set")
     return pathlib.Path(root)
-
-
-# --------------------------------------------------------------------------- digits, splits
 
 
 def test_digits_loads(digits: D.Dataset) -> None:
@@ -107,9 +106,6 @@ def test_to_and_normalize(digits: D.Dataset) -> None:
     # the info statistics are those of the train set
     train = digits.normalize(digits.x_train)
     assert abs(train.mean().item()) < 0.01 and abs(train.std().item() - 1) < 0.01
-
-
-# --------------------------------------------------------------------------- batches, augmentation
 
 
 @pytest.mark.parametrize("batch_size", [1, 64, 100, 5000])
@@ -199,9 +195,6 @@ def test_augment_flips_only_when_allowed() -> None:
     assert D.DATASETS["digits"].crop_padding == 1 and D.DATASETS["cifar10"].crop_padding == 4
 
 
-# --------------------------------------------------------------------------- npz
-
-
 def _write_npz(path: pathlib.Path, **arrays: np.ndarray) -> str:
     np.savez(path, **arrays)
     return f"npz:{path}"
@@ -269,9 +262,6 @@ def test_npz_validation_errors(tmp_path: pathlib.Path) -> None:
     assert D.dataset_info(grey_nhwc).input_shape == (1, 8, 8)  # NHWC with C = 1 or 3 still reads
 
 
-# --------------------------------------------------------------------------- names, roots, missing data
-
-
 def test_unknown_name() -> None:
     with pytest.raises(ValueError) as e:
         D.dataset_info("imagenet")
@@ -309,9 +299,6 @@ def test_cifar10_missing_offline(tmp_path: pathlib.Path) -> None:
     assert "cifar-10-batches-py" in msg and "cifar10-train.npz" in msg and str(tmp_path) in msg
 
 
-# --------------------------------------------------------------------------- real data (N2N_DATA)
-
-
 def test_mnist_from_shared_folder() -> None:
     root = _shared_root()
     if not (root / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
@@ -347,3 +334,56 @@ def test_cifar10_from_shared_folder() -> None:
         genuine = torch.from_numpy(np.load(subset)["x_train"][:64]).permute(0, 3, 1, 2)
         mae = (genuine.float() - ds.x_train[:64].float()).abs().mean().item()
         assert mae < (8.0 if ds.variant.startswith("cifar10-jpeg") else 0.5)
+
+
+def _npz(path: pathlib.Path, n_train: int = 200, n_test: int = 120, classes: int = 3, hw: int = 8) -> str:
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (n_train, hw, hw, 1), dtype=np.uint8),
+             y_train=np.arange(n_train) % classes,
+             x_test=rng.integers(0, 256, (n_test, hw, hw, 1), dtype=np.uint8), y_test=np.arange(n_test) % classes)
+    return f"npz:{path}"
+
+
+def test_npz_with_an_empty_test_split_is_refused_at_make(tmp_path):
+    name = _npz(tmp_path / "d.npz", n_test=0)
+    with pytest.raises(ValueError, match="x_test holds no images"):
+        N2NEnv(teacher="digitsnet", dataset=name)
+
+
+def test_one_class_data_is_refused(tmp_path):
+    name = _npz(tmp_path / "one.npz", classes=1)
+    with pytest.raises(ValueError, match="1 class"):
+        N2NEnv(teacher="digitsnet", dataset=name)
+
+
+def test_splits_too_small_to_rank_students_are_named_in_a_warning(tmp_path):
+    name = _npz(tmp_path / "small.npz", n_train=40, n_test=30)
+    clear_dataset_cache()
+    with pytest.warns(UserWarning, match=r"'validation': 4, 'test': 30\} hold fewer than 100 images"):
+        load_dataset(name)
+    assert dataset_info(name).num_classes == 3
+
+
+def test_empty_validation_split_is_refused_at_load(tmp_path):
+    name = _npz(tmp_path / "d.npz")
+    clear_dataset_cache()
+    with pytest.raises(ValueError, match="validation split"):
+        load_dataset(name, val_fraction=0.0)
+
+
+# ---------------------------------------------------------------------------- data files
+def _cifar_npz(folder, y_train):
+    folder.mkdir(parents=True)
+    for split, y in (("train", y_train), ("test", np.arange(10))):
+        n = len(y)
+        np.savez(folder / f"cifar10-{split}.npz", x=np.zeros((n, 32, 32, 3), np.uint8), y=np.asarray(y, np.int64),
+                 official_index=np.arange(n))
+
+
+def test_a_data_file_with_labels_outside_the_classes_is_an_error_naming_it(tmp_path):
+    from n2n_gym.data.datasets import load_dataset
+
+    _cifar_npz(tmp_path / "cifar10", np.r_[np.arange(10), np.arange(10), [12]])
+    with pytest.raises(ValueError, match=r"labels span 0\.\.12, outside the data set's 0\.\.9") as err:
+        load_dataset("cifar10", root=tmp_path, download=False)
+    assert str(tmp_path) in str(err.value)

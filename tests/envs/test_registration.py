@@ -1,6 +1,7 @@
-"""Env versions and their default evaluation protocols (n2n_gym.envs.registration,
-n2n_gym.teachers.catalog): a v1 id's reward comes from the protocol the fidelity ladder chose,
-and the runner, the agents and the records use the id's own protocol unless told otherwise."""
+"""n2n_gym.envs.registration (and n2n_gym.teachers.catalog): the registered ids, with and without the
+module prefix; env versions and their default evaluation protocols: a v1 id's reward comes from
+the protocol the fidelity ladder chose, and the runner, the agents and the records use the id's
+own protocol unless told otherwise."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import dataclasses
 import warnings
 
 import gymnasium as gym
+import numpy as np
 import pytest
+from conftest import make_digits_env
 
 import n2n_gym
 from n2n_gym.agents.n2n import Args
 from n2n_gym.bench import runner
 from n2n_gym.data.datasets import load_dataset
+from n2n_gym.envs.env import N2NEnv
 from n2n_gym.envs.registration import default_protocol, resolve_protocol
 from n2n_gym.evaluation.protocols import PROTOCOLS
 
@@ -73,3 +77,22 @@ def test_a_bench_record_names_the_protocol_used(tmp_path, monkeypatch):
     rc = runner.main(["--env", V1, "--agent", "random", "--budget", "2", "--results", str(results),
                       "--skip-existing"])
     assert rc == 0 and len(runner.read_records(results)) == 1
+
+
+def test_make_with_module_prefix() -> None:
+    env = gym.make("n2n_gym:N2N-ResNet34-CIFAR10-v0")
+    u = env.unwrapped
+    assert isinstance(u, N2NEnv) and env.spec.id == "N2N-ResNet34-CIFAR10-v0"
+    assert u.teacher_architecture.params == 21_282_122 and u.num_layers == len(u.teacher_architecture)
+    assert u._evaluator is None
+    # reset provisions the teacher (too long to train here: tests/teachers/test_teacher.py);
+    # a deterministic reset on the default env
+    env = make_digits_env()
+    obs, info = env.reset(seed=1)
+    obs2, _ = env.reset(seed=1)
+    assert np.array_equal(obs, obs2) and obs.dtype == np.float32
+
+
+def test_default_env_id_is_registered() -> None:
+    assert n2n_gym.DEFAULT_ENV_ID in gym.registry
+    assert set(n2n_gym.ENVS) <= set(gym.registry)

@@ -1,18 +1,18 @@
-"""Budgets and schedules (issue 21, kind 4): evaluations are counted where they happen (the
-env), so an agent cannot spend more than its record says by calling
-``env.unwrapped.evaluate_many`` inside ``BudgetWrapper``; the annealed constraint penalty's
-update index depends on the episode (since the last seeded reset, or ``options["update"]``),
-not on what the env object played before."""
+"""n2n_gym.envs.wrappers: evaluations are counted where they happen (the env), so an agent cannot
+spend more than its record says by calling ``env.unwrapped.evaluate_many`` inside
+``BudgetWrapper``; a wrapped batch spends the budget like episodes."""
 
 from __future__ import annotations
+
+import copy
 
 import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import SMALL_DIGITS_RECIPE, make_digits_env
 
-from n2n_gym.bench import runner
-from n2n_gym.bench.records import record_errors
+from n2n_gym.bench import runner, validate
+from n2n_gym.bench.records import append_record, record_errors
 from n2n_gym.envs.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
 ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
@@ -73,35 +73,66 @@ def test_a_wrapped_batch_spends_the_budget_like_episodes(digits_teacher):
         env.close()
 
 
-def test_the_annealed_penalty_depends_on_the_seeded_episode_not_the_env_object(digits_teacher):
-    """The issue's case: the same actions after reset(seed=0) got rewards from 0.10 to -1.0."""
-    env = make_digits_env(constraints={"max_params": 100}, penalty="anneal", penalty_horizon=4,
-                          episodes_per_update=1)
+ENV_ID = "N2N-DigitsNet-Digits-v0"
+
+
+# ---------------------------------------------------------------------------- the result cache
+def _play(env, actions) -> dict:
+    """The terminal info of one episode of ``actions``."""
+    env.reset()
+    return [env.step(a) for a in actions][-1][-1]
+
+
+# ---------------------------------------------------------------------------- budgets
+def _bypass(how: str, env, kwargs: dict, actions: list[int]) -> None:
+    """Train the student of ``actions`` behind the budget's back, the way ``how`` names."""
+    u = env.unwrapped
+    if how == "evaluator":
+        u.evaluator.evaluate(u.student_architecture(actions), u.protocol, u.eval_seed)
+    elif how == "student_test_accuracy":
+        u.student_test_accuracy(actions)
+    else:
+        other = copy.deepcopy(env) if how == "deepcopy" else gym.make(ENV_ID, **kwargs)  # (the run's cache)
+        try:
+            _play(other, actions)
+        finally:
+            other.close()
+
+
+def _bypassing_agent(how: str):
+    from n2n_gym.envs.wrappers import BudgetWrapper, private_cache
+
+    def run(env_id, seed, budget, env_kwargs, hparams, *, tracker, wandb_run=None):
+        with private_cache(env_kwargs) as kwargs:
+            env = BudgetWrapper(gym.make(env_id, **kwargs), tracker)
+            try:
+                _, info = env.reset(seed=seed)
+                allowed = [np.flatnonzero(m) for m in info["layer_masks"]]
+                first, second = ([int(a[i % len(a)]) for a in allowed] for i in (0, 1))
+                _play(env, first)  # by the rules: one evaluation
+                _bypass(how, env, kwargs, second)  # a training the budget does not see...
+                _play(env, second)  # ...so this is a cache hit
+            finally:
+                env.close()
+        return {"hparams": {}, "tracker": tracker}
+
+    return run
+
+
+@pytest.mark.parametrize("how", ["evaluator", "second-env", "deepcopy", "student_test_accuracy"])
+def test_a_student_trained_outside_the_budget_shows_in_the_record_and_fails_it(digits_teacher, how, tmp_path,
+                                                                               capsys):
+    """Issue 21 (remaining 1): students trained through env.unwrapped.evaluator, a second env on
+    the run's private cache, copy.deepcopy(env) and student_test_accuracy were not counted, and
+    validate passed the record. Trainings are counted where they happen (the evaluator)."""
+    runner.register_agent("bypass", _bypassing_agent(how), "trains a student behind the budget's back")
     try:
-        _, info = env.reset(seed=0)
-        (actions,) = _students(info["layer_masks"], 1)
-
-        def play(seed=None, options=None):
-            env.reset(seed=seed, options=options)
-            for a in actions:
-                _, reward, *_, info = env.step(a)
-            return reward, info["update"]
-
-        first = play(seed=0)
-        later = [play() for _ in range(3)]  # the schedule advances: update 1, 2, 3
-        assert [u for _, u in later] == [1, 2, 3] and len({r for r, _ in [first, *later]}) > 1
-        assert play(seed=0) == first  # a seeded reset starts the schedule over
-        assert play(seed=0, options={"update": 3}) == later[-1]  # an explicit update wins
-        # another env object, another history: the same seed and actions give the same reward
-        other = make_digits_env(constraints={"max_params": 100}, penalty="anneal", penalty_horizon=4,
-                                episodes_per_update=1)
-        other.reset(seed=5)
-        for a in actions:
-            other.step(a)
-        other.reset(seed=0)
-        for a in actions:
-            _, reward, *_ = other.step(a)
-        other.close()
-        assert reward == first[0]
+        record = runner.run_one(ENV_ID, "bypass", 0, 5, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
     finally:
-        env.close()
+        runner.AGENTS.pop("bypass")
+        runner._LOADED.pop("bypass", None)
+    assert record["budget"]["evaluations"] == 1 and record["budget"]["trainings"] == 2
+    path = tmp_path / "r.jsonl"
+    append_record(path, record)
+    assert validate.main([str(path)]) == 1
+    assert "students were trained outside the budget" in capsys.readouterr().out

@@ -1,12 +1,14 @@
-"""Evaluation backends, claims in the shared cache, batched and vectorised evaluation.
+"""Evaluation backends, batched and vectorised evaluation, and their workers (killed processes,
+dead Ray actors, stale blobs, forks after torch ops).
 
 Small on purpose: the tiny protocol on the embedded digits env, 2 workers, a few students.
-Rewards must equal the serial path's bit for bit (one torch thread everywhere).
-"""
+Rewards must equal the serial path's bit for bit (one torch thread everywhere)."""
 
 from __future__ import annotations
 
+import math
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from conftest import SMALL_DIGITS_RECIPE, make_digits_env, subprocess_env
 
 import n2n_gym
 from n2n_gym.agents.n2n import N2N, Args
-from n2n_gym.evaluation.backends import make_backend
+from n2n_gym.evaluation.backends import BLOB_PREFIX, make_backend, remove_stale_blobs
 from n2n_gym.evaluation.cache import ResultCache
 
 
@@ -36,63 +38,6 @@ def play(env, actions) -> tuple[float, dict]:
         _, r, done, _, info = env.step(a)
     assert done
     return r, info
-
-
-# ---------------------------------------------------------------------------- claims
-def test_claim_is_exclusive_and_released(tmp_path):
-    a, b = ResultCache(tmp_path / "c.sqlite"), ResultCache(tmp_path / "c.sqlite")
-    token = a.claim("k")
-    assert token is not None and b.claim("k") is None
-    assert b.claim_owner("k")["pid"] == os.getpid()
-    a.release("k", token)
-    token_b = b.claim("k")
-    assert token_b is not None
-    b.put("k", {"v": 1})
-    b.release("k", token_b)
-    assert a.claim("k") is None  # a stored result is never claimed again
-
-
-def test_expired_claim_is_taken_over(tmp_path):
-    a, b = ResultCache(tmp_path / "c.sqlite"), ResultCache(tmp_path / "c.sqlite")
-    assert a.claim("k", ttl=0.2) is not None
-    assert b.claim("k") is None
-    time.sleep(0.3)
-    assert b.claim("k") is not None
-
-
-def _claim_in_child(path, key: str, then: str) -> subprocess.Popen:
-    code = textwrap.dedent(f"""
-        import time, sys
-        from n2n_gym.evaluation.cache import ResultCache
-        c = ResultCache({str(path)!r})
-        with c.claimed({key!r}, ttl=0.6) as hit:
-            assert hit is None
-            print("claimed", flush=True)
-            time.sleep(1.5)
-            {then}
-    """)
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=subprocess_env())
-    assert p.stdout.readline().strip() == "claimed"
-    return p
-
-
-def test_waiter_gets_the_claim_holders_result(tmp_path):
-    path = tmp_path / "c.sqlite"
-    child = _claim_in_child(path, "k", "c.put('k', {'by': 'child'})")
-    with ResultCache(path).claimed("k") as hit:  # waits past several heartbeats (ttl 0.6 s, 1.5 s of work)
-        assert hit == {"by": "child"}
-    assert child.wait(30) == 0
-
-
-def test_crashed_workers_claim_expires(tmp_path):
-    path = tmp_path / "c.sqlite"
-    child = _claim_in_child(path, "k", "pass")
-    child.send_signal(signal.SIGKILL)
-    child.wait(30)
-    start = time.monotonic()
-    with ResultCache(path).claimed("k") as hit:
-        assert hit is None  # ours now: the dead owner's claim lapsed
-    assert time.monotonic() - start < 10
 
 
 # ---------------------------------------------------------------------------- backends
@@ -202,37 +147,7 @@ def test_bad_backend_arguments_are_named():
         make_digits_env(cache=False, workers=2)
 
 
-# ---------------------------------------------------------------------------- benchmarks at tiny scale
-def test_gpu_eval_runs_on_cpu(tmp_path, digits_teacher):
-    import json
-
-    from n2n_gym.benchmarks import gpu_eval
-
-    out = gpu_eval.main(["--device", "cpu", "--protocol", "tiny", "--students", "2", "--warmup", "1",
-                         "--env-kwargs", json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE}),
-                         "--out", str(tmp_path / "g.json")])
-    assert out["students"] == 2 and out["students_per_hour"] > 0
-    assert 0 < out["fraction_of_peak"] and out["peak_source"].startswith("measured")
-    assert json.loads((tmp_path / "g.json").read_text())["device"] == "cpu"
-
-
-def test_throughput_benchmark_tiny(tmp_path, digits_teacher):
-    import json
-
-    from n2n_gym.benchmarks import throughput
-
-    out = throughput.main(["--protocol", "tiny", "--parts", "a,d", "--repeats", "1", "--images", "64", "--epochs", "1",
-                           "--lever-students", "1", "--env-kwargs", json.dumps({"teacher_recipe": SMALL_DIGITS_RECIPE}),
-                           "--out", str(tmp_path / "t")])
-    assert set(out["distill"]["median_images_per_s"]) == {"project_aug", "reference_aug", "project_noaug",
-                                                          "reference_noaug", "project_shared"}
-    assert out["distill"]["speedup_shared_logits"] > 0
-    assert out["levers"]["students"] == 1 and all(v > 0 for v in out["levers"]["seconds"].values())
-    assert (tmp_path / "t.png").exists() and (tmp_path / "t.json").exists()
-
-
 def test_lazy_test_accuracy_same_rewards_and_measured_on_demand(tmp_path, serial):
-    import math
 
     acts, serial_out = serial
     cache = str(tmp_path / "r.sqlite")
@@ -281,3 +196,142 @@ def test_process_backend_in_an_unguarded_script_fails_fast_and_says_why(tmp_path
     assert "a worker process of the 'process' backend died" in proc.stderr
     assert 'if __name__ == "__main__":' in proc.stderr.splitlines()[-1]
     assert not list(tmp_path.glob("n2n-evaluator-*"))  # the pickled evaluator the workers read is removed
+
+
+@pytest.mark.parametrize("workers, error", [("2", TypeError), (2.5, TypeError), (True, TypeError), (0, ValueError)])
+def test_workers_are_checked_at_make(workers, error):
+    with pytest.raises(error, match="workers"):
+        gym.make("N2N-DigitsNet-Digits-v0", backend="process", workers=workers)
+
+
+def test_inline_backend_with_several_workers_fails_at_make():
+    with pytest.raises(ValueError, match="backend 'inline' runs one worker"):
+        gym.make("N2N-DigitsNet-Digits-v0", workers=2)
+
+
+# ---------------------------------------------------------------------------- worker results
+def test_a_killed_process_worker_is_replaced_and_the_student_scored(digits_teacher):
+    env = make_digits_env(cache=False, backend="process", workers=1)
+    try:
+        env.reset(seed=0)
+        masks = env.unwrapped.layer_masks()
+        narrow = [int(np.flatnonzero(m)[0]) for m in masks]
+        (reward, info), = env.unwrapped.evaluate_many([narrow])
+        assert info["valid"]
+        pool = env.unwrapped.backend._pool
+        for pid in list(pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        other = [int(np.flatnonzero(m)[-1]) for m in masks]
+        (reward2, info2), = env.unwrapped.evaluate_many([other])
+        assert info2["reason"] or info2["valid"]
+        assert info2["valid"], info2["reason"]
+    finally:
+        env.close()
+
+
+def test_a_dead_ray_actor_is_replaced_and_no_result_is_dropped(digits_teacher):
+    import ray
+
+    from n2n_gym.evaluation.backends import RayBackend
+
+    env = make_digits_env(cache=False)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        env.reset(seed=0)
+        masks = env.unwrapped.layer_masks()
+        students = [env.unwrapped.student_architecture([int(np.flatnonzero(m)[i]) for m in masks]) for i in (0, -1)]
+        backend = RayBackend(env.unwrapped.evaluator, workers=1)
+        first = backend.evaluate_many([(students[0], "tiny", 0)])[0]
+        ray.kill(backend._actors[0])  # the issue's case: every later step got -1 with no reason
+        results = backend.evaluate_many([(s, "tiny", 0) for s in students])
+        assert len(results) == 2 and all(r.valid for r in results), [r.reason for r in results]
+        assert results[0].reward == first.reward
+        backend.close()
+    finally:
+        ray.shutdown()
+        env.close()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_async_vector_env_forked_after_two_thread_torch_ops_does_not_hang(digits_teacher):
+    script = textwrap.dedent(f"""
+        import torch
+        torch.set_num_threads(2)
+        a = torch.randn(256, 256)
+        (a @ a).sum()  # the parent's OpenMP pool is up
+        import gymnasium as gym
+        import n2n_gym
+        envs = gym.make_vec(n2n_gym.DEFAULT_ENV_ID, num_envs=2, vectorization_mode="async", protocol="tiny",
+                            device="cpu", cache=False, progress=False, teacher_recipe={SMALL_DIGITS_RECIPE!r})
+        assert envs.unwrapped.context is None or envs.unwrapped.context == "fork"
+        envs.reset(seed=0)
+        done = False
+        while not done:
+            _, reward, term, trunc, _ = envs.step([0, 0])
+            done = bool(term.any())
+        envs.close()
+        print("finished", reward)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240,
+                          env=subprocess_env(OMP_NUM_THREADS="2"))
+    assert proc.returncode == 0 and "finished" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_pickled_evaluators_of_dead_processes_are_removed(tmp_path):
+    dead = tmp_path / f"{BLOB_PREFIX}{_dead_pid()}-abc.pkl"
+    alive = tmp_path / f"{BLOB_PREFIX}{os.getpid()}-def.pkl"
+    other = tmp_path / "n2n-evaluator-notes.pkl"
+    for p in (dead, alive, other):
+        p.write_bytes(b"x")
+    assert remove_stale_blobs(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and alive.exists() and other.exists()
+
+
+# ---------------------------------------------------------------------------- workers
+_POOL_PARENT = """
+import sys, numpy as np
+from conftest import make_digits_env
+from n2n_gym.evaluation.backends import ProcessBackend
+env = make_digits_env(cache=False)
+env.reset(seed=0)
+arch = env.unwrapped.student_architecture([int(np.flatnonzero(m)[0]) for m in env.unwrapped.layer_masks()])
+backend = ProcessBackend(env.unwrapped.evaluator, workers=1, threads=1)
+backend.evaluate_many([(arch, "tiny", 0)])  # the worker is up
+print(*backend._pool._processes, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+def test_process_pool_workers_exit_with_a_killed_parent(digits_teacher):
+    """Issue 21 (remaining 8): the workers of a killed process-pool run trained on."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    proc = subprocess.Popen([sys.executable, "-c", _POOL_PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=subprocess_env(), cwd=pathlib.Path(__file__).parents[1])
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert workers and not any(_gone(p) for p in workers)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while not all(_gone(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(p) for p in workers), "a worker outlived its killed parent"
+    finally:
+        proc.kill()

@@ -1,4 +1,5 @@
-"""n2n_gym.evaluation.protocols: the optional fields, their checks and the stability of cache keys."""
+"""n2n_gym.evaluation.protocols: the fields and their checks, the optional fields and the stability of
+cache keys."""
 
 from __future__ import annotations
 
@@ -46,3 +47,17 @@ def test_from_dict_names_unknown_fields():
         Protocol.from_dict({**PROTOCOLS["fast"].to_dict(), "epoch": 3})
     with pytest.raises(TypeError):
         Protocol.from_dict(["fast"])
+
+
+TINY = PROTOCOLS["tiny"]
+
+
+@pytest.mark.parametrize("field, value, error", [
+    ("lr", 0.0, ValueError), ("lr", float("inf"), ValueError), ("lr", float("nan"), ValueError),
+    ("lr", "1e-3", TypeError), ("epochs", -1, ValueError), ("batch_size", 0, ValueError),
+    ("train_images", 0, ValueError), ("weight_decay", -1.0, ValueError), ("init", "zeros", ValueError),
+    ("augment", "no", TypeError),
+])
+def test_protocol_fields_are_checked(field, value, error):
+    with pytest.raises(error, match=f"Protocol {field}"):
+        dataclasses.replace(TINY, **{field: value})

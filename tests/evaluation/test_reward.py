@@ -1,4 +1,4 @@
-"""The N2N reward R = Rc * Ra, constraints and their penalties."""
+"""n2n_gym.evaluation.reward: R = Rc * Ra, constraints (their checks and units) and their penalties."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from n2n_gym.envs.env import N2NEnv
 from n2n_gym.evaluation.reward import (
     Constraint,
     Reward,
@@ -20,9 +21,6 @@ T_PARAMS, T_ACC = 1_000_000, 0.9
 def reward(student_params: int, student_accuracy: float = T_ACC, **kw) -> Reward:
     return n2n_reward(student_params=student_params, teacher_params=T_PARAMS,
                       student_accuracy=student_accuracy, teacher_accuracy=T_ACC, **kw)
-
-
-# ----------------------------------------------------------------------------- formula
 
 
 @pytest.mark.parametrize(
@@ -70,9 +68,6 @@ def test_bad_arguments() -> None:
         n2n_reward(student_params=1, teacher_params=0, student_accuracy=0.5, teacher_accuracy=0.5)
     with pytest.raises(ValueError, match="positive"):
         n2n_reward(student_params=1, teacher_params=10, student_accuracy=0.5, teacher_accuracy=0.0)
-
-
-# ------------------------------------------------------------------------- constraints
 
 
 def test_constraint_rows() -> None:
@@ -163,9 +158,6 @@ def test_flops_constraint_needs_flops_property() -> None:
         reward(T_PARAMS // 2, constraints=[Constraint.max_flops(10)])
 
 
-# ---------------------------------------------------------------- parse_constraints
-
-
 def test_parse_constraints_forms() -> None:
     assert parse_constraints(None) == ()
     one = Constraint.max_params(5)
@@ -188,3 +180,26 @@ def test_parse_constraints_rejects_unknown_keys_and_types() -> None:
         parse_constraints("max_params=100")
     with pytest.raises(TypeError):
         parse_constraints(100)
+
+
+# ---------------------------------------------------------------------------- D: constraints, reset options
+@pytest.mark.parametrize("spec, error, match", [
+    ({"min_accuracy": 95}, ValueError, r"did you mean 0.95"),
+    ({"min_accuracy": -0.1}, ValueError, "min_accuracy must be >= 0"),
+    ({"max_params": -5}, ValueError, "max_params must be > 0"),
+    ({"max_flops": float("nan")}, ValueError, "max_flops must be a finite number"),
+    ({"max_params": "1e5"}, TypeError, r"pass max_params=100000.0, a number"),
+    ({"max_param": 5}, ValueError, "unknown constraint"),
+    (5, TypeError, "constraints must be"),
+])
+def test_constraints_in_the_wrong_unit_or_impossible_fail_at_make(spec, error, match):
+    with pytest.raises(error, match=match):
+        N2NEnv(constraints=spec)
+
+
+def test_constraint_rows_are_checked():
+    with pytest.raises(ValueError, match="Constraint bound must be a finite number"):
+        Constraint({"params": 1.0}, float("inf"))
+    with pytest.raises(TypeError, match="coefficient"):
+        Constraint({"params": "1"}, 5.0)
+    assert parse_constraints({"min_accuracy": 0.95, "max_params": 1e5})[1].bound == 1e5

@@ -1,5 +1,5 @@
-"""The architecture IR: zoo counts, analytic params/FLOPs vs measured ones, decision
-sequences, JSON round trip / canonical hash, malformed architectures."""
+"""n2n_gym.ir.arch: analytic params/FLOPs vs measured ones, JSON round trip / canonical hash,
+malformed architectures."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from n2n_gym.ir.edits import InvalidStudent, apply_decisions, layer_rules
 from n2n_gym.ir.zoo import TEACHERS, teacher_architecture
 
 CIFAR = (3, 32, 32)
+
+
 DIGITS = (1, 8, 8)
 
 
@@ -50,67 +52,6 @@ def _measured(arch: Architecture) -> tuple[int, int, torch.Tensor]:
     return params, counter.get_total_flops(), out
 
 
-# ----------------------------------------------------------------------------- the zoo
-
-# Independent figures: ResNet-18/34 are the usual CIFAR counts (kuangliu/pytorch-cifar);
-# the VGGs are kuangliu's counts minus the conv biases (a BN follows every conv here);
-# ResNet-20/56 are TAS' option-A counts plus the two 1x1 projection shortcuts (2,752).
-ZOO_PARAMS_10_CLASSES = {
-    "resnet18": 11_173_962,
-    "resnet34": 21_282_122,
-    "resnet20": 272_474,
-    "resnet56": 855_770,
-    "vgg11": 9_228_362,
-    "vgg13": 9_413_066,
-    "vgg16": 14_724_042,
-    "vgg19": 20_035_018,
-    "digitsnet": 140_458,
-}
-
-
-def test_zoo_covers_every_teacher() -> None:
-    assert set(ZOO_PARAMS_10_CLASSES) == set(TEACHERS)
-
-
-@pytest.mark.parametrize("name", sorted(ZOO_PARAMS_10_CLASSES))
-def test_zoo_param_counts_exact(name: str) -> None:
-    arch = _zoo(name)
-    assert arch.params == ZOO_PARAMS_10_CLASSES[name]
-    params, flops, out = _measured(arch)
-    assert params == arch.params
-    assert flops == arch.flops
-    assert out.shape == (1, 10)
-    assert sum(arch.layer_params()) == arch.params and sum(arch.layer_flops()) == arch.flops
-
-
-def test_resnet_flops_are_the_published_macs() -> None:
-    # CIFAR ResNet-18 is 0.56 GMACs, ResNet-20 41 MMACs (2 FLOPs per MAC here)
-    assert _zoo("resnet18").flops == 2 * 555_422_720
-    assert _zoo("resnet20").flops == 2 * 40_813_184
-
-
-@pytest.mark.parametrize("name", ["resnet18", "vgg16", "digitsnet", "resnet20"])
-def test_zoo_counts_for_100_classes(name: str) -> None:
-    a10, a100 = _zoo(name, 10), _zoo(name, 100)
-    in_features = a10.shapes()[-1].in_features
-    assert a100.params - a10.params == 90 * (in_features + 1)
-    assert a100.layers[-1].out == 100 and not a100.layers[-1].relu
-    params, flops, _ = _measured(a100)
-    assert (params, flops) == (a100.params, a100.flops)
-
-
-def test_zoo_origins_and_unknown_name() -> None:
-    for name in TEACHERS:
-        arch = _zoo(name)
-        assert [l.origin for l in arch.layers] == list(range(len(arch)))
-        assert arch.name == name
-    with pytest.raises(KeyError, match="resnet18"):
-        teacher_architecture("resnet19")
-
-
-# ------------------------------------------------------------ random decision sequences
-
-
 @st.composite
 def legal_decisions(draw, arch: Architecture):
     """Per layer: removal where allowed, else a width ratio in (0, 1]; and a min_width."""
@@ -120,16 +61,6 @@ def legal_decisions(draw, arch: Architecture):
             out.append(None)
         else:
             out.append(draw(st.floats(min_value=0.01, max_value=1.0)))
-    return out, draw(st.integers(min_value=1, max_value=16))
-
-
-@st.composite
-def any_decisions(draw, arch: Architecture):
-    """Anything of the right length: removal of any layer (one in ten), any ratio in (0, 1]."""
-    out = []
-    for _ in arch.layers:
-        remove = draw(st.integers(min_value=0, max_value=9)) == 0
-        out.append(None if remove else draw(st.floats(min_value=1e-6, max_value=1.0)))
     return out, draw(st.integers(min_value=1, max_value=16))
 
 
@@ -169,98 +100,6 @@ def test_analytic_counts_equal_measured_for_random_students(name: str, examples:
         _check_counts(arch, *drawn)
 
     check()
-
-
-@pytest.mark.parametrize("name, examples", [("digitsnet", 100), ("resnet20", 60), ("vgg11", 20)])
-def test_every_decision_sequence_builds_or_is_invalid_with_reason(name: str, examples: int) -> None:
-    arch = _zoo(name)
-
-    @settings(max_examples=examples, **_SETTINGS)
-    @given(any_decisions(arch))
-    def check(drawn):
-        decisions, min_width = drawn
-        try:
-            student = apply_decisions(arch, decisions, min_width)
-        except InvalidStudent as exc:
-            assert str(exc).strip()
-            return
-        module = build(student).eval()
-        with torch.no_grad():
-            out = module(torch.randn(2, *arch.input_shape))
-        assert out.shape == (2, arch.num_classes) and torch.isfinite(out).all()
-
-    check()
-
-
-def test_decision_errors() -> None:
-    arch = _zoo("digitsnet")
-    n = len(arch)
-    with pytest.raises(ValueError, match="one decision per layer"):
-        apply_decisions(arch, [1.0] * (n - 1))
-    for bad in (0.0, 1.5, -0.5):
-        with pytest.raises(ValueError, match="width ratio"):
-            apply_decisions(arch, [1.0, bad] + [1.0] * (n - 2))
-    with pytest.raises(InvalidStudent, match="layer 0"):
-        apply_decisions(arch, [None] + [1.0] * (n - 1))
-    with pytest.raises(InvalidStudent, match=f"layer {n - 1}"):
-        apply_decisions(arch, [1.0] * (n - 1) + [None])
-
-
-def test_all_keep_is_the_teacher() -> None:
-    for name in ("digitsnet", "resnet20", "vgg11", "resnet18"):
-        arch = _zoo(name)
-        assert apply_decisions(arch, [1.0] * len(arch)) == arch
-
-
-def test_resnet_identity_block_removal_and_tied_widths() -> None:
-    arch = _zoo("resnet20")
-    blocks = arch.blocks()
-    decisions = [1.0] * len(arch)
-    for k in blocks[0]:  # both body layers of the first (identity) block
-        decisions[k] = None
-    decisions[0] = 0.5  # the stem: the whole first stage follows it
-    student = apply_decisions(arch, decisions, min_width=1)
-    assert len(student) == len(arch) - 2
-    assert len(student.blocks()) == len(blocks) - 1
-    stage0 = [l for l in student.layers if l.kind == CONV and l.origin in (0, 4, 6)]
-    assert [l.out for l in stage0] == [8, 8, 8]  # stem and identity-block tails tied
-    params, flops, _ = _measured(student)
-    assert (params, flops) == (student.params, student.flops)
-    # a projection block's first body layer has stride 2: never removable
-    proj_block = next(b for b, idx in blocks.items() if any(arch.layers[k].role == SHORTCUT for k in idx))
-    first = blocks[proj_block][0]
-    with pytest.raises(InvalidStudent, match=f"layer {first}"):
-        apply_decisions(arch, [None if k == first else 1.0 for k in range(len(arch))])
-
-
-def test_projection_block_cannot_lose_its_whole_body() -> None:
-    arch = Architecture(CIFAR, 10, (
-        Layer(CONV, 8, 3, 1, 1, origin=0),
-        Layer(CONV, 16, 3, 1, 1, True, 0, BODY, origin=1),
-        Layer(CONV, 16, 3, 1, 1, False, 0, BODY, origin=2),
-        Layer(CONV, 16, 1, 1, 0, False, 0, SHORTCUT, origin=3),
-        Layer(GAP, origin=4), Layer(LINEAR, out=10, relu=False, origin=5),
-    ))
-    assert [r.removable for r in layer_rules(arch)] == [False, True, True, False, False, False]
-    with pytest.raises(InvalidStudent, match="projection shortcut"):
-        apply_decisions(arch, [1.0, None, None, 1.0, 1.0, 1.0])
-    # one body layer left (shrunk to 8): the projection shortcut takes its width
-    student = apply_decisions(arch, [1.0, None, 0.5, 1.0, 1.0, 1.0], min_width=1)
-    assert [l.out for l in student.layers[:3]] == [8, 8, 8]
-    params, flops, _ = _measured(student)
-    assert (params, flops) == (student.params, student.flops)
-
-
-def test_min_width_floor() -> None:
-    arch = _zoo("digitsnet")
-    student = apply_decisions(arch, [0.01] * len(arch))
-    widths = [l.out for l in student.layers if l.kind == CONV]
-    assert widths == [10] * 5  # N2N's floor of 10
-    student = apply_decisions(arch, [0.5] * len(arch))
-    assert [l.out for l in student.layers if l.kind == CONV] == [16, 16, 32, 32, 64]
-
-
-# --------------------------------------------------------------- JSON and the hash
 
 
 @pytest.mark.parametrize("name", sorted(TEACHERS))
@@ -322,9 +161,6 @@ def test_from_dict_errors() -> None:
     bad["layers"][0]["colour"] = "red"
     with pytest.raises(ArchitectureError):
         Architecture.from_dict(bad)
-
-
-# --------------------------------------------------------------- malformed architectures
 
 
 def _replace_layer(arch: Architecture, i: int, **changes) -> Architecture:

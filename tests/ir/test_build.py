@@ -10,11 +10,21 @@ from torch import nn
 
 from n2n_gym.ir.arch import CONV, LINEAR, Architecture
 from n2n_gym.ir.build import Network, build, inherit_weights
-from n2n_gym.ir.edits import InvalidStudent, apply_decisions, channel_groups, layer_rules, producers
+from n2n_gym.ir.edits import (
+    InvalidStudent,
+    apply_decisions,
+    channel_groups,
+    layer_rules,
+    producers,
+)
 from n2n_gym.ir.zoo import teacher_architecture
 
 CIFAR = (3, 32, 32)
+
+
 DIGITS = (1, 8, 8)
+
+
 _SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -64,9 +74,6 @@ def l1(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().abs().reshape(weight.shape[0], -1).sum(1)
 
 
-# ----------------------------------------------------------------------------- build
-
-
 @pytest.mark.parametrize("name", ["digitsnet", "resnet20", "vgg11"])
 def test_build_structure(name: str) -> None:
     arch = _zoo(name)
@@ -103,9 +110,6 @@ def test_build_forward_matches_a_hand_written_resnet_block() -> None:
         torch.testing.assert_close(net(x), h, rtol=0, atol=0)
 
 
-# ---------------------------------------------------------- inheritance: all keep
-
-
 @pytest.mark.parametrize("name", ["digitsnet", "resnet20", "vgg11"])
 def test_all_keep_student_reproduces_teacher_exactly(name: str) -> None:
     arch = _zoo(name)
@@ -120,9 +124,6 @@ def test_all_keep_student_reproduces_teacher_exactly(name: str) -> None:
     for k, v in teacher.state_dict().items():
         assert torch.equal(s_state[k], v), k
         assert torch.equal(before[k], v), f"inheritance modified the teacher's {k}"
-
-
-# -------------------------------------------------- inheritance: channel selection
 
 
 def test_shrunk_plain_layer_keeps_largest_l1_channels() -> None:
@@ -233,9 +234,6 @@ def test_removed_layer_consumer_gets_overlapping_weights() -> None:
     assert torch.equal(lin_s.bias, lin_t.bias)
 
 
-# ------------------------------------------------ random students: property tests
-
-
 @st.composite
 def shrink_only(draw, arch: Architecture):
     rules = layer_rules(arch)
@@ -315,9 +313,6 @@ def test_resnet20_student_shrinking_stem_and_removing_blocks_runs() -> None:
         assert k == k2 and torch.equal(v, v2)
 
 
-# ------------------------------------- residual nets: a reference for shrink-only students
-
-
 def reference_spaces(arch: Architecture):
     """(group, input group) per layer, by the rules of the module docstrings: a residual
     addition ties the block's tail (and its projection) to one channel space."""
@@ -342,20 +337,6 @@ def reference_spaces(arch: Architecture):
         current = group[tail]
     # a group is named by its first producer
     return group, source
-
-
-@pytest.mark.parametrize("name", ["resnet20", "resnet18", "resnet56", "digitsnet", "vgg16"])
-def test_channel_groups_follow_the_residual_rules(name: str) -> None:
-    arch = _zoo(name)
-    group, source = reference_spaces(arch)
-    lib_groups, lib_prod = channel_groups(arch), producers(arch)
-    for i in group:
-        assert lib_groups[i] == group[i], i
-        expected_source = -1 if source[i] == "image" else source[i]
-        # the library names the producing layer; its space must be the reference's
-        assert (lib_prod[i] == -1) == (expected_source == -1), i
-        if expected_source != -1:
-            assert lib_groups[lib_prod[i]] == expected_source, i
 
 
 @st.composite

@@ -21,15 +21,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import make_digits_env
 from torch import nn
 
 import n2n_gym
 from n2n_gym.ir.build import build
-from n2n_gym.teachers.importer import UnsupportedModelError, import_module, weights_digest
 from n2n_gym.ir.students import export_student
+from n2n_gym.teachers.importer import (
+    UnsupportedModelError,
+    import_module,
+    weights_digest,
+)
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-from conftest import make_digits_env, subprocess_env
+REPO = pathlib.Path(__file__).resolve().parents[2]
+from conftest import subprocess_env
 
 # ------------------------------------------------------------ kuangliu/pytorch-cifar style
 # BasicBlock and ResNet as in kuangliu/pytorch-cifar models/resnet.py; only the stem width is
@@ -525,3 +530,45 @@ def test_a_model_for_other_inputs_is_refused_with_the_root_cause_only(capfd) -> 
     with pytest.raises(ValueError, match="expected input.*to have 3 channels, but got 1"):
         gym.make("N2N-Custom-v0", teacher_module=torchvision.models.resnet18(num_classes=10), dataset="digits")
     assert "Traceback" not in capfd.readouterr().err  # torch.fx's code dump is not printed
+
+
+# ---------------------------------------------------------------------------- imported graphs
+class _ConvTwice(nn.Module):
+    """One conv applied twice (weight sharing): 1 set of weights, not 2 layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.conv(x))
+        x = torch.relu(self.conv(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+class _TiedWeights(_ConvTwice):
+    """Two conv modules holding one weight tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv2.weight = self.conv.weight
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.conv(x))
+        x = torch.relu(self.conv2(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("model, words", [(_ConvTwice, "module `conv` (Conv2d) is called 2 times"),
+                                          (_TiedWeights, "`conv2.weight` is the same tensor as a weight of `conv`")])
+def test_the_importer_refuses_shared_weights(model, words):
+    from n2n_gym.teachers.importer import UnsupportedModelError, import_module
+
+    with pytest.raises(UnsupportedModelError, match="weight sharing") as err:
+        import_module(model().eval(), torch.randn(2, 1, 8, 8))
+    assert words in str(err.value)

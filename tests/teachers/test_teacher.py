@@ -1,6 +1,7 @@
-"""Teachers: checkpoints given by the user (corrupt, mismatched, plain state_dicts), the
-cache of trained teachers (integrity, resuming an interrupted training), and missing
-data when offline."""
+"""n2n_gym.teachers.teacher: checkpoints given by the user (corrupt, mismatched, plain state_dicts),
+the cache of trained teachers (integrity, locks, resuming an interrupted training), identity
+by content of weights and data, accuracies measured on the env's own splits, refusal of
+diverged or chance-level teachers, the training-time guard at reset, and missing data offline."""
 
 from __future__ import annotations
 
@@ -16,12 +17,24 @@ import textwrap
 import time
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
-from conftest import SMALL_DIGITS_RECIPE, make_digits_env, subprocess_env
+from conftest import (
+    SMALL_DIGITS_RECIPE,
+    make_digits_env,
+    shared_data_root,
+    subprocess_env,
+)
 
+import n2n_gym
+from n2n_gym.data.datasets import (
+    DataUnavailableError,
+    clear_dataset_cache,
+    load_dataset,
+)
 from n2n_gym.ir.build import build
-from n2n_gym.data.datasets import DataUnavailableError
+from n2n_gym.ir.zoo import teacher_architecture
 from n2n_gym.teachers.teacher import (
     FORMAT,
     Recipe,
@@ -34,13 +47,11 @@ from n2n_gym.teachers.teacher import (
     teacher_cache_path,
     weights_sha256,
 )
-from n2n_gym.ir.zoo import teacher_architecture
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
 DIGITS_ARCH = teacher_architecture("digitsnet", (1, 8, 8), 10)
-
-
-# ----------------------------------------------------------- user-given checkpoints
 
 
 def test_corrupt_checkpoint_names_the_file(tmp_path, digits_data) -> None:
@@ -129,9 +140,6 @@ def test_damaged_checkpoint_dict_is_a_checkpoint_error(tmp_path, digits_data) ->
         load_teacher("digitsnet", digits_data, checkpoint=path)
 
 
-# ------------------------------------------------------------------ cached teachers
-
-
 def _copy_cached_teacher(teacher, cache_dir: pathlib.Path) -> pathlib.Path:
     src = pathlib.Path(teacher.path)
     dst = cache_dir / "teachers" / src.name
@@ -172,9 +180,9 @@ def test_shared_cache_is_used(digits_teacher, n2n_cache_dir) -> None:
     assert again.sha256 == digits_teacher.sha256 and again.path == digits_teacher.path
 
 
-# ------------------------------------------------------- interrupted training resumes
-
 RESUME_RECIPE = {"epochs": 6, "batch_size": 128, "lr": 0.05}
+
+
 _TRAIN_CHILD = textwrap.dedent(
     """
     import os, sys
@@ -253,9 +261,6 @@ def test_unreadable_partial_state_starts_over(tmp_path, digits_data) -> None:
         assert torch.equal(a, b)
 
 
-# ------------------------------------------------------------ missing data, offline
-
-
 def test_missing_data_offline_fails_at_reset(tmp_path, monkeypatch) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -267,3 +272,194 @@ def test_missing_data_offline_fails_at_reset(tmp_path, monkeypatch) -> None:
         env.reset(seed=0)
     assert "N2N_OFFLINE" in str(exc.value) or "download" in str(exc.value)
     assert list(empty.iterdir()) == []  # nothing was downloaded or written
+
+
+def test_teacher_training_state_loads_without_pickle(tmp_path):
+    """A resumable teacher state (``.partial``) is read with ``weights_only=True``: a file
+    holding a pickled object is refused (training starts over) instead of executed."""
+    import pickle
+
+    from n2n_gym.teachers.teacher import _partial_epochs
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('executed')",))
+
+    bad = tmp_path / "t.pt.partial"
+    with open(bad, "wb") as f:
+        pickle.dump({"epoch": 3, "x": Boom()}, f)
+    with pytest.warns(UserWarning, match="pickle protocol"):
+        assert _partial_epochs(bad) == 0
+
+
+def test_a_cache_whose_teacher_lock_cannot_be_written_still_serves_its_teacher(digits_teacher, tmp_path):
+    from n2n_gym.teachers.teacher import Recipe, _file_lock, load_teacher
+
+    ckpt = pathlib.Path(digits_teacher.path)
+    lock = ckpt.with_suffix(".lock")
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # stands for a read-only cache folder: open(lock, "a") fails, even for root
+    try:
+        t = load_teacher("digitsnet", load_dataset("digits"), recipe=Recipe(**SMALL_DIGITS_RECIPE), device="cpu",
+                         progress=False)
+        assert t.sha256 == digits_teacher.sha256
+    finally:
+        lock.rmdir()
+    missing = tmp_path / "teacher.lock"
+    missing.mkdir()  # and no teacher.pt: training would need the lock, so a clear error
+    with pytest.raises(OSError, match=f"cannot create the teacher lock file {missing} .*point N2N_CACHE"):
+        with _file_lock(missing):
+            pass
+
+
+def _digits_npz(path: pathlib.Path, invert: bool = False) -> str:
+    """The embedded digits as an npz (x, y form); ``invert``: the same shapes, other images."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    if invert:
+        x = 255 - x
+    np.savez(path, x=x, y=d.target.astype(np.int64))
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # same mtime for both: only the content differs
+    return f"npz:{path}"
+
+
+def test_weights_sha256_is_the_content_not_the_file(tmp_path, digits_teacher) -> None:
+    state = digits_teacher.module.state_dict()
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save(state, a)
+    torch.save({k: v.clone() for k, v in state.items()}, b, _use_new_zipfile_serialization=False)  # old writer
+    assert a.read_bytes() != b.read_bytes()
+    loaded = [torch.load(p, weights_only=True) for p in (a, b)]
+    assert weights_sha256(loaded[0]) == weights_sha256(loaded[1]) == digits_teacher.sha256
+    changed = dict(loaded[0])
+    first = next(k for k, v in changed.items() if v.is_floating_point())
+    changed[first] = changed[first].clone()
+    changed[first].view(-1)[0] += 1e-6
+    assert weights_sha256(changed) != digits_teacher.sha256
+
+
+def test_overwritten_npz_is_other_data_no_stale_teacher_or_student(tmp_path) -> None:
+    path = tmp_path / "data.npz"
+    recipe = dict(SMALL_DIGITS_RECIPE)
+    infos = []
+    for invert in (False, True):
+        clear_dataset_cache()
+        name = _digits_npz(path, invert)
+        env = gym.make(n2n_gym.DEFAULT_ENV_ID, dataset=name, protocol="tiny", teacher_recipe=recipe, progress=False,
+                       device="cpu", cache=tmp_path / "results.sqlite", stage="remove")
+        env.reset(seed=0)
+        for _ in range(env.unwrapped.num_layers):
+            _, _, terminated, _, info = env.step(0)
+        t, data = env.unwrapped.teacher, env.unwrapped.evaluator.data
+        infos.append((t.sha256, t.path, t.val_accuracy, data.digest, info["cached"], info["data_digest"]))
+        env.close()
+    (sha0, path0, acc0, dig0, _, _), (sha1, path1, acc1, dig1, cached1, info_dig1) = infos
+    assert dig0 != dig1 and info_dig1 == dig1
+    assert path0 != path1 and sha0 != sha1  # a new teacher for the new content, no stale cache hit
+    assert not cached1  # nor a stale student result
+    clear_dataset_cache()
+
+
+def test_checkpoint_accuracy_is_measured_on_the_envs_data(tmp_path, digits_teacher, digits_data) -> None:
+    """A digits teacher given to an env on other data: Ra's denominator is what it scores there."""
+    ckpt = tmp_path / "digits.pt"
+    save_teacher(ckpt, digits_teacher.module, digits_data)  # records 0.9x on the digits
+    clear_dataset_cache()
+    other = load_dataset(_digits_npz(tmp_path / "inverted.npz", invert=True))
+    try:
+        t = load_teacher("digitsnet", other, checkpoint=ckpt)
+    except TeacherInvalidError:
+        return  # at chance on the other data: refused, which is right too
+    from n2n_gym.evaluation.distill import accuracy
+
+    assert t.val_accuracy == pytest.approx(accuracy(t.module, other, *other.split("val")))
+    assert t.val_accuracy < digits_teacher.val_accuracy - 0.2 and t.data_digest == other.digest
+    clear_dataset_cache()
+
+
+def test_thread_count_and_data_are_in_the_teacher_key(digits_data, tmp_path) -> None:
+    arch = teacher_architecture("digitsnet", (1, 8, 8), 10)
+    one, two = Recipe(epochs=3, threads=1), Recipe(epochs=3, threads=2)
+    assert teacher_cache_path(arch, digits_data, one, cache_dir=tmp_path) != teacher_cache_path(
+        arch, digits_data, two, cache_dir=tmp_path)
+    assert teacher_cache_path(arch, digits_data, one, "cpu", tmp_path) != teacher_cache_path(
+        arch, digits_data, one, "cuda", tmp_path)
+
+
+def test_diverged_teacher_is_refused_at_reset(tmp_path) -> None:
+    env = make_digits_env(teacher_recipe={"epochs": 2, "batch_size": 64, "lr": 1e6})
+    with pytest.raises(TeacherInvalidError, match="non-finite|chance"):
+        env.reset(seed=0)
+
+
+def test_chance_level_checkpoint_is_refused(tmp_path, digits_data) -> None:
+    arch = teacher_architecture("digitsnet", (1, 8, 8), 10)
+    module = build(arch)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()  # constant logits: always class 0
+    path = tmp_path / "zero.pt"
+    torch.save(module.state_dict(), path)
+    with pytest.raises(TeacherInvalidError, match="chance"):
+        load_teacher("digitsnet", digits_data, checkpoint=path)
+    nan = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in module.state_dict().items()}
+    torch.save(nan, path)
+    env = make_digits_env(teacher_checkpoint=str(path))
+    with pytest.raises(TeacherInvalidError, match="non-finite"):
+        env.reset()
+
+
+def _cifar_like_npz(path: pathlib.Path, n: int = 300) -> str:
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), y=np.arange(n) % 10)
+    return f"npz:{path}"
+
+
+def test_long_teacher_training_stops_at_reset_with_the_ways_out(tmp_path) -> None:
+    name = _cifar_like_npz(tmp_path / "c.npz")
+    env = gym.make("N2N-ResNet34-CIFAR10-v0", dataset=name, protocol="tiny", progress=False, device="cpu",
+                   teacher_recipe={"epochs": 2000, "batch_size": 128, "lr": 0.1})
+    start = time.perf_counter()
+    with pytest.raises(TeacherTrainingTooLong) as exc:
+        env.reset(seed=0)
+    assert time.perf_counter() - start < 120  # seconds, not hours (a loaded 2-core machine)
+    msg = str(exc.value)
+    for way in ("device='cuda'", "teacher_checkpoint", "n2n-gym teacher train",
+                "teacher_recipe", "teacher_max_minutes=float('inf')", "N2N_TEACHER_MAX_MINUTES"):
+        assert way in msg, way
+    assert exc.value.estimate.seconds > 30 * 60 and exc.value.estimate.steps == 2000  # 240 training images: 1 step each
+    assert not list((pathlib.Path(os.environ["N2N_CACHE"]) / "teachers").glob("resnet34-*.pt"))
+
+
+def test_the_limit_is_configurable(tmp_path, monkeypatch, digits_data) -> None:
+    recipe = Recipe(epochs=3, batch_size=64, lr=0.05, seed=1)
+    monkeypatch.setenv("N2N_TEACHER_MAX_MINUTES", "0.00001")
+    with pytest.raises(TeacherTrainingTooLong, match="over the limit"):
+        load_teacher("digitsnet", digits_data, recipe=recipe, cache_dir=tmp_path, progress=False)
+    t = load_teacher("digitsnet", digits_data, recipe=recipe, cache_dir=tmp_path, progress=False, max_minutes=float("inf"))
+    assert t.source == "trained"
+    with pytest.raises(ValueError, match="teacher training limit"):
+        make_digits_env(teacher_max_minutes=-1)
+    with pytest.raises(TypeError, match="number of minutes"):
+        make_digits_env(teacher_max_minutes="10")
+
+
+def test_resnet34_cifar10_reset_fails_within_seconds_on_cpu(tmp_path, monkeypatch) -> None:
+    """The issue's example: with the data, the estimate and the ways out; without, the data error."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("N2N_DATA", str(empty))
+    env = gym.make("N2N-ResNet34-CIFAR10-v0", protocol="tiny", device="cpu")
+    with pytest.raises(DataUnavailableError, match="CIFAR-10"):
+        env.reset()
+    monkeypatch.undo()
+    shared_data_root("cifar10/cifar10-train.npz")
+    clear_dataset_cache()
+    env = gym.make("N2N-ResNet34-CIFAR10-v0", protocol="tiny", device="cpu")
+    start = time.perf_counter()
+    with pytest.raises(TeacherTrainingTooLong, match="n2n-gym teacher train N2N-ResNet34-CIFAR10-v0"):
+        env.reset()
+    assert time.perf_counter() - start < 120
+    clear_dataset_cache()

@@ -1,0 +1,54 @@
+"""n2n_gym.evaluation.evaluator: a student that diverges or belongs to another teacher scores -1
+with a reason (cached), a sane protocol stays valid."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+from conftest import make_digits_env
+
+from n2n_gym.evaluation.protocols import PROTOCOLS
+from n2n_gym.ir.zoo import teacher_architecture
+
+TINY = PROTOCOLS["tiny"]
+
+
+def _play(env, action: int | None = None) -> dict:
+    """Play one episode (``action`` every step, else "keep at full width"); the terminal info."""
+    env.reset(seed=0)
+    u = env.unwrapped
+    while True:
+        a = u._full_width_action if action is None else action
+        _, reward, terminated, truncated, info = env.step(a)
+        if terminated or truncated:
+            assert reward == info["reward"]
+            return info
+
+
+# ---------------------------------------------------------------------------- C: diverged students
+@pytest.mark.parametrize("lr, match", [(1e20, "loss is not finite"), (1e38, "optimizer step overflows")])
+def test_a_diverged_student_scores_minus_one_with_a_reason_and_is_cached(digits_teacher, tmp_path, lr, match):
+    protocol = dataclasses.replace(TINY, lr=lr)
+    cache = str(tmp_path / "results.sqlite")
+    info = _play(make_digits_env(stage="shrink", protocol=protocol, cache=cache), action=1)
+    assert info["valid"] is False and info["reward"] == -1.0 and not info["cached"]
+    assert info["reason"].startswith("NonFiniteError: distillation diverged") and match in info["reason"]
+    again = _play(make_digits_env(stage="shrink", protocol=protocol, cache=cache), action=1)
+    assert again["cached"] and again["valid"] is False and again["reason"] == info["reason"]
+
+
+def test_a_sane_protocol_is_still_valid(digits_teacher):
+    info = _play(make_digits_env(stage="shrink", cache=False), action=1)
+    assert info["valid"] and info["reason"] == "" and math.isfinite(info["reward"]) and info["reward"] > 0
+
+
+def test_evaluating_an_architecture_of_another_teacher_is_invalid_not_an_error(digits_teacher, digits_data):
+    from n2n_gym.evaluation.evaluator import Evaluator
+
+    ev = Evaluator(digits_teacher, digits_data)
+    foreign = teacher_architecture("resnet20", (1, 8, 8), 10)
+    result = ev.evaluate(foreign, TINY)
+    assert not result.valid and result.reward == -1.0
+    assert result.reason.startswith("the student does not descend from the teacher: layer 1: role")
