@@ -229,13 +229,11 @@ def test_a_killed_process_worker_is_replaced_and_the_student_scored(digits_teach
         env.close()
 
 
-def test_a_dead_ray_actor_is_replaced_and_no_result_is_dropped(digits_teacher):
-    import ray
-
+def test_a_dead_ray_actor_is_replaced_and_no_result_is_dropped(digits_teacher, local_ray):
     from n2n_gym.evaluation.backends import RayBackend
 
+    ray = local_ray  # the module's Ray instance: a second ray.init in one process fails
     env = make_digits_env(cache=False)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         env.reset(seed=0)
         masks = env.unwrapped.layer_masks()
@@ -248,7 +246,6 @@ def test_a_dead_ray_actor_is_replaced_and_no_result_is_dropped(digits_teacher):
         assert results[0].reward == first.reward
         backend.close()
     finally:
-        ray.shutdown()
         env.close()
 
 
