@@ -7,7 +7,7 @@
 
 Both methods go through ``n2n-gym bench`` (``n2n_gym.bench.runner.run_one``) with the same
 ``--budget``: the N2N agent may evaluate that many distinct students; TAS gets a search
-whose compute equals that many evaluations (``agents/tas.py``, ``--budget-evaluations``)
+whose compute equals that many evaluations (``n2n_gym/agents/tas.py``, ``--budget-evaluations``)
 plus its one evaluation. ``--run`` runs whatever (agent, seed) is missing from the
 results file first, appending to it (so the leaderboard includes both); without it the
 script only summarises. Records of ``n2n-gym bench --agent n2n --stage joint`` (N2N's shrink

@@ -35,7 +35,7 @@ for episode in range(30):
 Run it as ``python examples/cleanrl_style.py [--episodes 30] [--protocol fast]``. To
 put such an agent on the leaderboard, wrap its env in ``n2n_gym.envs.wrappers.BudgetWrapper``
 and register its ``run`` function with ``n2n_gym.bench.runner.register_agent`` (see
-``agents/random_search.py`` for a 20-line example).
+``n2n_gym/agents/random_search.py`` for a 20-line example).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import-linter, ``pyproject.toml``): :mod:`n2n_gym.utils`, :mod:`n2n_gym.ir` (the
 IR), :mod:`n2n_gym.data`, :mod:`n2n_gym.teachers`, :mod:`n2n_gym.evaluation` (protocols,
 training loops, reward, cache, backends), :mod:`n2n_gym.envs` (the MDP, wrappers),
 :mod:`n2n_gym.bench` (runner, records, leaderboard, validate), :mod:`n2n_gym.agents`; the CLI
-(:mod:`n2n_gym.cli`) is thin commands on top. ``docs/structure.md`` says where things go.
+(:mod:`n2n_gym.cli`) is thin commands on top. ``docs/development.md`` says where things go.
 """
 
 import os as _os

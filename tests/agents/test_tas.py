@@ -1,4 +1,4 @@
-"""The TAS baseline (agents/tas.py): CWI, expected FLOPs against the IR, the cost loss,
+"""The TAS baseline (n2n_gym/agents/tas.py): CWI, expected FLOPs against the IR, the cost loss,
 initialisation from the teacher, and tiny searches end to end."""
 
 from __future__ import annotations
