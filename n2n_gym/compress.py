@@ -69,7 +69,7 @@ from n2n_gym.evaluation.final import (
 )
 from n2n_gym.evaluation.protocols import get_protocol
 from n2n_gym.evaluation.reward import n2n_reward
-from n2n_gym.ir.arch import Architecture
+from n2n_gym.ir.arch import FLOP_CONVENTION, Architecture
 from n2n_gym.ir.students import export_student, save_student
 from n2n_gym.utils.files import (
     atomic_torch_save,
@@ -83,6 +83,10 @@ DEFAULT_FINAL_EPOCHS = 30
 DEFAULT_AGENT = "n2n"
 #: What makes a folder a run of ``compress`` (written when its search starts).
 RUN_FILES = ("state.pt", "history.jsonl")
+#: The ``format`` field of a run's ``config.json``: ``--resume`` continues only a folder whose
+#: config.json carries it (or, for runs made before it existed, holds only our settings and a
+#: file of ``RUN_FILES``), so that no folder of the user's is taken for a run and overwritten.
+RUN_FORMAT = "n2n-gym compress run 1"
 ALTERNATIVE_LABELS = {"magnitude": "uniform L1 magnitude pruning", "thin": "hand-designed thin, random init"}
 #: settings of the N2N search that are not :func:`compress` settings (``Args`` fields)
 _N2N_ONLY = tuple(f.name for f in dataclasses.fields(Args)
@@ -167,6 +171,7 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
     t_start = time.perf_counter()
     if resume:
         run_dir = _resume_dir(out)
+        _check_is_run(run_dir)  # before anything is written into it
     else:
         config = _new_config(env_id, agent=agent, budget=budget, hparams=hparams, env_kwargs=dict(env_kwargs or {}),
                              protocol=protocol, seed=seed, device=device, model=model, checkpoint=checkpoint,
@@ -185,7 +190,7 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
     if resume:
         if not config_path.exists():
             raise CompressError(f"{run_dir} holds no config.json; nothing to resume", "--resume")
-        config = json.loads(config_path.read_text())
+        config = _check_is_run(run_dir)
         log(f"resuming {run_dir} (its config.json; options given now are ignored)")
     else:
         if any((run_dir / f).exists() for f in RUN_FILES):
@@ -226,7 +231,8 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
     settings.update(n2n_settings)
     settings.update(env_id=env_id, env_kwargs=env_kwargs, protocol=protocol, seed=seed, device=device)
     Args(**settings)  # checks them all
-    return {**settings, "agent": agent, "budget": budget, "hparams": dict(hparams or {}), "model": model,
+    return {"format": RUN_FORMAT, **settings, "agent": agent, "budget": budget, "hparams": dict(hparams or {}),
+            "model": model,
             "checkpoint": None if checkpoint is None else str(checkpoint), "dataset": dataset,
             "final_epochs": final_epochs, "final_lr": final_lr, "export": bool(export), "compare": ",".join(names),
             "latency_rounds": latency_rounds}
@@ -265,10 +271,55 @@ def _resume_dir(out) -> pathlib.Path:
     """The run folder to continue: ``out``, else the newest under ``runs/``."""
     if out:
         return pathlib.Path(out)
-    runs = sorted((p for p in RUNS_ROOT.glob("*") if (p / "config.json").exists()), key=lambda p: p.stat().st_mtime)
+    runs = sorted((p for p in RUNS_ROOT.glob("*") if _run_config(p)[0] is not None), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise CompressError(f"no run folder under {RUNS_ROOT}/; pass the folder", "--resume")
     return runs[-1]
+
+
+def _config_keys() -> frozenset[str]:
+    """Every key a run's config.json may hold (what :func:`_new_config` writes)."""
+    return frozenset({"format", "agent", "budget", "hparams", "model", "checkpoint", "dataset", "final_epochs",
+                      "final_lr", "export", "compare", "latency_rounds"} | {f.name for f in dataclasses.fields(Args)})
+
+
+def _run_config(run_dir: pathlib.Path) -> tuple[dict | None, str]:
+    """``(config, "")`` when ``run_dir`` is a run of compress, else ``(None, why not)``. A run's
+    config.json is a JSON object with ``format`` = :data:`RUN_FORMAT` and only our settings; one
+    without ``format`` (a run made before it) must hold only our settings, its ``env_id``, and a
+    file of :data:`RUN_FILES` beside it."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None, "holds no config.json"
+    try:
+        with open(path, "rb") as f:
+            raw = f.read((1 << 20) + 1)
+        config = json.loads(raw) if len(raw) <= 1 << 20 else None
+    except (OSError, ValueError) as exc:
+        return None, f"has a config.json that is not a compress run's ({type(exc).__name__})"
+    if not isinstance(config, dict):
+        return None, "has a config.json that is not a compress run's (not a JSON object of our settings)"
+    unknown = sorted(set(config) - _config_keys())
+    if config.get("format") not in (None, RUN_FORMAT) or unknown:
+        what = f"unknown keys {', '.join(map(repr, unknown[:5]))}" if unknown else f"format {config.get('format')!r}"
+        return None, f"has a config.json that is not a compress run's ({what})"
+    if "format" not in config and not (isinstance(config.get("env_id"), str)
+                                       and any((run_dir / f).is_file() for f in RUN_FILES)):
+        return None, f"has a config.json with no \"format\": {RUN_FORMAT!r} and no {' or '.join(RUN_FILES)}"
+    return config, ""
+
+
+def _check_is_run(run_dir: pathlib.Path) -> dict | None:
+    """``--resume`` continues only a run of compress: a folder of the user's that holds some
+    config.json is refused, its files untouched. Returns the run's config (None: no config.json)."""
+    if not (run_dir / "config.json").exists():
+        return None  # said after the stale temporary files are removed
+    config, why = _run_config(run_dir)
+    if config is None:
+        raise CompressError(f"{run_dir} is not an n2n-gym compress run: it {why}; nothing was written there "
+                            "(to compress into it, pass --out without --resume: the run goes to a fresh sub-folder)",
+                            "--resume")
+    return config
 
 
 def _new_run_dir(out, env_id: str, seed: int, log) -> pathlib.Path:
@@ -573,7 +624,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         f"validation / {min(protocol.test_images or n_test, n_test)} test images); they are what the reward "
         f"used. Final rows: after the final distillation ({final_epochs} epochs over the whole training split), "
         f"on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
-        f"FLOPs: 2 per multiply-accumulate.")
+        f"FLOPs: {FLOP_CONVENTION}.")
     total_seconds = time.perf_counter() - t_start
     report = {
         "env_id": args.env_id, "run_dir": str(run_dir), "agent": agent, "args": dataclasses.asdict(args),

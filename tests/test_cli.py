@@ -432,3 +432,68 @@ def test_compress_never_overwrites_files_of_the_users_out_folder(digits_teacher,
     assert len(runs) == 1 and (runs[0] / "student.pt").is_file() and (runs[0] / "history.jsonl").is_file()
     err = capsys.readouterr().err
     assert f"holds files that are not an n2n-gym run: this run goes to {runs[0]}" in err
+
+
+def _user_folder(path: pathlib.Path, config: dict, *extra: str) -> dict:
+    mine = {name: f"MY OWN {name}" for name in ("report.json", "student.json", "student.pt", "final.ckpt", *extra)}
+    mine["config.json"] = json.dumps(config)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in mine.items():
+        (path / name).write_text(text)
+    return mine
+
+
+@pytest.mark.parametrize("config", [
+    {"name": "my app settings", "port": 8080},  # the break-it example: some config.json of the user's
+    {"name": "my app", "port": 8080, "protocol": "tiny", "updates": "1,1", "rollouts": 1},  # our keys beside theirs
+    {"format": "my format 2", "protocol": "tiny"},  # another format
+    {"protocol": "tiny", "updates": "1,1", "env_id": "N2N-DigitsNet-Digits-v1"},  # no format, no run file
+    ["not", "an", "object"],
+])
+def test_compress_resume_refuses_a_folder_that_is_not_a_compress_run(config, tmp_path, capsys, monkeypatch):
+    """Break-it 21 F4: ``--resume`` on a folder of the user's holding some config.json ran there and
+    overwrote its report.json, student.json, student.pt and final.ckpt. Refused now, in one line,
+    with nothing written."""
+    from n2n_gym import cli
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "mine"
+    mine = _user_folder(folder, config)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["compress", "--resume", str(folder), "--no-progress"])
+    err = capsys.readouterr().err + str(exc.value.code if isinstance(exc.value.code, str) else "")
+    assert exc.value.code not in (0, None)
+    assert "is not an n2n-gym compress run" in err and "Traceback" not in err
+    assert {p.name: p.read_text() for p in folder.iterdir()} == mine  # nothing added, nothing changed
+
+
+def test_compress_resume_knows_a_run_by_its_format_or_its_files(tmp_path):
+    """A run's config.json carries ``format``; one written before it (only our settings, an
+    env_id) is a run when state.pt or history.jsonl is beside it."""
+    from n2n_gym import compress as c
+
+    config = c._new_config("N2N-DigitsNet-Digits-v1", agent="random", budget=2, hparams=None, env_kwargs={},
+                           protocol="tiny", seed=0, device="cpu", model=None, checkpoint=None, dataset=None,
+                           final_epochs=1, final_lr=1e-3, export=False, compare=(), latency_rounds=0,
+                           n2n_settings={})
+    assert config["format"] == c.RUN_FORMAT
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    assert c._run_config(run)[0] == config
+    legacy = {k: v for k, v in config.items() if k != "format"}
+    (run / "config.json").write_text(json.dumps(legacy))
+    assert c._run_config(run)[0] is None  # no format and no run file
+    (run / "history.jsonl").write_text("")
+    assert c._run_config(run)[0] == legacy
+    (run / "config.json").write_text(json.dumps({**legacy, "port": 8080}))
+    assert c._run_config(run)[0] is None and "'port'" in c._run_config(run)[1]
+
+
+def test_compress_report_names_the_flop_convention():
+    from n2n_gym import compress as c
+    from n2n_gym.ir.arch import FLOP_CONVENTION
+
+    source = pathlib.Path(c.__file__).read_text()
+    assert "FLOPs: {FLOP_CONVENTION}" in source and "2 per multiply-accumulate" not in source
+    assert FLOP_CONVENTION
