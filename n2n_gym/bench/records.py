@@ -166,7 +166,7 @@ def _holds_records(path: pathlib.Path, lines: int = 5) -> bool:
     try:
         with open(path, "rb") as f:
             while seen < lines:
-                line = f.readline(64 << 20)  # bounded: one huge line is not a record file
+                line = f.readline(MAX_LINE_BYTES + 1)  # bounded: one huge line is not a record file
                 if not line:
                     return seen == 0
                 if not line.strip():
@@ -264,10 +264,32 @@ def read_records(paths: str | os.PathLike | Iterable[str | os.PathLike], *, stri
     return out
 
 
+#: The longest line of a results file that is read as a record (a record is kilobytes, a few
+#: megabytes with a large students table); a longer line is "not a record", skipped without
+#: being held in memory or parsed (parsing costs about 13 times a line's length).
+MAX_LINE_BYTES = 32 << 20
+
+
+def _lines(f) -> Iterator[bytes | None]:
+    """The lines of a binary file, each at most :data:`MAX_LINE_BYTES` (None for a longer one,
+    read past in chunks)."""
+    while True:
+        raw = f.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) <= MAX_LINE_BYTES:
+            yield raw
+            continue
+        while raw and not raw.endswith(b"\n"):  # the rest of the long line, a chunk at a time
+            raw = f.readline(1 << 20)
+        yield None
+
+
 def scan_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[tuple[str, dict | None, str]]:
     """Every non-empty line of the JSONL files as ``(where, record, error)``: ``where`` is
     ``path#line``; ``record`` is None and ``error`` says why when the line is cut, is not
-    JSON or not a JSON object, or the file cannot be read. Readers that must not pass
+    JSON or not a JSON object, is longer than :data:`MAX_LINE_BYTES` (32 MiB; not parsed, nor
+    held in memory), or the file cannot be read. Readers that must not pass
     damage silently (``validate``, the leaderboard) use this instead of :func:`read_records`."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -278,7 +300,11 @@ def scan_records(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Iter
             yield f"{path}", None, f"cannot read the file: {exc.strerror or exc}"
             continue
         with f:
-            for n, raw in enumerate(f, 1):
+            for n, raw in enumerate(_lines(f), 1):
+                if raw is None:
+                    yield (f"{path}#{n}", None, f"over {MAX_LINE_BYTES >> 20} MiB (a record is kilobytes, "
+                           "megabytes with a large students table): not a record, not parsed")
+                    continue
                 text = raw.strip()
                 if not text:
                     continue
@@ -548,6 +574,8 @@ def untrusted_fields(record: dict) -> list[str]:
     if replay is not None and not isinstance(replay, dict):
         out.append("best.replay is not an object")
         replay = {}
+    # the env id's own teacher and data set: a record may not change them (a teacher to train)
+    own = dict(zip(("teacher", "dataset"), ENVS[env_id][:2])) if env_id in ENVS else {}
     items = [(f"env_kwargs.{k}", k, v) for k, v in kwargs.items()]
     items += [(f"best.replay.{k}", k, v) for k, v in (replay or {}).items()]
     for where, key, value in items:
@@ -564,11 +592,15 @@ def untrusted_fields(record: dict) -> list[str]:
                        "an 'npz:' data set names a file of the checking machine")
         elif key == "teacher" and value not in TEACHERS:
             out.append(f"{where} {str(value)[:80]!r} is not a zoo teacher")
+        elif key in ("teacher", "dataset") and value != own.get(key):
+            out.append(f"{where} {str(value)[:80]!r} is not {env_id}'s own {key} ({own.get(key)!r}): it would "
+                       "make the checking machine train another teacher (minutes to hours)")
         elif key == "start_architecture" and value is not None and not (
                 isinstance(value, str) and value.lstrip().startswith("{") and len(value) <= _MAX_TEXT):
             out.append(f"{where} is not architecture JSON (a path would name a file of the checking machine)")
         elif key == "teacher_recipe":
             out += _recipe_problems(where, value, {f.name for f in dataclasses.fields(Recipe)})
+            out += _recipe_cost_problems(where, value, own.get("dataset"))
     threads = (record.get("budget") or {}).get("torch_threads") if isinstance(record.get("budget"), dict) else None
     if threads is not None and not (_is_int(threads, 1) and threads <= MAX_THREADS):
         out.append(f"budget.torch_threads {str(threads)[:20]!r} is not a thread count in [1, {MAX_THREADS}]")
@@ -588,6 +620,31 @@ def _plain(value, depth: int = 0) -> bool:
     if isinstance(value, dict):
         return len(value) <= 64 and all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
     return False
+
+
+#: The data sets on which a record's ``teacher_recipe`` may train the checking machine's teacher:
+#: the embedded one (seconds of training), and no longer than its default recipe. Elsewhere a
+#: recipe trains a teacher for minutes to hours, which only ``--trusted`` (the user's own) allows.
+CHEAP_RECIPE_DATASETS = ("digits",)
+MIN_RECIPE_BATCH = 16
+
+
+def _recipe_cost_problems(where: str, recipe, dataset: str | None) -> list[str]:
+    from n2n_gym.teachers.teacher import RECIPES
+
+    if not isinstance(recipe, dict):
+        return []
+    if dataset not in CHEAP_RECIPE_DATASETS:
+        return [f"{where} would make the checking machine train a teacher on {dataset or 'this env'!r} (minutes "
+                f"to hours); a record may carry one only on {', '.join(CHEAP_RECIPE_DATASETS)}"]
+    default = RECIPES[dataset]
+    epochs, batch = recipe.get("epochs", default.epochs), recipe.get("batch_size", default.batch_size)
+    if (isinstance(epochs, (int, float)) and epochs > default.epochs) or (
+            isinstance(batch, (int, float)) and batch < MIN_RECIPE_BATCH):
+        return [f"{where} trains longer than {dataset}'s default recipe ({default.epochs} epochs, batches of "
+                f"{MIN_RECIPE_BATCH} or more): "
+                "too costly for a stranger's record"]
+    return []
 
 
 def _recipe_problems(where: str, recipe, fields: set[str]) -> list[str]:

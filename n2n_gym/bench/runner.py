@@ -7,7 +7,7 @@ Runs one agent for each seed until it has spent ``--budget`` student evaluations
 not cache hits (every run gets a private result cache, so "not a cache hit" means "a
 student this run had not evaluated before"; invalid students are free), and appends one
 replayable record per run to the results file (JSONL, schema in
-``benchmarks/records.py``). ``n2n-gym validate`` replays the records, ``n2n-gym leaderboard``
+``n2n_gym/bench/records.py``). ``n2n-gym validate`` replays the records, ``n2n-gym leaderboard``
 ranks them.
 
 Agents (``--list-agents``): ``random`` (uniform mask-respecting search), ``ppo``, ``a2c``,
@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from n2n_gym.bench.records import (
+    MAX_INT,
+    MAX_THREADS,
     STUDENT_COLUMNS,
     BudgetTracker,
     accuracy_drop,
@@ -58,7 +60,7 @@ from n2n_gym.bench.records import (
     save_record,
 )
 from n2n_gym.evaluation.protocols import PROTOCOLS
-from n2n_gym.utils.checks import int_at_least, json_object, positive_float
+from n2n_gym.utils.checks import json_object, positive_float
 from n2n_gym.utils.files import default_cache_dir
 
 DEFAULT_RESULTS = "results.jsonl"
@@ -298,6 +300,39 @@ def _key(r: dict) -> tuple:
                    (r.get("budget") or {}).get("requested"), r.get("label"))
 
 
+#: Bounds of bench's numeric options, checked as they are given (one-line errors), so that a
+#: finished run always writes a record that records, validate and the leaderboard accept:
+#: integers fit in 63 bits (records.MAX_INT; the budget so that the default episode cap,
+#: 20 x budget + 20, does too), threads are at most records.MAX_THREADS.
+MAX_BUDGET = (MAX_INT - 20) // 20
+MAX_SECONDS = 1e9  # about 31 years
+
+
+def _int_in(minimum: int, maximum: int, why: str = "records hold integers below 2**63"):
+    """argparse type: an int in [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text[:40]!r}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{minimum}, {maximum}] ({why}), "
+                                             f"got {text[:40]}")
+        return value
+
+    parse.__name__ = f"int in [{minimum}, {maximum}]"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds in (0, MAX_SECONDS]."""
+    value = positive_float(text)
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:.0e} seconds, got {text[:40]}")
+    return value
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     from n2n_gym.envs.registration import DEFAULT_ENV_ID
 
@@ -305,8 +340,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default=DEFAULT_ENV_ID, help=f"environment id (default {DEFAULT_ENV_ID})")
     p.add_argument("--agent", help=f"one of: {', '.join(AGENTS)}")
-    p.add_argument("--seeds", type=int_at_least(0), nargs="+", default=[0], help="seeds, one run each (default 0)")
-    p.add_argument("--budget", type=int_at_least(1), default=60,
+    p.add_argument("--seeds", type=_int_in(0, MAX_INT), nargs="+", default=[0], help="seeds, one run each (default 0)")
+    p.add_argument("--budget", type=_int_in(1, MAX_BUDGET, "so that the episode cap fits in a record"), default=60,
                    help="student evaluations per run that were not cache hits (default 60)")
     p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
                    help="evaluation protocol (default: the env id's own: fast for the v0 ids, digits-v1 for "
@@ -319,12 +354,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--label", default=None,
                    help="leaderboard name of this variant of the agent, e.g. 'n2n loo lr0.03' (default: the agent, "
                         "plus the stage when it ran several)")
-    p.add_argument("--eval-seed", type=int_at_least(0), default=None, help="the env's evaluation seed (default: the run's seed)")
+    p.add_argument("--eval-seed", type=_int_in(0, MAX_INT), default=None, help="the env's evaluation seed (default: the run's seed)")
     p.add_argument("--device", default=None, help="device of the env's student training: auto | cpu | cuda")
-    p.add_argument("--max-episodes", type=int_at_least(1), default=None,
+    p.add_argument("--max-episodes", type=_int_in(1, MAX_INT), default=None,
                    help="stop a run after this many episodes even if the budget is not spent (default 20 x budget + 20)")
-    p.add_argument("--max-seconds", type=positive_float, default=None, help="stop a run after this many seconds")
-    p.add_argument("--threads", type=int_at_least(1), default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--max-seconds", type=_seconds, default=None, help="stop a run after this many seconds")
+    p.add_argument("--threads", type=_int_in(1, MAX_THREADS, "as records allow"), default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip (env, agent, seed, protocol, stage, budget) already in the results file (resume)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,

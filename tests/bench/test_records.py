@@ -290,3 +290,68 @@ def test_an_output_folder_that_takes_no_file_is_found_before_any_evaluation(tmp_
 
 def test_an_honest_run_trains_exactly_what_it_counts(genuine_record):
     assert genuine_record["budget"]["trainings"] == genuine_record["budget"]["evaluations"] == 2
+
+
+# ---------------------------------------------------------------------------- huge lines
+def test_a_line_over_the_limit_is_a_bad_line_never_parsed(genuine_record, tmp_path, monkeypatch):
+    """Break-it 21 F6: a 200 MB line passed validate (1.5 GB of memory). A line longer than
+    MAX_LINE_BYTES is "not a record", read past in chunks; the lines after it still count."""
+    from n2n_gym.bench import records
+
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 4096)
+    big = _copy(genuine_record, label="A" * 10_000)
+    path = tmp_path / "huge.jsonl"
+    path.write_text(json.dumps(big) + "\n" + "x" * 50_000 + "\n")
+    append_record(path, genuine_record)
+
+    real_loads, parsed = json.loads, []
+    monkeypatch.setattr(records.json, "loads", lambda text, *a, **k: parsed.append(len(text)) or real_loads(text))
+    scanned = list(records.scan_records(path))
+    assert max(parsed) <= 4096, "a line over the limit was parsed"
+    assert [where.rsplit("#", 1)[1] for where, _, _ in scanned] == ["1", "2", "3"]
+    assert [r is None for _, r, _ in scanned] == [True, True, False]
+    assert all("not a record, not parsed" in e for _, r, e in scanned if r is None)
+    assert scanned[2][1]["run_id"] == genuine_record["run_id"]
+
+
+def test_the_line_limit_holds_at_its_real_size(genuine_record, tmp_path, capsys):
+    from n2n_gym.bench import records
+
+    path = tmp_path / "huge.jsonl"
+    with open(path, "w") as f:
+        f.write(json.dumps(_copy(genuine_record, label="A" * (records.MAX_LINE_BYTES + 10))) + "\n")
+    append_record(path, genuine_record)
+    ((_, first, why), (_, second, _)) = records.scan_records(path)
+    assert first is None and f"over {records.MAX_LINE_BYTES >> 20} MiB" in why and second is not None
+    assert validate.main([str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("FAIL ") == 1 and out.count("PASS ") == 1 and "not parsed" in out
+
+
+# ---------------------------------------------------------------------------- a teacher to train
+@pytest.mark.parametrize("kwargs,words", [
+    ({"teacher": "resnet56"}, "not N2N-DigitsNet-Digits-v0's own teacher"),  # the break-it example
+    ({"dataset": "mnist"}, "not N2N-DigitsNet-Digits-v0's own dataset"),
+    ({"teacher_recipe": {"epochs": 400}}, "trains longer than digits's default recipe"),
+    ({"teacher_recipe": {"epochs": 3, "batch_size": 1}}, "trains longer than"),
+    ({"teacher_max_minutes": 1e9}, "limit on teacher training"),
+])
+def test_a_record_that_changes_the_teacher_is_refused_before_any_training(genuine_record, kwargs, words):
+    """Break-it 21 F8: env_kwargs.teacher="resnet56" in a digitsnet record made validate train a
+    teacher for a minute (a teacher_recipe up to 30). Env kwargs that change the env id's own
+    teacher or data set, or train longer than its default recipe, are untrusted."""
+    from n2n_gym.bench.records import untrusted_fields
+
+    record = _copy(genuine_record, env_kwargs={**genuine_record["env_kwargs"], **kwargs})
+    assert any(words in p for p in untrusted_fields(record)), untrusted_fields(record)
+    errors = validate.check_record(record)
+    assert len(errors) == 1 and errors[0].startswith("refused, nothing was run") and words in errors[0]
+
+
+def test_the_env_ids_own_teacher_and_a_cheap_recipe_are_data(genuine_record):
+    from n2n_gym.bench.records import untrusted_fields
+
+    own = {"teacher": "digitsnet", "dataset": "digits", "teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+    assert untrusted_fields(_copy(genuine_record, env_kwargs=own)) == []
+    cifar = {**genuine_record, "env_id": "N2N-ResNet20-CIFAR10-v0", "env_kwargs": {"teacher_recipe": {"epochs": 1}}}
+    assert any("train a teacher on 'cifar10'" in p for p in untrusted_fields(cifar))

@@ -271,3 +271,37 @@ def test_a_results_path_no_record_can_reach_is_refused_before_any_evaluation(req
         runner.run_one(ENV_ID, "random", 0, 1, protocol="tiny", env_kwargs=ENV_KWARGS, results=target)
     with pytest.raises(SystemExit, match=words):
         runner.main(["--agent", "random", "--budget", "1", "--protocol", "tiny", "--results", target])
+
+
+# ---------------------------------------------------------------------------- bounded options
+@pytest.mark.parametrize("option,value,words", [
+    ("--budget", "100000000000000000000", "must be an integer in [1, "),  # break-it 21 F9: a record validate rejects
+    ("--budget", "1e20", "must be an integer"),
+    ("--threads", "100000", "must be an integer in [1, 256]"),  # break-it 21 F9: a traceback after OpenBLAS failed
+    ("--threads", "0", "must be an integer in [1, 256]"),
+    ("--seeds", str(2 ** 63), "records hold integers below 2**63"),
+    ("--eval-seed", str(2 ** 70), "records hold integers below 2**63"),
+    ("--max-episodes", str(2 ** 63), "records hold integers below 2**63"),
+    ("--max-seconds", "1e300", "must be at most"),
+    ("--max-seconds", "nan", "finite number"),
+])
+def test_bench_bounds_every_numeric_option_as_it_is_given(option, value, words, tmp_path, capsys):
+    """Break-it 21 F9: bench ran with --budget 1e20 and wrote a record validate rejects; --threads
+    100000 crashed. Each numeric option is bounded by what records accept, in a one-line error."""
+    results = tmp_path / "r.jsonl"
+    with pytest.raises(SystemExit) as exc:
+        runner.main(["--agent", "random", option, value, "--results", str(results)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and words in err and option in err and "Traceback" not in err
+    assert not results.exists()
+
+
+def test_bench_bounds_agree_with_records():
+    from n2n_gym.bench.records import MAX_INT, MAX_THREADS
+
+    assert 20 * runner.MAX_BUDGET + 20 <= MAX_INT  # the default episode cap of the largest budget fits
+    parser = runner.build_parser()
+    args = parser.parse_args(["--budget", str(runner.MAX_BUDGET), "--threads", str(MAX_THREADS),
+                              "--seeds", str(MAX_INT), "--max-episodes", str(MAX_INT)])
+    assert (args.budget, args.threads, args.seeds, args.max_episodes) == (runner.MAX_BUDGET, MAX_THREADS, [MAX_INT],
+                                                                           MAX_INT)
