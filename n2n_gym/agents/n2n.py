@@ -475,8 +475,11 @@ class N2N:
     """
 
     def __init__(self, args: Args, on_student: Callable[[dict], None] | None = None,
-                 on_update: Callable[["N2N"], None] | None = None):
+                 on_update: Callable[["N2N"], None] | None = None, budget_left: Callable[[], int] | None = None):
         self.args = args
+        # how many more students may be trained (None: no budget); an update's batch is cut to it,
+        # so no student is trained past the budget (each trained student is counted by the evaluator)
+        self.budget_left = budget_left
         self.stages, self.updates = args.stage_list(), args.update_list()
         self.on_student, self.on_update = on_student, on_update
         self.generator = torch.Generator().manual_seed(args.seed)
@@ -588,13 +591,31 @@ class N2N:
         """The update's ``rollouts`` policy samples; batched: every episode's edits first,
         then the batch's students trained at once (the env's ``evaluate_many``)."""
         batched = self.args.batch_eval and hasattr(env.unwrapped, "evaluate_many")
+        n = self.args.rollouts
+        if self.budget_left is not None:  # the last batch of a budget: only the students it may still train
+            n = max(1, min(n, self.budget_left()))
+        if not batched:  # scored and recorded one by one: a budget that ends mid-batch stops at once
+            out = []
+            for i in range(n):
+                seed = self.args.seed if (self.update == 0 and i == 0) else None
+                out.append(self._record(stage, run_episode(env, policy, self.generator, update=self.update,
+                                                           seed=seed), i, "policy"))
+            return out
         batch = []
-        for i in range(self.args.rollouts):
+        for i in range(n):
             seed = self.args.seed if (self.update == 0 and i == 0) else None
-            batch.append(run_episode(env, policy, self.generator, update=self.update, seed=seed, score=not batched))
-        if batched:
-            score_rollouts(env, batch, self.update)
-        return [self._record(stage, r, i, "policy") for i, r in enumerate(batch)]
+            batch.append(run_episode(env, policy, self.generator, update=self.update, seed=seed, score=False))
+        score_rollouts(env, batch, self.update)
+        # every student of the batch was trained: all are recorded (and counted) before a budget stops the run
+        stop: BudgetExhausted | None = None
+        for i, r in enumerate(batch):
+            try:
+                self._record(stage, r, i, "policy")
+            except BudgetExhausted as exc:
+                stop = stop or exc
+        if stop is not None:
+            raise stop
+        return batch
 
     def _propose(self, stage: str, env: gym.Env, policy: nn.Module | None) -> list[Rollout]:
         """The proposal step: ``rollouts`` students per update that the env had not evaluated.
@@ -809,7 +830,10 @@ def run_benchmark(env_id: str, seed: int, budget: int, env_kwargs: dict | None =
             tracker.observe(record, replay, update=record.get("update"))
             tracker.check()
 
-        search = N2N(args, on_student=on_student)
+        def budget_left() -> int:  # students this run may still train (evaluations and episodes left)
+            return min(tracker.budget - tracker.evaluations, tracker.max_episodes - tracker.episodes)
+
+        search = N2N(args, on_student=on_student, budget_left=budget_left)
         try:
             search.run()
         except BudgetExhausted:

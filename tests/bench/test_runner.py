@@ -273,6 +273,31 @@ def test_a_results_path_no_record_can_reach_is_refused_before_any_evaluation(req
         runner.main(["--agent", "random", "--budget", "1", "--protocol", "tiny", "--results", target])
 
 
+# every agent's record validates when its budget is not a multiple of its batch (N2N's rollouts,
+# evolution's population, SB3's n_steps, ...): no student is trained past the budget
+BUDGET_AGENTS = ["random", "optuna_tpe", "evolution", *SB3_AGENTS, "tas", "magnitude"] + (
+    ["n2n"] if _n2n_available() else [])
+
+
+@pytest.mark.parametrize("agent,budget", [(a, 3) for a in BUDGET_AGENTS]
+                         + ([("n2n", 2), ("n2n", 7)] if _n2n_available() else []))
+def test_every_agents_record_validates_at_a_budget_that_is_no_multiple_of_its_batch(agent, budget, digits_teacher,
+                                                                                     tmp_path, capsys):
+    from n2n_gym.bench import validate
+
+    results = tmp_path / "r.jsonl"
+    hparams = ["--hparams", json.dumps({"target_compression": 2.0})] if agent == "magnitude" else []
+    assert runner.main(["--agent", agent, "--budget", str(budget), "--protocol", "tiny", "--device", "cpu",
+                        "--no-progress", "--env-kwargs", json.dumps(ENV_KWARGS), "--results", str(results),
+                        *hparams]) == 0
+    (record,) = read_records(results)
+    b = record["budget"]
+    assert b["trainings"] <= b["evaluations"] + b["invalid_episodes"], b
+    assert b["evaluations"] <= budget + b["parallel"] - 1, b
+    capsys.readouterr()
+    assert validate.main([str(results)]) == 0, capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------- bounded options
 @pytest.mark.parametrize("option,value,words", [
     ("--budget", "100000000000000000000", "must be an integer in [1, "),  # break-it 21 F9: a record validate rejects
