@@ -208,6 +208,17 @@ def printable(text: Any, limit: int = 80) -> str:
 UNREGISTERED = " (unregistered agent)"
 
 
+def label_names_another_agent(record: dict, known_agents: Collection[str]) -> str | None:
+    """The registered agent that ``record``'s label names (its first word: ``n2n`` in ``n2n [joint,
+    loo]``) when that is not the agent that made the record, else None: a random-search record
+    labelled ``n2n`` would be ranked as N2N (validate fails it, the leaderboard shows its agent)."""
+    label = record.get("label")
+    word = re.match(r"[A-Za-z0-9_]+", label) if isinstance(label, str) else None
+    if word is None or word.group(0) == record.get("agent") or word.group(0) not in known_agents:
+        return None
+    return word.group(0)
+
+
 def group_records(records: list[dict], known_agents: Collection[str] | None = None
                   ) -> dict[tuple[str, str], dict[str, list[dict]]]:
     """``{(env_id, protocol): {agent label: [records]}}``; the label is the record's
@@ -224,6 +235,8 @@ def group_records(records: list[dict], known_agents: Collection[str] | None = No
         label = printable(r.get("agent"))
         if r.get("label"):
             label = printable(r["label"])
+            if known_agents is not None and label_names_another_agent(r, known_agents):
+                label += f" (agent {printable(r.get('agent'))})"
         elif len(stages[(r.get("env_id"), r.get("protocol"), r.get("agent"))]) > 1:
             label += f" [{printable(r.get('stage'))}]"
         if known_agents is not None and r.get("agent") not in known_agents:

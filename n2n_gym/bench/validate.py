@@ -12,7 +12,8 @@ For every line of the results files (CompilerGym's ``validate`` idea):
 1. the record is consistent in itself (``records.record_errors``): schema, no NaN/inf,
    a known agent, seeds, teacher sha256 present, budget counts that add up, the anytime
    curve, the students table (no duplicate student, each row's reward recomputed by the
-   reward function, compression) and the best student against that table;
+   reward function, compression) and the best student against that table; a label whose first
+   word is another registered agent (``n2n`` on a random-search record) fails;
 2. a fresh env is made: ``gym.make(env_id, **env_kwargs, **best.replay,
    protocol=record protocol, eval_seed=record eval seed, cache=False)`` (``best.replay``:
    the stage, ratio table and start architecture of the episode that found the best
@@ -60,6 +61,7 @@ import math
 import sys
 from typing import Any
 
+from n2n_gym.bench.leaderboard import label_names_another_agent
 from n2n_gym.bench.records import record_errors, scan_records, untrusted_fields
 from n2n_gym.utils.checks import int_at_least
 
@@ -155,6 +157,10 @@ def check_record(record: dict, tolerance: float = DEFAULT_TOLERANCE, device: str
 
     if record["agent"] not in AGENTS:
         errors.append(f"unknown agent {record['agent']!r} (agents: {', '.join(AGENTS)})")
+    other = label_names_another_agent(record, AGENTS)
+    if other:
+        errors.append(f"the label {record['label'][:80]!r} names the agent {other!r}, but the record's agent is "
+                      f"{record['agent']!r}: a record of one agent would be ranked as another")
     best, budget = record["best"], record.get("budget") or {}
     if record["env_id"] not in gym.registry:
         return errors + [f"unknown env {record['env_id']!r} (n2n-gym {n2n_gym.__version__})"]

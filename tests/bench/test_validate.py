@@ -391,3 +391,27 @@ def test_plain_validate_refuses_a_record_that_contradicts_itself(genuine_record,
     "../../etc", seed 10**400 and torch_threads 1024 passed plain validate."""
     assert validate.main([str(_file(tmp_path, _copy(genuine_record, **change)))]) == 1
     assert words in capsys.readouterr().out
+
+
+def test_a_record_relabelled_as_another_agent_fails_and_the_leaderboard_shows_its_agent(genuine_run, tmp_path,
+                                                                                          capsys):
+    from n2n_gym.bench import leaderboard
+
+    path, record = genuine_run  # random search
+    for label in ("n2n", "n2n [joint, loo, lr 0.03]", "optuna_tpe tuned"):
+        relabelled = _with(record, lambda r: r.update(label=label))
+        bad = tmp_path / "relabelled.jsonl"
+        bad.unlink(missing_ok=True)
+        append_record(bad, relabelled)
+        capsys.readouterr()
+        assert validate.main([str(bad), "--rerun"]) == 1, label
+        out = capsys.readouterr().out
+        assert "names the agent" in out and "'random'" in out, out
+        (sec,) = leaderboard.leaderboard([relabelled], known_agents=runner.AGENTS)
+        assert [row["agent"] for row in sec["rows"]] == [f"{label} (agent random)"]
+    for label in ("random", "random tuned", "my variant"):  # genuine labels pass
+        ok = tmp_path / "ok.jsonl"
+        ok.unlink(missing_ok=True)
+        append_record(ok, _with(record, lambda r: r.update(label=label)))
+        capsys.readouterr()
+        assert validate.main([str(ok)]) == 0, capsys.readouterr().out
