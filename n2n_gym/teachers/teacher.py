@@ -314,15 +314,17 @@ def _load_pinned(pin, arch: Architecture, data: Dataset, device) -> Teacher | No
     weights; None if none has (a file that differs is skipped with a warning)."""
 
     def attempt(path: pathlib.Path) -> Teacher | None:
+        # only the pin's weights are taken (checked before anything is measured), so a file that is
+        # not the pin, NaN weights included, is skipped and the next candidate is tried
         try:
             t = load_checkpoint(pin.teacher, arch, path, data, device, verify_sidecar=False,
-                                 known=(pin.sha256, pin.val_accuracy, pin.test_accuracy))
-        except TeacherCheckpointError as exc:
-            warnings.warn(f"skipping {path}: {exc}", stacklevel=3)
+                                 known=(pin.sha256, pin.val_accuracy, pin.test_accuracy), only_known=True)
+        except _NotTheKnownWeights as exc:
+            warnings.warn(f"skipping {path}: its weights (sha256 {exc.sha256[:12]}…) are not the pinned {pin.id} "
+                          f"({pin.sha256[:12]}…){exc.why}", stacklevel=3)
             return None
-        if t.sha256 != pin.sha256:
-            warnings.warn(f"skipping {path}: its weights (sha256 {t.sha256[:12]}…) are not the pinned {pin.id} "
-                          f"({pin.sha256[:12]}…)", stacklevel=3)
+        except (TeacherCheckpointError, TeacherInvalidError) as exc:
+            warnings.warn(f"skipping {path}: {exc}", stacklevel=3)
             return None
         t.pin, t.source = pin.id, "pinned"
         return t
@@ -338,12 +340,23 @@ def _load_pinned(pin, arch: Architecture, data: Dataset, device) -> Teacher | No
     return attempt(path) if path is not None else None
 
 
+class _NotTheKnownWeights(TeacherCheckpointError):
+    """``load_checkpoint(only_known=True)``: the file's weights are not ``known``'s."""
+
+    def __init__(self, path, sha256: str, why: str = ""):
+        super().__init__(f"teacher checkpoint {path}: its weights (sha256 {sha256[:12]}…) are not the expected ones{why}")
+        self.sha256, self.why = sha256, why
+
+
 def load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset, device, verify_sidecar: bool,
-                     known: tuple[str, float, float] | None = None, measure: bool = False) -> Teacher:
+                     known: tuple[str, float, float] | None = None, measure: bool = False,
+                     only_known: bool = False) -> Teacher:
     """Load and check a teacher file. Accuracies: ``known`` = (weights sha, val, test)
     when the weights have that sha; the registry's when they are a pinned teacher and
     ``data`` is the pin's data; those of our own cache file (``verify_sidecar``) when it
-    records this data's digest; else (and always with ``measure``) measured on ``data``."""
+    records this data's digest; else (and always with ``measure``) measured on ``data``.
+    ``only_known``: weights other than ``known``'s raise ``TeacherCheckpointError`` before
+    anything is measured (a candidate file of a pinned teacher)."""
     if not path.is_file():
         raise TeacherCheckpointError(f"teacher checkpoint {path} does not exist")
     if verify_sidecar:
@@ -388,6 +401,9 @@ def load_checkpoint(name, arch: Architecture, path: pathlib.Path, data: Dataset,
     for p in module.parameters():
         p.requires_grad_(False)
     sha = weights_sha256(module.state_dict())
+    if only_known and (known is None or known[0] != sha):
+        finite = all(torch.isfinite(v).all() for v in module.state_dict().values() if v.is_floating_point())
+        raise _NotTheKnownWeights(path, sha, "" if finite else " (it has non-finite weights)")
 
     pin = teacher_registry.by_sha(sha)
     if pin is not None and (pin.sha256 != sha or pin.data_digest != data.digest):

@@ -103,3 +103,28 @@ def test_a_given_checkpoint_of_a_pinned_teacher_is_recognised(tmp_path, digits_d
     torch.save(state, path)
     t = load_teacher("digitsnet", digits_data, checkpoint=path)
     assert (t.pin, t.sha256, t.val_accuracy) == (DIGITS_PIN.id, DIGITS_PIN.sha256, DIGITS_PIN.val_accuracy)
+
+
+def test_a_teachers_folder_file_with_nan_weights_is_skipped_for_the_pinned_one(tmp_path, monkeypatch,
+                                                                               digits_data) -> None:
+    """Break-it 21 F5: a copy of the pinned file with one NaN weight in $N2N_TEACHERS made reset()
+    raise TeacherInvalidError ("its training diverged") although the valid pinned file was there.
+    It is a candidate that is not the pin: skipped with a warning naming it, the next one is used."""
+    folder = tmp_path / "teachers"
+    folder.mkdir()
+    ckpt = torch.load(reg.PINNED_DIR / DIGITS_PIN.file, map_location="cpu", weights_only=True)
+    state = ckpt["state_dict"] if "state_dict" in ckpt else ckpt
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    torch.save(ckpt, folder / DIGITS_PIN.file)
+    monkeypatch.setenv("N2N_TEACHERS", str(folder))
+    with pytest.warns(UserWarning, match="skipping .*teachers.*not the pinned.*non-finite") as caught:
+        t = load_teacher("digitsnet", digits_data, progress=False)
+    assert pathlib.Path(t.path).parent == reg.PINNED_DIR and t.sha256 == DIGITS_PIN.sha256
+    assert not any("diverged" in str(w.message) for w in caught)
+    # through the env, as in the break-it: reset() works on the pinned teacher
+    env = gym.make(n2n_gym.DEFAULT_ENV_ID, protocol="tiny", progress=False, device="cpu", cache=False)
+    with pytest.warns(UserWarning, match=str(folder)):
+        env.reset(seed=0)
+    assert env.unwrapped.teacher.sha256 == DIGITS_PIN.sha256
+    env.close()
