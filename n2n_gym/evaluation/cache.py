@@ -110,7 +110,12 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
     msg = str(exc).lower()
     if not isinstance(exc, sqlite3.OperationalError):
         return True  # "file is not a database", "database disk image is malformed", ...
-    return any(s in msg for s in ("malformed", "not a database", "encrypted"))
+    return any(s in msg for s in ("malformed", "not a database", "encrypted", "no such column", "has no column named"))
+
+
+#: The tables of a result cache and their columns: a file whose tables differ (another program's
+#: SQLite file, or ours edited) is refused with CacheCorruptError, not used.
+_SCHEMA = {"results": ("key", "value", "created"), "claims": ("key", "owner", "host", "pid", "expires")}
 
 
 class ResultCache:
@@ -212,6 +217,14 @@ class ResultCache:
                 "CREATE TABLE IF NOT EXISTS claims("
                 "key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT, pid INTEGER, expires REAL NOT NULL)"
             )
+            for table, columns in _SCHEMA.items():
+                have = [row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()]
+                if have != list(columns):
+                    raise CacheCorruptError(
+                        f"result cache at {str(self.path)!r} is not an n2n-gym result cache: its table {table!r} "
+                        f"has the columns ({', '.join(map(str, have))[:200]}), not ({', '.join(columns)}). It only "
+                        "holds cached results: delete it (and any '-wal'/'-shm' files next to it), or pass "
+                        "cache=<another path> / cache=False")
         except sqlite3.DatabaseError as exc:
             if _is_corruption(exc):
                 raise self._corrupt(exc) from exc

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import threading
 import time
 import traceback
@@ -84,8 +85,25 @@ class EvalResult:
     seconds: float
     cached: bool = False
 
+    def __post_init__(self) -> None:
+        # a failure reason is a sentence or two: an exception's long message is cut (a cached row
+        # with a longer one, or with control characters, is not one of ours: result_row_problem)
+        self.reason = _bounded_reason(self.reason)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: The longest failure reason of an :class:`EvalResult` (cut with "…"), stored or served.
+MAX_REASON_CHARS = 2000
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # ANSI escapes and the like; newlines and tabs are text
+
+
+def _bounded_reason(reason):
+    if not isinstance(reason, str):
+        return reason
+    reason = _CONTROL.sub("", reason)
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[:MAX_REASON_CHARS - 1] + "…"
 
 
 class Evaluator:
@@ -330,9 +348,12 @@ def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, 
         return f"seconds {row['seconds']!r} is not a duration in [0, {MAX_EVAL_SECONDS:g}]"
     if not row["valid"] and (row["accuracy"] != 0 or not (math.isnan(test) or test == 0) or not row["reason"]):
         # what _compute and lookup store for a student that failed: no accuracy, and why
-        return f"an invalid student with accuracy {row['accuracy']!r} / {test!r} and reason {row['reason']!r}"
+        return f"an invalid student with accuracy {row['accuracy']!r} / {test!r} and reason {row['reason'][:80]!r}"
     if row["valid"] and row["reason"]:
         return f"a valid student with a failure reason {row['reason'][:80]!r}"
+    if len(row["reason"]) > MAX_REASON_CHARS or _CONTROL.search(row["reason"]):
+        return (f"a reason of {len(row['reason'])} characters, or with control characters (ours are plain text "
+                f"of at most {MAX_REASON_CHARS})")
     if (row["params"], row["flops"]) != (params, flops):
         return f"params / FLOPs {row['params']} / {row['flops']} are not the student's {params} / {flops}"
     want = -1.0 if not row["valid"] else n2n_reward(student_params=params, teacher_params=teacher_params,

@@ -517,6 +517,11 @@ def _edit_row(**change):
     pytest.param(_edit_row(valid=False, reward=-1.0, reason="x"), id="invalid-with-accuracy"),
     pytest.param(_edit_row(valid=False, reward=-1.0, accuracy=0.0, test_accuracy=0.0, reason=""), id="invalid-no-reason"),
     pytest.param(_edit_row(reason="diverged"), id="valid-with-a-reason"),
+    # break-it 21 F10: a poisoned "invalid" row with a 10 MB reason was served (info["reason"] 10 MB)
+    pytest.param(_edit_row(valid=False, reward=-1.0, accuracy=0.0, test_accuracy=0.0, reason="A" * 10_000_000),
+                 id="invalid-10MB-reason"),
+    pytest.param(_edit_row(valid=False, reward=-1.0, accuracy=0.0, test_accuracy=0.0, reason="\x1b[2J\x1b[31mpwned"),
+                 id="invalid-ansi-reason"),
 ])
 def test_a_cache_row_from_outside_is_a_miss_never_an_error_or_a_number(cached_env_with_one_student, damage):
     """Issue 21 (remaining 7 and "also"): a deep-nested row raised RecursionError out of step();
@@ -564,3 +569,43 @@ def test_a_live_claim_still_makes_others_wait(tmp_path):
         cache.claim("j", ttl=MAX_CLAIM_TTL * 2)
     with pytest.raises(ValueError, match="ttl"):
         cache.claim("j", ttl=math.nan)
+
+
+@pytest.mark.parametrize("tables", [
+    ["DROP TABLE results", "CREATE TABLE results(a, b)"],  # the break-it example
+    ["DROP TABLE claims", "CREATE TABLE claims(key TEXT PRIMARY KEY, owner TEXT)"],
+    ["ALTER TABLE results ADD COLUMN extra TEXT"],
+])
+def test_a_cache_file_with_another_schema_is_refused_naming_the_file_and_the_fix(tmp_path, tables):
+    """Break-it 21 F10: a results table of other columns made step() raise OperationalError ("no
+    such column: value") with advice about permissions. It is not our cache: CacheCorruptError at
+    open, naming the file and the fix; the file is left as it is."""
+    path = tmp_path / "results.sqlite"
+    cache_mod.ResultCache(path).close()
+    for statement in tables:
+        _sql(path, statement)
+    before = path.read_bytes()
+    with pytest.raises(cache_mod.CacheCorruptError, match="not an n2n-gym result cache") as exc:
+        cache_mod.ResultCache(path)
+    message = str(exc.value)
+    assert str(path) in message and "delete it" in message and "writable" not in message
+    assert path.read_bytes() == before
+
+
+def test_a_schema_changed_under_an_open_cache_is_a_corrupt_cache_not_a_permission_error(tmp_path):
+    path = tmp_path / "results.sqlite"
+    cache = cache_mod.ResultCache(path)
+    cache.put("k", {"x": 1})
+    _sql(path, "DROP TABLE results")
+    _sql(path, "CREATE TABLE results(a, b)")
+    with pytest.raises(cache_mod.CacheCorruptError, match=str(path)) as exc:
+        cache.get("k")
+    assert "writable" not in str(exc.value)
+    cache.close()
+
+
+def test_a_failure_reason_is_bounded_and_plain_text():
+    from n2n_gym.evaluation.evaluator import MAX_REASON_CHARS, EvalResult
+
+    r = EvalResult(False, "\x1b[31m" + "x" * 10_000, 0.0, 0.0, 1, 1, -1.0, 0.0)
+    assert len(r.reason) == MAX_REASON_CHARS and "\x1b" not in r.reason and r.reason.endswith("…")
