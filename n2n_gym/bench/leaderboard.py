@@ -125,31 +125,37 @@ def load(paths: Iterable[str | os.PathLike], wandb_project: str | None = None,
                 skipped.append((record.get("source") or f"wandb:{wandb_project}#{i}", "; ".join(errors)))
             else:
                 records.append(record)
-    seen: dict[Any, str] = {}
+    seen: dict[Any, tuple[str, Any]] = {}
     out = []
     for r in records:
         for key in (("run_id", r.get("run_id")), run_identity(r)):
             if key[1] is not None and key in seen:
-                skipped.append((str(r.get("source") or r.get("run_id")), f"a copy of the run {seen[key]} (same "
-                                f"{'run id' if key[0] == 'run_id' else 'agent, seed, students and curve'}): "
+                first, seed = seen[key]
+                same = "run id" if key[0] == "run_id" else "agent, students and curve" + (
+                    "" if seed == r.get("seed") else f", only the seed changed: {seed} -> {printable(r.get('seed'))}")
+                skipped.append((str(r.get("source") or r.get("run_id")), f"a copy of the run {first} (same {same}): "
                                 "counted once"))
                 break
         else:
             for key in (("run_id", r.get("run_id")), run_identity(r)):
-                seen[key] = str(r.get("run_id"))
+                seen[key] = (str(r.get("run_id")), r.get("seed"))
             out.append(r)
     return out
 
 
 def run_identity(record: dict) -> tuple[str, str]:
-    """What makes two records the same run whatever their run ids and files say: env,
-    protocol, agent, label, seed, stage, budget asked for, students table and anytime curve
-    (a copied line with a new run id is one run, not one more seed)."""
+    """What makes two records the same run whatever their run ids, seeds and files say: env,
+    protocol, agent, label, stage, budget asked for, students table and anytime curve (a copied
+    line with a new run id, or with its seed edited, is one run, not one more seed: two seeds of
+    a search never train the same students with the same rewards). A record without its
+    students table (a W&B summary) keeps its seed in the key."""
     import hashlib
 
-    parts = [record.get(k) for k in ("env_id", "protocol", "agent", "label", "seed", "stage")]
-    parts += [(record.get("budget") or {}).get("requested"), (record.get("students") or {}).get("data"),
-              (record.get("curve") or {}).get("best_reward")]
+    students = (record.get("students") or {}).get("data")
+    parts = [record.get(k) for k in ("env_id", "protocol", "agent", "label", "stage")]
+    parts += [(record.get("budget") or {}).get("requested"), students, (record.get("curve") or {}).get("best_reward")]
+    if not students:
+        parts.append(record.get("seed"))
     return "content", hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -2,7 +2,7 @@
 
 For every line of the results files (CompilerGym's ``validate`` idea):
 
-0. a line that is cut (a kill mid-write), not JSON or a repeated run id fails; so does,
+0. a line that is cut (a kill mid-write), not JSON, a repeated run id or a copy of an earlier run (the same students table and curve under another run id or seed) fails; so does,
    before anything is made, a record that names code to import, a file or folder of this
    machine, or processes to start (``records.untrusted_fields``: an ``env_kwargs`` key
    other than the plain-data :data:`~n2n_gym.bench.records.DATA_KWARGS`, an env id
@@ -61,7 +61,7 @@ import math
 import sys
 from typing import Any
 
-from n2n_gym.bench.leaderboard import label_names_another_agent
+from n2n_gym.bench.leaderboard import label_names_another_agent, run_identity
 from n2n_gym.bench.records import record_errors, scan_records, untrusted_fields
 from n2n_gym.utils.checks import int_at_least
 
@@ -340,23 +340,33 @@ def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device
                   trusted: bool = False, rerun: bool = False,
                   max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> tuple[int, int]:
     """Check every line of ``paths``; returns (passed, failed). A line that cannot be read
-    as a record, or repeats an earlier record's run id, fails; a record whose teacher or
+    as a record, or repeats an earlier record's run id or its run (:func:`~n2n_gym.bench.leaderboard.run_identity`:
+    the same students table and curve under another run id or seed), fails; a record whose teacher or
     data cannot be obtained here is UNVERIFIABLE (neither). ``counts`` (a dict, if given)
     receives passed, failed and unverifiable."""
     out = out or sys.stdout
     passed = failed = unverifiable = 0
-    seen: dict[str, str] = {}
+    seen: dict = {}  # run id or content identity (leaderboard.run_identity) -> the line that had it
     for where, record, problem in scan_records(paths):
         if record is None:
             failed += 1
             print(f"FAIL {where}: {problem}", file=out, flush=True)
             continue
         rid = record.get("run_id")
+        try:
+            content = run_identity(record)
+        except (TypeError, ValueError):  # not JSON-able as read: check_record says why
+            content = None
         if isinstance(rid, str) and rid in seen:
             errors = [f"duplicate of {seen[rid]} (same run_id {rid})"]
+        elif content is not None and content in seen:
+            errors = [f"duplicate of {seen[content]} (same agent, students table and anytime curve; another run id "
+                      f"or seed: a copy of one run, which the leaderboard counts once)"]
         else:
             if isinstance(rid, str):
                 seen[rid] = where
+            if content is not None:
+                seen[content] = where
             try:
                 errors = check_record(record, tolerance, device, threads, trusted=trusted)
                 if rerun and not errors:

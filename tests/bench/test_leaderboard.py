@@ -335,6 +335,21 @@ def test_a_copied_run_counts_once_on_the_leaderboard(genuine_record, tmp_path, c
     assert capsys.readouterr().err.count("a copy of the run") == 2
 
 
+def test_a_copied_run_under_another_seed_counts_once_and_is_listed_as_skipped(genuine_record, tmp_path, capsys):
+    """One run copied with its seed and run id edited: identical students table and curve are one
+    run (two seeds of a search never train the same students), not a second seed."""
+    path = tmp_path / "twoseeds.jsonl"
+    append_record(path, genuine_record)
+    append_record(path, _copy(genuine_record, seed=genuine_record["seed"] + 1))
+    skipped: list = []
+    assert len(leaderboard.load([path], skipped=skipped)) == 1
+    assert len(skipped) == 1 and "only the seed changed" in skipped[0][1] and "counted once" in skipped[0][1]
+    assert leaderboard.main([str(path), "--reps", "100"]) == 0
+    assert "only the seed changed" in capsys.readouterr().err
+    (sec,) = leaderboard.leaderboard(leaderboard.load([path]), reps=100)
+    assert [row["seeds"] for row in sec["rows"]] == [1]
+
+
 @pytest.mark.parametrize("name", ["\x1b[2J\x1b[31mrandom\x1b[0m", "ran\u202edom", "a | b", "x\x07\x00y"])
 def test_what_a_record_names_reaches_no_terminal_or_table_raw_and_unknown_agents_are_not_ranked(
         genuine_record, tmp_path, capsys, name):

@@ -288,7 +288,8 @@ def test_committed_digits_records_validate_and_unknown_teachers_are_unverifiable
     lines = (REPO / "benchmarks/results/leaderboard-digits.jsonl").read_text().splitlines()
     record = json.loads(lines[0])
     assert record["teacher"]["sha256"] in DIGITS_PIN.legacy_sha256  # written before identity by content
-    unknown = dict(record, run_id="another-run", teacher=dict(record["teacher"], sha256="0" * 64))
+    # another label: not a copy of the first run (same students and curve), which would fail as a duplicate
+    unknown = dict(record, run_id="another-run", label="unknown teacher", teacher=dict(record["teacher"], sha256="0" * 64))
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(record) + "\n" + json.dumps(unknown) + "\n")
     code, out = _cli(capsys, "validate", str(path))
@@ -415,3 +416,14 @@ def test_a_record_relabelled_as_another_agent_fails_and_the_leaderboard_shows_it
         append_record(ok, _with(record, lambda r: r.update(label=label)))
         capsys.readouterr()
         assert validate.main([str(ok)]) == 0, capsys.readouterr().out
+
+
+def test_plain_validate_reports_a_copy_under_another_seed_as_a_duplicate(genuine_run, tmp_path, capsys):
+    path, record = genuine_run
+    twoseeds = tmp_path / "twoseeds.jsonl"
+    append_record(twoseeds, record)
+    append_record(twoseeds, _with(record, lambda r: r.update(seed=r["seed"] + 1)))
+    capsys.readouterr()
+    assert validate.main([str(twoseeds)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("PASS ") and "FAIL " in out and "duplicate of" in out and "1 passed, 1 failed" in out
