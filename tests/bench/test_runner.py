@@ -280,13 +280,15 @@ BUDGET_AGENTS = ["random", "optuna_tpe", "evolution", *SB3_AGENTS, "tas", "magni
 
 
 @pytest.mark.parametrize("agent,budget", [(a, 3) for a in BUDGET_AGENTS]
-                         + ([("n2n", 2), ("n2n", 7)] if _n2n_available() else []))
+                         + ([("n2n", 2), ("n2n", 7), ("n2n one by one", 3)] if _n2n_available() else []))
 def test_every_agents_record_validates_at_a_budget_that_is_no_multiple_of_its_batch(agent, budget, digits_teacher,
                                                                                      tmp_path, capsys):
     from n2n_gym.bench import validate
 
     results = tmp_path / "r.jsonl"
-    hparams = ["--hparams", json.dumps({"target_compression": 2.0})] if agent == "magnitude" else []
+    hparams = {"magnitude": ["--hparams", json.dumps({"target_compression": 2.0})],
+               "n2n one by one": ["--hparams", json.dumps({"batch_eval": False})]}.get(agent, [])
+    agent = agent.split()[0]
     assert runner.main(["--agent", agent, "--budget", str(budget), "--protocol", "tiny", "--device", "cpu",
                         "--no-progress", "--env-kwargs", json.dumps(ENV_KWARGS), "--results", str(results),
                         *hparams]) == 0

@@ -410,6 +410,11 @@ def test_a_record_relabelled_as_another_agent_fails_and_the_leaderboard_shows_it
         assert "names the agent" in out and "'random'" in out, out
         (sec,) = leaderboard.leaderboard([relabelled], known_agents=runner.AGENTS)
         assert [row["agent"] for row in sec["rows"]] == [f"{label} (agent random)"]
+    as_n2n = tmp_path / "agent.jsonl"  # the agent field edited instead: the re-run runs n2n, which differs
+    append_record(as_n2n, _with(record, lambda r: r.update(agent="n2n")))
+    capsys.readouterr()
+    assert validate.main([str(as_n2n), "--rerun"]) == 1
+    assert "re-run: the students table differs" in capsys.readouterr().out
     for label in ("random", "random tuned", "my variant"):  # genuine labels pass
         ok = tmp_path / "ok.jsonl"
         ok.unlink(missing_ok=True)
