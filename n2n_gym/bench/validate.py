@@ -63,7 +63,7 @@ from typing import Any
 
 from n2n_gym.bench.leaderboard import label_names_another_agent, run_identity
 from n2n_gym.bench.records import record_errors, scan_records, untrusted_fields
-from n2n_gym.utils.checks import int_at_least
+from n2n_gym.utils.checks import int_at_least, positive_float
 
 DEFAULT_TOLERANCE = 1e-9
 
@@ -249,14 +249,45 @@ def untrusted_hparams(hparams: dict) -> list[str]:
 DEFAULT_MAX_EVALUATIONS = 200
 
 
+#: Default of ``--max-memory-gb``: the address space (GiB) a ``--rerun`` search may take.
+DEFAULT_MAX_MEMORY_GB = 16.0
+
+
+def _limit_memory(limit_bytes: int, parent: int) -> None:
+    """Initializer of the re-run's process: an address-space limit (a record's hyperparameters
+    could ask for a network of any size: N2N's ``hidden`` grows memory with its square), and
+    exit with the validating process."""
+    import resource
+
+    from n2n_gym.evaluation.backends import exit_with_parent
+
+    exit_with_parent(parent)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes if hard == resource.RLIM_INFINITY else
+                                            min(limit_bytes, hard), hard))
+
+
+def _rerun_search(kwargs: dict, threads: int | None) -> dict:
+    from n2n_gym.bench.runner import run_one
+
+    with _torch_threads(threads):
+        return run_one(**kwargs)
+
+
 def rerun_errors(record: dict, tolerance: float = DEFAULT_TOLERANCE, threads: int | None = None, *,
-                 trusted: bool = False, max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> list[str]:
+                 trusted: bool = False, max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+                 max_memory_gb: float = DEFAULT_MAX_MEMORY_GB) -> list[str]:
     """Re-run the record's whole search and compare its anytime curve, evaluation count,
     students table (row by row: student, params, reward) and best student; the reasons it
     differs (empty: the same run). A search larger than ``max_evaluations`` evaluations (or
     ``20 * max_evaluations + 20`` episodes, the tracker's default cap) is refused before it
-    starts. Raises :class:`Unverifiable` for a run that stopped on wall time."""
-    from n2n_gym.bench.runner import run_one
+    starts. The search runs in a child process limited to ``max_memory_gb`` GiB of address
+    space: one that needs more stops and is reported, and this process survives. Raises
+    :class:`Unverifiable` for a run that stopped on wall time."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+    from concurrent.futures.process import BrokenProcessPool
 
     budget = record.get("budget") or {}
     if budget.get("stop_reason") == "max_seconds":
@@ -268,11 +299,21 @@ def rerun_errors(record: dict, tolerance: float = DEFAULT_TOLERANCE, threads: in
     refused = [] if trusted else untrusted_hparams(record.get("hparams") or {})
     if refused:
         return [f"re-run refused, nothing was run: {'; '.join(refused)} (--trusted for your own records)"]
-    with _torch_threads(threads if threads is not None else budget.get("torch_threads")):
-        again = run_one(record["env_id"], record["agent"], record["seed"], int(budget["requested"]),
-                        protocol=record["protocol"], stage=record.get("stage"), env_kwargs=record["env_kwargs"],
-                        hparams=record.get("hparams") or {}, eval_seed=record["eval_seed"],
-                        max_episodes=budget.get("max_episodes"), label=record.get("label"))
+    kwargs = dict(env_id=record["env_id"], agent=record["agent"], seed=record["seed"], budget=int(budget["requested"]),
+                  protocol=record["protocol"], stage=record.get("stage"), env_kwargs=record["env_kwargs"],
+                  hparams=record.get("hparams") or {}, eval_seed=record["eval_seed"],
+                  max_episodes=budget.get("max_episodes"), label=record.get("label"))
+    limit = f"the search needed more than --max-memory-gb {max_memory_gb:g} GiB (raise it for a larger one)"
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_limit_memory,
+                                                initargs=(int(max_memory_gb * 2 ** 30), os.getpid())) as pool:
+        try:
+            again = pool.submit(_rerun_search, kwargs,
+                                threads if threads is not None else budget.get("torch_threads")).result()
+        except MemoryError:
+            return [f"re-run stopped: {limit}"]
+        except BrokenProcessPool:
+            return [f"re-run stopped: its process died ({limit}, or it was killed)"]
     errors = []
     want, got = record["curve"]["best_reward"], again["curve"]["best_reward"]
     if len(want) != len(got):
@@ -338,7 +379,8 @@ def describe(record: dict) -> str:
 def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device: str = "cpu",
                   threads: int | None = None, out=None, counts: dict | None = None, *,
                   trusted: bool = False, rerun: bool = False,
-                  max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> tuple[int, int]:
+                  max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+                  max_memory_gb: float = DEFAULT_MAX_MEMORY_GB) -> tuple[int, int]:
     """Check every line of ``paths``; returns (passed, failed). A line that cannot be read
     as a record, or repeats an earlier record's run id or its run (:func:`~n2n_gym.bench.leaderboard.run_identity`:
     the same students table and curve under another run id or seed), fails; a record whose teacher or
@@ -372,7 +414,7 @@ def validate_file(paths: list[str], tolerance: float = DEFAULT_TOLERANCE, device
                 if rerun and not errors:
                     print(f"re-running {where} {describe(record)} ...", file=out, flush=True)
                     errors = rerun_errors(record, tolerance, threads, trusted=trusted,
-                                          max_evaluations=max_evaluations)
+                                          max_evaluations=max_evaluations, max_memory_gb=max_memory_gb)
             except Unverifiable as exc:
                 unverifiable += 1
                 print(f"UNVERIFIABLE {where} {describe(record)}: {exc}", file=out, flush=True)
@@ -417,6 +459,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--max-evaluations", type=int_at_least(1), default=DEFAULT_MAX_EVALUATIONS,
                    help="--rerun refuses a search of more evaluations than this (default %(default)s): a record "
                         "from someone else cannot make this machine run a search of any size")
+    p.add_argument("--max-memory-gb", type=positive_float, default=DEFAULT_MAX_MEMORY_GB,
+                   help="--rerun runs the search in a process limited to this address space in GiB (default "
+                        "%(default)s): a record's hyperparameters cannot make this machine run out of memory")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the re-evaluation (default: the record's budget.torch_threads)")
     return p
@@ -431,7 +476,8 @@ def run_args(args: argparse.Namespace) -> int:
     """Run the parsed arguments of :func:`build_parser` (for a CLI with subcommands)."""
     counts: dict = {}
     passed, failed = validate_file(args.results, args.tolerance, args.device, args.threads, counts=counts,
-                                   trusted=args.trusted, rerun=args.rerun, max_evaluations=args.max_evaluations)
+                                   trusted=args.trusted, rerun=args.rerun, max_evaluations=args.max_evaluations,
+                                   max_memory_gb=args.max_memory_gb)
     unverifiable = counts.get("unverifiable", 0)
     print(f"{passed} passed, {failed} failed, {unverifiable} unverifiable")
     if passed + failed + unverifiable == 0:

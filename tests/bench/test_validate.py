@@ -379,6 +379,17 @@ def test_validate_rerun_refuses_a_search_larger_than_max_evaluations(genuine_rec
     assert "over --max-evaluations 1" in capsys.readouterr().out
 
 
+def test_validate_rerun_runs_the_search_under_a_memory_limit(genuine_record, tmp_path, capsys):
+    """A record's hyperparameters could ask for a network of any size (N2N's hidden grows memory
+    with its square): the re-run's process has an address-space limit; past it the search stops,
+    is reported, and validate goes on."""
+    path = _file(tmp_path, genuine_record)
+    assert validate.main([str(path), "--rerun", "--max-memory-gb", "0.25"]) == 1  # not even torch fits
+    out = capsys.readouterr().out
+    assert "re-run stopped" in out and "--max-memory-gb 0.25 GiB" in out and "1 failed" in out
+    assert validate.main([str(path), "--rerun"]) == 0  # the default leaves a genuine search room
+
+
 @pytest.mark.parametrize("change, words", [
     (dict(budget__max_episodes=10 ** 9, budget__stop_reason="max_episodes"), "stop_reason 'max_episodes' after"),
     (dict(budget__stop_reason="tired"), "budget.stop_reason 'tired' is not one of"),
