@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
+import shutil
 import tempfile
 import time
 from typing import Callable, Iterator
@@ -35,7 +37,7 @@ import numpy as np
 from n2n_gym.evaluation.evaluator import trainings
 from n2n_gym.ir.arch import Architecture
 from n2n_gym.utils.devices import resolve_device
-from n2n_gym.utils.files import json_safe
+from n2n_gym.utils.files import json_safe, pid_alive
 
 __all__ = ["BudgetExhausted", "BudgetTracker", "BudgetWrapper", "private_cache", "replay_kwargs_of",
            "STUDENT_COLUMNS", "json_safe", "resolve_device"]
@@ -70,9 +72,20 @@ def private_cache(env_kwargs: dict | None) -> Iterator[dict]:
     if "cache" in kwargs:
         yield kwargs
         return
-    with tempfile.TemporaryDirectory(prefix="n2n-bench-") as tmp:
+    _remove_dead_private_caches()
+    with tempfile.TemporaryDirectory(prefix=f"n2n-bench-{os.getpid()}-") as tmp:
         kwargs["cache"] = os.path.join(tmp, "results.sqlite")
         yield kwargs
+
+
+def _remove_dead_private_caches() -> None:
+    # a run killed with -9 cannot remove its private cache folder: those of this user's dead
+    # processes go when the next run starts (the folder names the pid that made it)
+    for folder in pathlib.Path(tempfile.gettempdir()).glob("n2n-bench-*-*"):
+        pid = folder.name.split("-")[2]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and folder.stat().st_uid == os.getuid() and not pid_alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _better(a: dict, b: dict | None) -> bool:

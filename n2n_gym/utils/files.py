@@ -60,7 +60,8 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     replace_atomically(pathlib.Path(path), lambda f: f.write(buf.getbuffer()))
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (``os.kill(pid, 0)``; another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -79,7 +80,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[pathlib.Path]:
         return removed
     for p in folder.iterdir():
         m = _TMP.match(p.name)
-        if m and p.is_file() and (int(m["pid"]) == os.getpid() or not _pid_alive(int(m["pid"]))):
+        if m and p.is_file() and (int(m["pid"]) == os.getpid() or not pid_alive(int(m["pid"]))):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

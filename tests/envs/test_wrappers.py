@@ -5,6 +5,8 @@ spend more than its record says by calling ``env.unwrapped.evaluate_many`` insid
 from __future__ import annotations
 
 import copy
+import os
+import pathlib
 
 import gymnasium as gym
 import numpy as np
@@ -136,3 +138,23 @@ def test_a_student_trained_outside_the_budget_shows_in_the_record_and_fails_it(d
     append_record(path, record)
     assert validate.main([str(path)]) == 1
     assert "students were trained outside the budget" in capsys.readouterr().out
+
+
+def test_a_killed_runs_private_cache_folder_goes_at_the_next_run(tmp_path, monkeypatch):
+    """kill -9 of a bench run left its /tmp/n2n-bench-* folder forever: the next run removes
+    those of dead processes (the folder names its pid), never a live one's."""
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    dead = tmp_path / f"n2n-bench-{proc.pid}-abc"
+    live = tmp_path / f"n2n-bench-{os.getppid()}-def"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "results.sqlite").write_text("x")
+    with private_cache({}) as kwargs:
+        assert pathlib.Path(kwargs["cache"]).parent.name.startswith(f"n2n-bench-{os.getpid()}-")
+    assert not dead.exists() and live.exists()
