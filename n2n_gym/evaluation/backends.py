@@ -156,7 +156,7 @@ class InlineBackend(Backend):
     name = "inline"
 
     def _run(self, requests):
-        return [self.evaluator.evaluate(arch, protocol, seed) for arch, protocol, seed in requests]
+        return [self.evaluator.evaluate(arch, protocol, seed, looked_up=True) for arch, protocol, seed in requests]
 
 
 def _default_threads(workers: int) -> int:
@@ -196,9 +196,9 @@ def _init_worker(blob_path: str, threads: int, parent: int | None = None) -> Non
         _WORKER_EVALUATOR = pickle.load(f)
 
 
-def _worker_evaluate(request: tuple[Architecture, Protocol, int]) -> EvalResult:
+def _worker_evaluate(request: tuple[Architecture, Protocol, int], looked_up: bool = True) -> EvalResult:
     assert _WORKER_EVALUATOR is not None, "worker started without an evaluator"
-    return _WORKER_EVALUATOR.evaluate(*request)
+    return _WORKER_EVALUATOR.evaluate(*request, looked_up=looked_up)  # a batch: the parent looked it up
 
 
 def _remove(path: str) -> None:
@@ -265,7 +265,7 @@ class ProcessBackend(Backend):
                ) -> concurrent.futures.Future:
         """One evaluation on the next free worker, without the batch's lookup and dedup
         (the cache's claims still keep two workers off the same student)."""
-        return self._pool.submit(_worker_evaluate, (arch, get_protocol(protocol), int(seed)))
+        return self._pool.submit(_worker_evaluate, (arch, get_protocol(protocol), int(seed)), False)
 
     def _run(self, requests):
         """The batch on the pool; if a worker dies (killed, out of memory), the batch is retried
@@ -296,7 +296,7 @@ class EvalWorker:
         self.evaluator = evaluator
 
     def evaluate(self, arch: Architecture, protocol: Protocol, seed: int) -> EvalResult:
-        return self.evaluator.evaluate(arch, protocol, seed)
+        return self.evaluator.evaluate(arch, protocol, seed, looked_up=True)  # the driver's batch looked it up
 
     def pid(self) -> int:
         return os.getpid()

@@ -140,12 +140,15 @@ class Evaluator:
                          split=[len(self.data.train_idx), len(self.data.val_idx)],
                          arch=arch.canonical_hash(), protocol=protocol.to_dict(), seed=seed, **gpu)
 
-    def evaluate(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> EvalResult:
+    def evaluate(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0, *,
+                 looked_up: bool = False) -> EvalResult:
         """Train and score one student (or return its cached result); the key is claimed in
-        a shared cache while the student trains (another process waits for this result)."""
+        a shared cache while the student trains (another process waits for this result).
+        ``looked_up``: the caller's :meth:`lookup` found no answer (a backend's batch), so the
+        cache is read once more only under the claim, not twice."""
         protocol = get_protocol(protocol)
         start = time.perf_counter()
-        early = self.lookup(arch, protocol, seed)
+        early = None if looked_up else self.lookup(arch, protocol, seed)
         if early is not None:
             return early
         key = self.key(arch, protocol, seed)

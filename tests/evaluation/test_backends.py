@@ -332,3 +332,38 @@ def test_process_pool_workers_exit_with_a_killed_parent(digits_teacher):
         assert all(_gone(p) for p in workers), "a worker outlived its killed parent"
     finally:
         proc.kill()
+
+
+class CountingCache(ResultCache):
+    """The real SQLite cache, counting its reads."""
+
+    gets = 0
+
+    def get(self, key):
+        CountingCache.gets += 1
+        return super().get(key)
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_a_student_is_looked_up_in_the_cache_once_before_its_claim(backend, tmp_path, digits_teacher):
+    """The backend's batch looks each student up once; the evaluator then reads the row only
+    under the claim (another process may have stored it while this one waited), not with a
+    second lookup before it (which it did). A hit costs one read."""
+    env = make_digits_env(cache=False)
+    env.reset(seed=0)
+    masks = env.unwrapped.layer_masks()
+    student = env.unwrapped.student_architecture([int(np.flatnonzero(m)[0]) for m in masks])
+    evaluator = env.unwrapped.evaluator
+    evaluator.cache = CountingCache(tmp_path / "results.sqlite")
+    pool = make_backend(backend, evaluator, workers=1, **({"threads": 1} if backend == "process" else {}))
+    try:
+        CountingCache.gets = 0
+        first = pool.evaluate_many([(student, "tiny", 0)])[0]
+        assert first.valid and not first.cached
+        assert CountingCache.gets == 1  # the batch's lookup; the claim reads the row itself
+        CountingCache.gets = 0
+        again = pool.evaluate_many([(student, "tiny", 0)])[0]
+        assert again.cached and CountingCache.gets == 1
+    finally:
+        pool.close()
+        env.close()
