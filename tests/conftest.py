@@ -165,3 +165,94 @@ def shared_data_root(*required: str) -> pathlib.Path:
     if missing:
         pytest.skip(f"N2N_DATA={root} lacks {missing}")
     return path
+
+
+# ---------------------------------------------------------------------------- the IR's tests
+CIFAR_SHAPE = (3, 32, 32)
+DIGITS_SHAPE = (1, 8, 8)
+
+
+def zoo_input_shape(name: str) -> tuple[int, int, int]:
+    return DIGITS_SHAPE if name == "digitsnet" else CIFAR_SHAPE
+
+
+def zoo_arch(name: str, num_classes: int = 10):
+    """The zoo teacher ``name`` on its data set's input shape."""
+    from n2n_gym.ir.zoo import teacher_architecture
+
+    return teacher_architecture(name, zoo_input_shape(name), num_classes)
+
+
+def measured(arch):
+    """(sum of parameter numels, FlopCounterMode FLOPs of a 1-image forward, logits)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from n2n_gym.ir.build import build
+
+    torch.manual_seed(0)
+    module = build(arch).eval()
+    params = sum(p.numel() for p in module.parameters())
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        out = module(torch.randn(1, *arch.input_shape))
+    return params, counter.get_total_flops(), out
+
+
+def reference_spaces(arch):
+    """(group, input group) per layer, by the rules of the module docstrings: a residual
+    addition ties the block's tail (and its projection) to one channel space."""
+    from n2n_gym.ir.arch import CONV, LINEAR
+
+    group, source = {}, {}
+    current = "image"
+    for kind, *rest in arch.segments():
+        if kind == "layer":
+            i = rest[0]
+            if arch.layers[i].kind in (CONV, LINEAR):
+                source[i], group[i], current = current, i, i
+            continue
+        body, shortcut = rest
+        block_in = current
+        for k in body:
+            source[k], group[k], current = current, k, k
+        tail = body[-1]
+        if shortcut is None:
+            group[tail] = block_in
+        else:
+            source[shortcut] = block_in
+            group[shortcut] = tail
+        current = group[tail]
+    # a group is named by its first producer
+    return group, source
+
+
+# ---------------------------------------------------------------------------- records
+#: gym.make kwargs of the bench tests: the small digits teacher recipe
+DIGITS_ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+
+
+@pytest.fixture(scope="module")
+def genuine_record(digits_teacher) -> dict:
+    """One real record: random search, 2 evaluations, tiny protocol."""
+    from n2n_gym.bench import runner
+
+    return runner.run_one("N2N-DigitsNet-Digits-v0", "random", 0, 2, protocol="tiny",
+                          env_kwargs=DIGITS_ENV_KWARGS, device="cpu")
+
+
+def copy_record(record: dict, **change) -> dict:
+    """``record`` with a new run id and ``change`` (dotted keys reach into objects)."""
+    import copy
+    import uuid
+
+    r = copy.deepcopy(record)
+    r["run_id"] = uuid.uuid4().hex
+    for dotted, value in change.items():
+        *parents, last = dotted.split("__")
+        target = r
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    return r
+

@@ -25,12 +25,11 @@ from conftest import SMALL_DIGITS_RECIPE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from n2n_gym.ir.build import build, inherit_weights
-from n2n_gym.ir.edits import check_start_architecture
-from n2n_gym.ir.edits import InvalidStudent
-from n2n_gym.ir.encoding import STAGES
 from n2n_gym.envs.env import N2NEnv
 from n2n_gym.evaluation.protocols import PROTOCOLS, Protocol
+from n2n_gym.ir.build import build, inherit_weights
+from n2n_gym.ir.edits import InvalidStudent, check_start_architecture
+from n2n_gym.ir.encoding import STAGES
 from n2n_gym.ir.zoo import teacher_architecture
 
 SCALE = float(os.environ.get("N2N_PROPERTY_EXAMPLES", "1"))

@@ -4,9 +4,9 @@ envs, rollouts aligned to episodes, W&B metrics (tiny protocol, the small shared
 from __future__ import annotations
 
 import pytest
-from conftest import SMALL_DIGITS_RECIPE, bench
+from conftest import DIGITS_ENV_KWARGS, bench
 
-ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+ENV_KWARGS = DIGITS_ENV_KWARGS
 
 
 @pytest.mark.parametrize("agent", ["maskable_ppo", "dqn", "a2c"])

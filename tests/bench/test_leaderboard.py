@@ -15,7 +15,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import SMALL_DIGITS_RECIPE
+from conftest import DIGITS_ENV_KWARGS, copy_record
 from scipy import stats
 
 from n2n_gym.bench import leaderboard, runner
@@ -295,27 +295,10 @@ def test_leaderboard_skips_and_lists_records_with_nan_or_failing_schema(tmp_path
 ENV_ID = "N2N-DigitsNet-Digits-v0"
 
 
-ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+ENV_KWARGS = DIGITS_ENV_KWARGS
 
 
 # ---------------------------------------------------------------------------- results files
-@pytest.fixture(scope="module")
-def genuine_record(digits_teacher) -> dict:
-    """One real record: random search, 2 evaluations, tiny protocol."""
-    return runner.run_one(ENV_ID, "random", 0, 2, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
-
-
-def _copy(record: dict, **change) -> dict:
-    """``record`` with a new run id and ``change`` (dotted keys reach into objects)."""
-    r = copy.deepcopy(record)
-    r["run_id"] = uuid.uuid4().hex
-    for dotted, value in change.items():
-        *parents, last = dotted.split("__")
-        target = r
-        for p in parents:
-            target = target[p]
-        target[last] = value
-    return r
 
 
 # ---------------------------------------------------------------------------- the leaderboard
@@ -325,7 +308,7 @@ def test_a_copied_run_counts_once_on_the_leaderboard(genuine_record, tmp_path, c
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     append_record(first, genuine_record)
     append_record(first, genuine_record)  # the same line twice
-    append_record(second, _copy(genuine_record))  # the same run under a new run id, in another file
+    append_record(second, copy_record(genuine_record))  # the same run under a new run id, in another file
     records = leaderboard.load([first, second])
     assert len(records) == 1
     other_seed = runner.run_one(ENV_ID, "random", 1, 2, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
@@ -340,7 +323,7 @@ def test_a_copied_run_under_another_seed_counts_once_and_is_listed_as_skipped(ge
     run (two seeds of a search never train the same students), not a second seed."""
     path = tmp_path / "twoseeds.jsonl"
     append_record(path, genuine_record)
-    append_record(path, _copy(genuine_record, seed=genuine_record["seed"] + 1))
+    append_record(path, copy_record(genuine_record, seed=genuine_record["seed"] + 1))
     skipped: list = []
     assert len(leaderboard.load([path], skipped=skipped)) == 1
     assert len(skipped) == 1 and "only the seed changed" in skipped[0][1] and "counted once" in skipped[0][1]
@@ -357,8 +340,8 @@ def test_what_a_record_names_reaches_no_terminal_or_table_raw_and_unknown_agents
     and the Markdown table; an agent the registry does not know was ranked as if known."""
     path = tmp_path / "r.jsonl"
     for seed in (0, 1):
-        append_record(path, _copy(genuine_record, agent=name, seed=seed, label=None))
-        append_record(path, _copy(genuine_record, seed=seed, best__reward=genuine_record["best"]["reward"]))
+        append_record(path, copy_record(genuine_record, agent=name, seed=seed, label=None))
+        append_record(path, copy_record(genuine_record, seed=seed, best__reward=genuine_record["best"]["reward"]))
     assert leaderboard.main([str(path), "--reps", "100"]) == 0
     out, err = capsys.readouterr()
     for text in (out, err):

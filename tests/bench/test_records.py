@@ -4,7 +4,6 @@ fixture records."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pathlib
@@ -12,11 +11,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 import warnings
 
 import pytest
-from conftest import SMALL_DIGITS_RECIPE, subprocess_env
+from conftest import DIGITS_ENV_KWARGS, SMALL_DIGITS_RECIPE, copy_record, subprocess_env
 
 from n2n_gym.bench import leaderboard, runner, validate
 from n2n_gym.bench.records import (
@@ -41,7 +39,7 @@ FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures"
 FIXTURE_RECORDS = FIXTURES / "bench-records.jsonl"
 
 
-ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+ENV_KWARGS = DIGITS_ENV_KWARGS
 
 
 @pytest.fixture(scope="module")
@@ -210,23 +208,6 @@ ENV_ID = "N2N-DigitsNet-Digits-v0"
 
 
 # ---------------------------------------------------------------------------- results files
-@pytest.fixture(scope="module")
-def genuine_record(digits_teacher) -> dict:
-    """One real record: random search, 2 evaluations, tiny protocol."""
-    return runner.run_one(ENV_ID, "random", 0, 2, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
-
-
-def _copy(record: dict, **change) -> dict:
-    """``record`` with a new run id and ``change`` (dotted keys reach into objects)."""
-    r = copy.deepcopy(record)
-    r["run_id"] = uuid.uuid4().hex
-    for dotted, value in change.items():
-        *parents, last = dotted.split("__")
-        target = r
-        for p in parents:
-            target = target[p]
-        target[last] = value
-    return r
 
 
 BAD_LINES = {
@@ -245,7 +226,7 @@ def test_a_hostile_results_line_is_a_bad_line_never_a_traceback(genuine_record, 
     path = tmp_path / "r.jsonl"
     lines = list(BAD_LINES.values())
     for dotted in ("seed", "budget__requested", "best__reward", "teacher__params"):
-        lines.append(json.dumps(_copy(genuine_record, **{dotted: 10 ** 400})))
+        lines.append(json.dumps(copy_record(genuine_record, **{dotted: 10 ** 400})))
     path.write_text("\n".join(lines) + "\n")
     append_record(path, genuine_record)
     if reader == "validate":
@@ -299,7 +280,7 @@ def test_a_line_over_the_limit_is_a_bad_line_never_parsed(genuine_record, tmp_pa
     from n2n_gym.bench import records
 
     monkeypatch.setattr(records, "MAX_LINE_BYTES", 4096)
-    big = _copy(genuine_record, label="A" * 10_000)
+    big = copy_record(genuine_record, label="A" * 10_000)
     path = tmp_path / "huge.jsonl"
     path.write_text(json.dumps(big) + "\n" + "x" * 50_000 + "\n")
     append_record(path, genuine_record)
@@ -319,7 +300,7 @@ def test_the_line_limit_holds_at_its_real_size(genuine_record, tmp_path, capsys)
 
     path = tmp_path / "huge.jsonl"
     with open(path, "w") as f:
-        f.write(json.dumps(_copy(genuine_record, label="A" * (records.MAX_LINE_BYTES + 10))) + "\n")
+        f.write(json.dumps(copy_record(genuine_record, label="A" * (records.MAX_LINE_BYTES + 10))) + "\n")
     append_record(path, genuine_record)
     ((_, first, why), (_, second, _)) = records.scan_records(path)
     assert first is None and f"over {records.MAX_LINE_BYTES >> 20} MiB" in why and second is not None
@@ -342,7 +323,7 @@ def test_a_record_that_changes_the_teacher_is_refused_before_any_training(genuin
     teacher or data set, or train longer than its default recipe, are untrusted."""
     from n2n_gym.bench.records import untrusted_fields
 
-    record = _copy(genuine_record, env_kwargs={**genuine_record["env_kwargs"], **kwargs})
+    record = copy_record(genuine_record, env_kwargs={**genuine_record["env_kwargs"], **kwargs})
     assert any(words in p for p in untrusted_fields(record)), untrusted_fields(record)
     errors = validate.check_record(record)
     assert len(errors) == 1 and errors[0].startswith("refused, nothing was run") and words in errors[0]
@@ -352,6 +333,6 @@ def test_the_env_ids_own_teacher_and_a_cheap_recipe_are_data(genuine_record):
     from n2n_gym.bench.records import untrusted_fields
 
     own = {"teacher": "digitsnet", "dataset": "digits", "teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
-    assert untrusted_fields(_copy(genuine_record, env_kwargs=own)) == []
+    assert untrusted_fields(copy_record(genuine_record, env_kwargs=own)) == []
     cifar = {**genuine_record, "env_id": "N2N-ResNet20-CIFAR10-v0", "env_kwargs": {"teacher_recipe": {"epochs": 1}}}
     assert any("train a teacher on 'cifar10'" in p for p in untrusted_fields(cifar))

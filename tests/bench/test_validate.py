@@ -13,13 +13,13 @@ import time
 import uuid
 
 import pytest
-from conftest import SMALL_DIGITS_RECIPE
+from conftest import DIGITS_ENV_KWARGS, SMALL_DIGITS_RECIPE, copy_record
 
 from n2n_gym.bench import runner, validate
 from n2n_gym.bench.records import append_record, untrusted_fields
 from n2n_gym.teachers import registry as reg
 
-ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
+ENV_KWARGS = DIGITS_ENV_KWARGS
 
 
 @pytest.fixture(scope="module")
@@ -319,35 +319,18 @@ ENV_ID = "N2N-DigitsNet-Digits-v0"
 
 
 # ---------------------------------------------------------------------------- results files
-@pytest.fixture(scope="module")
-def genuine_record(digits_teacher) -> dict:
-    """One real record: random search, 2 evaluations, tiny protocol."""
-    return runner.run_one(ENV_ID, "random", 0, 2, protocol="tiny", env_kwargs=ENV_KWARGS, device="cpu")
-
-
-def _copy(record: dict, **change) -> dict:
-    """``record`` with a new run id and ``change`` (dotted keys reach into objects)."""
-    r = copy.deepcopy(record)
-    r["run_id"] = uuid.uuid4().hex
-    for dotted, value in change.items():
-        *parents, last = dotted.split("__")
-        target = r
-        for p in parents:
-            target = target[p]
-        target[last] = value
-    return r
 
 
 # ---------------------------------------------------------------------------- validate --rerun
 def _rerun_other_student(record: dict) -> dict:
     """``record`` with its second student's hash replaced: the curve, rewards and best still hold."""
-    r = _copy(record)
+    r = copy_record(record)
     r["students"]["data"][1][-1] = "f" * 64
     return r
 
 
 @pytest.mark.parametrize("change, words", [
-    (lambda g: _copy(g, agent="evolution"), "the agent reports hyperparameters"),
+    (lambda g: copy_record(g, agent="evolution"), "the agent reports hyperparameters"),
     (_rerun_other_student, "the students table differs from row 2"),
 ])
 def test_validate_rerun_compares_the_students_table_and_the_agents_settings(genuine_record, tmp_path, capsys, change, words):
@@ -369,7 +352,7 @@ def _file(tmp_path, record: dict):
 
 def test_validate_rerun_refuses_a_search_larger_than_max_evaluations(genuine_record, tmp_path, capsys):
     """Issue 21 (remaining 5): --rerun started a search of any size a record claimed (budget 1e9)."""
-    huge = _copy(genuine_record, budget__requested=10 ** 9, budget__stop_reason="agent_finished")
+    huge = copy_record(genuine_record, budget__requested=10 ** 9, budget__stop_reason="agent_finished")
     start = time.monotonic()
     assert validate.main([str(_file(tmp_path, huge)), "--rerun"]) == 1
     out = capsys.readouterr().out
@@ -401,7 +384,7 @@ def test_validate_rerun_runs_the_search_under_a_memory_limit(genuine_record, tmp
 def test_plain_validate_refuses_a_record_that_contradicts_itself(genuine_record, tmp_path, capsys, change, words):
     """Issue 21 (remaining 5 and "also"): a max_episodes stop after 3 of 1e9 episodes, stage
     "../../etc", seed 10**400 and torch_threads 1024 passed plain validate."""
-    assert validate.main([str(_file(tmp_path, _copy(genuine_record, **change)))]) == 1
+    assert validate.main([str(_file(tmp_path, copy_record(genuine_record, **change)))]) == 1
     assert words in capsys.readouterr().out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from n2n_gym.benchmarks import fidelity
 
 TINY = ["--env", "N2N-DigitsNet-Digits-v0", "--workers", "1", "--random", "2", "--records", "1", "--magnitude", "1",

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from n2n_gym.evaluation.distill import KD_ALPHA, distill, distillation_loss, drop_epoch, recalibrate_batchnorm
+from n2n_gym.evaluation.distill import (
+    KD_ALPHA,
+    distill,
+    distillation_loss,
+    drop_epoch,
+    recalibrate_batchnorm,
+)
 
 
 def test_kd_loss_of_matching_logits_is_the_label_term_alone():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from n2n_gym.ir.edits import layer_rules, uniform_width_student
 from n2n_gym.evaluation.final import alternatives, final_distill, final_protocol
+from n2n_gym.ir.edits import layer_rules, uniform_width_student
 
 
 def test_final_protocol_is_the_practitioners_run():

@@ -7,9 +7,16 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from n2n_gym.evaluation.supernet import (
+    load_supernet,
+    sample_student,
+    save_supernet,
+    score,
+    shared_parameters,
+    smallest_student,
+    train_supernet,
+)
 from n2n_gym.ir.build import build, inherit_weights
-from n2n_gym.evaluation.supernet import (load_supernet, sample_student, save_supernet, score, shared_parameters,
-                              smallest_student, train_supernet)
 
 
 @pytest.fixture(scope="module")

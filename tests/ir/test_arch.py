@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from conftest import CIFAR_SHAPE, DIGITS_SHAPE, measured, zoo_arch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.utils.flop_counter import FlopCounterMode
 
 from n2n_gym.ir.arch import (
     BODY,
@@ -25,31 +25,7 @@ from n2n_gym.ir.arch import (
 )
 from n2n_gym.ir.build import build
 from n2n_gym.ir.edits import InvalidStudent, apply_decisions, layer_rules
-from n2n_gym.ir.zoo import TEACHERS, teacher_architecture
-
-CIFAR = (3, 32, 32)
-
-
-DIGITS = (1, 8, 8)
-
-
-def _shape(name: str) -> tuple[int, int, int]:
-    return DIGITS if name == "digitsnet" else CIFAR
-
-
-def _zoo(name: str, num_classes: int = 10) -> Architecture:
-    return teacher_architecture(name, _shape(name), num_classes)
-
-
-def _measured(arch: Architecture) -> tuple[int, int, torch.Tensor]:
-    """(sum of parameter numels, FlopCounterMode FLOPs of a 1-image forward, logits)."""
-    torch.manual_seed(0)
-    module = build(arch).eval()
-    params = sum(p.numel() for p in module.parameters())
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        out = module(torch.randn(1, *arch.input_shape))
-    return params, counter.get_total_flops(), out
+from n2n_gym.ir.zoo import TEACHERS
 
 
 @st.composite
@@ -70,7 +46,7 @@ def _check_counts(arch: Architecture, decisions, min_width: int) -> None:
     except InvalidStudent as exc:
         assert str(exc)
         return
-    params, flops, out = _measured(student)
+    params, flops, out = measured(student)
     assert params == student.params
     assert flops == student.flops
     assert out.shape == (1, arch.num_classes) and torch.isfinite(out).all()
@@ -92,7 +68,7 @@ _SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthC
     [("digitsnet", 100), ("resnet20", 60), ("vgg11", 25), ("resnet18", 8)],
 )
 def test_analytic_counts_equal_measured_for_random_students(name: str, examples: int) -> None:
-    arch = _zoo(name)
+    arch = zoo_arch(name)
 
     @settings(max_examples=examples, **_SETTINGS)
     @given(legal_decisions(arch))
@@ -104,7 +80,7 @@ def test_analytic_counts_equal_measured_for_random_students(name: str, examples:
 
 @pytest.mark.parametrize("name", sorted(TEACHERS))
 def test_json_round_trip_and_hash(name: str) -> None:
-    arch = _zoo(name)
+    arch = zoo_arch(name)
     back = Architecture.from_json(arch.to_json())
     assert back == arch and back.name == arch.name
     assert back.canonical_hash() == arch.canonical_hash()
@@ -117,14 +93,14 @@ def test_json_round_trip_and_hash(name: str) -> None:
 def test_hash_is_pinned() -> None:
     # Pinned values: the hash keys every cached result and teacher, so a change in the
     # serialisation must be deliberate (with an IR_VERSION / EVAL_VERSION bump).
-    assert _zoo("digitsnet").canonical_hash() == "027099539baae2a1eb79f61ca1402972cc1474d264c2c97de14f3557afd98c1a"
-    assert _zoo("resnet20").canonical_hash() == "027a36424e7c07d424c532d79c6f3bd011e6a876b4a8b940ffe95eee204a36e9"
-    d = json.loads(_zoo("digitsnet").to_json())
+    assert zoo_arch("digitsnet").canonical_hash() == "027099539baae2a1eb79f61ca1402972cc1474d264c2c97de14f3557afd98c1a"
+    assert zoo_arch("resnet20").canonical_hash() == "027a36424e7c07d424c532d79c6f3bd011e6a876b4a8b940ffe95eee204a36e9"
+    d = json.loads(zoo_arch("digitsnet").to_json())
     assert set(d) == {"ir_version", "name", "input_shape", "num_classes", "layers"}
 
 
 def test_hash_excludes_name_but_sees_widths_and_origins() -> None:
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     renamed = dataclasses.replace(arch, name="something else")
     assert renamed == arch and renamed.canonical_hash() == arch.canonical_hash()
     layers = list(arch.layers)
@@ -135,13 +111,13 @@ def test_hash_excludes_name_but_sees_widths_and_origins() -> None:
     layers[3] = dataclasses.replace(layers[3], origin=1)
     moved = dataclasses.replace(arch, layers=tuple(layers))
     assert moved.canonical_hash() != arch.canonical_hash()
-    assert _zoo("resnet20", 100).canonical_hash() != arch.canonical_hash()
+    assert zoo_arch("resnet20", 100).canonical_hash() != arch.canonical_hash()
 
 
 @settings(max_examples=40, **_SETTINGS)
-@given(legal_decisions(_zoo("resnet20")))
+@given(legal_decisions(zoo_arch("resnet20")))
 def test_student_json_round_trip(drawn) -> None:
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     try:
         student = apply_decisions(arch, *drawn)
     except InvalidStudent:
@@ -152,7 +128,7 @@ def test_student_json_round_trip(drawn) -> None:
 
 
 def test_from_dict_errors() -> None:
-    d = json.loads(_zoo("digitsnet").to_json())
+    d = json.loads(zoo_arch("digitsnet").to_json())
     with pytest.raises(ArchitectureError, match="version"):
         Architecture.from_dict({**d, "ir_version": 99})
     with pytest.raises(ArchitectureError):
@@ -170,7 +146,7 @@ def _replace_layer(arch: Architecture, i: int, **changes) -> Architecture:
 
 
 def test_block_widths_must_agree() -> None:
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     tail = arch.blocks()[0][-1]  # last body layer of an identity block
     bad = _replace_layer(arch, tail, out=8)
     with pytest.raises(ArchitectureError, match="residual block"):
@@ -198,7 +174,7 @@ def test_block_widths_must_agree() -> None:
     ],
 )
 def test_bad_last_layer(last: Layer) -> None:
-    arch = _zoo("digitsnet")
+    arch = zoo_arch("digitsnet")
     bad = dataclasses.replace(arch, layers=arch.layers[:-1] + (last,))
     with pytest.raises(ArchitectureError, match="last layer"):
         bad.shapes()
@@ -206,7 +182,7 @@ def test_bad_last_layer(last: Layer) -> None:
 
 def test_other_malformed_architectures() -> None:
     with pytest.raises(ArchitectureError, match="at least one layer"):
-        Architecture(DIGITS, 10, ()).shapes()
+        Architecture(DIGITS_SHAPE, 10, ()).shapes()
     with pytest.raises(ArchitectureError, match="unknown layer kind"):
         Layer("dense", out=3)
     with pytest.raises(ArchitectureError, match="out >= 1"):
@@ -217,30 +193,30 @@ def test_other_malformed_architectures() -> None:
         Layer(CONV, out=4, role="torso", block=0)
     head = (Layer(GAP), Layer(LINEAR, out=10, relu=False))
     # a block that is not contiguous
-    split = Architecture(CIFAR, 10, (
+    split = Architecture(CIFAR_SHAPE, 10, (
         Layer(CONV, 8, 3, 1, 1, False, 0, BODY), Layer(CONV, 8, 3, 1, 1), Layer(CONV, 8, 3, 1, 1, False, 0, BODY),
     ) + head)
     with pytest.raises(ArchitectureError, match="contiguous"):
         split.shapes()
     # a block ending with ReLU (it belongs after the addition)
-    relu_tail = Architecture(CIFAR, 10, (Layer(CONV, 3, 3, 1, 1, True, 0, BODY),) + head)
+    relu_tail = Architecture(CIFAR_SHAPE, 10, (Layer(CONV, 3, 3, 1, 1, True, 0, BODY),) + head)
     with pytest.raises(ArchitectureError, match="relu"):
         relu_tail.shapes()
     # a block with only a shortcut, two shortcuts, a non-conv layer in a block
     with pytest.raises(ArchitectureError, match="no body"):
-        Architecture(CIFAR, 10, (Layer(CONV, 8, 1, 1, 0, False, 0, SHORTCUT),) + head).shapes()
+        Architecture(CIFAR_SHAPE, 10, (Layer(CONV, 8, 1, 1, 0, False, 0, SHORTCUT),) + head).shapes()
     two_sc = (Layer(CONV, 8, 3, 1, 1, False, 0, BODY), Layer(CONV, 8, 1, 1, 0, False, 0, SHORTCUT),
               Layer(CONV, 8, 1, 1, 0, False, 0, SHORTCUT))
     with pytest.raises(ArchitectureError, match="more than one shortcut"):
-        Architecture(CIFAR, 10, two_sc + head).shapes()
+        Architecture(CIFAR_SHAPE, 10, two_sc + head).shapes()
     # too many downsamplings for the input
     pools = tuple(Layer(MAXPOOL, kernel=2, stride=2) for _ in range(4))
     with pytest.raises(ArchitectureError, match="nothing"):
-        Architecture(DIGITS, 10, (Layer(CONV, 4, 3, 1, 1),) + pools + head).shapes()
+        Architecture(DIGITS_SHAPE, 10, (Layer(CONV, 4, 3, 1, 1),) + pools + head).shapes()
 
 
 def test_table_lists_every_layer() -> None:
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     table = arch.table()
     lines = table.splitlines()
     assert len(lines) == len(arch) + 2
@@ -254,4 +230,4 @@ def test_table_lists_every_layer() -> None:
 )
 def test_impossible_layer_geometry_is_an_architecture_error(index: int, changes: dict) -> None:
     with pytest.raises(ArchitectureError):  # when the layer is made, or at the latest in shapes()
-        _replace_layer(_zoo("digitsnet"), index, **changes).shapes()
+        _replace_layer(zoo_arch("digitsnet"), index, **changes).shapes()

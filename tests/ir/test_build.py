@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import reference_spaces, zoo_arch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -17,19 +18,8 @@ from n2n_gym.ir.edits import (
     layer_rules,
     producers,
 )
-from n2n_gym.ir.zoo import teacher_architecture
-
-CIFAR = (3, 32, 32)
-
-
-DIGITS = (1, 8, 8)
-
 
 _SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _zoo(name: str) -> Architecture:
-    return teacher_architecture(name, DIGITS if name == "digitsnet" else CIFAR, 10)
 
 
 @torch.no_grad()
@@ -76,7 +66,7 @@ def l1(weight: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["digitsnet", "resnet20", "vgg11"])
 def test_build_structure(name: str) -> None:
-    arch = _zoo(name)
+    arch = zoo_arch(name)
     net = build(arch)
     assert isinstance(net, Network) and net.arch == arch
     assert len(net.layers) == len(arch)
@@ -93,7 +83,7 @@ def test_build_structure(name: str) -> None:
 
 
 def test_build_forward_matches_a_hand_written_resnet_block() -> None:
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     net = random_teacher(arch)
     x = _inputs(arch, 2)
     with torch.no_grad():
@@ -112,7 +102,7 @@ def test_build_forward_matches_a_hand_written_resnet_block() -> None:
 
 @pytest.mark.parametrize("name", ["digitsnet", "resnet20", "vgg11"])
 def test_all_keep_student_reproduces_teacher_exactly(name: str) -> None:
-    arch = _zoo(name)
+    arch = zoo_arch(name)
     teacher = random_teacher(arch, seed=1)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = student_of(teacher, [1.0] * len(arch))
@@ -127,7 +117,7 @@ def test_all_keep_student_reproduces_teacher_exactly(name: str) -> None:
 
 
 def test_shrunk_plain_layer_keeps_largest_l1_channels() -> None:
-    arch = _zoo("digitsnet")
+    arch = zoo_arch("digitsnet")
     teacher = random_teacher(arch, seed=2)
     decisions = [1.0] * len(arch)
     decisions[1] = 0.5  # conv 32 -> 16
@@ -145,7 +135,7 @@ def test_shrunk_plain_layer_keeps_largest_l1_channels() -> None:
 
 
 def test_shrunk_residual_group_chosen_once_by_summed_l1() -> None:
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     teacher = random_teacher(arch, seed=3)
     groups = channel_groups(arch)
     stem_group = [i for i, g in enumerate(groups) if g == 0 and arch.layers[i].kind == CONV]
@@ -174,7 +164,7 @@ def _kill_channels(net: Network, i: int, dead: torch.Tensor) -> None:
 
 
 def test_dead_channels_are_dropped_and_logits_survive_plain() -> None:
-    arch = _zoo("digitsnet")
+    arch = zoo_arch("digitsnet")
     teacher = random_teacher(arch, seed=4)
     dead = torch.arange(1, 32, 2)  # 16 of 32 channels of layer 1
     _kill_channels(teacher, 1, dead)
@@ -190,7 +180,7 @@ def test_dead_channels_in_a_tied_residual_group_keep_additions_aligned() -> None
     """Shrinking ResNet-20's stem shrinks its whole stage; when the dropped channels are
     dead in the stem and in every identity-block tail, the student computes the teacher's
     function, which only holds if the residual additions stay aligned."""
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     teacher = random_teacher(arch, seed=5)
     dead = torch.tensor([0, 3, 4, 7, 9, 10, 13, 15])
     for i in (0, 2, 4, 6):
@@ -205,7 +195,7 @@ def test_dead_channels_in_a_tied_residual_group_keep_additions_aligned() -> None
 
 
 def test_dead_channels_in_a_block_body() -> None:
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     teacher = random_teacher(arch, seed=6)
     decisions = [1.0] * len(arch)
     dead = torch.arange(8)
@@ -220,7 +210,7 @@ def test_dead_channels_in_a_block_body() -> None:
 
 
 def test_removed_layer_consumer_gets_overlapping_weights() -> None:
-    arch = _zoo("digitsnet")
+    arch = zoo_arch("digitsnet")
     teacher = random_teacher(arch, seed=7)
     decisions = [1.0] * len(arch)
     decisions[1] = None  # layer 3 (32 in) is now fed by layer 0 (32 out)
@@ -241,11 +231,11 @@ def shrink_only(draw, arch: Architecture):
 
 
 @settings(max_examples=25, **_SETTINGS)
-@given(shrink_only(_zoo("digitsnet")))
+@given(shrink_only(zoo_arch("digitsnet")))
 def test_plain_chain_inheritance_matches_reference(decisions) -> None:
     """For a chain without residuals, an independent re-implementation: every layer keeps
     its top-L1 rows and the columns its producer kept."""
-    arch = _zoo("digitsnet")
+    arch = zoo_arch("digitsnet")
     teacher = random_teacher(arch, seed=8)
     student = student_of(teacher, decisions)
     prev = torch.arange(1)
@@ -273,7 +263,7 @@ def legal_decisions(draw, arch: Architecture):
 
 @pytest.mark.parametrize("name, examples", [("resnet20", 20), ("digitsnet", 20), ("vgg11", 4)])
 def test_random_students_inherit_and_run(name: str, examples: int) -> None:
-    arch = _zoo(name)
+    arch = zoo_arch(name)
     teacher = random_teacher(arch, seed=9)
 
     @settings(max_examples=examples, **_SETTINGS)
@@ -296,7 +286,7 @@ def test_random_students_inherit_and_run(name: str, examples: int) -> None:
 
 
 def test_resnet20_student_shrinking_stem_and_removing_blocks_runs() -> None:
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     teacher = random_teacher(arch, seed=10)
     decisions = [1.0] * len(arch)
     decisions[0] = 0.5
@@ -313,30 +303,6 @@ def test_resnet20_student_shrinking_stem_and_removing_blocks_runs() -> None:
         assert k == k2 and torch.equal(v, v2)
 
 
-def reference_spaces(arch: Architecture):
-    """(group, input group) per layer, by the rules of the module docstrings: a residual
-    addition ties the block's tail (and its projection) to one channel space."""
-    group, source = {}, {}
-    current = "image"
-    for kind, *rest in arch.segments():
-        if kind == "layer":
-            i = rest[0]
-            if arch.layers[i].kind in (CONV, LINEAR):
-                source[i], group[i], current = current, i, i
-            continue
-        body, shortcut = rest
-        block_in = current
-        for k in body:
-            source[k], group[k], current = current, k, k
-        tail = body[-1]
-        if shortcut is None:
-            group[tail] = block_in
-        else:
-            source[shortcut] = block_in
-            group[shortcut] = tail
-        current = group[tail]
-    # a group is named by its first producer
-    return group, source
 
 
 @st.composite
@@ -346,11 +312,11 @@ def resnet_shrinks(draw, arch: Architecture):
 
 
 @settings(max_examples=15, **_SETTINGS)
-@given(resnet_shrinks(_zoo("resnet20")))
+@given(resnet_shrinks(zoo_arch("resnet20")))
 def test_resnet_shrink_inheritance_matches_reference(decisions) -> None:
     """Every conv of a shrink-only ResNet-20 student holds the teacher's rows of its
     group's top summed-L1 channels and the columns its input group kept."""
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     teacher = random_teacher(arch, seed=11)
     student = student_of(teacher, decisions, min_width=1)
     s_arch = student.arch

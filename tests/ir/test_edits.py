@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_digits_env
+from conftest import CIFAR_SHAPE, make_digits_env, measured, reference_spaces, zoo_arch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.utils.flop_counter import FlopCounterMode
 
 from n2n_gym.ir.arch import (
     BODY,
@@ -30,30 +29,6 @@ from n2n_gym.ir.edits import (
 )
 from n2n_gym.ir.zoo import teacher_architecture
 
-CIFAR = (3, 32, 32)
-
-
-DIGITS = (1, 8, 8)
-
-
-def _shape(name: str) -> tuple[int, int, int]:
-    return DIGITS if name == "digitsnet" else CIFAR
-
-
-def _zoo(name: str, num_classes: int = 10) -> Architecture:
-    return teacher_architecture(name, _shape(name), num_classes)
-
-
-def _measured(arch: Architecture) -> tuple[int, int, torch.Tensor]:
-    """(sum of parameter numels, FlopCounterMode FLOPs of a 1-image forward, logits)."""
-    torch.manual_seed(0)
-    module = build(arch).eval()
-    params = sum(p.numel() for p in module.parameters())
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        out = module(torch.randn(1, *arch.input_shape))
-    return params, counter.get_total_flops(), out
-
 
 @st.composite
 def any_decisions(draw, arch: Architecture):
@@ -70,7 +45,7 @@ _SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthC
 
 @pytest.mark.parametrize("name, examples", [("digitsnet", 100), ("resnet20", 60), ("vgg11", 20)])
 def test_every_decision_sequence_builds_or_is_invalid_with_reason(name: str, examples: int) -> None:
-    arch = _zoo(name)
+    arch = zoo_arch(name)
 
     @settings(max_examples=examples, **_SETTINGS)
     @given(any_decisions(arch))
@@ -90,7 +65,7 @@ def test_every_decision_sequence_builds_or_is_invalid_with_reason(name: str, exa
 
 
 def test_decision_errors() -> None:
-    arch = _zoo("digitsnet")
+    arch = zoo_arch("digitsnet")
     n = len(arch)
     with pytest.raises(ValueError, match="one decision per layer"):
         apply_decisions(arch, [1.0] * (n - 1))
@@ -105,12 +80,12 @@ def test_decision_errors() -> None:
 
 def test_all_keep_is_the_teacher() -> None:
     for name in ("digitsnet", "resnet20", "vgg11", "resnet18"):
-        arch = _zoo(name)
+        arch = zoo_arch(name)
         assert apply_decisions(arch, [1.0] * len(arch)) == arch
 
 
 def test_resnet_identity_block_removal_and_tied_widths() -> None:
-    arch = _zoo("resnet20")
+    arch = zoo_arch("resnet20")
     blocks = arch.blocks()
     decisions = [1.0] * len(arch)
     for k in blocks[0]:  # both body layers of the first (identity) block
@@ -121,7 +96,7 @@ def test_resnet_identity_block_removal_and_tied_widths() -> None:
     assert len(student.blocks()) == len(blocks) - 1
     stage0 = [l for l in student.layers if l.kind == CONV and l.origin in (0, 4, 6)]
     assert [l.out for l in stage0] == [8, 8, 8]  # stem and identity-block tails tied
-    params, flops, _ = _measured(student)
+    params, flops, _ = measured(student)
     assert (params, flops) == (student.params, student.flops)
     # a projection block's first body layer has stride 2: never removable
     proj_block = next(b for b, idx in blocks.items() if any(arch.layers[k].role == SHORTCUT for k in idx))
@@ -131,7 +106,7 @@ def test_resnet_identity_block_removal_and_tied_widths() -> None:
 
 
 def test_projection_block_cannot_lose_its_whole_body() -> None:
-    arch = Architecture(CIFAR, 10, (
+    arch = Architecture(CIFAR_SHAPE, 10, (
         Layer(CONV, 8, 3, 1, 1, origin=0),
         Layer(CONV, 16, 3, 1, 1, True, 0, BODY, origin=1),
         Layer(CONV, 16, 3, 1, 1, False, 0, BODY, origin=2),
@@ -144,12 +119,12 @@ def test_projection_block_cannot_lose_its_whole_body() -> None:
     # one body layer left (shrunk to 8): the projection shortcut takes its width
     student = apply_decisions(arch, [1.0, None, 0.5, 1.0, 1.0, 1.0], min_width=1)
     assert [l.out for l in student.layers[:3]] == [8, 8, 8]
-    params, flops, _ = _measured(student)
+    params, flops, _ = measured(student)
     assert (params, flops) == (student.params, student.flops)
 
 
 def test_min_width_floor() -> None:
-    arch = _zoo("digitsnet")
+    arch = zoo_arch("digitsnet")
     student = apply_decisions(arch, [0.01] * len(arch))
     widths = [l.out for l in student.layers if l.kind == CONV]
     assert widths == [10] * 5  # N2N's floor of 10
@@ -157,35 +132,11 @@ def test_min_width_floor() -> None:
     assert [l.out for l in student.layers if l.kind == CONV] == [16, 16, 32, 32, 64]
 
 
-def reference_spaces(arch: Architecture):
-    """(group, input group) per layer, by the rules of the module docstrings: a residual
-    addition ties the block's tail (and its projection) to one channel space."""
-    group, source = {}, {}
-    current = "image"
-    for kind, *rest in arch.segments():
-        if kind == "layer":
-            i = rest[0]
-            if arch.layers[i].kind in (CONV, LINEAR):
-                source[i], group[i], current = current, i, i
-            continue
-        body, shortcut = rest
-        block_in = current
-        for k in body:
-            source[k], group[k], current = current, k, k
-        tail = body[-1]
-        if shortcut is None:
-            group[tail] = block_in
-        else:
-            source[shortcut] = block_in
-            group[shortcut] = tail
-        current = group[tail]
-    # a group is named by its first producer
-    return group, source
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet18", "resnet56", "digitsnet", "vgg16"])
 def test_channel_groups_follow_the_residual_rules(name: str) -> None:
-    arch = _zoo(name)
+    arch = zoo_arch(name)
     group, source = reference_spaces(arch)
     lib_groups, lib_prod = channel_groups(arch), producers(arch)
     for i in group:

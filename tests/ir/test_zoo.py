@@ -3,41 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from conftest import measured, zoo_arch
 
-from n2n_gym.ir.arch import (
-    Architecture,
-)
-from n2n_gym.ir.build import build
 from n2n_gym.ir.zoo import TEACHERS, teacher_architecture
 
-CIFAR = (3, 32, 32)
-
-
-DIGITS = (1, 8, 8)
-
-
-def _shape(name: str) -> tuple[int, int, int]:
-    return DIGITS if name == "digitsnet" else CIFAR
-
-
-def _zoo(name: str, num_classes: int = 10) -> Architecture:
-    return teacher_architecture(name, _shape(name), num_classes)
-
-
-def _measured(arch: Architecture) -> tuple[int, int, torch.Tensor]:
-    """(sum of parameter numels, FlopCounterMode FLOPs of a 1-image forward, logits)."""
-    torch.manual_seed(0)
-    module = build(arch).eval()
-    params = sum(p.numel() for p in module.parameters())
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        out = module(torch.randn(1, *arch.input_shape))
-    return params, counter.get_total_flops(), out
-
-
-# Independent figures: ResNet-18/34 are the usual CIFAR counts (kuangliu/pytorch-cifar);
+# Independent figures: ResNet-18/34 are the usual CIFAR_SHAPE counts (kuangliu/pytorch-cifar);
 # the VGGs are kuangliu's counts minus the conv biases (a BN follows every conv here);
 # ResNet-20/56 are TAS' option-A counts plus the two 1x1 projection shortcuts (2,752).
 ZOO_PARAMS_10_CLASSES = {
@@ -59,9 +29,9 @@ def test_zoo_covers_every_teacher() -> None:
 
 @pytest.mark.parametrize("name", sorted(ZOO_PARAMS_10_CLASSES))
 def test_zoo_param_counts_exact(name: str) -> None:
-    arch = _zoo(name)
+    arch = zoo_arch(name)
     assert arch.params == ZOO_PARAMS_10_CLASSES[name]
-    params, flops, out = _measured(arch)
+    params, flops, out = measured(arch)
     assert params == arch.params
     assert flops == arch.flops
     assert out.shape == (1, 10)
@@ -69,24 +39,24 @@ def test_zoo_param_counts_exact(name: str) -> None:
 
 
 def test_resnet_flops_are_the_published_macs() -> None:
-    # CIFAR ResNet-18 is 0.56 GMACs, ResNet-20 41 MMACs (2 FLOPs per MAC here)
-    assert _zoo("resnet18").flops == 2 * 555_422_720
-    assert _zoo("resnet20").flops == 2 * 40_813_184
+    # CIFAR_SHAPE ResNet-18 is 0.56 GMACs, ResNet-20 41 MMACs (2 FLOPs per MAC here)
+    assert zoo_arch("resnet18").flops == 2 * 555_422_720
+    assert zoo_arch("resnet20").flops == 2 * 40_813_184
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg16", "digitsnet", "resnet20"])
 def test_zoo_counts_for_100_classes(name: str) -> None:
-    a10, a100 = _zoo(name, 10), _zoo(name, 100)
+    a10, a100 = zoo_arch(name, 10), zoo_arch(name, 100)
     in_features = a10.shapes()[-1].in_features
     assert a100.params - a10.params == 90 * (in_features + 1)
     assert a100.layers[-1].out == 100 and not a100.layers[-1].relu
-    params, flops, _ = _measured(a100)
+    params, flops, _ = measured(a100)
     assert (params, flops) == (a100.params, a100.flops)
 
 
 def test_zoo_origins_and_unknown_name() -> None:
     for name in TEACHERS:
-        arch = _zoo(name)
+        arch = zoo_arch(name)
         assert [l.origin for l in arch.layers] == list(range(len(arch)))
         assert arch.name == name
     with pytest.raises(KeyError, match="resnet18"):
