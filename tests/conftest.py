@@ -228,17 +228,13 @@ def reference_spaces(arch):
 
 
 # ---------------------------------------------------------------------------- records
-#: gym.make kwargs of the bench tests: the small digits teacher recipe
-DIGITS_ENV_KWARGS = {"teacher_recipe": dict(SMALL_DIGITS_RECIPE)}
-
-
 @pytest.fixture(scope="module")
 def genuine_record(digits_teacher) -> dict:
     """One real record: random search, 2 evaluations, tiny protocol."""
     from n2n_gym.bench import runner
 
     return runner.run_one("N2N-DigitsNet-Digits-v0", "random", 0, 2, protocol="tiny",
-                          env_kwargs=DIGITS_ENV_KWARGS, device="cpu")
+                          env_kwargs=BENCH_ENV_KWARGS, device="cpu")
 
 
 def copy_record(record: dict, **change) -> dict:

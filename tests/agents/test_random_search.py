@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import DIGITS_ENV_KWARGS
+from conftest import BENCH_ENV_KWARGS
 
 from n2n_gym.bench.records import BudgetTracker
 
-ENV_KWARGS = DIGITS_ENV_KWARGS
+ENV_KWARGS = BENCH_ENV_KWARGS
 
 
 def test_agent_run_function_works_without_the_runner(digits_teacher):

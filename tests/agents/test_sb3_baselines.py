@@ -4,9 +4,9 @@ envs, rollouts aligned to episodes, W&B metrics (tiny protocol, the small shared
 from __future__ import annotations
 
 import pytest
-from conftest import DIGITS_ENV_KWARGS, bench
+from conftest import BENCH_ENV_KWARGS, bench
 
-ENV_KWARGS = DIGITS_ENV_KWARGS
+ENV_KWARGS = BENCH_ENV_KWARGS
 
 
 @pytest.mark.parametrize("agent", ["maskable_ppo", "dqn", "a2c"])

@@ -15,7 +15,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import DIGITS_ENV_KWARGS, copy_record
+from conftest import BENCH_ENV_KWARGS, copy_record
 from scipy import stats
 
 from n2n_gym.bench import leaderboard, runner
@@ -295,7 +295,7 @@ def test_leaderboard_skips_and_lists_records_with_nan_or_failing_schema(tmp_path
 ENV_ID = "N2N-DigitsNet-Digits-v0"
 
 
-ENV_KWARGS = DIGITS_ENV_KWARGS
+ENV_KWARGS = BENCH_ENV_KWARGS
 
 
 # ---------------------------------------------------------------------------- results files

@@ -14,7 +14,7 @@ import time
 import warnings
 
 import pytest
-from conftest import DIGITS_ENV_KWARGS, SMALL_DIGITS_RECIPE, copy_record, subprocess_env
+from conftest import BENCH_ENV_KWARGS, SMALL_DIGITS_RECIPE, copy_record, subprocess_env
 
 from n2n_gym.bench import leaderboard, runner, validate
 from n2n_gym.bench.records import (
@@ -39,7 +39,7 @@ FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures"
 FIXTURE_RECORDS = FIXTURES / "bench-records.jsonl"
 
 
-ENV_KWARGS = DIGITS_ENV_KWARGS
+ENV_KWARGS = BENCH_ENV_KWARGS
 
 
 @pytest.fixture(scope="module")

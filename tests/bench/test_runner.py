@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import DIGITS_ENV_KWARGS, SMALL_DIGITS_RECIPE, bench, subprocess_env
+from conftest import BENCH_ENV_KWARGS, SMALL_DIGITS_RECIPE, bench, subprocess_env
 
 from n2n_gym.bench import runner
 from n2n_gym.bench.records import (
@@ -22,7 +22,7 @@ from n2n_gym.bench.records import (
     results_file_problem,
 )
 
-ENV_KWARGS = DIGITS_ENV_KWARGS
+ENV_KWARGS = BENCH_ENV_KWARGS
 
 
 SB3_AGENTS = ("ppo", "a2c", "dqn", "maskable_ppo", "recurrent_ppo")

@@ -13,13 +13,13 @@ import time
 import uuid
 
 import pytest
-from conftest import DIGITS_ENV_KWARGS, SMALL_DIGITS_RECIPE, copy_record
+from conftest import BENCH_ENV_KWARGS, SMALL_DIGITS_RECIPE, copy_record
 
 from n2n_gym.bench import runner, validate
 from n2n_gym.bench.records import append_record, untrusted_fields
 from n2n_gym.teachers import registry as reg
 
-ENV_KWARGS = DIGITS_ENV_KWARGS
+ENV_KWARGS = BENCH_ENV_KWARGS
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ import pathlib
 import gymnasium as gym
 import numpy as np
 import pytest
-from conftest import DIGITS_ENV_KWARGS, make_digits_env
+from conftest import BENCH_ENV_KWARGS, make_digits_env
 
 from n2n_gym.bench import runner, validate
 from n2n_gym.bench.records import append_record, record_errors
 from n2n_gym.envs.wrappers import BudgetTracker, BudgetWrapper, private_cache
 
-ENV_KWARGS = DIGITS_ENV_KWARGS
+ENV_KWARGS = BENCH_ENV_KWARGS
 
 
 def _students(masks: np.ndarray, n: int) -> list[list[int]]:
