@@ -177,21 +177,27 @@ def draw_students(env_id: str, n_random: int, n_records: int, n_magnitude: int, 
 def items(students: list[dict], protocols: dict, ref_epochs: int, stability: int,
           supernet: dict | None = None) -> list[dict]:
     """Every (student, protocol, seed) of the study, in run order: per student the candidates
-    (with ``supernet``, the spec of the supernet candidate), then the reference; the 2x
-    reference runs of the first ``stability`` students come last, since on ResNet-20 each costs
-    as much as two students and the candidates' rho needs students first."""
-    out, stable = [], []
-    for s in students:
+    (with ``supernet``, the spec of the supernet candidate), then the reference. The 2x
+    reference runs of the first ``stability`` students are spread evenly through the study
+    (the one of student j after student (j+1)*n/(stability+1)): on ResNet-20 each costs as much
+    as two students, and a partial study then has both rho against the reference and an early
+    reading of whether the reference itself is stable."""
+    n = len(students)
+    after: dict[int, list[int]] = {}
+    for j in range(min(stability, n)):
+        after.setdefault(min(n - 1, (j + 1) * n // (stability + 1)), []).append(j)
+    out = []
+    for pos, s in enumerate(students):
         if supernet is not None:
             out.append({"student": s["id"], "protocol": SUPERNET, "seed": 0, "spec": supernet})
         for name, proto in protocols.items():
             for seed in range(SEEDS_AVERAGED if name == "mse-8k" else 1):
                 out.append({"student": s["id"], "protocol": name, "seed": seed, "spec": proto.to_dict()})
         out.append({"student": s["id"], "protocol": "reference", "seed": 0, "spec": reference(ref_epochs).to_dict()})
-        if s["id"] < stability:
-            stable.append({"student": s["id"], "protocol": "reference-2x", "seed": 0,
-                           "spec": reference(2 * ref_epochs).to_dict()})
-    return out + stable
+        for j in after.get(pos, []):
+            out.append({"student": students[j]["id"], "protocol": "reference-2x", "seed": 0,
+                        "spec": reference(2 * ref_epochs).to_dict()})
+    return out
 
 
 def item_key(item: dict) -> str:
@@ -323,11 +329,17 @@ def cmd_run(a: argparse.Namespace) -> int:
                 "data_digest": ev.data.digest, "teacher_params": ev.teacher.params,
                 "teacher_val_accuracy": ev.teacher.val_accuracy, "teacher_test_accuracy": ev.teacher.test_accuracy,
                 "train_split": len(ev.data.train_idx), "reference_epochs": a.reference_epochs or
-                REFERENCE_EPOCHS.get(a.env, 30), "stability_students": a.stability_students, "students": students}
+                REFERENCE_EPOCHS.get(a.env, 30), "stability_students": a.stability_students or 8, "students": students}
         tmp = students_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         os.replace(tmp, students_file)
         env.close()
+    if a.stability_students is not None and a.stability_students != meta["stability_students"]:
+        # more (or fewer) 2x runs only add (or leave unrun) items; finished items are keyed by content
+        meta["stability_students"] = a.stability_students
+        tmp = students_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, students_file)
     students = meta["students"]
     if a.reference_epochs and a.reference_epochs != meta["reference_epochs"]:
         raise SystemExit(f"this study's reference is {meta['reference_epochs']} epochs (students.json); "
@@ -591,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--removal", type=int, default=8, help="removal-only students")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--reference-epochs", type=_positive, default=None)
-    r.add_argument("--stability-students", type=int, default=8, help="students also run at 2x reference epochs")
+    r.add_argument("--stability-students", type=int, default=None,
+                   help="students also run at 2x reference epochs (default 8; given for a drawn study, it is updated)")
     r.add_argument("--max-items", type=int, default=0, help="stop after this many items (0: all)")
     r.add_argument("--nice", type=int, default=10)
     r.add_argument("--images-per-second", type=float, default=None,

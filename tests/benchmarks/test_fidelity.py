@@ -141,3 +141,14 @@ def test_rank_shift_by_kind_finds_a_kind_the_protocol_ranks_too_low():
     out = fidelity.rank_shift_by_kind(proto, ref2, kinds, 200, np.random.default_rng(0))
     assert out["removal"]["mean"] < -0.5 and out["removal"]["ci95"][1] < 0
     assert out["magnitude"]["ci95"] is None  # one student: no interval
+
+
+def test_the_stability_runs_are_spread_through_the_study_each_after_its_students_reference():
+    students = [{"id": i} for i in range(41)]
+    order = fidelity.items(students, {}, 5, 8)
+    twice = [i for i, it in enumerate(order) if it["protocol"] == "reference-2x"]
+    assert [order[i]["student"] for i in twice] == list(range(8))
+    ref_at = {it["student"]: i for i, it in enumerate(order) if it["protocol"] == "reference"}
+    assert all(ref_at[order[i]["student"]] < i for i in twice)
+    assert twice[0] < len(order) // 4 and twice[-1] < len(order) - 1  # early reading, not all at the end
+    assert len(fidelity.items(students[:2], {}, 5, 8)) == 4  # fewer students than stability runs: each once
