@@ -488,7 +488,7 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
         if len(got) < want:
             return None
         return {"reward": float(np.mean([r["reward"] for r in got])),
-                "accuracy": float(np.mean([r["accuracy"] for r in got])),
+                "accuracy": float(np.mean([r["accuracy"] for r in got])), "params": got[0]["params"],
                 "seconds": float(sum(r["seconds"] for r in got)),
                 "load": float(np.mean([r.get("load", math.nan) for r in got]))}
 
@@ -501,12 +501,12 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
            "students": len(meta["students"]), "students_with_reference": len(ref),
            "reference": dataclasses.asdict(reference(meta["reference_epochs"])), "ladder": {}}
 
-    def compare(a: dict, b: dict) -> dict:
+    def compare(a: dict, b: dict, fields=("reward", "accuracy")) -> dict:
         ids = sorted(set(a) & set(b))
         res = {"students": len(ids)}
         if len(ids) < 4:
             return res
-        for field in ("reward", "accuracy"):
+        for field in fields:
             x = np.array([a[i][field] for i in ids])
             y = np.array([b[i][field] for i in ids])
             rho = lambda u, v: float(spearmanr(u, v).statistic)  # noqa: E731
@@ -530,6 +530,17 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
         scores = {k: v for k, v in scores.items() if v is not None}
         if scores:  # a study run with --protocols has no scores for the others
             out["ladder"][name] = compare(scores, ref)
+    # The null every protocol must beat: R = Rc * Ra with every student at the teacher's accuracy
+    # (Ra = 1), i.e. students ranked by size alone. Where trained students all come near the
+    # teacher (digits), size alone ranks rewards well and a protocol's rho means little above it.
+    from n2n_gym.evaluation.reward import n2n_reward
+
+    size = {i: {"reward": n2n_reward(student_params=v["params"], teacher_params=meta["teacher_params"],
+                                     student_accuracy=meta["teacher_val_accuracy"],
+                                     teacher_accuracy=meta["teacher_val_accuracy"]).value,
+                "seconds": 0.0, "load": 0.0} for i, v in ref.items()}
+    out["size_only"] = {k: v for k, v in compare(size, ref, ("reward",)).items()
+                        if k not in ("median_seconds", "median_load", "rank_shift_by_kind")}
     twice = {s["id"]: score(s["id"], "reference-2x") for s in meta["students"]}
     twice = {k: v for k, v in twice.items() if v is not None}
     out["reference_stability"] = compare(ref, twice)
@@ -563,6 +574,9 @@ def cmd_report(a: argparse.Namespace) -> int:
         ax.annotate(name, (r["median_seconds"], r["spearman_reward"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
     ax.axhline(0.8, color="grey", ls="--", lw=1, label="target rho 0.8")
+    null = summary.get("size_only", {}).get("spearman_reward")
+    if null is not None:
+        ax.axhline(null, color="tab:red", ls=":", lw=1.2, label=f"size alone (accuracy = teacher's): rho {null:.2f}")
     ax.set_xscale("log")
     ax.set_xlabel("seconds per student (median, 1 CPU thread)")
     ax.set_ylabel("Spearman rho of rewards vs reference")

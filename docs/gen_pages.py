@@ -457,10 +457,19 @@ def page_fidelity() -> str:
             ok = r.get("spearman_reward", -1) >= RHO_TARGET and d["students_with_reference"] >= 40
             if ok and (chosen is None or r["median_seconds"] < chosen[1]):
                 chosen = (proto, r["median_seconds"])
+        null = d.get("size_only")
+        if null and "spearman_reward" in null:
+            rows.append(["size alone (null: accuracy = teacher's)", null["students"], _ci(null, "spearman_reward"),
+                         _ci(null, "kendall_reward"), "-",
+                         f"{null['top5_in_top10']:.1f}" if "top5_in_top10" in null else "-", "0", "-"])
         out += [table(["protocol", "students", "rho reward", "tau reward", "rho accuracy", "top-5 in top-10",
                        "s / student (load)", "removal shift, pts"], rows, "lrrrrrrr"),
                 (f"Cheapest protocol at rho >= {RHO_TARGET} on >= 40 students: **`{chosen[0]}`**." if chosen else
                  f"No protocol has reached rho >= {RHO_TARGET} on >= 40 students yet."), "",
+                "*Size alone* is the null every protocol must beat: the reward with every student at the teacher's "
+                "accuracy, so students ranked by parameters only. Where the reference brings nearly every student "
+                "near the teacher, size alone ranks rewards well, and what a protocol adds shows in *rho accuracy* "
+                "and *top-5 in top-10* (does its best pick match the reference's best).", "",
                 source_note(f"fidelity/{name}/ladder.json"), plot(f"fidelity/{name}/ladder.png",
                                                                     f"fidelity ladder, {d['env']}"), ""]
     return "\n".join(out)

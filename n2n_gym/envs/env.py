@@ -468,7 +468,9 @@ class N2NEnv(gym.Env):
                 cache = NullCache()
             else:
                 cache = ResultCache(None if self._cache_arg is True else self._cache_arg)
-            self._evaluator = Evaluator(teacher, data, self.device, cache, lazy_test=self.test_accuracy_mode == "lazy")
+            evaluator = Evaluator(teacher, data, self.device, cache, lazy_test=self.test_accuracy_mode == "lazy")
+            evaluator.prepare(self.protocol)  # a protocol's supernet is found now, or a clear error
+            self._evaluator = evaluator
         return self._evaluator
 
     @property

@@ -116,6 +116,25 @@ class Evaluator:
         self.lazy_test = bool(lazy_test)
         self._teacher_logits: dict[int | None, torch.Tensor] = {}
         self._subsets: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._supernets: dict[str, torch.nn.Module] = {}
+
+    def prepare(self, protocol: str | Protocol) -> Protocol:
+        """``protocol``, with what it needs beyond the teacher (its supernet) found and loaded
+        now: a missing or foreign supernet is an error of the env's arguments, raised where
+        they are given (:class:`~n2n_gym.evaluation.supernet.SupernetNotFoundError`,
+        ``ValueError``), never a -1 per student."""
+        protocol = get_protocol(protocol)
+        if protocol.supernet is not None:
+            self.supernet(protocol.supernet)
+        return protocol
+
+    def supernet(self, sha256: str) -> torch.nn.Module:
+        """The supernet of this evaluator's teacher whose weights have ``sha256``, loaded once."""
+        if sha256 not in self._supernets:
+            from n2n_gym.evaluation.supernet import find_supernet, load_supernet
+
+            self._supernets[sha256] = load_supernet(find_supernet(sha256, self.teacher.sha256), self.device)
+        return self._supernets[sha256]
 
     def __getstate__(self) -> dict:
         """Pickled once per worker (:mod:`n2n_gym.evaluation.backends`): teacher, data and cache path;
@@ -174,7 +193,7 @@ class Evaluator:
         if arch.input_shape != self.teacher.architecture.input_shape or arch.num_classes != self.teacher.architecture.num_classes:
             return EvalResult(False, "input shape or classes differ from the teacher's", 0.0, 0.0, params, flops, -1.0,
                               time.perf_counter() - start)
-        if protocol.init == "inherit":  # every layer must have a teacher layer to take its weights from
+        if protocol.init != "random":  # every layer must have a teacher layer to take its weights from
             try:
                 check_start_architecture(arch, self.teacher.architecture)
             except ValueError as exc:
@@ -268,6 +287,8 @@ class Evaluator:
             student = build(arch, self.device)
             if protocol.init == "inherit":
                 inherit_weights(student, self.teacher.module)
+            elif protocol.init == "supernet":  # as from the teacher, from the supernet's weights
+                inherit_weights(student, self.supernet(protocol.supernet))
         except (RuntimeError, ArchitectureError) as exc:  # shapes that do not fit (torch's copy_ raises RuntimeError)
             raise StudentBuildError(f"cannot build the student or inherit the teacher's weights: "
                                     f"{type(exc).__name__}: {exc}") from exc

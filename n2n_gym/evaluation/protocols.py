@@ -14,7 +14,7 @@
   training split 3 times (~4k student images), Adam lr 1e-3 with the last epoch at lr/10,
   batch-norm recalibration on the training split, scored on the whole validation split.
 
-Three optional fields (defaults: off) describe the rungs of the fidelity ladder
+Optional fields (defaults: off) describe the rungs of the fidelity ladder
 (``benchmarks/fidelity.py``) and the final distillation of ``n2n-gym compress``:
 
 - ``loss``: ``"mse"`` on logits (N2N) or ``"kd"``: Hinton et al. (2015)'s
@@ -24,6 +24,12 @@ Three optional fields (defaults: off) describe the rungs of the fidelity ladder
 - ``bn_recalibration``: after training, batch-norm statistics are recomputed on this many
   training images (EagleEye, Li et al. ECCV 2020); with ``epochs=0`` the student is scored
   on its inherited weights after recalibration alone.
+- ``supernet`` (with ``init="supernet"``): the sha256 of the weights of a weight-sharing
+  supernet of the teacher (:mod:`n2n_gym.evaluation.supernet`; Once-for-All, Cai et al. ICLR
+  2020; BigNAS, Yu et al. ECCV 2020) from which the student takes its weights instead of the
+  teacher's, exactly as it would from the teacher; the distillation target stays the teacher.
+  With ``epochs=0`` and ``bn_recalibration`` a student is scored in seconds without training.
+  The file is found by content (:func:`n2n_gym.evaluation.supernet.find_supernet`).
 
 A field left at its default is left out of :meth:`Protocol.to_dict`, so the cache keys and
 records of the protocols that existed before these fields stay the same.
@@ -32,6 +38,7 @@ records of the protocols that existed before these fields stay the same.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from n2n_gym.utils.checks import check_bool, check_choice, check_float, check_int
@@ -40,7 +47,7 @@ from n2n_gym.utils.checks import check_bool, check_choice, check_float, check_in
 @dataclass(frozen=True)
 class Protocol:
     name: str
-    init: str  # "inherit" (teacher weights) | "random"
+    init: str  # "inherit" (teacher weights) | "random" | "supernet" (the weights of the supernet below)
     epochs: int  # passes over the (sub)set of training images
     train_images: int | None  # None: the whole training split
     val_images: int | None  # None: the whole validation split
@@ -52,19 +59,25 @@ class Protocol:
     loss: str = "mse"  # "mse" (N2N: MSE on logits) | "kd" (Hinton et al. 2015: KL at T=4 + labels)
     lr_drop: bool = False  # the last third of the epochs at lr / 10
     bn_recalibration: int = 0  # training images over which batch-norm statistics are recomputed after training
+    supernet: str | None = None  # init="supernet": sha256 of the supernet's weights (teachers.weights_sha256)
 
     def __post_init__(self) -> None:
         # checked here so that a bad protocol fails where it is written, not after a student trained
         if not isinstance(self.name, str) or not self.name:
             raise TypeError(f"Protocol name must be a non-empty str, got {self.name!r}")
-        check_choice("Protocol init", self.init, ("inherit", "random"))
+        check_choice("Protocol init", self.init, INITS)
+        if (self.init == "supernet") != (self.supernet is not None):
+            raise ValueError("Protocol init='supernet' and supernet=<sha256 of the supernet's weights> go together: "
+                             f"got init={self.init!r}, supernet={self.supernet!r}")
+        if self.supernet is not None and not (isinstance(self.supernet, str) and _SHA256.fullmatch(self.supernet)):
+            raise ValueError(f"Protocol supernet must be a sha256 (64 lowercase hex digits), got {self.supernet!r}")
         check_int("Protocol epochs", self.epochs, min=0)
         check_choice("Protocol loss", self.loss, LOSSES)
         check_bool("Protocol lr_drop", self.lr_drop)
         check_int("Protocol bn_recalibration", self.bn_recalibration, min=0)
-        if self.epochs == 0 and self.init != "inherit":
+        if self.epochs == 0 and self.init == "random":
             raise ValueError("Protocol epochs=0 scores the student untrained: it needs init='inherit' "
-                             "(the teacher's weights), usually with bn_recalibration > 0")
+                             "(the teacher's weights) or 'supernet', usually with bn_recalibration > 0")
         for field in ("train_images", "val_images", "test_images"):
             if getattr(self, field) is not None:
                 check_int(f"Protocol {field}", getattr(self, field), min=1)
@@ -94,7 +107,9 @@ class Protocol:
 
 
 LOSSES = ("mse", "kd")
-OPTIONAL_FIELDS = ("loss", "lr_drop", "bn_recalibration")
+INITS = ("inherit", "random", "supernet")
+OPTIONAL_FIELDS = ("loss", "lr_drop", "bn_recalibration", "supernet")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 PROTOCOLS: dict[str, Protocol] = {

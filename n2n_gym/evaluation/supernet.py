@@ -29,6 +29,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pathlib
 import time
 from typing import Callable
 
@@ -49,6 +50,7 @@ from n2n_gym.ir.build import (
     inheritance_plan,
 )
 from n2n_gym.ir.edits import MIN_WIDTH, InvalidStudent, apply_decisions, layer_rules
+from n2n_gym.teachers.teacher import weights_sha256
 from n2n_gym.utils.files import atomic_torch_save
 
 UNIFORM_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # the env's "uniform" table (joint stage)
@@ -196,8 +198,54 @@ def score(arch: Architecture, supernet: Network, data: Dataset, bn_images: int =
 
 
 def save_supernet(path: str | os.PathLike, supernet: Network, **info) -> None:
-    """``{"architecture": IR dict, "state_dict", **info}``, written atomically."""
-    atomic_torch_save({"architecture": supernet.arch.to_dict(), "state_dict": supernet.state_dict(), **info}, path)
+    """``{"architecture": IR dict, "state_dict", "weights_sha256", **info}``, written atomically
+    (``info``: at least ``teacher_sha256``, which :func:`find_supernet` checks)."""
+    atomic_torch_save({"architecture": supernet.arch.to_dict(), "state_dict": supernet.state_dict(),
+                       "weights_sha256": weights_sha256(supernet.state_dict()), **info}, path)
+
+
+def supernet_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a saved supernet's weights (:func:`n2n_gym.teachers.weights_sha256`), the
+    name a :class:`~n2n_gym.evaluation.protocols.Protocol` gives it."""
+    return weights_sha256(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+
+
+def supernet_file_name(sha256: str) -> str:
+    """The name :func:`find_supernet` looks for besides ``<sha256>.pt``."""
+    return f"supernet-{sha256[:12]}.pt"
+
+
+class SupernetNotFoundError(FileNotFoundError):
+    """No file in the search folders holds the supernet a protocol names."""
+
+
+def find_supernet(sha256: str, teacher_sha256: str | None = None) -> pathlib.Path:
+    """The file holding the supernet whose weights have ``sha256``, from the folders pinned
+    teachers are looked for in (:func:`n2n_gym.teachers.registry.search_dirs`: ``$N2N_TEACHERS``,
+    the package's ``pinned/``, the cache), named ``*supernet-<sha256[:12]>.pt`` or
+    ``<sha256>.pt``; every candidate is verified by content. ``teacher_sha256``: the file must
+    say it is a supernet of that teacher. Raises :class:`SupernetNotFoundError` (where it looked,
+    how to make one) or ``ValueError`` (a supernet of another teacher)."""
+    from n2n_gym.teachers.registry import search_dirs
+
+    dirs = search_dirs()
+    names = (f"*{supernet_file_name(sha256)}", f"{sha256}.pt")
+    for path in sorted({p for d in dirs if d.is_dir() for n in names for p in d.glob(n) if p.is_file()}):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            found = weights_sha256(state["state_dict"])
+        except Exception:  # noqa: BLE001 - a damaged or foreign file is not the one we look for
+            continue
+        if found != sha256:
+            continue
+        if teacher_sha256 is not None and state.get("teacher_sha256") != teacher_sha256:
+            raise ValueError(f"{path} is a supernet of teacher {str(state.get('teacher_sha256'))[:12]}, not of this "
+                             f"env's teacher {teacher_sha256[:12]}: a protocol's supernet belongs to one teacher")
+        return path
+    raise SupernetNotFoundError(
+        f"no supernet with weights sha256 {sha256[:12]}… in {', '.join(map(str, dirs))}: put its file there (named "
+        f"{supernet_file_name(sha256)!r}; $N2N_TEACHERS may name a folder), or train one with "
+        f"`python -m n2n_gym.benchmarks.fidelity supernet --env <id>` and name its weights in the protocol")
 
 
 def load_supernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> Network:

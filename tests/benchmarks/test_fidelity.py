@@ -81,6 +81,24 @@ def test_report_gives_rank_correlations_intervals_and_the_stability_check(study)
     assert (study / "ladder.png").stat().st_size > 0
 
 
+def test_the_report_gives_the_size_alone_null_beside_the_ladder(study):
+    from scipy.stats import spearmanr
+
+    from n2n_gym.evaluation.reward import n2n_reward
+
+    fidelity.main(["report", "--env", "N2N-DigitsNet-Digits-v0", "--out", str(study), "--resamples", "50"])
+    out = json.loads((study / "ladder.json").read_text())
+    meta = json.loads((study / "students.json").read_text())
+    ref = sorted((r["student"], r["reward"], r["params"]) for r in _lines(study) if r["protocol"] == "reference")
+    t_acc = meta["teacher_val_accuracy"]
+    size_reward = [n2n_reward(student_params=p, teacher_params=meta["teacher_params"], student_accuracy=t_acc,
+                              teacher_accuracy=t_acc).value for _, _, p in ref]
+    null = out["size_only"]
+    assert null["students"] == len(ref)
+    assert null["spearman_reward"] == pytest.approx(spearmanr([r for _, r, _ in ref], size_reward).statistic)
+    assert "size_only" not in out["ladder"] and "spearman_accuracy" not in null  # a yardstick, never a candidate
+
+
 def test_bad_arguments_fail_at_once(study, tmp_path):
     with pytest.raises(SystemExit):
         fidelity.main(["run", *TINY, "--shard", "2/2"])

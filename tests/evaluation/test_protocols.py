@@ -29,6 +29,8 @@ def test_optional_fields_appear_only_when_set_and_round_trip():
     d = p.to_dict()
     assert (d["loss"], d["lr_drop"], d["bn_recalibration"]) == ("kd", True, 512)
     assert Protocol.from_dict(d) == p
+    s = dataclasses.replace(PROTOCOLS["fast"], name="s", init="supernet", supernet="ab" * 32, epochs=0)
+    assert s.to_dict()["supernet"] == "ab" * 32 and Protocol.from_dict(s.to_dict()) == s
 
 
 @pytest.mark.parametrize("change, error, match", [
@@ -36,6 +38,11 @@ def test_optional_fields_appear_only_when_set_and_round_trip():
     ({"bn_recalibration": -1}, ValueError, "bn_recalibration"),
     ({"lr_drop": 1}, TypeError, "lr_drop"),
     ({"epochs": 0, "init": "random"}, ValueError, "init='inherit'"),
+    ({"init": "supernet"}, ValueError, "go together"),  # which supernet?
+    ({"supernet": "ab" * 32}, ValueError, "go together"),  # a supernet the student would not use
+    ({"init": "supernet", "supernet": "AB" * 32}, ValueError, "sha256"),
+    ({"init": "supernet", "supernet": "ab" * 31}, ValueError, "sha256"),
+    ({"init": "supernet", "supernet": 7}, ValueError, "sha256"),
 ])
 def test_bad_optional_fields_fail_where_written(change, error, match):
     with pytest.raises(error, match=match):

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
 
 from n2n_gym.evaluation.supernet import (
+    SupernetNotFoundError,
+    find_supernet,
     load_supernet,
     sample_student,
     save_supernet,
     score,
     shared_parameters,
     smallest_student,
+    supernet_file_name,
+    supernet_sha256,
     train_supernet,
 )
 from n2n_gym.ir.build import build, inherit_weights
@@ -90,3 +96,56 @@ def test_training_improves_the_small_students_and_resumes(teacher, digits_data, 
     again = load_supernet(tmp_path / "s.pt")
     assert score(students[0], again, digits_data, bn_images=256)[0] == score(students[0], resumed, digits_data,
                                                                               bn_images=256)[0]
+
+
+@pytest.fixture(scope="module")
+def pinned_supernet(digits_teacher, digits_data, tmp_path_factory):
+    """A briefly trained supernet of the digits teacher, saved under the name find_supernet looks for."""
+    folder = tmp_path_factory.mktemp("supernets")
+    supernet = train_supernet(digits_teacher.module, digits_data, epochs=1, train_images=256, seed=0)
+    save_supernet(folder / "tmp.pt", supernet, teacher_sha256=digits_teacher.sha256)
+    sha = supernet_sha256(folder / "tmp.pt")
+    (folder / "tmp.pt").rename(folder / f"digits-{supernet_file_name(sha)}")
+    return folder, sha, supernet
+
+
+def _supernet_protocol(sha):
+    from n2n_gym.evaluation.protocols import Protocol
+
+    return Protocol("sn-bn", "supernet", 0, None, None, None, 64, 1e-3, 0.0, False, bn_recalibration=512, supernet=sha)
+
+
+def test_a_supernet_protocol_scores_a_student_as_the_fidelity_study_does(pinned_supernet, digits_data, monkeypatch):
+    from conftest import make_digits_env
+
+    folder, sha, supernet = pinned_supernet
+    monkeypatch.setenv("N2N_TEACHERS", str(folder))
+    protocol = _supernet_protocol(sha)
+    env = make_digits_env(protocol=protocol, cache=False)
+    try:
+        env.reset(seed=0)
+        ev = env.unwrapped.evaluator
+        arch = sample_student(ev.teacher.architecture, np.random.default_rng(3))
+        got = ev.evaluate(arch, protocol)
+        assert got.valid and got.accuracy == score(arch, supernet, digits_data, bn_images=512)[0]
+        inherited = ev.key(arch, dataclasses.replace(protocol, init="inherit", supernet=None), 0)
+        assert ev.key(arch, protocol, 0) != inherited  # the supernet is part of the cache key
+    finally:
+        env.close()
+
+
+def test_a_missing_or_foreign_supernet_is_an_error_where_the_env_is_given_it(pinned_supernet, digits_teacher,
+                                                                           digits_data, tmp_path, monkeypatch):
+    from conftest import make_digits_env
+
+    folder, sha, supernet = pinned_supernet
+    monkeypatch.setenv("N2N_TEACHERS", str(tmp_path))
+    (tmp_path / f"x-{supernet_file_name(sha)}").write_bytes(b"not a supernet")  # damaged: skipped, not fatal
+    env = make_digits_env(protocol=_supernet_protocol(sha), cache=False)
+    with pytest.raises(SupernetNotFoundError, match="N2N_TEACHERS"):
+        env.reset(seed=0)
+    env.close()
+    save_supernet(tmp_path / "other.pt", supernet, teacher_sha256="0" * 64)
+    (tmp_path / "other.pt").rename(tmp_path / f"{sha}.pt")
+    with pytest.raises(ValueError, match="not of this env's teacher"):
+        find_supernet(sha, digits_teacher.sha256)
