@@ -343,8 +343,23 @@ def page_speed() -> str:
             source_note("throughput-digits.json"),
             plot("throughput-digits-lpt.png", "throughput, digits"),
             plot("throughput-resnet20-lpt.png", "throughput, ResNet-20"),
+            "### Augmented distillation: the teacher's logits reused across students", "", memo_text(),
+            source_note("logit_memo-n2n-resnet20-cifar10-v0.json"),
             "How to reproduce: [Reproducing a figure](../reproduce.md#speed-and-throughput).", ""]
     return "\n".join(out)
+
+
+def memo_text() -> str:
+    m = load_json("logit_memo-n2n-resnet20-cifar10-v0.json")
+    params = sorted({r["params"] for r in m["rows"]})
+    return (f"Every student of one seed sees the same augmented batches, so the evaluator keeps the teacher's logits "
+            f"of each epoch and the next student skips the teacher (`AugmentedLogits`; the weights are the same, a "
+            f"test checks it). One augmented epoch of {m['images']:,} images on `{m['env']}`, {m['students']} random "
+            f"students of {params[0]:,}-{params[-1]:,} parameters x {m['rounds']} rounds, cold and warm alternating, "
+            f"{m['threads']} torch thread: **{m['speedup_median']:.2f}x** faster with the logits served (median; "
+            f"{m['speedup_min']:.2f}-{m['speedup_max']:.2f}x). It applies to the final distillation of `n2n-gym "
+            f"compress` (its student and the alternatives), the fidelity study's reference, and the `paper` protocol "
+            f"(`python -m n2n_gym.benchmarks.logit_memo`).")
 
 
 def levers_table() -> str:
@@ -675,7 +690,8 @@ def pages() -> list[Page]:
              page_transfer),
         Page("docs/results/speed.md", tuple(f"benchmarks/results/{n}" for n in (
             "env_speed.json", "student_eval_time.json", "finite_check_cost.json", "throughput-digits-lpt.json",
-            "throughput-resnet20-lpt.json", "throughput-digits.json")), page_speed),
+            "throughput-resnet20-lpt.json", "throughput-digits.json",
+            "logit_memo-n2n-resnet20-cifar10-v0.json")), page_speed),
         Page("docs/results/teacher-training.md", ("benchmarks/results/teacher_resnet20_cifar10_jpeg.json",),
              page_teacher_training),
         Page("docs/results/fidelity.md", tuple(f"benchmarks/results/fidelity/{n}/ladder.json" for n in FIDELITY

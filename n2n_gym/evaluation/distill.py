@@ -8,6 +8,8 @@ per-sample Python in any loop.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import os
 import warnings
 
@@ -50,6 +52,7 @@ def distill(
     lr_drop: bool = False,
     checkpoint: "str | os.PathLike | None" = None,
     checkpoint_key: str = "",
+    logit_memo: "AugmentedLogits | None" = None,
 ) -> nn.Module:
     """Distil the teacher into the student with Adam; ``epochs`` passes over uint8 ``x`` (N, C, H, W).
 
@@ -63,6 +66,9 @@ def distill(
     with ``T = KD_TEMPERATURE`` (Hinton et al. 2015); needs the labels ``y`` (N,).
     ``lr_drop``: the last third of the epochs (at least the first epoch at ``lr``) at ``lr / 10``.
     ``teacher_logits`` (for ``x`` in order) are reused when given and ``augment`` is off.
+    ``logit_memo`` (with ``augment``): the teacher's logits of each epoch's augmented batches,
+    kept by :class:`AugmentedLogits` and reused by the next student of the same ``x`` and seed
+    (the same batches, so the same logits; the student's weights are unchanged).
     Raises :class:`NonFiniteError` when the loss diverges, ``ValueError`` for inconsistent arguments.
     """
     if loss not in ("mse", "kd"):
@@ -71,7 +77,48 @@ def distill(
         raise ValueError("loss='kd' needs the labels y of the training images x (one per image)")
     with torch.enable_grad():  # callers may step the env inside torch.no_grad()
         return _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator,
-                        teacher_logits, loss, y, lr_drop, checkpoint, checkpoint_key)
+                        teacher_logits, loss, y, lr_drop, checkpoint, checkpoint_key, logit_memo)
+
+
+class AugmentedLogits:
+    """The teacher's logits of augmented batches, per epoch, for students distilled alike.
+
+    With augmentation the teacher's logits cannot be computed once for the training images
+    (every batch is a new crop and flip), so each student pays a teacher forward pass per
+    batch. But the batches of an epoch are a function of the images, the batch size and the
+    generator's state at the epoch's start (shuffling and augmentation draw only from it), and
+    every student of one seed starts from the same state: their batches, and so the teacher's
+    logits, are the same. One memo per (teacher, images), e.g. per evaluator and training
+    subset; an epoch is stored once it finished, keyed by the sha1 of the generator state;
+    the oldest epochs are dropped beyond ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int = 64 * 2**20):
+        self.max_bytes = int(max_bytes)
+        self._epochs: "collections.OrderedDict[tuple, list[torch.Tensor]]" = collections.OrderedDict()
+        self._bytes = 0
+        self.hits = 0  # epochs served from the memo (for tests and benchmarks)
+
+    @staticmethod
+    def key(n_images: int, batch_size: int, generator: torch.Generator) -> tuple:
+        return n_images, batch_size, hashlib.sha1(generator.get_state().numpy().tobytes()).hexdigest()
+
+    def get(self, key: tuple) -> "list[torch.Tensor] | None":
+        got = self._epochs.get(key)
+        if got is not None:
+            self._epochs.move_to_end(key)
+            self.hits += 1
+        return got
+
+    def put(self, key: tuple, logits: "list[torch.Tensor]") -> None:
+        size = sum(t.numel() * t.element_size() for t in logits)
+        if size > self.max_bytes or key in self._epochs:
+            return
+        self._epochs[key] = logits
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._epochs.popitem(last=False)
+            self._bytes -= sum(t.numel() * t.element_size() for t in old)
 
 
 def drop_epoch(epochs: int) -> int:
@@ -89,7 +136,7 @@ def distillation_loss(out: torch.Tensor, target: torch.Tensor, loss: str, labels
 
 
 def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator, teacher_logits,
-             loss="mse", y=None, lr_drop=False, checkpoint=None, checkpoint_key=""):
+             loss="mse", y=None, lr_drop=False, checkpoint=None, checkpoint_key="", logit_memo=None):
     if augment and teacher_logits is not None:
         raise ValueError("teacher logits cannot be reused when the inputs are augmented")
     if epochs == 0:
@@ -108,13 +155,19 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
                 group["lr"] = lr / 10
         # summed on the device and checked once per epoch: no host sync per step
         total = torch.zeros((), device=x.device)
-        for xb, ib in batches(x, index, batch_size, shuffle=True, generator=generator, augment=augment,
-                              info=data.info, normalize=data.normalize, drop_last=len(x) > batch_size):
+        memo_key = AugmentedLogits.key(len(x), batch_size, generator) if augment and logit_memo is not None else None
+        known = logit_memo.get(memo_key) if memo_key is not None else None
+        fresh: list[torch.Tensor] = []
+        for k, (xb, ib) in enumerate(batches(x, index, batch_size, shuffle=True, generator=generator, augment=augment,
+                                             info=data.info, normalize=data.normalize, drop_last=len(x) > batch_size)):
             if teacher_logits is not None:
                 target = teacher_logits[ib]
+            elif known is not None:
+                target = known[k]
             else:
                 with torch.no_grad(), autocast(xb.device):
                     target = teacher(xb).float()
+                fresh.append(target)
             with autocast(xb.device):
                 out = student(xb)
             value = distillation_loss(out.float(), target, loss, y[ib] if y is not None else None)
@@ -131,6 +184,8 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
         if not bool(torch.isfinite(total)):
             raise NonFiniteError(f"distillation diverged: the loss is not finite in epoch {epoch + 1} of {epochs} "
                                  f"(lr {lr:g}; a smaller lr fixes it)")
+        if memo_key is not None and known is None:
+            logit_memo.put(memo_key, fresh)  # a whole epoch only: a student that failed mid-epoch stores nothing
         if checkpoint:
             atomic_torch_save({"key": checkpoint_key, "epoch": epoch + 1, "student": student.state_dict(),
                                "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, checkpoint)

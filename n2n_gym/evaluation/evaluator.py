@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import threading
 import time
@@ -38,6 +39,7 @@ import torch
 from n2n_gym.data.datasets import Dataset
 from n2n_gym.evaluation.cache import NullCache, ResultCache, cache_key
 from n2n_gym.evaluation.distill import (
+    AugmentedLogits,
     NonFiniteError,
     check_finite_weights,
     distill,
@@ -117,6 +119,8 @@ class Evaluator:
         self._teacher_logits: dict[int | None, torch.Tensor] = {}
         self._subsets: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
         self._supernets: dict[str, torch.nn.Module] = {}
+        # augmented distillation: the teacher's logits of each seed's batches, per training subset
+        self._logit_memos: dict[int | None, AugmentedLogits] = {}
 
     def prepare(self, protocol: str | Protocol) -> Protocol:
         """``protocol``, with what it needs beyond the teacher (its supernet) found and loaded
@@ -160,11 +164,13 @@ class Evaluator:
                          arch=arch.canonical_hash(), protocol=protocol.to_dict(), seed=seed, **gpu)
 
     def evaluate(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0, *,
-                 looked_up: bool = False) -> EvalResult:
+                 looked_up: bool = False, checkpoint: "str | os.PathLike | None" = None) -> EvalResult:
         """Train and score one student (or return its cached result); the key is claimed in
         a shared cache while the student trains (another process waits for this result).
         ``looked_up``: the caller's :meth:`lookup` found no answer (a backend's batch), so the
-        cache is read once more only under the claim, not twice."""
+        cache is read once more only under the claim, not twice. ``checkpoint``: a file saved
+        after every epoch of training; a killed evaluation called again with it continues from
+        its last epoch, to the same result (:func:`~n2n_gym.evaluation.distill.distill`)."""
         protocol = get_protocol(protocol)
         start = time.perf_counter()
         early = None if looked_up else self.lookup(arch, protocol, seed)
@@ -175,7 +181,7 @@ class Evaluator:
             hit = self._checked(key, hit, arch.params, arch.flops)
             if hit is not None:  # another worker evaluated it while we waited
                 return dataclasses.replace(EvalResult(**hit), cached=True)
-            return self._compute(key, arch, protocol, seed, start)
+            return self._compute(key, arch, protocol, seed, start, checkpoint)
 
     def evaluate_many(self, requests: "Sequence[tuple[Architecture, str | Protocol, int]]") -> list[EvalResult]:
         """:meth:`evaluate` for each ``(arch, protocol, seed)``, in order (in this process;
@@ -249,11 +255,12 @@ class Evaluator:
         self.cache.discard(key, problem)
         return None
 
-    def _compute(self, key: str, arch: Architecture, protocol: Protocol, seed: int, start: float) -> EvalResult:
+    def _compute(self, key: str, arch: Architecture, protocol: Protocol, seed: int, start: float,
+                 checkpoint=None) -> EvalResult:
         params, flops = arch.params, arch.flops
         try:
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                val_acc, test_acc = self._train_and_score(arch, protocol, seed)
+                val_acc, test_acc = self._train_and_score(arch, protocol, seed, checkpoint)
         except STUDENT_ERRORS as exc:
             # the student's own problem (diverged, cannot be built or inherit): a result like any other
             result = EvalResult(False, _reason(exc), 0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
@@ -273,8 +280,9 @@ class Evaluator:
         self.cache.put(key, result.to_dict())
         return result
 
-    def _train_and_score(self, arch: Architecture, protocol: Protocol, seed: int) -> tuple[float, float]:
-        student = self._train(arch, protocol, seed)
+    def _train_and_score(self, arch: Architecture, protocol: Protocol, seed: int,
+                         checkpoint=None) -> tuple[float, float]:
+        student = self._train(arch, protocol, seed, checkpoint)
         val = self._accuracy(student, "validation", *self._subset("val", protocol.val_images))
         if self.lazy_test:
             return val, math.nan
@@ -302,7 +310,9 @@ class Evaluator:
                 lr=protocol.lr, weight_decay=protocol.weight_decay, augment=protocol.augment,
                 generator=torch.Generator().manual_seed(seed), teacher_logits=logits, loss=protocol.loss,
                 y=y if protocol.loss == "kd" else None, lr_drop=protocol.lr_drop, checkpoint=checkpoint,
-                checkpoint_key=self.key(arch, protocol, seed) if checkpoint else "")
+                checkpoint_key=self.key(arch, protocol, seed) if checkpoint else "",
+                logit_memo=self._logit_memos.setdefault(protocol.train_images, AugmentedLogits())
+                if protocol.augment else None)
         if protocol.bn_recalibration:
             recalibrate_batchnorm(student, self.data, self._subset("train", protocol.bn_recalibration)[0],
                                   protocol.batch_size)

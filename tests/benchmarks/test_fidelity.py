@@ -170,3 +170,37 @@ def test_the_stability_runs_are_spread_through_the_study_each_after_its_students
     assert all(ref_at[order[i]["student"]] < i for i in twice)
     assert twice[0] < len(order) // 4 and twice[-1] < len(order) - 1  # early reading, not all at the end
     assert len(fidelity.items(students[:2], {}, 5, 8)) == 4  # fewer students than stability runs: each once
+
+
+def test_a_killed_reference_continues_from_its_epoch_checkpoint(study, tmp_path):
+    import shutil
+
+    import gymnasium as gym
+    import torch
+
+    from n2n_gym.evaluation.protocols import Protocol
+    from n2n_gym.ir.arch import Architecture
+
+    folder = tmp_path / "resumed"
+    folder.mkdir()
+    shutil.copy(study / "students.json", folder / "students.json")
+    rows = [r for r in _lines(study) if r["protocol"] != "bn-only"]
+    killed = next(r for r in rows if r["protocol"] == "reference")
+    (folder / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r is not killed))
+    assert not list(study.glob("checkpoints/*"))  # a finished study leaves no checkpoint behind
+    # what a study killed after the reference's last epoch leaves: that epoch's checkpoint
+    arch = next(s["architecture"] for s in json.loads((study / "students.json").read_text())["students"]
+                if s["id"] == killed["student"])
+    ckpt = fidelity._checkpoint_path(str(folder), killed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the study's workers, so the weights match theirs
+    try:
+        ev = gym.make("N2N-DigitsNet-Digits-v0", cache=False, progress=False).unwrapped.evaluator
+        ev.evaluate(Architecture.from_json(arch), Protocol.from_dict(killed["spec"]), 0, checkpoint=ckpt)
+    finally:
+        torch.set_num_threads(threads)
+    assert fidelity._checkpoint_epoch(ckpt) == 1
+    assert fidelity.main(["run", *TINY[:-2], "--protocols", "fast", "--nice", "0", "--out", str(folder)]) == 0
+    again = next(r for r in _lines(folder) if (r["student"], r["protocol"]) == (killed["student"], "reference"))
+    assert again["resumed_at_epoch"] == 1 and not ckpt.exists()
+    assert (again["accuracy"], again["test_accuracy"]) == (killed["accuracy"], killed["test_accuracy"])

@@ -132,3 +132,38 @@ def test_a_killed_distillation_continues_from_its_checkpoint_to_the_same_weights
     (tmp_path / "c.ckpt").write_bytes(b"damaged")
     with pytest.warns(UserWarning, match="cannot resume"):
         assert torch.equal(run(None, tmp_path / "c.ckpt")[0], whole)
+
+
+def test_the_augmented_teacher_logits_of_one_seed_are_reused_to_the_same_weights(digits_data):
+    from n2n_gym.evaluation.distill import AugmentedLogits
+
+    teacher = _tiny(digits_data).eval()
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    x, _ = digits_data.subset("train", 256, seed=0)
+
+    def student(seed, memo, init_seed=1):
+        torch.manual_seed(init_seed)
+        s = copy.deepcopy(_tiny(digits_data))
+        for p in s.parameters():  # another student than the teacher
+            p.data.add_(torch.randn_like(p) * 0.1)
+        distill(s, teacher, digits_data, x, epochs=2, batch_size=64, lr=1e-2, weight_decay=0.0, augment=True,
+                generator=torch.Generator().manual_seed(seed), logit_memo=memo)
+        return s
+
+    plain = student(0, None)
+    memo = AugmentedLogits()
+    first = student(0, memo)
+    forwards = len(calls)
+    again = student(0, memo, init_seed=2)  # a second student of the same seed: no teacher pass at all
+    assert len(calls) == forwards and memo.hits == 2
+    for a, b in zip(plain.state_dict().values(), first.state_dict().values()):
+        assert torch.equal(a, b)  # the memo changes no weight
+    alone = student(0, None, init_seed=2)
+    for a, b in zip(alone.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    student(1, memo)  # another seed: other batches, computed, not served
+    assert len(calls) > forwards and memo.hits == 2
+    tiny = AugmentedLogits(max_bytes=4 * 64 * 10 * 4)  # room for one epoch of 4 batches
+    student(0, tiny)
+    assert len(tiny._epochs) == 1  # the oldest epoch dropped

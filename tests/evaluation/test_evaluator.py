@@ -52,3 +52,22 @@ def test_evaluating_an_architecture_of_another_teacher_is_invalid_not_an_error(d
     result = ev.evaluate(foreign, TINY)
     assert not result.valid and result.reward == -1.0
     assert result.reason.startswith("the student does not descend from the teacher: layer 1: role")
+
+
+def test_students_of_an_augmented_protocol_score_the_same_after_another_student(digits_teacher, digits_data):
+    """The evaluator reuses the teacher's logits of augmented batches across students
+    (n2n_gym.evaluation.distill.AugmentedLogits): a student's result is what it is alone."""
+    import numpy as np
+
+    from n2n_gym.evaluation.evaluator import Evaluator
+    from n2n_gym.evaluation.supernet import sample_student
+
+    protocol = dataclasses.replace(TINY, name="tiny-augmented", augment=True, epochs=2)
+    rng = np.random.default_rng(5)
+    a, b = (sample_student(digits_teacher.architecture, rng) for _ in range(2))
+    shared = Evaluator(digits_teacher, digits_data)
+    shared.evaluate(a, protocol)
+    after = shared.evaluate(b, protocol)
+    assert shared._logit_memos[protocol.train_images].hits == 2  # b's two epochs were served
+    alone = Evaluator(digits_teacher, digits_data).evaluate(b, protocol)
+    assert (after.accuracy, after.test_accuracy, after.reward) == (alone.accuracy, alone.test_accuracy, alone.reward)
