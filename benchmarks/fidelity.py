@@ -35,7 +35,11 @@ every student by inheriting from it and recalibrating batch norm (candidate
 ``report`` writes ``ladder.json`` and ``ladder.png`` (Spearman rho against seconds per
 student): Spearman rho and Kendall tau of rewards and of validation accuracies against the
 reference, with bootstrap 95 % intervals over students, the share of the reference's top 5
-found in each protocol's top 10, and median seconds per student on one CPU thread.
+found in each protocol's top 10, and median seconds per student on one CPU thread. Beside
+them: the *size alone* null (every student at the teacher's accuracy), and each protocol
+*calibrated* (:mod:`n2n_gym.evaluation.calibration`: its accuracy mapped to the reference's by
+a monotone line fitted leave-one-out, the reward computed from the estimate), with the fit
+and the estimate's median error in points.
 """
 
 from __future__ import annotations
@@ -552,11 +556,37 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
         res["median_load"] = float(np.nanmedian([a[i]["load"] for i in ids]))
         return res
 
+    by_name = {}
     for name in names:
         scores = {s["id"]: score(s["id"], name) for s in meta["students"]}
         scores = {k: v for k, v in scores.items() if v is not None}
         if scores:  # a study run with --protocols has no scores for the others
+            by_name[name] = scores
             out["ladder"][name] = compare(scores, ref)
+    # Each protocol's accuracy calibrated to the reference's (n2n_gym.evaluation.calibration), its
+    # reward computed from the estimate; leave-one-out, so each student's estimate comes from a
+    # map fitted on the others: how the calibrated protocol would rank students it has not seen.
+    from n2n_gym.evaluation.calibration import Calibration, leave_one_out
+    from n2n_gym.evaluation.reward import n2n_reward
+    from n2n_gym.ir.arch import Architecture
+
+    chance = 1.0 / Architecture.from_json(meta["students"][0]["architecture"]).num_classes
+    t_params, t_acc = meta["teacher_params"], meta["teacher_val_accuracy"]
+    out["calibrated"] = {}
+    for name, scores in by_name.items():
+        ids = sorted(set(scores) & set(ref))
+        if len(ids) < 5:
+            continue
+        x, y = [scores[i]["accuracy"] for i in ids], [ref[i]["accuracy"] for i in ids]
+        estimate = leave_one_out(x, y, chance)
+        cal = {i: {**scores[i], "accuracy": e,
+                   "reward": n2n_reward(student_params=scores[i]["params"], teacher_params=t_params,
+                                        student_accuracy=e, teacher_accuracy=t_acc).value}
+               for i, e in zip(ids, estimate)}
+        row = compare(cal, ref, ("reward",))
+        row["fit"] = dict(zip(("intercept", "slope", "x_min", "chance"), Calibration.fit(x, y, chance).to_list()))
+        row["median_abs_error_points"] = float(100 * np.median(np.abs(np.array(estimate) - np.array(y))))
+        out["calibrated"][name] = row
     # The null every protocol must beat: R = Rc * Ra with every student at the teacher's accuracy
     # (Ra = 1), i.e. students ranked by size alone. Where trained students all come near the
     # teacher (digits), size alone ranks rewards well and a protocol's rho means little above it.
@@ -601,6 +631,11 @@ def cmd_report(a: argparse.Namespace) -> int:
                     yerr=[[r["spearman_reward"] - lo], [hi - r["spearman_reward"]]], fmt="o", capsize=3)
         ax.annotate(name, (r["median_seconds"], r["spearman_reward"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=8)
+    for name, r in summary.get("calibrated", {}).items():
+        if "spearman_reward" in r:
+            ax.scatter(r["median_seconds"], r["spearman_reward"], marker="o", facecolors="none", edgecolors="black",
+                       s=40, zorder=3, label="calibrated (leave-one-out)" if name == next(iter(summary["calibrated"]))
+                       else None)
     ax.axhline(0.8, color="grey", ls="--", lw=1, label="target rho 0.8")
     null = summary.get("size_only", {}).get("spearman_reward")
     if null is not None:

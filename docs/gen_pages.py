@@ -463,7 +463,10 @@ def page_fidelity() -> str:
         rows, chosen = [], None
         for proto, r in d["ladder"].items():
             shift = (r.get("rank_shift_by_kind") or {}).get("removal")
+            cal = d.get("calibrated", {}).get(proto, {})
             rows.append([f"`{proto}`", r["students"], _ci(r, "spearman_reward"), _ci(r, "kendall_reward"),
+                         _ci(cal, "spearman_reward"),
+                         f"{cal['median_abs_error_points']:.1f}" if "median_abs_error_points" in cal else "-",
                          _ci(r, "spearman_accuracy"),
                          f"{r['top5_in_top10']:.1f}" if "top5_in_top10" in r else "-",
                          f"{r['median_seconds']:.1f} ({r['median_load']:.1f})" if "median_seconds" in r else "-",
@@ -475,12 +478,19 @@ def page_fidelity() -> str:
         null = d.get("size_only")
         if null and "spearman_reward" in null:
             rows.append(["size alone (null: accuracy = teacher's)", null["students"], _ci(null, "spearman_reward"),
-                         _ci(null, "kendall_reward"), "-",
+                         _ci(null, "kendall_reward"), "-", "-", "-",
                          f"{null['top5_in_top10']:.1f}" if "top5_in_top10" in null else "-", "0", "-"])
-        out += [table(["protocol", "students", "rho reward", "tau reward", "rho accuracy", "top-5 in top-10",
-                       "s / student (load)", "removal shift, pts"], rows, "lrrrrrrr"),
+        out += [table(["protocol", "students", "rho reward", "tau reward", "rho reward, calibrated",
+                       "calibration error, pts", "rho accuracy", "top-5 in top-10", "s / student (load)",
+                       "removal shift, pts"], rows, "lrrrrrrrrr"),
                 (f"Cheapest protocol at rho >= {RHO_TARGET} on >= 40 students: **`{chosen[0]}`**." if chosen else
                  f"No protocol has reached rho >= {RHO_TARGET} on >= 40 students yet."), "",
+                "*Calibrated*: the protocol's accuracy mapped to the reference's by a monotone line "
+                "(`n2n_gym.evaluation.calibration`), fitted leave-one-out (each student's estimate from the other "
+                "students), and the reward computed from the estimate; *calibration error* is the estimate's median "
+                "absolute error in accuracy points. A cheap protocol can rank accuracies well and rewards badly, "
+                "because its accuracies sit far below the teacher's and so weigh more than size in R = Rc * Ra; the "
+                "calibration puts them back on the trained scale.", "",
                 "*Size alone* is the null every protocol must beat: the reward with every student at the teacher's "
                 "accuracy, so students ranked by parameters only. Where the reference brings nearly every student "
                 "near the teacher, size alone ranks rewards well, and what a protocol adds shows in *rho accuracy* "

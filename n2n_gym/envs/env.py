@@ -123,7 +123,9 @@ class N2NEnv(gym.Env):
 
     ## Episode End
     Terminates after one step per layer of the starting architecture. No truncation.
-    The terminal ``info`` has ``accuracy`` (validation, used by the reward),
+    The terminal ``info`` has ``accuracy`` (validation, used by the reward; under a calibrated
+    protocol the estimate of the trained accuracy, and ``measured_accuracy`` what the protocol
+    measured, else the two are equal),
     ``teacher_accuracy``, ``test_accuracy`` (reported only; NaN with ``test_accuracy="lazy"``,
     measured on demand by ``env.unwrapped.student_test_accuracy(actions)``), ``params``,
     ``teacher_params``, ``flops`` (2 per MAC, FlopCounterMode's convention), ``compression``
@@ -621,6 +623,7 @@ class N2NEnv(gym.Env):
             "valid": valid,
             "reason": reason,
             "accuracy": acc,
+            "measured_accuracy": result.measured_accuracy if result and result.measured_accuracy is not None else acc,
             "test_accuracy": result.test_accuracy if result else 0.0,
             "teacher_accuracy": teacher.val_accuracy,
             "teacher_test_accuracy": teacher.test_accuracy,

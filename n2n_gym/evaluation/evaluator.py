@@ -86,6 +86,8 @@ class EvalResult:
     reward: float  # N2N reward without constraints (the env adds those)
     seconds: float
     cached: bool = False
+    # a calibrated protocol's measured validation accuracy (``accuracy`` is then its estimate); else None
+    measured_accuracy: float | None = None
 
     def __post_init__(self) -> None:
         # a failure reason is a sentence or two: an exception's long message is cut (a cached row
@@ -238,7 +240,7 @@ class Evaluator:
                     self.lazy_test = lazy
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 student = self._train(arch, protocol, seed)
-            test = self._accuracy(student, "test", *self._subset("test", protocol.test_images))
+            test = protocol.estimate(self._accuracy(student, "test", *self._subset("test", protocol.test_images)))
             self.cache.put(key, {**hit, "test_accuracy": test})
             return test
 
@@ -274,9 +276,12 @@ class Evaluator:
             warnings.warn(f"student evaluation failed unexpectedly, scored -1 ({reason}):\n"
                           f"{traceback.format_exc()}", StudentEvaluationWarning, stacklevel=2)
             return EvalResult(False, reason, 0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
+        measured = val_acc if protocol.calibration is not None else None
+        val_acc, test_acc = protocol.estimate(val_acc), protocol.estimate(test_acc)  # identity when uncalibrated
         reward = n2n_reward(student_params=params, teacher_params=self.teacher.params,
                             student_accuracy=val_acc, teacher_accuracy=self.teacher.val_accuracy).value
-        result = EvalResult(True, "", val_acc, test_acc, params, flops, reward, time.perf_counter() - start)
+        result = EvalResult(True, "", val_acc, test_acc, params, flops, reward, time.perf_counter() - start,
+                            measured_accuracy=measured)
         self.cache.put(key, result.to_dict())
         return result
 
@@ -357,7 +362,9 @@ STUDENT_ERRORS = (NonFiniteError, StudentBuildError, ArchitectureError)
 MAX_EVAL_SECONDS = 30 * 24 * 3600.0
 
 _ROW_TYPES = {"valid": (bool,), "reason": (str,), "accuracy": (int, float), "test_accuracy": (int, float),
-              "params": (int,), "flops": (int,), "reward": (int, float), "seconds": (int, float), "cached": (bool,)}
+              "params": (int,), "flops": (int,), "reward": (int, float), "seconds": (int, float), "cached": (bool,),
+              "measured_accuracy": (int, float, type(None))}
+_OPTIONAL_ROW_FIELDS = {"cached", "measured_accuracy"}  # rows stored before measured_accuracy lack it
 
 
 def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, teacher_accuracy: float) -> str | None:
@@ -368,11 +375,13 @@ def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, 
     reward (-1 when invalid, else ``R = Rc * Ra`` of its params and accuracy)."""
     if not isinstance(row, dict):
         return f"a {type(row).__name__}, not an object"
-    fields = set(_ROW_TYPES) - {"cached"}
+    fields = set(_ROW_TYPES) - _OPTIONAL_ROW_FIELDS
     if not fields <= set(row) <= set(_ROW_TYPES):
         return f"fields {sorted(row)} are not {sorted(fields)}"
     for name, types in _ROW_TYPES.items():
-        v = row.get(name, False)
+        v = row.get(name, False if name == "cached" else None)
+        if name == "measured_accuracy" and v is not None and not (0.0 <= v <= 1.0):
+            return f"measured accuracy {v!r} outside [0, 1]"
         if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
             return f"{name} {v!r} is not {' or '.join(t.__name__ for t in types)}"
     test = row["test_accuracy"]

@@ -30,6 +30,11 @@ Optional fields (defaults: off) describe the rungs of the fidelity ladder
   teacher's, exactly as it would from the teacher; the distillation target stays the teacher.
   With ``epochs=0`` and ``bn_recalibration`` a student is scored in seconds without training.
   The file is found by content (:func:`n2n_gym.evaluation.supernet.find_supernet`).
+- ``calibration``: ``[intercept, slope, x_min, chance]`` of a
+  :class:`~n2n_gym.evaluation.calibration.Calibration` fitted by the fidelity study: the
+  student's measured accuracies (validation and test) are mapped to estimates of what the
+  reference training would reach, and the reward is computed from the estimate; the measured
+  validation accuracy is kept beside it (``EvalResult.measured_accuracy``).
 
 A field left at its default is left out of :meth:`Protocol.to_dict`, so the cache keys and
 records of the protocols that existed before these fields stay the same.
@@ -41,6 +46,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from n2n_gym.evaluation.calibration import Calibration
 from n2n_gym.utils.checks import check_bool, check_choice, check_float, check_int
 
 
@@ -60,6 +66,7 @@ class Protocol:
     lr_drop: bool = False  # the last third of the epochs at lr / 10
     bn_recalibration: int = 0  # training images over which batch-norm statistics are recomputed after training
     supernet: str | None = None  # init="supernet": sha256 of the supernet's weights (teachers.weights_sha256)
+    calibration: tuple[float, float, float, float] | None = None  # Calibration.to_list(): accuracy -> trained accuracy
 
     def __post_init__(self) -> None:
         # checked here so that a bad protocol fails where it is written, not after a student trained
@@ -81,6 +88,11 @@ class Protocol:
         for field in ("train_images", "val_images", "test_images"):
             if getattr(self, field) is not None:
                 check_int(f"Protocol {field}", getattr(self, field), min=1)
+        if self.calibration is not None:
+            if isinstance(self.calibration, (str, bytes)) or not hasattr(self.calibration, "__len__"):
+                raise TypeError(f"Protocol calibration must be [intercept, slope, x_min, chance], got {self.calibration!r}")
+            # a record's list becomes the tuple a frozen (hashable) protocol holds; the values are checked there
+            object.__setattr__(self, "calibration", tuple(Calibration.from_list(self.calibration).to_list()))
         check_int("Protocol batch_size", self.batch_size, min=1)
         check_float("Protocol lr", self.lr, min=0.0, min_open=True)
         check_float("Protocol weight_decay", self.weight_decay, min=0.0)
@@ -92,7 +104,14 @@ class Protocol:
         for f in dataclasses.fields(self):
             if f.name in OPTIONAL_FIELDS and out[f.name] == f.default:
                 del out[f.name]
+        if "calibration" in out:
+            out["calibration"] = list(out["calibration"])  # JSON's form, as records store it
         return out
+
+    def estimate(self, accuracy: float) -> float:
+        """The accuracy the protocol reports for a measured ``accuracy``: the calibrated
+        estimate of the trained accuracy, or ``accuracy`` itself without a calibration."""
+        return accuracy if self.calibration is None else Calibration.from_list(self.calibration).predict(accuracy)
 
     @classmethod
     def from_dict(cls, data: dict) -> "Protocol":
@@ -108,7 +127,7 @@ class Protocol:
 
 LOSSES = ("mse", "kd")
 INITS = ("inherit", "random", "supernet")
-OPTIONAL_FIELDS = ("loss", "lr_drop", "bn_recalibration", "supernet")
+OPTIONAL_FIELDS = ("loss", "lr_drop", "bn_recalibration", "supernet", "calibration")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

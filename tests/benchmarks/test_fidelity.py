@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from n2n_gym.benchmarks import fidelity
 
@@ -97,6 +98,17 @@ def test_the_report_gives_the_size_alone_null_beside_the_ladder(study):
     assert null["students"] == len(ref)
     assert null["spearman_reward"] == pytest.approx(spearmanr([r for _, r, _ in ref], size_reward).statistic)
     assert "size_only" not in out["ladder"] and "spearman_accuracy" not in null  # a yardstick, never a candidate
+    # each protocol calibrated leave-one-out: its estimates are the library's, fitted on the other students
+    from n2n_gym.evaluation.calibration import leave_one_out
+
+    cal = out["calibrated"]["fast"]
+    fast = sorted((r["student"], r["accuracy"]) for r in _lines(study) if r["protocol"] == "fast")
+    refs = dict((s, a) for s, _, a in sorted((r["student"], 0, r["accuracy"]) for r in _lines(study)
+                                             if r["protocol"] == "reference"))
+    estimate = leave_one_out([a for _, a in fast], [refs[s] for s, _ in fast], 0.1)
+    errors = sorted(abs(e - refs[s]) for e, (s, _) in zip(estimate, fast))
+    assert cal["students"] == len(fast) and set(cal["fit"]) == {"intercept", "slope", "x_min", "chance"}
+    assert cal["median_abs_error_points"] == pytest.approx(100 * float(np.median(errors)))
 
 
 def test_bad_arguments_fail_at_once(study, tmp_path):

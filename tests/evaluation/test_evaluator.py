@@ -71,3 +71,28 @@ def test_students_of_an_augmented_protocol_score_the_same_after_another_student(
     assert shared._logit_memos[protocol.train_images].hits == 2  # b's two epochs were served
     alone = Evaluator(digits_teacher, digits_data).evaluate(b, protocol)
     assert (after.accuracy, after.test_accuracy, after.reward) == (alone.accuracy, alone.test_accuracy, alone.reward)
+
+
+def test_a_calibrated_protocol_rewards_the_estimate_and_keeps_the_measurement(digits_teacher, digits_data):
+    """A calibrated protocol scores the same student as its uncalibrated twin, then maps the
+    accuracies; the reward is computed from the estimate, and the env's info shows both."""
+    from n2n_gym.evaluation.evaluator import Evaluator, result_row_problem
+    from n2n_gym.evaluation.reward import n2n_reward
+
+    calibrated = dataclasses.replace(TINY, name="tiny-calibrated", calibration=(0.9, 0.1, 0.2, 0.1))
+    env = make_digits_env(cache=False)
+    env.reset(seed=0)
+    arch = env.unwrapped.student_architecture([1] * env.unwrapped.num_layers)  # what _play(env, 1) evaluates
+    env.close()
+    ev = Evaluator(digits_teacher, digits_data)
+    plain, cal = ev.evaluate(arch, TINY), ev.evaluate(arch, calibrated)
+    assert plain.valid and plain.measured_accuracy is None and cal.measured_accuracy == plain.accuracy
+    assert (cal.accuracy, cal.test_accuracy) == (calibrated.estimate(plain.accuracy),
+                                                 calibrated.estimate(plain.test_accuracy))
+    assert cal.reward == n2n_reward(student_params=arch.params, teacher_params=digits_teacher.params,
+                                    student_accuracy=cal.accuracy, teacher_accuracy=digits_teacher.val_accuracy).value
+    assert result_row_problem(cal.to_dict(), arch.params, arch.flops, digits_teacher.params,
+                              digits_teacher.val_accuracy) is None
+    info = _play(make_digits_env(cache=False, protocol=calibrated), 1)
+    assert (info["accuracy"], info["measured_accuracy"]) == (cal.accuracy, plain.accuracy)
+    assert _play(make_digits_env(cache=False), 1)["measured_accuracy"] == plain.accuracy

@@ -31,6 +31,10 @@ def test_optional_fields_appear_only_when_set_and_round_trip():
     assert Protocol.from_dict(d) == p
     s = dataclasses.replace(PROTOCOLS["fast"], name="s", init="supernet", supernet="ab" * 32, epochs=0)
     assert s.to_dict()["supernet"] == "ab" * 32 and Protocol.from_dict(s.to_dict()) == s
+    c = dataclasses.replace(PROTOCOLS["fast"], name="c", calibration=[0.7, 0.2, 0.25, 0.1])  # as a record has it
+    assert c.calibration == (0.7, 0.2, 0.25, 0.1) and hash(c)  # a frozen protocol stays hashable
+    assert c.to_dict()["calibration"] == [0.7, 0.2, 0.25, 0.1] and Protocol.from_dict(c.to_dict()) == c
+    assert c.estimate(0.5) == pytest.approx(0.8) and PROTOCOLS["fast"].estimate(0.5) == 0.5
 
 
 @pytest.mark.parametrize("change, error, match", [
@@ -43,6 +47,9 @@ def test_optional_fields_appear_only_when_set_and_round_trip():
     ({"init": "supernet", "supernet": "AB" * 32}, ValueError, "sha256"),
     ({"init": "supernet", "supernet": "ab" * 31}, ValueError, "sha256"),
     ({"init": "supernet", "supernet": 7}, ValueError, "sha256"),
+    ({"calibration": [0.7, 0.2]}, ValueError, "intercept, slope, x_min, chance"),
+    ({"calibration": [0.7, -0.2, 0.2, 0.1]}, ValueError, "slope"),
+    ({"calibration": "0.7,0.2,0.2,0.1"}, TypeError, "calibration"),
 ])
 def test_bad_optional_fields_fail_where_written(change, error, match):
     with pytest.raises(error, match=match):
