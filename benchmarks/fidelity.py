@@ -56,6 +56,7 @@ import pathlib
 import re
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -278,12 +279,20 @@ def _run_item(item: dict, arch_json: str, folder: str = "") -> dict:
         out = _supernet_result(arch, item["spec"], folder)
     else:
         # the candidates are scored on validation only; the reference also on the whole test set
+        from n2n_gym.evaluation.evaluator import StudentEvaluationWarning
+
         reference_item = item["protocol"].startswith("reference")
         _EVALUATOR.lazy_test = not reference_item
+        protocol = Protocol.from_dict(item["spec"])
         # a reference trains for tens of minutes: a checkpoint per epoch, so a killed study loses one epoch at most
         ckpt = _checkpoint_path(folder, item) if reference_item and folder else None
-        resumed = _checkpoint_epoch(ckpt)
-        r = _EVALUATOR.evaluate(arch, Protocol.from_dict(item["spec"]), item["seed"], checkpoint=ckpt)
+        resumed = _checkpoint_epoch(ckpt, _EVALUATOR.key(arch, protocol, item["seed"]))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", StudentEvaluationWarning)
+            r = _EVALUATOR.evaluate(arch, protocol, item["seed"], checkpoint=ckpt)
+        unexpected = [w for w in caught if issubclass(w.category, StudentEvaluationWarning)]
+        if unexpected:  # out of memory, a changed file: not the student's score; kept out, checkpoint kept
+            return {**{k: item[k] for k in ("student", "protocol", "seed")}, "failed": r.reason}
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
         out = {"valid": r.valid, "reason": r.reason, "accuracy": r.accuracy,
@@ -302,14 +311,16 @@ def _checkpoint_path(folder: str, item: dict) -> pathlib.Path:
     return d / (hashlib.sha1(item_key(item).encode()).hexdigest()[:20] + ".pt")
 
 
-def _checkpoint_epoch(path: pathlib.Path | None) -> int:
-    """The epochs a checkpoint holds (0: none, or unreadable, which distill then ignores)."""
+def _checkpoint_epoch(path: pathlib.Path | None, key: str) -> int:
+    """The epochs a checkpoint of the distillation ``key`` holds (0: none, unreadable or
+    another distillation's, which distill then ignores)."""
     if path is None or not path.exists():
         return 0
     import torch
 
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return int(state["epoch"]) if state.get("key") == key else 0
     except Exception:  # noqa: BLE001 - a damaged file: distill starts afresh and says so
         return 0
 
@@ -416,12 +427,19 @@ def cmd_run(a: argparse.Namespace) -> int:
 
         for _ in range(min(a.workers * 2, len(queue))):
             submit()
-        finished = 0
+        finished = failures = 0
         while pending:
             done_now, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for fut in done_now:
                 it = pending.pop(fut)
                 row = fut.result()
+                if "failed" in row:  # not a score: left to run again (its checkpoint kept)
+                    failures += 1
+                    print(f"student {row['student']} {row['protocol']} seed {row['seed']} FAILED, not recorded: "
+                          f"{row['failed'][:300]}", flush=True)
+                    if queue:
+                        submit()
+                    continue
                 _append(out, row)
                 finished += 1
                 spent += _estimate_seconds(it, meta["train_split"], ips)
@@ -431,6 +449,10 @@ def cmd_run(a: argparse.Namespace) -> int:
                       f"| ETA {eta / 3600:.2f} h", flush=True)
                 if queue:
                     submit()
+    if failures:
+        print(f"{failures} item(s) failed for reasons not the student's own and were not recorded: run again",
+              flush=True)
+        return 1
     return 0
 
 
@@ -463,7 +485,12 @@ def cmd_supernet(a: argparse.Namespace) -> int:
     save_supernet(folder / "supernet.pt", supernet, teacher_sha256=ev.teacher.sha256, data_digest=ev.data.digest,
                   epochs=a.epochs, random_students=a.random_students, seed=a.seed,
                   seconds_this_invocation=time.time() - start)
-    print(f"wrote {folder / 'supernet.pt'}; `run` now adds the candidate {SUPERNET}", flush=True)
+    from n2n_gym.evaluation.supernet import supernet_file_name, supernet_sha256
+
+    sha = supernet_sha256(folder / "supernet.pt")
+    print(f"wrote {folder / 'supernet.pt'}; `run` now adds the candidate {SUPERNET}.\nIts weights' sha256: {sha}. "
+          f"As an env protocol (Protocol(init='supernet', supernet='{sha}', ...)): copy the file into a folder on "
+          f"$N2N_TEACHERS as {supernet_file_name(sha)}", flush=True)
     return 0
 
 
@@ -609,11 +636,53 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
     return out
 
 
+#: The rule that picks an env's default protocol from its study (``choose``).
+MIN_STUDENTS, RHO_TARGET = 40, 0.8
+
+
+def choose(summary: dict, min_students: int = MIN_STUDENTS, target: float = RHO_TARGET) -> dict:
+    """The default protocol the study's figures pick, as ``{"protocol", "calibrated", "rule_met",
+    "why"}`` (``protocol`` None when no study has enough students).
+
+    Candidates: every protocol of the ladder, as measured and calibrated. One *qualifies* with
+    >= ``min_students`` students, Spearman rho of rewards >= ``target`` against the reference,
+    information about accuracy (the lower end of its accuracy rho's 95 % interval above 0: else a
+    flat calibration, which ranks by size alone, would pass wherever size alone does) and a top-5
+    recall no worse than size alone's. The cheapest qualifying one is picked; if none qualifies,
+    the highest rho of rewards among those with accuracy information, and ``rule_met`` is False.
+    """
+    null_top5 = summary.get("size_only", {}).get("top5_in_top10", 0.0)
+    rows = []
+    for name, raw in summary.get("ladder", {}).items():
+        informative = (raw.get("spearman_accuracy_ci95") or (-1, 1))[0] > 0
+        for calibrated, r in ((False, raw), (True, summary.get("calibrated", {}).get(name, {}))):
+            if "spearman_reward" not in r or r["students"] < min_students:
+                continue
+            ok = (r["spearman_reward"] >= target and informative
+                  and r.get("top5_in_top10", 0.0) >= null_top5)
+            rows.append((ok, informative, calibrated, name, r))
+    if not rows:
+        return {"protocol": None, "calibrated": False, "rule_met": False,
+                "why": f"no protocol has >= {min_students} students with a reference yet"}
+    qualified = sorted((r["median_seconds"], -r["spearman_reward"], c, n) for ok, _, c, n, r in rows if ok)
+    if qualified:
+        seconds, rho, calibrated, name = qualified[0]
+        return {"protocol": name, "calibrated": calibrated, "rule_met": True,
+                "why": f"cheapest at rho >= {target} with accuracy information ({-rho:.2f}, {seconds:.1f} s)"}
+    best = max(((r["spearman_reward"], c, n) for _, inf, c, n, r in rows if inf), default=None)
+    if best is None:
+        return {"protocol": None, "calibrated": False, "rule_met": False,
+                "why": "no protocol carries information about accuracy"}
+    return {"protocol": best[2], "calibrated": best[1], "rule_met": False,
+            "why": f"none reaches rho {target}; the best measured ({best[0]:.2f})"}
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     folder = pathlib.Path(a.out or RESULTS / slug(a.env))
     if not (folder / "students.json").exists():
         raise SystemExit(f"no study in {folder}: run `python -m n2n_gym.benchmarks.fidelity run --env {a.env}` first")
     summary = summarise(folder, a.resamples)
+    summary["choice"] = choose(summary)
     tmp = folder / "ladder.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
     os.replace(tmp, folder / "ladder.json")
@@ -659,6 +728,16 @@ def _shard(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative: give 0 or more")
+    return value
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -680,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--removal", type=int, default=8, help="removal-only students")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--reference-epochs", type=_positive, default=None)
-    r.add_argument("--stability-students", type=int, default=None,
+    r.add_argument("--stability-students", type=_non_negative, default=None,
                    help="students also run at 2x reference epochs (default 8; given for a drawn study, it is updated)")
     r.add_argument("--max-items", type=int, default=0, help="stop after this many items (0: all)")
     r.add_argument("--nice", type=int, default=10)

@@ -428,7 +428,6 @@ def page_teacher_training() -> str:
 
 #: The studies of benchmarks/fidelity.py with a report (ladder.json), in page order.
 FIDELITY = ("n2n-digitsnet-digits-v0", "n2n-resnet20-cifar10-v0")
-RHO_TARGET = 0.8
 
 
 def _ci(d: dict, key: str) -> str:
@@ -436,6 +435,16 @@ def _ci(d: dict, key: str) -> str:
         return "-"
     lo, hi = d.get(f"{key}_ci95", (math.nan, math.nan))
     return f"{d[key]:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _choice_text(c: dict) -> str:
+    """The rule's pick (benchmarks/fidelity.py: choose) in a sentence."""
+    if not c.get("protocol"):
+        return f"The rule for a default protocol picks none yet: {c.get('why', 'no report')}."
+    name = f"`{c['protocol']}`" + (", calibrated" if c["calibrated"] else "")
+    if c["rule_met"]:
+        return f"The rule for a default protocol picks **{name}**: {c['why']}."
+    return f"No protocol meets the rule for a default; {c['why']}: {name}."
 
 
 def page_fidelity() -> str:
@@ -460,7 +469,7 @@ def page_fidelity() -> str:
                 f"{(d.get('reference_median_seconds') or math.nan) / 60:.1f} min per student, median validation "
                 f"accuracy {pct((d.get('reference_val_accuracy') or {}).get('median'))}; against twice the epochs on "
                 f"{stab.get('students', 0)} students it ranks rewards at rho {_ci(stab, 'spearman_reward')}.", ""]
-        rows, chosen = [], None
+        rows = []
         for proto, r in d["ladder"].items():
             shift = (r.get("rank_shift_by_kind") or {}).get("removal")
             cal = d.get("calibrated", {}).get(proto, {})
@@ -472,9 +481,6 @@ def page_fidelity() -> str:
                          f"{r['median_seconds']:.1f} ({r['median_load']:.1f})" if "median_seconds" in r else "-",
                          f"{100 * shift['mean']:+.0f} [{100 * shift['ci95'][0]:+.0f}, {100 * shift['ci95'][1]:+.0f}]"
                          if shift and shift["ci95"] else "-"])
-            ok = r.get("spearman_reward", -1) >= RHO_TARGET and d["students_with_reference"] >= 40
-            if ok and (chosen is None or r["median_seconds"] < chosen[1]):
-                chosen = (proto, r["median_seconds"])
         null = d.get("size_only")
         if null and "spearman_reward" in null:
             rows.append(["size alone (null: accuracy = teacher's)", null["students"], _ci(null, "spearman_reward"),
@@ -483,8 +489,11 @@ def page_fidelity() -> str:
         out += [table(["protocol", "students", "rho reward", "tau reward", "rho reward, calibrated",
                        "calibration error, pts", "rho accuracy", "top-5 in top-10", "s / student (load)",
                        "removal shift, pts"], rows, "lrrrrrrrrr"),
-                (f"Cheapest protocol at rho >= {RHO_TARGET} on >= 40 students: **`{chosen[0]}`**." if chosen else
-                 f"No protocol has reached rho >= {RHO_TARGET} on >= 40 students yet."), "",
+                _choice_text(d.get("choice") or {}), "",
+                "*The rule* (`choose` in `benchmarks/fidelity.py`): among the protocols, as measured and calibrated, "
+                "with >= 40 students, those at rho of rewards >= 0.8 that carry information about accuracy (their "
+                "accuracy rho's interval above 0) and find the reference's best students no worse than size alone "
+                "(top-5 in top-10) qualify; the cheapest is picked.", "",
                 "*Calibrated*: the protocol's accuracy mapped to the reference's by a monotone line "
                 "(`n2n_gym.evaluation.calibration`), fitted leave-one-out (each student's estimate from the other "
                 "students), and the reward computed from the estimate; *calibration error* is the estimate's median "

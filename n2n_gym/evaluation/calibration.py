@@ -11,8 +11,9 @@ the trained one; the reward is then computed from that estimate (the same R = Rc
 The map (:class:`Calibration`): a least-squares line ``y = intercept + slope * x`` through
 the study's (protocol accuracy, reference accuracy) pairs, its slope kept >= 0 (monotone).
 Below the smallest fitted accuracy ``x_min`` it is not extrapolated: it falls linearly to
-chance at chance (a student the protocol scores at chance is estimated at chance, whatever
-the line says), so a search cannot gain by driving students below what the study saw.
+chance at chance (a student the protocol scores at chance is estimated at chance, or lower
+where the line itself is below chance, so that the map stays monotone), so a search cannot
+gain by driving students below what the study saw.
 Estimates are clipped to [0, 1].
 """
 
@@ -36,7 +37,9 @@ class Calibration:
 
     def __post_init__(self) -> None:
         for name in ("intercept", "slope", "x_min", "chance"):
-            check_float(f"Calibration {name}", getattr(self, name))
+            # numbers only (no bools, no strings); stored as plain floats (-0.0 as 0.0) so that equal
+            # maps write equal JSON and make equal cache keys
+            object.__setattr__(self, name, check_float(f"Calibration {name}", getattr(self, name)) + 0.0)
         check_float("Calibration slope", self.slope, min=0.0)
         check_float("Calibration chance", self.chance, min=0.0, max=1.0)
         check_float("Calibration x_min", self.x_min, min=0.0, max=1.0)
@@ -70,9 +73,10 @@ class Calibration:
 
     @classmethod
     def from_list(cls, values: Sequence[float]) -> "Calibration":
-        if len(values) != 4:
-            raise ValueError(f"a calibration is [intercept, slope, x_min, chance], got {list(values)!r}")
-        return cls(*map(float, values))
+        """The map of ``[intercept, slope, x_min, chance]`` (numbers; ``TypeError`` / ``ValueError`` otherwise)."""
+        if not isinstance(values, (list, tuple)) or len(values) != 4:
+            raise ValueError(f"a calibration is [intercept, slope, x_min, chance], got {values!r}")
+        return cls(*values)
 
 
 def leave_one_out(x: Sequence[float], y: Sequence[float], chance: float) -> list[float]:

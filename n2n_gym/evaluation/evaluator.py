@@ -135,11 +135,23 @@ class Evaluator:
         return protocol
 
     def supernet(self, sha256: str) -> torch.nn.Module:
-        """The supernet of this evaluator's teacher whose weights have ``sha256``, loaded once."""
+        """The supernet of this evaluator's teacher whose weights have ``sha256``, loaded once;
+        ``ValueError`` when the file's architecture is not the teacher's (students would take
+        partly random weights), :class:`~n2n_gym.evaluation.supernet.SupernetNotFoundError`."""
         if sha256 not in self._supernets:
             from n2n_gym.evaluation.supernet import find_supernet, load_supernet
 
-            self._supernets[sha256] = load_supernet(find_supernet(sha256, self.teacher.sha256), self.device)
+            path = find_supernet(sha256, self.teacher.sha256)
+            try:
+                module = load_supernet(path, self.device)
+            except (KeyError, ValueError, TypeError, RuntimeError, ArchitectureError) as exc:
+                raise ValueError(f"{path} is not a loadable supernet ({type(exc).__name__}: {exc}); write supernets "
+                                 "with n2n_gym.evaluation.supernet.save_supernet") from exc
+            if module.arch.canonical_hash() != self.teacher.architecture.canonical_hash():
+                raise ValueError(f"{path} holds a network of another architecture than the teacher's: a supernet "
+                                 "has the teacher's architecture (students take their weights from it as from the "
+                                 "teacher)")
+            self._supernets[sha256] = module
         return self._supernets[sha256]
 
     def __getstate__(self) -> dict:
@@ -147,10 +159,16 @@ class Evaluator:
         derived tensors (subsets, teacher logits) are rebuilt there on first use."""
         data = dataclasses.replace(self.data, _on_device={}, _splits={}, _normalize=None)
         return {"teacher": self.teacher, "data": data, "device": str(self.device), "cache": self.cache,
-                "lazy_test": self.lazy_test}
+                "lazy_test": self.lazy_test,
+                # the supernets found here travel along: a worker (another process, a Ray node) need not find them
+                "supernets": {k: v.state_dict() for k, v in self._supernets.items()}}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["teacher"], state["data"], state["device"], state["cache"], state["lazy_test"])
+        for sha, weights in state.get("supernets", {}).items():
+            module = build(self.teacher.architecture, self.device)
+            module.load_state_dict(weights)
+            self._supernets[sha] = module.eval()
 
     def _subset(self, which: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed evaluation subsets, drawn once per evaluator rather than per student."""
@@ -180,7 +198,7 @@ class Evaluator:
             return early
         key = self.key(arch, protocol, seed)
         with self.cache.claimed(key) as hit:
-            hit = self._checked(key, hit, arch.params, arch.flops)
+            hit = self._checked(key, hit, arch.params, arch.flops, protocol)
             if hit is not None:  # another worker evaluated it while we waited
                 return dataclasses.replace(EvalResult(**hit), cached=True)
             return self._compute(key, arch, protocol, seed, start, checkpoint)
@@ -211,7 +229,7 @@ class Evaluator:
             return EvalResult(False, f"not smaller than the teacher ({params:,} >= {self.teacher.params:,} params)",
                               0.0, 0.0, params, flops, -1.0, time.perf_counter() - start)
         key = self.key(arch, protocol, seed)
-        hit = self._checked(key, self.cache.get(key), params, flops)
+        hit = self._checked(key, self.cache.get(key), params, flops, protocol)
         if hit is not None:
             result = dataclasses.replace(EvalResult(**hit), cached=True)
             if result.valid and not self.lazy_test and math.isnan(result.test_accuracy):  # stored lazily
@@ -224,12 +242,12 @@ class Evaluator:
         (trains the student again, the same weights as its evaluation) and stored with its result."""
         protocol = get_protocol(protocol)
         key = self.key(arch, protocol, seed)
-        hit = self._checked(key, self.cache.get(key), arch.params, arch.flops)
+        hit = self._checked(key, self.cache.get(key), arch.params, arch.flops, protocol)
         if hit is not None and not math.isnan(hit["test_accuracy"]):
             return float(hit["test_accuracy"])
         with self.cache.claimed(key + ":test"):  # nothing is stored under this key: always ours in the end
             # another process may have measured it while we waited
-            hit = self._checked(key, self.cache.get(key), arch.params, arch.flops)
+            hit = self._checked(key, self.cache.get(key), arch.params, arch.flops, protocol)
             if hit is not None and not math.isnan(hit["test_accuracy"]):
                 return float(hit["test_accuracy"])
             if hit is None or not hit["valid"]:  # never evaluated (or invalid): one whole eager evaluation
@@ -244,14 +262,14 @@ class Evaluator:
             self.cache.put(key, {**hit, "test_accuracy": test})
             return test
 
-    def _checked(self, key: str, hit: dict | None, params: int, flops: int) -> dict | None:
+    def _checked(self, key: str, hit: dict | None, params: int, flops: int, protocol: Protocol) -> dict | None:
         """A cached row if it is a result this evaluator could have stored for a student of
         ``params`` / ``flops``, else ``None``: a damaged row (wrong fields or types, an
         accuracy outside [0, 1], NaN, a reward that is not the row's own) is dropped with a
         :class:`~n2n_gym.evaluation.cache.CacheRowWarning` and the student is evaluated again."""
         if hit is None:
             return None
-        problem = result_row_problem(hit, params, flops, self.teacher.params, self.teacher.val_accuracy)
+        problem = result_row_problem(hit, params, flops, self.teacher.params, self.teacher.val_accuracy, protocol)
         if problem is None:
             return hit
         self.cache.discard(key, problem)
@@ -367,12 +385,15 @@ _ROW_TYPES = {"valid": (bool,), "reason": (str,), "accuracy": (int, float), "tes
 _OPTIONAL_ROW_FIELDS = {"cached", "measured_accuracy"}  # rows stored before measured_accuracy lack it
 
 
-def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, teacher_accuracy: float) -> str | None:
+def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, teacher_accuracy: float,
+                       protocol: Protocol | None = None) -> str | None:
     """What is wrong with a stored :class:`EvalResult` row for a student of ``params`` /
     ``flops`` (None: nothing): its fields and types, accuracies in [0, 1] (test: or NaN,
     not measured), seconds a duration up to :data:`MAX_EVAL_SECONDS`, an invalid student with
     accuracy 0 and a reason (a valid one with none), the student's params and FLOPs, and its
-    reward (-1 when invalid, else ``R = Rc * Ra`` of its params and accuracy)."""
+    reward (-1 when invalid, else ``R = Rc * Ra`` of its params and accuracy); with ``protocol``,
+    a measured accuracy exactly where the protocol is calibrated and the student valid, and the
+    accuracy its estimate."""
     if not isinstance(row, dict):
         return f"a {type(row).__name__}, not an object"
     fields = set(_ROW_TYPES) - _OPTIONAL_ROW_FIELDS
@@ -380,8 +401,6 @@ def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, 
         return f"fields {sorted(row)} are not {sorted(fields)}"
     for name, types in _ROW_TYPES.items():
         v = row.get(name, False if name == "cached" else None)
-        if name == "measured_accuracy" and v is not None and not (0.0 <= v <= 1.0):
-            return f"measured accuracy {v!r} outside [0, 1]"
         if not isinstance(v, types) or (bool not in types and isinstance(v, bool)):
             return f"{name} {v!r} is not {' or '.join(t.__name__ for t in types)}"
     test = row["test_accuracy"]
@@ -399,6 +418,17 @@ def result_row_problem(row: dict, params: int, flops: int, teacher_params: int, 
                 f"of at most {MAX_REASON_CHARS})")
     if (row["params"], row["flops"]) != (params, flops):
         return f"params / FLOPs {row['params']} / {row['flops']} are not the student's {params} / {flops}"
+    measured = row.get("measured_accuracy")
+    if measured is not None and not (0.0 <= measured <= 1.0):
+        return f"measured accuracy {measured!r} outside [0, 1]"
+    if protocol is not None:  # what _compute stores: a measurement only under a calibration, and its estimate
+        if protocol.calibration is None or not row["valid"]:
+            if measured is not None:
+                return f"a measured accuracy {measured!r} where there is none (uncalibrated protocol or invalid student)"
+        elif measured is None or not math.isclose(row["accuracy"], protocol.estimate(measured), rel_tol=1e-9,
+                                                  abs_tol=1e-12):
+            return (f"accuracy {row['accuracy']!r} is not the calibrated estimate of the measured accuracy "
+                    f"{measured!r}")
     want = -1.0 if not row["valid"] else n2n_reward(student_params=params, teacher_params=teacher_params,
                                                     student_accuracy=row["accuracy"],
                                                     teacher_accuracy=teacher_accuracy).value

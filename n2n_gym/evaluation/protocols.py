@@ -89,8 +89,9 @@ class Protocol:
             if getattr(self, field) is not None:
                 check_int(f"Protocol {field}", getattr(self, field), min=1)
         if self.calibration is not None:
-            if isinstance(self.calibration, (str, bytes)) or not hasattr(self.calibration, "__len__"):
-                raise TypeError(f"Protocol calibration must be [intercept, slope, x_min, chance], got {self.calibration!r}")
+            if not isinstance(self.calibration, (list, tuple)):  # a set or a dict has no order to read it by
+                raise TypeError(f"Protocol calibration must be a list [intercept, slope, x_min, chance], got "
+                                f"{type(self.calibration).__name__} {self.calibration!r}")
             # a record's list becomes the tuple a frozen (hashable) protocol holds; the values are checked there
             object.__setattr__(self, "calibration", tuple(Calibration.from_list(self.calibration).to_list()))
         check_int("Protocol batch_size", self.batch_size, min=1)
@@ -143,7 +144,17 @@ PROTOCOLS: dict[str, Protocol] = {
 
 
 def get_protocol(protocol: "str | Protocol") -> Protocol:
+    """The protocol of a registered name, or ``protocol`` itself. Records, info dicts and
+    leaderboards name a protocol by its name, so a Protocol that reuses a registered name with
+    other fields (a calibration, another lr) is refused (``ValueError``): give it its own name."""
     if isinstance(protocol, Protocol):
+        known = PROTOCOLS.get(protocol.name)
+        if known is not None and known != protocol:
+            changed = sorted(k for k, v in protocol.to_dict().items() if known.to_dict().get(k) != v)
+            changed += sorted(set(known.to_dict()) - set(protocol.to_dict()))
+            raise ValueError(f"this Protocol is named {protocol.name!r} but differs from the registered protocol of "
+                             f"that name in {changed}: records would confuse the two; give it its own name, e.g. "
+                             f"dataclasses.replace(protocol, name={protocol.name + '-custom'!r})")
         return protocol
     if not isinstance(protocol, str):
         raise TypeError(f"protocol must be one of {sorted(PROTOCOLS)} or a Protocol, got {type(protocol).__name__}")

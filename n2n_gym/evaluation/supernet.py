@@ -197,11 +197,15 @@ def score(arch: Architecture, supernet: Network, data: Dataset, bn_images: int =
     return accuracy(student, data, x, y), student
 
 
-def save_supernet(path: str | os.PathLike, supernet: Network, **info) -> None:
-    """``{"architecture": IR dict, "state_dict", "weights_sha256", **info}``, written atomically
-    (``info``: at least ``teacher_sha256``, which :func:`find_supernet` checks)."""
+def save_supernet(path: str | os.PathLike, supernet: Network, *, teacher_sha256: str, **info) -> None:
+    """``{"architecture": IR dict, "state_dict", "weights_sha256", "teacher_sha256", **info}``,
+    written atomically; ``teacher_sha256`` (the teacher's :attr:`~n2n_gym.teachers.Teacher.sha256`)
+    is what :func:`find_supernet` checks."""
+    if not isinstance(teacher_sha256, str) or not teacher_sha256:
+        raise ValueError("save_supernet needs teacher_sha256, the sha256 of the teacher the supernet was trained from")
     atomic_torch_save({"architecture": supernet.arch.to_dict(), "state_dict": supernet.state_dict(),
-                       "weights_sha256": weights_sha256(supernet.state_dict()), **info}, path)
+                       "weights_sha256": weights_sha256(supernet.state_dict()), "teacher_sha256": teacher_sha256,
+                       **info}, path)
 
 
 def supernet_sha256(path: str | os.PathLike) -> str:
@@ -221,31 +225,43 @@ class SupernetNotFoundError(FileNotFoundError):
 
 def find_supernet(sha256: str, teacher_sha256: str | None = None) -> pathlib.Path:
     """The file holding the supernet whose weights have ``sha256``, from the folders pinned
-    teachers are looked for in (:func:`n2n_gym.teachers.registry.search_dirs`: ``$N2N_TEACHERS``,
-    the package's ``pinned/``, the cache), named ``*supernet-<sha256[:12]>.pt`` or
-    ``<sha256>.pt``; every candidate is verified by content. ``teacher_sha256``: the file must
-    say it is a supernet of that teacher. Raises :class:`SupernetNotFoundError` (where it looked,
-    how to make one) or ``ValueError`` (a supernet of another teacher)."""
+    teachers are looked for in, in their order (:func:`n2n_gym.teachers.registry.search_dirs`:
+    ``$N2N_TEACHERS``, the package's ``pinned/``, the cache), named ``*supernet-<sha256[:12]>.pt``
+    or ``<sha256>.pt``; every candidate is verified by content, and one that says it belongs to
+    another teacher than ``teacher_sha256`` is passed over. Raises :class:`SupernetNotFoundError`
+    (where it looked, what it passed over, how to make one) or ``ValueError`` (only copies of
+    another teacher)."""
     from n2n_gym.teachers.registry import search_dirs
 
     dirs = search_dirs()
     names = (f"*{supernet_file_name(sha256)}", f"{sha256}.pt")
-    for path in sorted({p for d in dirs if d.is_dir() for n in names for p in d.glob(n) if p.is_file()}):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            found = weights_sha256(state["state_dict"])
-        except Exception:  # noqa: BLE001 - a damaged or foreign file is not the one we look for
+    foreign, damaged = [], []
+    for d in dirs:
+        if not d.is_dir():
             continue
-        if found != sha256:
-            continue
-        if teacher_sha256 is not None and state.get("teacher_sha256") != teacher_sha256:
-            raise ValueError(f"{path} is a supernet of teacher {str(state.get('teacher_sha256'))[:12]}, not of this "
-                             f"env's teacher {teacher_sha256[:12]}: a protocol's supernet belongs to one teacher")
-        return path
+        for path in sorted({p for n in names for p in d.glob(n) if p.is_file()}):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                found = weights_sha256(state["state_dict"])
+            except Exception:  # noqa: BLE001 - a damaged or foreign file is not the one we look for
+                damaged.append(path)
+                continue
+            if found != sha256:
+                continue
+            if teacher_sha256 is not None and state.get("teacher_sha256") != teacher_sha256:
+                foreign.append((path, state.get("teacher_sha256")))
+                continue
+            return path
+    if foreign:
+        path, other = foreign[0]
+        raise ValueError(f"{path} is a supernet of teacher {str(other)[:12]}, not of this env's teacher "
+                         f"{str(teacher_sha256)[:12]}: a protocol's supernet belongs to one teacher")
+    seen = f" (passed over unreadable {', '.join(map(str, damaged))})" if damaged else ""
     raise SupernetNotFoundError(
-        f"no supernet with weights sha256 {sha256[:12]}… in {', '.join(map(str, dirs))}: put its file there (named "
-        f"{supernet_file_name(sha256)!r}; $N2N_TEACHERS may name a folder), or train one with "
-        f"`python -m n2n_gym.benchmarks.fidelity supernet --env <id>` and name its weights in the protocol")
+        f"no supernet with weights sha256 {sha256[:12]}… in {', '.join(map(str, dirs))}{seen}: put its file in one "
+        f"of them named {supernet_file_name(sha256)!r} ($N2N_TEACHERS may name a folder). To make one: the "
+        f"`supernet` command of the fidelity study (benchmarks/fidelity.py) trains it and prints its weights' sha256 "
+        f"and the file to copy; n2n_gym.evaluation.supernet.supernet_sha256(path) gives the sha256 of a saved one")
 
 
 def load_supernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> Network:

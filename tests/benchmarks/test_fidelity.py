@@ -103,8 +103,7 @@ def test_the_report_gives_the_size_alone_null_beside_the_ladder(study):
 
     cal = out["calibrated"]["fast"]
     fast = sorted((r["student"], r["accuracy"]) for r in _lines(study) if r["protocol"] == "fast")
-    refs = dict((s, a) for s, _, a in sorted((r["student"], 0, r["accuracy"]) for r in _lines(study)
-                                             if r["protocol"] == "reference"))
+    refs = {r["student"]: r["accuracy"] for r in _lines(study) if r["protocol"] == "reference"}
     estimate = leave_one_out([a for _, a in fast], [refs[s] for s, _ in fast], 0.1)
     errors = sorted(abs(e - refs[s]) for e, (s, _) in zip(estimate, fast))
     assert cal["students"] == len(fast) and set(cal["fit"]) == {"intercept", "slope", "x_min", "chance"}
@@ -184,8 +183,20 @@ def test_the_stability_runs_are_spread_through_the_study_each_after_its_students
     assert len(fidelity.items(students[:2], {}, 5, 8)) == 4  # fewer students than stability runs: each once
 
 
-def test_a_killed_reference_continues_from_its_epoch_checkpoint(study, tmp_path):
+def _without_one_reference(study, folder):
+    """A copy of the study (its `fast` and reference items) in ``folder`` whose first reference
+    did not finish: (folder, the rows, the missing row)."""
     import shutil
+
+    folder.mkdir()
+    shutil.copy(study / "students.json", folder / "students.json")
+    rows = [r for r in _lines(study) if r["protocol"] != "bn-only"]
+    killed = next(r for r in rows if r["protocol"] == "reference")
+    (folder / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r is not killed))
+    return folder, rows, killed
+
+
+def test_a_killed_reference_continues_from_its_epoch_checkpoint(study, tmp_path):
 
     import gymnasium as gym
     import torch
@@ -193,12 +204,7 @@ def test_a_killed_reference_continues_from_its_epoch_checkpoint(study, tmp_path)
     from n2n_gym.evaluation.protocols import Protocol
     from n2n_gym.ir.arch import Architecture
 
-    folder = tmp_path / "resumed"
-    folder.mkdir()
-    shutil.copy(study / "students.json", folder / "students.json")
-    rows = [r for r in _lines(study) if r["protocol"] != "bn-only"]
-    killed = next(r for r in rows if r["protocol"] == "reference")
-    (folder / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r is not killed))
+    folder, rows, killed = _without_one_reference(study, tmp_path / "resumed")
     assert not list(study.glob("checkpoints/*"))  # a finished study leaves no checkpoint behind
     # what a study killed after the reference's last epoch leaves: that epoch's checkpoint
     arch = next(s["architecture"] for s in json.loads((study / "students.json").read_text())["students"]
@@ -211,8 +217,48 @@ def test_a_killed_reference_continues_from_its_epoch_checkpoint(study, tmp_path)
         ev.evaluate(Architecture.from_json(arch), Protocol.from_dict(killed["spec"]), 0, checkpoint=ckpt)
     finally:
         torch.set_num_threads(threads)
-    assert fidelity._checkpoint_epoch(ckpt) == 1
+    key = ev.key(Architecture.from_json(arch), Protocol.from_dict(killed["spec"]), 0)
+    assert fidelity._checkpoint_epoch(ckpt, key) == 1 and fidelity._checkpoint_epoch(ckpt, "another") == 0
     assert fidelity.main(["run", *TINY[:-2], "--protocols", "fast", "--nice", "0", "--out", str(folder)]) == 0
     again = next(r for r in _lines(folder) if (r["student"], r["protocol"]) == (killed["student"], "reference"))
     assert again["resumed_at_epoch"] == 1 and not ckpt.exists()
     assert (again["accuracy"], again["test_accuracy"]) == (killed["accuracy"], killed["test_accuracy"])
+
+
+def _row(rho, seconds, acc_lo=0.2, top5=0.8, students=40):
+    return {"students": students, "spearman_reward": rho, "median_seconds": seconds, "top5_in_top10": top5,
+            "spearman_accuracy_ci95": [acc_lo, 0.9]}
+
+
+def test_the_rule_picks_the_cheapest_informative_protocol_at_the_target():
+    summary = {"size_only": {"top5_in_top10": 0.6},
+               "ladder": {"bn-only": _row(0.3, 0.2, acc_lo=-0.1), "fast": _row(0.7, 0.7), "mse-8k": _row(0.85, 2.4)},
+               "calibrated": {"bn-only": _row(0.95, 0.2, acc_lo=-0.1),  # flat map, size alone: no accuracy information
+                              "fast": _row(0.9, 0.7, top5=0.4),  # misses the best students more than size alone
+                              "mse-8k": _row(0.9, 2.4)}}
+    # as cheap measured or calibrated (the map costs nothing): the higher rho
+    assert fidelity.choose(summary) == {"protocol": "mse-8k", "calibrated": True, "rule_met": True,
+                                        "why": "cheapest at rho >= 0.8 with accuracy information (0.90, 2.4 s)"}
+    summary["calibrated"]["fast"]["top5_in_top10"] = 0.8
+    assert fidelity.choose(summary)["protocol"] == "fast" and fidelity.choose(summary)["calibrated"]
+    low = {"size_only": {}, "ladder": {"fast": _row(0.5, 0.7), "bn-only": _row(0.9, 0.2, acc_lo=-0.3)}}
+    got = fidelity.choose(low)
+    assert (got["protocol"], got["rule_met"]) == ("fast", False) and "none reaches" in got["why"]
+    few = {"ladder": {"fast": _row(0.9, 0.7, students=9)}}
+    assert fidelity.choose(few)["protocol"] is None
+
+
+def test_an_item_that_fails_for_a_reason_not_the_students_own_is_not_recorded(study, tmp_path, capsys):
+    """Break-it 3 #5: an unexpected failure (out of memory, a changed file) was appended as a -1
+    score that a rerun skipped. Here the reference's checkpoint cannot be written (its path is
+    a folder): the item is left to run again, and the rerun records it."""
+
+    folder, rows, killed = _without_one_reference(study, tmp_path / "failing")
+    blocker = fidelity._checkpoint_path(str(folder), killed)
+    blocker.mkdir()
+    args = ["run", *TINY[:-2], "--protocols", "fast", "--nice", "0", "--out", str(folder)]
+    assert fidelity.main(args) == 1
+    assert "FAILED, not recorded" in capsys.readouterr().out
+    assert len(_lines(folder)) == len(rows) - 1
+    blocker.rmdir()
+    assert fidelity.main(args) == 0 and len(_lines(folder)) == len(rows)

@@ -522,6 +522,12 @@ def _edit_row(**change):
                  id="invalid-10MB-reason"),
     pytest.param(_edit_row(valid=False, reward=-1.0, accuracy=0.0, test_accuracy=0.0, reason="\x1b[2J\x1b[31mpwned"),
                  id="invalid-ansi-reason"),
+    # break-it 3 #1: a non-number measured accuracy raised TypeError out of step(); #3: one on an
+    # uncalibrated protocol's row was served as the measurement
+    pytest.param(_edit_row(measured_accuracy="0.5"), id="measured-accuracy-text"),
+    pytest.param(_edit_row(measured_accuracy=[0.5]), id="measured-accuracy-list"),
+    pytest.param(_edit_row(measured_accuracy=1.5), id="measured-accuracy-above-1"),
+    pytest.param(_edit_row(measured_accuracy=0.3), id="measured-accuracy-uncalibrated"),
 ])
 def test_a_cache_row_from_outside_is_a_miss_never_an_error_or_a_number(cached_env_with_one_student, damage):
     """Issue 21 (remaining 7 and "also"): a deep-nested row raised RecursionError out of step();

@@ -30,7 +30,7 @@ def _play(env, action: int | None = None) -> dict:
 # ---------------------------------------------------------------------------- C: diverged students
 @pytest.mark.parametrize("lr, match", [(1e20, "loss is not finite"), (1e38, "optimizer step overflows")])
 def test_a_diverged_student_scores_minus_one_with_a_reason_and_is_cached(digits_teacher, tmp_path, lr, match):
-    protocol = dataclasses.replace(TINY, lr=lr)
+    protocol = dataclasses.replace(TINY, name="tiny-huge-lr", lr=lr)
     cache = str(tmp_path / "results.sqlite")
     info = _play(make_digits_env(stage="shrink", protocol=protocol, cache=cache), action=1)
     assert info["valid"] is False and info["reward"] == -1.0 and not info["cached"]

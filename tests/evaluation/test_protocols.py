@@ -50,6 +50,10 @@ def test_optional_fields_appear_only_when_set_and_round_trip():
     ({"calibration": [0.7, 0.2]}, ValueError, "intercept, slope, x_min, chance"),
     ({"calibration": [0.7, -0.2, 0.2, 0.1]}, ValueError, "slope"),
     ({"calibration": "0.7,0.2,0.2,0.1"}, TypeError, "calibration"),
+    ({"calibration": {0.7, 0.2, 0.25, 0.1}}, TypeError, "calibration"),  # a set: no order
+    ({"calibration": [True, 1, 0.2, 0.1]}, TypeError, "intercept"),
+    ({"calibration": ["0.7", 0.2, 0.2, 0.1]}, TypeError, "intercept"),
+    ({"calibration": [[0.7], 0.2, 0.2, 0.1]}, TypeError, "intercept"),
 ])
 def test_bad_optional_fields_fail_where_written(change, error, match):
     with pytest.raises(error, match=match):
@@ -75,3 +79,19 @@ TINY = PROTOCOLS["tiny"]
 def test_protocol_fields_are_checked(field, value, error):
     with pytest.raises(error, match=f"Protocol {field}"):
         dataclasses.replace(TINY, **{field: value})
+
+
+def test_a_protocol_that_reuses_a_registered_name_with_other_fields_is_refused():
+    """Records and leaderboards name a protocol by its name (break-it 3 #2: a calibrated 'tiny'
+    was recorded as 'tiny', and validate then failed it)."""
+    from n2n_gym.evaluation.protocols import get_protocol
+
+    assert get_protocol(PROTOCOLS["tiny"]) is PROTOCOLS["tiny"]
+    with pytest.raises(ValueError, match=r"named 'tiny' but differs .* \['calibration'\].*own name"):
+        get_protocol(dataclasses.replace(TINY, calibration=[0.5, 0.5, 0.5, 0.1]))
+    with pytest.raises(ValueError, match=r"\['lr'\]"):
+        get_protocol(dataclasses.replace(TINY, lr=1.0))
+    mine = dataclasses.replace(TINY, name="tiny-calibrated", calibration=[0.5, 0.5, 0.5, 0.1])
+    assert get_protocol(mine) is mine
+    assert dataclasses.replace(TINY, name="a", calibration=[-0.0, 0.5, 0.5, 0.1]).to_dict() == \
+        dataclasses.replace(TINY, name="a", calibration=[0.0, 0.5, 0.5, 0.1]).to_dict()  # one cache key

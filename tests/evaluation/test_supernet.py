@@ -149,3 +149,62 @@ def test_a_missing_or_foreign_supernet_is_an_error_where_the_env_is_given_it(pin
     (tmp_path / "other.pt").rename(tmp_path / f"{sha}.pt")
     with pytest.raises(ValueError, match="not of this env's teacher"):
         find_supernet(sha, digits_teacher.sha256)
+
+
+def test_a_supernet_of_another_architecture_is_refused(pinned_supernet, digits_teacher, tmp_path, monkeypatch):
+    """Break-it 3 #4: a narrow network saved as a supernet was accepted, and wider students took
+    partly random weights."""
+    from conftest import make_digits_env
+
+    narrow = build(smallest_student(digits_teacher.architecture))
+    save_supernet(tmp_path / "n.pt", narrow, teacher_sha256=digits_teacher.sha256)
+    sha = supernet_sha256(tmp_path / "n.pt")
+    (tmp_path / "n.pt").rename(tmp_path / supernet_file_name(sha))
+    monkeypatch.setenv("N2N_TEACHERS", str(tmp_path))
+    env = make_digits_env(protocol=_supernet_protocol(sha), cache=False)
+    with pytest.raises(ValueError, match="another architecture than the teacher's"):
+        env.reset(seed=0)
+    env.close()
+
+
+def test_folders_are_searched_in_order_and_a_mislabelled_copy_is_passed_over(pinned_supernet, digits_teacher,
+                                                                             tmp_path, monkeypatch):
+    import shutil
+
+    folder, sha, supernet = pinned_supernet
+    foreign = tmp_path / "a_foreign"
+    foreign.mkdir()
+    save_supernet(foreign / supernet_file_name(sha), supernet, teacher_sha256="0" * 64)
+    monkeypatch.setenv("N2N_TEACHERS", f"{folder}:{foreign}")
+    assert find_supernet(sha, digits_teacher.sha256).parent == folder
+    monkeypatch.setenv("N2N_TEACHERS", f"{foreign}:{folder}")
+    assert find_supernet(sha, digits_teacher.sha256).parent == folder  # the later, right copy
+    good = tmp_path / "b_good"
+    shutil.copytree(folder, good)
+    monkeypatch.setenv("N2N_TEACHERS", f"{good}:{folder}")
+    assert find_supernet(sha, digits_teacher.sha256).parent == good  # N2N_TEACHERS's order, not the paths'
+
+
+def test_a_worker_gets_the_supernet_with_the_evaluator(pinned_supernet, digits_teacher, digits_data, monkeypatch):
+    """Break-it 3 #8: a worker process searched for the file again and scored -1 per student
+    where it could not see it."""
+    import pickle
+
+    from n2n_gym.evaluation.evaluator import Evaluator
+
+    folder, sha, supernet = pinned_supernet
+    monkeypatch.setenv("N2N_TEACHERS", str(folder))
+    ev = Evaluator(digits_teacher, digits_data)
+    protocol = ev.prepare(_supernet_protocol(sha))
+    monkeypatch.setenv("N2N_TEACHERS", "/nonexistent")  # the worker cannot find it
+    worker = pickle.loads(pickle.dumps(ev))
+    arch = sample_student(digits_teacher.architecture, np.random.default_rng(3))
+    got = worker.evaluate(arch, protocol)
+    assert got.valid and got.accuracy == ev.evaluate(arch, protocol).accuracy
+
+
+def test_save_supernet_needs_the_teacher(teacher, tmp_path):
+    with pytest.raises(TypeError):
+        save_supernet(tmp_path / "x.pt", teacher)  # noqa - the keyword is required
+    with pytest.raises(ValueError, match="teacher_sha256"):
+        save_supernet(tmp_path / "x.pt", teacher, teacher_sha256="")
