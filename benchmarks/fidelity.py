@@ -60,6 +60,8 @@ import warnings
 
 import numpy as np
 
+from n2n_gym.utils.checks import int_at_least
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "fidelity"
 #: Reference epochs per env: the shortest run whose ranking agrees with twice as many epochs
 #: is what the study establishes; these are the values it tests.
@@ -351,6 +353,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     import gymnasium as gym
 
     import n2n_gym  # noqa: F401
+    from n2n_gym.utils.files import atomic_write_text
 
     folder = pathlib.Path(a.out or RESULTS / slug(a.env))
     folder.mkdir(parents=True, exist_ok=True)
@@ -372,16 +375,12 @@ def cmd_run(a: argparse.Namespace) -> int:
                 "teacher_val_accuracy": ev.teacher.val_accuracy, "teacher_test_accuracy": ev.teacher.test_accuracy,
                 "train_split": len(ev.data.train_idx), "reference_epochs": a.reference_epochs or
                 REFERENCE_EPOCHS.get(a.env, 30), "stability_students": a.stability_students or 8, "students": students}
-        tmp = students_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, students_file)
+        atomic_write_text(students_file, json.dumps(meta, indent=1))
         env.close()
     if a.stability_students is not None and a.stability_students != meta["stability_students"]:
         # more (or fewer) 2x runs only add (or leave unrun) items; finished items are keyed by content
         meta["stability_students"] = a.stability_students
-        tmp = students_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, students_file)
+        atomic_write_text(students_file, json.dumps(meta, indent=1))
     students = meta["students"]
     if a.reference_epochs and a.reference_epochs != meta["reference_epochs"]:
         raise SystemExit(f"this study's reference is {meta['reference_epochs']} epochs (students.json); "
@@ -599,6 +598,11 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
 
     chance = 1.0 / Architecture.from_json(meta["students"][0]["architecture"]).num_classes
     t_params, t_acc = meta["teacher_params"], meta["teacher_val_accuracy"]
+
+    def reward(params: int, accuracy: float) -> float:
+        return n2n_reward(student_params=params, teacher_params=t_params, student_accuracy=accuracy,
+                          teacher_accuracy=t_acc).value
+
     out["calibrated"] = {}
     for name, scores in by_name.items():
         ids = sorted(set(scores) & set(ref))
@@ -606,10 +610,7 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
             continue
         x, y = [scores[i]["accuracy"] for i in ids], [ref[i]["accuracy"] for i in ids]
         estimate = leave_one_out(x, y, chance)
-        cal = {i: {**scores[i], "accuracy": e,
-                   "reward": n2n_reward(student_params=scores[i]["params"], teacher_params=t_params,
-                                        student_accuracy=e, teacher_accuracy=t_acc).value}
-               for i, e in zip(ids, estimate)}
+        cal = {i: {**scores[i], "accuracy": e, "reward": reward(scores[i]["params"], e)} for i, e in zip(ids, estimate)}
         row = compare(cal, ref, ("reward",))
         row["fit"] = dict(zip(("intercept", "slope", "x_min", "chance"), Calibration.fit(x, y, chance).to_list()))
         row["median_abs_error_points"] = float(100 * np.median(np.abs(np.array(estimate) - np.array(y))))
@@ -617,12 +618,7 @@ def summarise(folder: pathlib.Path, resamples: int = 2000) -> dict:
     # The null every protocol must beat: R = Rc * Ra with every student at the teacher's accuracy
     # (Ra = 1), i.e. students ranked by size alone. Where trained students all come near the
     # teacher (digits), size alone ranks rewards well and a protocol's rho means little above it.
-    from n2n_gym.evaluation.reward import n2n_reward
-
-    size = {i: {"reward": n2n_reward(student_params=v["params"], teacher_params=meta["teacher_params"],
-                                     student_accuracy=meta["teacher_val_accuracy"],
-                                     teacher_accuracy=meta["teacher_val_accuracy"]).value,
-                "seconds": 0.0, "load": 0.0} for i, v in ref.items()}
+    size = {i: {"reward": reward(v["params"], t_acc), "seconds": 0.0, "load": 0.0} for i, v in ref.items()}
     out["size_only"] = {k: v for k, v in compare(size, ref, ("reward",)).items()
                         if k not in ("median_seconds", "median_load", "rank_shift_by_kind")}
     twice = {s["id"]: score(s["id"], "reference-2x") for s in meta["students"]}
@@ -683,9 +679,9 @@ def cmd_report(a: argparse.Namespace) -> int:
         raise SystemExit(f"no study in {folder}: run `python -m n2n_gym.benchmarks.fidelity run --env {a.env}` first")
     summary = summarise(folder, a.resamples)
     summary["choice"] = choose(summary)
-    tmp = folder / "ladder.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, folder / "ladder.json")
+    from n2n_gym.utils.files import atomic_write_text
+
+    atomic_write_text(folder / "ladder.json", json.dumps(summary, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -728,21 +724,7 @@ def _shard(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative: give 0 or more")
-    return value
-
-
-def _positive(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+_positive, _non_negative = int_at_least(1), int_at_least(0)
 
 
 def main(argv: list[str] | None = None) -> int:

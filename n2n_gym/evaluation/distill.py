@@ -95,7 +95,7 @@ class AugmentedLogits:
 
     def __init__(self, max_bytes: int = 64 * 2**20):
         self.max_bytes = int(max_bytes)
-        self._epochs: "collections.OrderedDict[tuple, list[torch.Tensor]]" = collections.OrderedDict()
+        self._epochs: "collections.OrderedDict[tuple, tuple[list[torch.Tensor], int]]" = collections.OrderedDict()
         self._bytes = 0
         self.hits = 0  # epochs served from the memo (for tests and benchmarks)
 
@@ -105,20 +105,20 @@ class AugmentedLogits:
 
     def get(self, key: tuple) -> "list[torch.Tensor] | None":
         got = self._epochs.get(key)
-        if got is not None:
-            self._epochs.move_to_end(key)
-            self.hits += 1
-        return got
+        if got is None:
+            return None
+        self._epochs.move_to_end(key)
+        self.hits += 1
+        return got[0]
 
     def put(self, key: tuple, logits: "list[torch.Tensor]") -> None:
         size = sum(t.numel() * t.element_size() for t in logits)
         if size > self.max_bytes or key in self._epochs:
             return
-        self._epochs[key] = logits
+        self._epochs[key] = (logits, size)
         self._bytes += size
         while self._bytes > self.max_bytes:
-            _, old = self._epochs.popitem(last=False)
-            self._bytes -= sum(t.numel() * t.element_size() for t in old)
+            self._bytes -= self._epochs.popitem(last=False)[1][1]
 
 
 def drop_epoch(epochs: int) -> int:

@@ -161,14 +161,11 @@ class Evaluator:
         return {"teacher": self.teacher, "data": data, "device": str(self.device), "cache": self.cache,
                 "lazy_test": self.lazy_test,
                 # the supernets found here travel along: a worker (another process, a Ray node) need not find them
-                "supernets": {k: v.state_dict() for k, v in self._supernets.items()}}
+                "supernets": dict(self._supernets)}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["teacher"], state["data"], state["device"], state["cache"], state["lazy_test"])
-        for sha, weights in state.get("supernets", {}).items():
-            module = build(self.teacher.architecture, self.device)
-            module.load_state_dict(weights)
-            self._supernets[sha] = module.eval()
+        self._supernets.update(state.get("supernets", {}))
 
     def _subset(self, which: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed evaluation subsets, drawn once per evaluator rather than per student."""
