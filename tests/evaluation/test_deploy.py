@@ -45,6 +45,10 @@ def test_compare_pairs_teacher_and_student_per_runtime(exported):
     assert res["params_ratio"] == arch.params / student_arch.params
     text = deploy.table(res)
     assert text.count("| onnxruntime |") == 2 and "paired rounds" in text
+    # memory in the table is inference's own peak, not the process's (imports dominate that, ~0.8 GiB for torch)
+    ort = res["runtimes"]["onnxruntime"]
+    cell = f"| {ort['teacher']['inference_peak_mb']:.0f} / {ort['student']['inference_peak_mb']:.0f} |"
+    assert cell in text and "inference MiB" in text
 
 
 def test_bad_files_are_refused_with_the_reason(tmp_path):
