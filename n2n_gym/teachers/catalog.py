@@ -24,12 +24,17 @@ ENVS: dict[str, tuple[str, str, str]] = {
     "N2N-ResNet56-CIFAR10-v0": ("resnet56", "cifar10", "TAS"),
     # v1: the reward's protocol chosen by the fidelity ladder (benchmarks/fidelity.py)
     "N2N-DigitsNet-Digits-v1": ("digitsnet", "digits", "embedded default, protocol chosen by the fidelity ladder"),
+    # v2 / v1: calibrated protocols picked by the study's final rule on both envs
+    "N2N-DigitsNet-Digits-v2": ("digitsnet", "digits", "embedded default, calibrated protocol of the fidelity ladder"),
+    "N2N-ResNet20-CIFAR10-v1": ("resnet20", "cifar10", "TAS, calibrated protocol of the fidelity ladder"),
 }
 
 #: The evaluation protocol of each id whose default is not "fast" (n2n_gym.evaluation.protocols):
 #: a new default protocol changes the reward of the same actions, so it comes with a new version.
 DEFAULT_PROTOCOLS: dict[str, str] = {
     "N2N-DigitsNet-Digits-v1": "digits-v1",
+    "N2N-DigitsNet-Digits-v2": "digits-v2",
+    "N2N-ResNet20-CIFAR10-v1": "resnet20-v1",
 }
 
 
