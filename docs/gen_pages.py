@@ -509,6 +509,34 @@ def page_fidelity() -> str:
     return "\n".join(out)
 
 
+def fidelity_defaults() -> str:
+    """README block: per study, the ids whose default protocol the rule picked and its figures."""
+    from n2n_gym.teachers.catalog import DEFAULT_PROTOCOLS
+
+    rows = []
+    for name in FIDELITY:
+        path = RESULTS / "fidelity" / name / "ladder.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        c = d.get("choice") or {}
+        if not c.get("protocol"):
+            rows.append([f"`{d['env']}`", "none yet", "-", "-", "-", "-", "-", "-"])
+            continue
+        r = (d["calibrated"] if c["calibrated"] else d["ladder"])[c["protocol"]]
+        ids = [i for i in DEFAULT_PROTOCOLS if i.rsplit("-", 1)[0] == d["env"].rsplit("-", 1)[0]]  # same env
+        latest = max(ids, key=lambda i: int(i.rsplit("-v", 1)[1])) if ids else d["env"]
+        fast = d["ladder"].get("fast", {})
+        rows.append([f"`{latest}`", f"`{DEFAULT_PROTOCOLS.get(latest, '?')}`: `{c['protocol']}`"
+                     + (", calibrated" if c["calibrated"] else ""), r["students"],
+                     f"`{d['reference']['name']}`", _ci(r, "spearman_reward"), _ci(fast, "spearman_reward"),
+                     _ci(d.get("size_only", {}), "spearman_reward"),
+                     f"{r['top5_in_top10']:.1f} ({d.get('size_only', {}).get('top5_in_top10', math.nan):.1f})",
+                     f"{r['median_seconds']:.1f}"])
+    return table(["id", "default protocol: rung", "students", "reference", "rho reward", "`fast` (v0)",
+                  "size alone", "top-5 in top-10 (size alone)", "s / student"], rows, "llrlrrrrr") + "\n"
+
+
 # ---------------------------------------------------------------------------- the env, envs, agents
 
 
@@ -724,7 +752,8 @@ def pages() -> list[Page]:
 
 
 # blocks inside hand-written files: <!-- BEGIN generated NAME ... --> ... <!-- END generated NAME -->
-BLOCKS: dict[str, Callable[[], str]] = {"env-table": env_table, "agents-table": agents_table}
+BLOCKS: dict[str, Callable[[], str]] = {"env-table": env_table, "agents-table": agents_table,
+                                         "fidelity-defaults": fidelity_defaults}
 BLOCK_FILES = ("README.md", "docs/index.md", "docs/agents.md")
 BLOCK = re.compile(r"(<!-- BEGIN generated (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END generated (?P=name) -->)",
                    re.S)

@@ -344,8 +344,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--budget", type=_int_in(1, MAX_BUDGET, "so that the episode cap fits in a record"), default=60,
                    help="student evaluations per run that were not cache hits (default 60)")
     p.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS),
-                   help="evaluation protocol (default: the env id's own: fast for the v0 ids, digits-v1 for "
-                        "N2N-DigitsNet-Digits-v1)")
+                   help="evaluation protocol (default: the env id's own: fast for the v0 ids, the fidelity "
+                        "study's pick for the newer ones, e.g. resnet20-v1 for N2N-ResNet20-CIFAR10-v1)")
     p.add_argument("--stage", default=None, choices=("remove", "shrink", "joint"),
                    help="remove | shrink | joint (default: joint for the baselines, remove then shrink for n2n)")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"JSONL file to append to (default {DEFAULT_RESULTS})")

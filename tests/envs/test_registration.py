@@ -6,6 +6,8 @@ own protocol unless told otherwise."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 import warnings
 
 import gymnasium as gym
@@ -64,6 +66,35 @@ def test_digits_v1_is_the_ladder_rung_that_was_measured():
     train_split = len(load_dataset("digits").train_idx)
     rung = ladder(train_split)["mse-4k"]
     assert dataclasses.replace(rung, name="digits-v1") == PROTOCOLS["digits-v1"]
+
+
+STUDIES = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "fidelity"
+
+
+@pytest.mark.parametrize("env_id, study", [("N2N-DigitsNet-Digits-v2", "n2n-digitsnet-digits-v0"),
+                                           ("N2N-ResNet20-CIFAR10-v1", "n2n-resnet20-cifar10-v0")])
+def test_calibrated_ids_use_the_protocol_their_study_picked(env_id, study):
+    """A new version's protocol must be, field for field, the rung its fidelity study picked with
+    the study's full calibration fit, on the teacher and data the study measured: its figures
+    hold for that protocol only."""
+    from n2n_gym.benchmarks.fidelity import choose, ladder
+    from n2n_gym.teachers.registry import env_teacher
+
+    folder = STUDIES / study
+    summary = json.loads((folder / "ladder.json").read_text())
+    meta = json.loads((folder / "students.json").read_text())
+    choice = summary["choice"]
+    assert choice == choose(summary) and choice["rule_met"] and choice["calibrated"]
+    assert summary["calibrated"][choice["protocol"]]["students"] >= 40
+    fit = summary["calibrated"][choice["protocol"]]["fit"]
+    rung = ladder(meta["train_split"])[choice["protocol"]]
+    name = default_protocol(env_id)
+    expected = dataclasses.replace(rung, name=name, calibration=(fit["intercept"], fit["slope"], fit["x_min"],
+                                                                 fit["chance"]))
+    assert PROTOCOLS[name] == expected
+    teacher, dataset, pin = env_teacher(env_id)
+    assert (teacher, dataset) == env_teacher(meta["env"])[:2]
+    assert pin is not None and (pin.sha256, pin.data_digest) == (meta["teacher_sha256"], meta["data_digest"])
 
 
 def test_a_bench_record_names_the_protocol_used(tmp_path, monkeypatch):
