@@ -29,6 +29,7 @@ from n2n_gym.bench.runner import AGENTS
 from n2n_gym.compress import (
     DEFAULT_AGENT,
     DEFAULT_FINAL_EPOCHS,
+    FINAL_EPOCHS_BY_ENV,
     RUNS_ROOT,
     CompressError,
     compress,
@@ -303,8 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", default=None, help=f"run folder (default: {RUNS_ROOT}/<env>-seed<seed>-<time>)")
     co.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                     help="continue a run (RUN_DIR, else --out, else the newest folder under runs/)")
-    co.add_argument("--final-epochs", type=int, default=DEFAULT_FINAL_EPOCHS,
-                    help="epochs of the final distillation of the best student (default: %(default)s)")
+    co.add_argument("--final-epochs", type=int, default=None,
+                    help=f"epochs of the final distillation of the best student (default: {DEFAULT_FINAL_EPOCHS}; "
+                         + ", ".join(f"{v} on {k}" for k, v in FINAL_EPOCHS_BY_ENV.items())
+                         + ", sized for a run of about 2 hours on 2 CPU cores)")
     co.add_argument("--final-lr", type=float, default=1e-3,
                     help="Adam lr of the final distillation (last third at lr/10) (default: %(default)s)")
     co.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
@@ -422,7 +425,7 @@ def _main(argv: list[str]) -> int:
         if _registered(ns.env_id):  # (an unknown id: compress() says it in one line, with the closest ids)
             args_or_exit(parser, Args, {k: v for k, v in vars(ns).items() if k in fields})
         for name in ("final_epochs", "latency_rounds"):
-            if getattr(ns, name) < 0:
+            if getattr(ns, name) is not None and getattr(ns, name) < 0:  # None: the env's default
                 parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(ns, name)}")
         if not (math.isfinite(ns.final_lr) and ns.final_lr > 0):
             parser.error(f"--final-lr must be a finite number > 0, got {ns.final_lr}")

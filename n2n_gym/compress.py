@@ -59,7 +59,7 @@ from n2n_gym.agents.n2n import N2N, Args, save_policies
 from n2n_gym.bench.leaderboard import pareto_front
 from n2n_gym.bench.records import BudgetTracker, make_record
 from n2n_gym.bench.runner import AGENTS, load_agent
-from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID
+from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID, resolve_protocol
 from n2n_gym.evaluation.final import (
     ALTERNATIVES,
     alternatives,
@@ -80,6 +80,17 @@ from n2n_gym.utils.files import (
 
 RUNS_ROOT = pathlib.Path("runs")
 DEFAULT_FINAL_EPOCHS = 30
+#: Final-distillation epochs of the ids whose training split makes 30 epochs too long for a CPU:
+#: a whole compress run (search, the student and its 2 alternatives) in about 2 hours on 2 cores
+#: (ResNet-20 students of 35k-110k params train at 80-90 s per CIFAR-10 epoch on one loaded
+#: thread: benchmarks/results/fidelity/n2n-resnet20-cifar10-v0/scores.jsonl, "reference").
+FINAL_EPOCHS_BY_ENV = {"N2N-ResNet20-CIFAR10-v0": 20, "N2N-ResNet20-CIFAR10-v1": 20}
+
+
+def default_final_epochs(env_id: str) -> int:
+    """The final distillation's epochs when none are given: :data:`FINAL_EPOCHS_BY_ENV`, else 30."""
+    return FINAL_EPOCHS_BY_ENV.get(env_id, DEFAULT_FINAL_EPOCHS)
+
 DEFAULT_AGENT = "n2n"
 #: What makes a folder a run of ``compress`` (written when its search starts).
 RUN_FILES = ("state.pt", "history.jsonl")
@@ -134,7 +145,7 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
              agent: str = DEFAULT_AGENT, budget: int | None = None, hparams: dict | None = None,
              env_kwargs: dict | None = None, protocol: str | None = None, seed: int = 0, device: str = "auto",
              model: str | None = None, checkpoint: str | os.PathLike | None = None, dataset: str | None = None,
-             final_epochs: int = DEFAULT_FINAL_EPOCHS, final_lr: float = 1e-3, export: bool = True,
+             final_epochs: int | None = None, final_lr: float = 1e-3, export: bool = True,
              compare: str | Iterable[str] = ALTERNATIVES, latency_rounds: int = 3, progress: bool = True,
              log: Callable[[str], None] | None = None, **n2n_settings: Any) -> dict:
     """Compress the teacher of ``env_id``; returns the report (also ``report.json`` of the run folder).
@@ -157,7 +168,8 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
       removal, the rest to the last stage, rounded up to whole updates).
     - ``model``/``checkpoint``/``dataset``: compress your own network on ``N2N-Custom-v0``
       (``n2n_gym.teachers.importer``), as ``n2n-gym compress --model``.
-    - ``final_epochs``, ``final_lr``: the final distillation; ``compare``: the same-size
+    - ``final_epochs``, ``final_lr``: the final distillation (``final_epochs`` None: the env's
+      default, :func:`default_final_epochs`: 30, or 20 on ResNet-20 CIFAR-10); ``compare``: the same-size
       alternatives (``magnitude``, ``thin``; ``()`` for none); ``export``: torch.export and ONNX
       files; ``latency_rounds``: paired rounds of the latency measurement (0 skips it).
     - ``progress``: progress bars; ``log``: where the run's messages go (default: stderr).
@@ -173,15 +185,19 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
         run_dir = _resume_dir(out)
         _check_is_run(run_dir)  # before anything is written into it
     else:
+        if final_epochs is None:
+            final_epochs = default_final_epochs(env_id)
         config = _new_config(env_id, agent=agent, budget=budget, hparams=hparams, env_kwargs=dict(env_kwargs or {}),
                              protocol=protocol, seed=seed, device=device, model=model, checkpoint=checkpoint,
                              dataset=dataset, final_epochs=final_epochs, final_lr=final_lr, export=export,
                              compare=compare, latency_rounds=latency_rounds, n2n_settings=n2n_settings)
         env_id, env_kwargs = _custom_teacher(env_id, config["env_kwargs"], model, checkpoint, dataset, log)
-        config.update(env_id=env_id, env_kwargs=env_kwargs)
+        # the id's own protocol when none is given, written into config.json: the run names what it used
+        config.update(env_id=env_id, env_kwargs=env_kwargs,
+                      protocol=_protocol_name(env_id, protocol))
         if not model:  # (a --model was imported and checked just now)
             # a wrong env id or env kwarg fails here, before a run folder is made (gym.make is cheap)
-            gym.make(env_id, **{"protocol": protocol, "device": device, **env_kwargs}).close()
+            gym.make(env_id, **{"protocol": config["protocol"], "device": device, **env_kwargs}).close()
         run_dir = _new_run_dir(out, env_id, seed, log)
     _check_writable(run_dir)
     for stale in remove_stale_temps(run_dir):  # left by a run killed mid-write
@@ -236,6 +252,17 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
             "checkpoint": None if checkpoint is None else str(checkpoint), "dataset": dataset,
             "final_epochs": final_epochs, "final_lr": final_lr, "export": bool(export), "compare": ",".join(names),
             "latency_rounds": latency_rounds}
+
+
+def _protocol_name(env_id: str, protocol):
+    """``protocol`` (a name or a Protocol), or the registered id's own when None; an unknown id
+    is left to ``gym.make``, whose error names the closest ids."""
+    if protocol is not None:
+        return protocol
+    try:
+        return resolve_protocol(env_id, None)
+    except ValueError:
+        return None
 
 
 def _custom_teacher(env_id: str, env_kwargs: dict, model, checkpoint, dataset, log) -> tuple[str, dict]:
@@ -382,8 +409,9 @@ def _print_estimate(args: Args, students: int, final_epochs: int, final_students
     rates = throughput(ev)
     env.close()
     data = ev.data
+    workers = int(args.env_kwargs.get("workers", 1)) if args.env_kwargs.get("backend", "inline") != "inline" else 1
     est = estimate_seconds(rates, get_protocol(args.protocol), students, len(data.train_idx), len(data.val_idx),
-                           len(data.y_test), final_epochs, final_students)
+                           len(data.y_test), final_epochs, final_students, workers=workers)
     total = est["search"] + est["final"]
     log(f"estimated duration (upper bound, students timed as the teacher at {rates['augmented']:.0f} / "
         f"{rates['reused_logits']:.0f} img/s now): {_duration(total)} = search {_duration(est['search'])} "
@@ -765,6 +793,8 @@ def _report_table(teacher: dict, search: dict, final: dict | None, protocol: str
 __all__ = [
     "ALTERNATIVE_LABELS",
     "DEFAULT_FINAL_EPOCHS",
+    "FINAL_EPOCHS_BY_ENV",
+    "default_final_epochs",
     "RUNS_ROOT",
     "RUN_FILES",
     "CompressError",

@@ -184,6 +184,11 @@ def test_help(capsys):
     for flag in ("--env", "--protocol", "--stages", "--updates", "--rollouts", "--seed", "--device", "--out",
                  "--resume", "--final-epochs", "--env-kwargs"):
         assert flag in out
+    # the final distillation's epochs default by env: 30 epochs of CIFAR-10 would take ~7 h here
+    from n2n_gym.compress import default_final_epochs
+
+    assert "20 on N2N-ResNet20-CIFAR10-v1" in " ".join(out.split())
+    assert (default_final_epochs(n2n_gym.DEFAULT_ENV_ID), default_final_epochs("N2N-ResNet20-CIFAR10-v1")) == (30, 20)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -465,6 +470,20 @@ def test_compress_resume_refuses_a_folder_that_is_not_a_compress_run(config, tmp
     assert exc.value.code not in (0, None)
     assert "is not an n2n-gym compress run" in err and "Traceback" not in err
     assert {p.name: p.read_text() for p in folder.iterdir()} == mine  # nothing added, nothing changed
+
+
+@pytest.mark.parametrize("env_id, protocol", [(n2n_gym.DEFAULT_ENV_ID, "fast"), ("N2N-DigitsNet-Digits-v2", "digits-v2")])
+def test_compress_without_a_protocol_uses_the_ids_own(env_id, protocol, tmp_path, monkeypatch):
+    """What the README's first command does: no --protocol. The run uses and records the id's own."""
+    from n2n_gym import compress as c
+
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
+    report = c.compress(env_id, out=tmp_path / "run", updates="1,1", rollouts=2, seed=0, device="cpu",
+                        final_epochs=1, export=False, compare=(), latency_rounds=0, progress=False, log=lambda m: None)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["protocol"] == protocol and report["final"]["epochs"] == 1
+    assert {json.loads(line)["protocol"] for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+            if "protocol" in json.loads(line)} <= {protocol}
 
 
 def test_compress_resume_knows_a_run_by_its_format_or_its_files(tmp_path):

@@ -102,13 +102,16 @@ def throughput(evaluator, batches: int = 3, batch_size: int = 64) -> dict[str, f
 
 
 def estimate_seconds(rates: dict[str, float], protocol: Protocol, evaluations: int, train_split: int,
-                     val_split: int, test_split: int, final_epochs: int, final_students: int) -> dict[str, float]:
+                     val_split: int, test_split: int, final_epochs: int, final_students: int,
+                     workers: int = 1) -> dict[str, float]:
     """Upper bounds (students timed as the teacher) of a compress run's parts in seconds:
-    ``search`` (``evaluations`` students under ``protocol``) and ``final`` (``final_students``
-    final distillations of ``final_epochs`` epochs, each scored on the whole splits)."""
+    ``search`` (``evaluations`` students under ``protocol``, ``workers`` at a time) and ``final``
+    (``final_students`` final distillations of ``final_epochs`` epochs, each scored on the whole
+    splits). A protocol's batch-norm recalibration counts as forward passes (inference rate)."""
     train = min(protocol.train_images or train_split, train_split) * protocol.epochs
     scored = min(protocol.val_images or val_split, val_split) + min(protocol.test_images or test_split, test_split)
+    scored += min(protocol.bn_recalibration, train_split)
     per_student = train / rates["augmented" if protocol.augment else "reused_logits"] + scored / rates["inference"]
     per_final = final_epochs * train_split / rates["augmented"] + (val_split + test_split) / rates["inference"]
-    return {"search": evaluations * per_student, "final": final_students * per_final,
+    return {"search": evaluations * per_student / max(1, workers), "final": final_students * per_final,
             "per_student": per_student, "per_final_student": per_final}

@@ -58,3 +58,9 @@ def test_the_duration_estimate_counts_the_protocols_images(digits_teacher, digit
     assert est["per_student"] == pytest.approx(2 * 1024 / 200 + 2000 / 1000)
     assert est["search"] == pytest.approx(10 * est["per_student"])
     assert est["final"] == pytest.approx(3 * (2 * 45000 / 100 + 15000 / 1000))
+    # ResNet-20 v1's protocol recalibrates batch norm on 2,048 images: forward passes that count too;
+    # two search workers halve the search, not the final distillation
+    est = estimate_seconds(flat, PROTOCOLS["resnet20-v1"], 10, 45000, 5000, 10000, 2, 3, workers=2)
+    assert est["per_student"] == pytest.approx(2 * 1024 / 200 + (2000 + 2048) / 1000)
+    assert est["search"] == pytest.approx(10 * est["per_student"] / 2)
+    assert est["final"] == pytest.approx(3 * (2 * 45000 / 100 + 15000 / 1000))
