@@ -532,9 +532,18 @@ def fidelity_defaults() -> str:
                      f"`{d['reference']['name']}`", _ci(r, "spearman_reward"), _ci(fast, "spearman_reward"),
                      _ci(d.get("size_only", {}), "spearman_reward"),
                      f"{r['top5_in_top10']:.1f} ({d.get('size_only', {}).get('top5_in_top10', math.nan):.1f})",
-                     f"{r['median_seconds']:.1f}"])
+                     f"{r['median_seconds']:.1f}", f"{_shift(fast)} / {_shift(r)}"])
     return table(["id", "default protocol: rung", "students", "reference", "rho reward", "`fast` (v0)",
-                  "size alone", "top-5 in top-10 (size alone)", "s / student"], rows, "llrlrrrrr") + "\n"
+                  "size alone", "top-5 in top-10 (size alone)", "s / student",
+                  "removal shift, pts: `fast` / default"], rows, "llrlrrrrrr") + "\n"
+
+
+def _shift(r: dict) -> str:
+    """How many percentile points higher a protocol ranks removal-only students than the reference."""
+    s = (r.get("rank_shift_by_kind") or {}).get("removal")
+    if not s or not s.get("ci95"):
+        return "-"
+    return f"{100 * s['mean']:+.0f} [{100 * s['ci95'][0]:+.0f}, {100 * s['ci95'][1]:+.0f}]"
 
 
 # ---------------------------------------------------------------------------- the env, envs, agents
