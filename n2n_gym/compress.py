@@ -59,7 +59,7 @@ from n2n_gym.agents.n2n import N2N, Args, save_policies
 from n2n_gym.bench.leaderboard import pareto_front
 from n2n_gym.bench.records import BudgetTracker, make_record
 from n2n_gym.bench.runner import AGENTS, load_agent
-from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID, resolve_protocol
+from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID, canonical_env_id, resolve_protocol
 from n2n_gym.evaluation.final import (
     ALTERNATIVES,
     alternatives,
@@ -89,7 +89,7 @@ FINAL_EPOCHS_BY_ENV = {"N2N-ResNet20-CIFAR10-v0": 20, "N2N-ResNet20-CIFAR10-v1":
 
 def default_final_epochs(env_id: str) -> int:
     """The final distillation's epochs when none are given: :data:`FINAL_EPOCHS_BY_ENV`, else 30."""
-    return FINAL_EPOCHS_BY_ENV.get(env_id, DEFAULT_FINAL_EPOCHS)
+    return FINAL_EPOCHS_BY_ENV.get(canonical_env_id(env_id), DEFAULT_FINAL_EPOCHS)
 
 DEFAULT_AGENT = "n2n"
 #: What makes a folder a run of ``compress`` (written when its search starts).
@@ -181,6 +181,7 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
     """
     log = log or _stderr
     t_start = time.perf_counter()
+    env_id = canonical_env_id(env_id)  # "n2n_gym:<id>" is the id itself (its defaults, config.json)
     if resume:
         run_dir = _resume_dir(out)
         _check_is_run(run_dir)  # before anything is written into it
@@ -621,6 +622,8 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     search_row = {"val_accuracy": best["accuracy"], "test_accuracy": best["test_accuracy"], "params": best["params"],
                   "flops": best["flops"], "compression": best["compression"], "reward": best["reward"],
                   "stage": best["stage"], "evaluation": best["evaluation"]}
+    if protocol.calibration is not None:  # the reward's accuracy is an estimate; the measurement beside it
+        search_row["measured_val_accuracy"] = best.get("measured_accuracy")
     final_row = {"val_accuracy": val_acc, "test_accuracy": test_acc, "params": arch.params, "flops": arch.flops,
                  "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
                  "seconds": final_seconds}
@@ -650,7 +653,9 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         f"LOW FIDELITY: protocol '{protocol.name}' ({protocol.epochs} epoch(s) of distillation on "
         f"{protocol.train_images or 'all'} training images, scored on {min(protocol.val_images or n_val, n_val)} "
         f"validation / {min(protocol.test_images or n_test, n_test)} test images); they are what the reward "
-        f"used. Final rows: after the final distillation ({final_epochs} epochs over the whole training split), "
+        f"used" + (f", and as the protocol is calibrated they are its ESTIMATES of the accuracy after training "
+                   f"(the measured validation accuracy: {format_accuracy(search_row.get('measured_val_accuracy'))})"
+                   if protocol.calibration is not None else "") + ". Final rows: after the final distillation ({final_epochs} epochs over the whole training split), "
         f"on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
         f"FLOPs: {FLOP_CONVENTION}.")
     total_seconds = time.perf_counter() - t_start
@@ -776,7 +781,9 @@ def _plots(run_dir: pathlib.Path, history: list[dict], final: dict | None, searc
 
 def _report_table(teacher: dict, search: dict, final: dict | None, protocol: str,
                   others: dict | None = None) -> str:
-    rows = [("teacher", teacher), (f"best student, search ({protocol} protocol)", search)]
+    calibrated = "measured_val_accuracy" in search
+    rows = [("teacher", teacher), (f"best student, search ({protocol}{', estimated' if calibrated else ' protocol'})",
+                                   search)]
     if final:
         rows.append(("best student, final distillation", final))
     rows += [(f"{ALTERNATIVE_LABELS[k]}, same size", r) for k, r in (others or {}).items()]

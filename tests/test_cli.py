@@ -482,6 +482,13 @@ def test_compress_without_a_protocol_uses_the_ids_own(env_id, protocol, tmp_path
                         final_epochs=1, export=False, compare=(), latency_rounds=0, progress=False, log=lambda m: None)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["protocol"] == protocol and report["final"]["epochs"] == 1
+    # a calibrated protocol's search accuracies are estimates: the report says so and keeps the measurement
+    text = (tmp_path / "run" / "report.txt").read_text() if (tmp_path / "run" / "report.txt").exists() else ""
+    measured = report["search_best"].get("measured_val_accuracy")
+    if protocol == "digits-v2":
+        assert 0.0 <= measured <= 1.0 and "ESTIMATES" in text
+    else:
+        assert measured is None and "ESTIMATES" not in text
     assert {json.loads(line)["protocol"] for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()
             if "protocol" in json.loads(line)} <= {protocol}
 

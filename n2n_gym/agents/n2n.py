@@ -103,7 +103,7 @@ from torch import nn
 
 import n2n_gym  # noqa: F401  (registers the environments)
 from n2n_gym.envs.env import RATIO_TABLES
-from n2n_gym.envs.registration import resolve_protocol
+from n2n_gym.envs.registration import canonical_env_id, resolve_protocol
 from n2n_gym.envs.wrappers import (
     BudgetExhausted,
     BudgetTracker,
@@ -167,7 +167,7 @@ class Args:
     random_search: bool = False
     """ablation: uniform random mask-respecting actions, no learning (the random-search baseline)"""
     load_policy: str | None = None
-    """policy weights (.pt from --save-policy) to start from, e.g. pre-trained on a smaller teacher"""
+    """policy weights to start from (a .pt written by the n2n agent's --save-policy), e.g. pre-trained on a smaller teacher"""
     save_policy: str | None = None
     """where to save the trained policy weights (.pt) at the end"""
     out: str | None = None
@@ -181,6 +181,10 @@ class Args:
             raise TypeError(f"env_id must be a Gymnasium id (str), got {self.env_id!r}")
         if not isinstance(self.env_kwargs, dict):
             raise TypeError(f"env_kwargs must be a dict (JSON object), got {type(self.env_kwargs).__name__}")
+        for key in ("protocol", "device"):  # given twice, one would silently win
+            if key in self.env_kwargs:
+                raise ValueError(f"pass {key} as its own setting ({key}=..., --{key}), not in env_kwargs")
+        self.env_id = canonical_env_id(self.env_id)
         for name in ("device", "stages", "baseline"):
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"{name} must be a str, got {getattr(self, name)!r}")
@@ -746,7 +750,9 @@ def add_args(parser: argparse.ArgumentParser, cls=Args, skip: tuple[str, ...] = 
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        help_ = f"{docs.get(f.name, '')} (default: {json.dumps(default) if isinstance(default, dict) else default})"
+        help_ = docs.get(f.name, "")
+        if "(default:" not in help_:  # a docstring that states its default (an id's own, ...) says it once
+            help_ += f" (default: {json.dumps(default) if isinstance(default, dict) else default})"
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         elif f.type in (dict, "dict"):

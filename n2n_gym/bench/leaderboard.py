@@ -61,6 +61,7 @@ from n2n_gym.bench.records import (
     record_errors,
     scan_records,
 )
+from n2n_gym.evaluation.protocols import PROTOCOLS
 from n2n_gym.utils.checks import int_at_least
 
 CSV_COLUMNS = (
@@ -233,8 +234,11 @@ def group_records(records: list[dict], known_agents: Collection[str] | None = No
     agent not in ``known_agents`` (if given; the command passes ``n2n_gym.bench.runner.AGENTS``):
     shown, never ranked. Every name goes through :func:`printable`."""
     stages: dict[tuple, set] = defaultdict(set)
+    def ident(r: dict) -> tuple:  # printable: a malformed field (a dict, a list) is shown, not a crash
+        return printable(r.get("env_id")), printable(r.get("protocol")), printable(r.get("agent"))
+
     for r in records:
-        stages[(r.get("env_id"), r.get("protocol"), r.get("agent"))].add(r.get("stage"))
+        stages[ident(r)].add(printable(r.get("stage")))
     groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         key = (printable(r.get("env_id")), printable(r.get("protocol")))
@@ -243,7 +247,7 @@ def group_records(records: list[dict], known_agents: Collection[str] | None = No
             label = printable(r["label"])
             if known_agents is not None and label_names_another_agent(r, known_agents):
                 label += f" (agent {printable(r.get('agent'))})"
-        elif len(stages[(r.get("env_id"), r.get("protocol"), r.get("agent"))]) > 1:
+        elif len(stages[ident(r)]) > 1:
             label += f" [{printable(r.get('stage'))}]"
         if known_agents is not None and r.get("agent") not in known_agents:
             label += UNREGISTERED
@@ -486,6 +490,9 @@ def section_note(sec: dict) -> str:
                  f"at least {MIN_SEEDS} seeds per agent; a bootstrap of one run is a zero-width interval). ")
     if sec["teachers"] > 1:
         text += f"**Warning: the runs used {sec['teachers']} different teachers.** "
+    if getattr(PROTOCOLS.get(str(sec.get("protocol"))), "calibration", None) is not None:
+        text += (f"Protocol `{sec['protocol']}` is calibrated: the students' accuracies (and their drops) are its "
+                 f"estimates of the accuracy after training (the fidelity study's fit), not measurements. ")
     text += (f"Budget: {', '.join(map(str, sorted(budgets, key=str)))} student evaluations per run (cache hits "
              f"and invalid students not counted). Best reward R = Rc * Ra of each run's best student: interquartile "
              f"mean over seeds with a 95% stratified-bootstrap interval (rliable), and mean ± sample std. Rank: 1 + the "

@@ -213,8 +213,9 @@ def _run(env_id: str, agent: str, seed: int, budget: int, *, protocol: str | Non
     ``check_results=False``: the caller checked ``results`` before its first run; a path gone
     bad since is the fallback's business, not a reason to lose this run."""
     import n2n_gym  # noqa: F401  (registers the environments)
-    from n2n_gym.envs.registration import default_protocol
+    from n2n_gym.envs.registration import canonical_env_id, default_protocol
 
+    env_id = canonical_env_id(env_id)  # records name the id itself, not "n2n_gym:<id>"
     if protocol is None:
         protocol = default_protocol(env_id)
 
@@ -382,8 +383,9 @@ def check_env_kwargs(args: argparse.Namespace) -> None:
     import gymnasium as gym
 
     import n2n_gym  # noqa: F401  (registers the environments)
-    from n2n_gym.envs.registration import default_protocol
+    from n2n_gym.envs.registration import canonical_env_id, default_protocol
 
+    args.env = canonical_env_id(args.env)
     if args.protocol is None:  # the env id's own, named in the records and the resume keys
         try:
             args.protocol = default_protocol(args.env)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable, Mapping
 
-from n2n_gym.evaluation.protocols import Protocol
+from n2n_gym.evaluation.protocols import PROTOCOLS, Protocol
 from n2n_gym.ir.arch import Architecture
 from n2n_gym.teachers.teacher import Recipe
 from n2n_gym.utils.checks import (
@@ -51,7 +51,8 @@ def check_env_args(*, teacher: Any, dataset: Any, protocol: Any, ratios: Any, st
     if not isinstance(dataset, str):
         raise TypeError(f"dataset must be a name or 'npz:/path/file.npz' (str), got {type_name(dataset)} {dataset!r}")
     if not isinstance(protocol, (str, Protocol)):
-        raise TypeError(f"protocol must be 'fast', 'paper', 'tiny' or a Protocol, got {type_name(protocol)} {protocol!r}")
+        raise TypeError(f"protocol must be a name of {sorted(PROTOCOLS)} or a Protocol (leave it out for the env "
+                        f"id's own), got {type_name(protocol)} {protocol!r}")
     if ratios is not None and not isinstance(ratios, str):
         if not isinstance(ratios, Iterable) or isinstance(ratios, Mapping):
             raise TypeError(f"ratios must be 'paper', 'uniform' or a sequence of numbers in (0, 1] with 1.0, "

@@ -232,7 +232,10 @@ class N2NEnv(gym.Env):
       accuracy and top-5 recall no worse than size alone). Both are calibrated: the measured
       validation accuracy is mapped by the study's fitted line to an estimate of the accuracy
       the reference training reaches, and the reward is computed from the estimate
-      (``info["measured_accuracy"]`` keeps the measurement). ``"digits-v2"``: ``fast``
+      (``info["measured_accuracy"]`` keeps the measurement; a student measured near the teacher
+      can be estimated above the teacher's accuracy, so Ra can exceed 1, as in the study's
+      figures). The calibration is the teacher's own (``Protocol.calibrated_for``): another
+      teacher refuses it at ``reset()``. ``"digits-v2"``: ``fast``
       calibrated, rho 0.90 against 30 epochs on 40 students, 0.7 s per student.
       ``"resnet20-v1"``: ``fast`` with batch-norm recalibration on 2,048 training images,
       calibrated, rho 0.83 [0.66, 0.93] against 5 epochs over the whole training split on 41

@@ -13,8 +13,8 @@ from n2n_gym.teachers.catalog import (
     ENVS,
 )
 
-__all__ = ["ACTION_MASKS", "CUSTOM_ENV_ID", "DEFAULT_ENV_ID", "ENVS", "default_protocol", "make_env",
-           "register_envs", "resolve_protocol"]
+__all__ = ["ACTION_MASKS", "CUSTOM_ENV_ID", "DEFAULT_ENV_ID", "ENVS", "canonical_env_id", "default_protocol",
+           "make_env", "register_envs", "resolve_protocol"]
 
 # gym.make's outermost wrapper: env.action_masks() on what gym.make returns (Gymnasium 1.x
 # wrappers forward no attributes; sb3-contrib's ActionMasker calls it on the outermost one)
@@ -41,11 +41,20 @@ def register_envs() -> None:
                          nondeterministic=False, additional_wrappers=(ACTION_MASKS,))
 
 
+def canonical_env_id(env_id: str) -> str:
+    """``env_id`` without Gymnasium's ``"n2n_gym:"`` module prefix (``gym.make("n2n_gym:N2N-...")``
+    imports the package, then makes the id): records, resume keys, leaderboards and per-id
+    defaults name the id itself. Other strings are returned as they are."""
+    if isinstance(env_id, str) and env_id.startswith("n2n_gym:"):
+        return env_id.removeprefix("n2n_gym:")
+    return env_id
+
+
 def default_protocol(env_id: str) -> str:
     """The evaluation protocol ``gym.make(env_id)`` uses: the ``protocol`` of its registered
     kwargs, else the env's own default ``"fast"``. Raises ``gymnasium.error.Error`` (a
     subclass of it: ``NameNotFound``, ``VersionNotFound``, ...) for an unregistered id."""
-    protocol = gym.spec(env_id).kwargs.get("protocol", "fast")
+    protocol = gym.spec(canonical_env_id(env_id)).kwargs.get("protocol", "fast")
     # a Protocol object registered by a user has a name too; records name protocols by name
     return protocol if isinstance(protocol, str) else protocol.name
 

@@ -171,6 +171,8 @@ class BudgetTracker:
             "flops": int(info.get("flops", 0)), "compression": float(info.get("compression", 0.0)),
             "r_c": info.get("r_c"), "r_a": info.get("r_a"), "reason": info.get("reason", ""),
         }
+        if info.get("measured_accuracy") is not None:  # a calibrated protocol: "accuracy" is its estimate
+            student["measured_accuracy"] = float(info["measured_accuracy"])
         if _better(student, self.best):
             arch = info.get("architecture")
             self.best = {

@@ -126,10 +126,17 @@ class Evaluator:
 
     def prepare(self, protocol: str | Protocol) -> Protocol:
         """``protocol``, with what it needs beyond the teacher (its supernet) found and loaded
-        now: a missing or foreign supernet is an error of the env's arguments, raised where
-        they are given (:class:`~n2n_gym.evaluation.supernet.SupernetNotFoundError`,
-        ``ValueError``), never a -1 per student."""
+        now: a missing or foreign supernet, or a calibration fitted on another teacher, is an
+        error of the env's arguments, raised where they are given
+        (:class:`~n2n_gym.evaluation.supernet.SupernetNotFoundError`, ``ValueError``), never a -1
+        per student."""
         protocol = get_protocol(protocol)
+        if protocol.calibrated_for is not None and protocol.calibrated_for != self.teacher.sha256:
+            raise ValueError(f"protocol {protocol.name!r} is calibrated for the teacher with sha256 "
+                             f"{protocol.calibrated_for[:12]}..., not this one ({self.teacher.sha256[:12]}...): its "
+                             "map from measured to trained accuracy was fitted on that teacher's students; use an "
+                             "uncalibrated protocol (e.g. 'fast') or one calibrated for this teacher "
+                             "(benchmarks/fidelity.py)")
         if protocol.supernet is not None:
             self.supernet(protocol.supernet)
         return protocol
@@ -188,7 +195,7 @@ class Evaluator:
         cache is read once more only under the claim, not twice. ``checkpoint``: a file saved
         after every epoch of training; a killed evaluation called again with it continues from
         its last epoch, to the same result (:func:`~n2n_gym.evaluation.distill.distill`)."""
-        protocol = get_protocol(protocol)
+        protocol = self.prepare(protocol)  # (a foreign calibration is refused)
         start = time.perf_counter()
         early = None if looked_up else self.lookup(arch, protocol, seed)
         if early is not None:
@@ -207,7 +214,7 @@ class Evaluator:
 
     def lookup(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> EvalResult | None:
         """The result when it needs no training (invalid student, cache hit), else ``None``."""
-        protocol = get_protocol(protocol)
+        protocol = self.prepare(protocol)
         start = time.perf_counter()
         try:
             params, flops = arch.params, arch.flops
@@ -237,7 +244,7 @@ class Evaluator:
     def test_accuracy(self, arch: Architecture, protocol: str | Protocol = "fast", seed: int = 0) -> float:
         """The student's test accuracy under ``protocol``/``seed``: from the cache, else measured
         (trains the student again, the same weights as its evaluation) and stored with its result."""
-        protocol = get_protocol(protocol)
+        protocol = self.prepare(protocol)
         key = self.key(arch, protocol, seed)
         hit = self._checked(key, self.cache.get(key), arch.params, arch.flops, protocol)
         if hit is not None and not math.isnan(hit["test_accuracy"]):

@@ -45,6 +45,9 @@ Optional fields (defaults: off) describe the rungs of the fidelity ladder
   student's measured accuracies (validation and test) are mapped to estimates of what the
   reference training would reach, and the reward is computed from the estimate; the measured
   validation accuracy is kept beside it (``EvalResult.measured_accuracy``).
+- ``calibrated_for``: the sha256 of the teacher's weights the calibration was fitted on; an
+  evaluator of another teacher refuses the protocol (``ValueError`` at ``reset()``), as the
+  map says nothing about another teacher's students.
 
 A field left at its default is left out of :meth:`Protocol.to_dict`, so the cache keys and
 records of the protocols that existed before these fields stay the same.
@@ -77,6 +80,7 @@ class Protocol:
     bn_recalibration: int = 0  # training images over which batch-norm statistics are recomputed after training
     supernet: str | None = None  # init="supernet": sha256 of the supernet's weights (teachers.weights_sha256)
     calibration: tuple[float, float, float, float] | None = None  # Calibration.to_list(): accuracy -> trained accuracy
+    calibrated_for: str | None = None  # sha256 of the teacher's weights the calibration was fitted on
 
     def __post_init__(self) -> None:
         # checked here so that a bad protocol fails where it is written, not after a student trained
@@ -104,6 +108,13 @@ class Protocol:
                                 f"{type(self.calibration).__name__} {self.calibration!r}")
             # a record's list becomes the tuple a frozen (hashable) protocol holds; the values are checked there
             object.__setattr__(self, "calibration", tuple(Calibration.from_list(self.calibration).to_list()))
+        if self.calibrated_for is not None:
+            if self.calibration is None:
+                raise ValueError("Protocol calibrated_for names the teacher a calibration was fitted on; "
+                                 "it needs a calibration")
+            if not (isinstance(self.calibrated_for, str) and _SHA256.fullmatch(self.calibrated_for)):
+                raise ValueError(f"Protocol calibrated_for must be a teacher's sha256 (64 lowercase hex digits, "
+                                 f"n2n_gym.teachers.weights_sha256), got {self.calibrated_for!r}")
         check_int("Protocol batch_size", self.batch_size, min=1)
         check_float("Protocol lr", self.lr, min=0.0, min_open=True)
         check_float("Protocol weight_decay", self.weight_decay, min=0.0)
@@ -138,7 +149,7 @@ class Protocol:
 
 LOSSES = ("mse", "kd")
 INITS = ("inherit", "random", "supernet")
-OPTIONAL_FIELDS = ("loss", "lr_drop", "bn_recalibration", "supernet", "calibration")
+OPTIONAL_FIELDS = ("loss", "lr_drop", "bn_recalibration", "supernet", "calibration", "calibrated_for")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -155,10 +166,12 @@ PROTOCOLS: dict[str, Protocol] = {
 # chosen rung's calibration "fit", fitted on all its students); tests check both against the file
 PROTOCOLS["digits-v2"] = dataclasses.replace(
     PROTOCOLS["fast"], name="digits-v2",
-    calibration=(0.9502829149677284, 0.03774516416679979, 0.5625, 0.1))  # 40 students, 30-epoch reference
+    calibration=(0.9502829149677284, 0.03774516416679979, 0.5625, 0.1),  # 40 students, 30-epoch reference
+    calibrated_for="b763a7ec6d50f0d2d4dc736f083863e4aa35c3fa9e53cb52efb25c1db0be0d0e")
 PROTOCOLS["resnet20-v1"] = dataclasses.replace(
     PROTOCOLS["fast"], name="resnet20-v1", bn_recalibration=2048,
-    calibration=(0.7004420489672976, 0.2301306859859017, 0.15299999713897705, 0.1))  # 41 students, 5 epochs
+    calibration=(0.7004420489672976, 0.2301306859859017, 0.15299999713897705, 0.1),  # 41 students, 5 epochs
+    calibrated_for="4c11bb77cd6182018dcdb5e2bc7603b52211c5566e052c862b89c068148808b5")
 
 
 def get_protocol(protocol: "str | Protocol") -> Protocol:

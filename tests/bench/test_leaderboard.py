@@ -350,3 +350,21 @@ def test_what_a_record_names_reaches_no_terminal_or_table_raw_and_unknown_agents
     assert len(rows) == 1 and rows[0].startswith("| - (unregistered) |")
     assert rows[0].count(" | ") == out.splitlines()[[l.startswith("| rank") for l in out.splitlines()].index(True)] \
         .count(" | ")  # a '|' in the name does not add a column
+
+
+@pytest.mark.parametrize("field", ["protocol", "env_id", "agent", "stage"])
+def test_a_record_field_of_the_wrong_type_is_shown_not_a_crash(genuine_record, tmp_path, capsys, field):
+    """A record whose protocol (or id, agent, stage) is an object, not a name, crashed the command
+    ("unhashable type: 'dict'")."""
+    path = tmp_path / "r.jsonl"
+    for seed in (0, 1):
+        append_record(path, copy_record(genuine_record, seed=seed, **{field: {"name": "x"}}))
+    # shown, or skipped as failing the record checks (2: nothing left to rank); never an exception
+    assert leaderboard.main([str(path), "--reps", "100"]) in (0, 2)
+    assert "unhashable" not in capsys.readouterr().err
+
+
+def test_a_calibrated_protocols_section_says_its_accuracies_are_estimates(genuine_record):
+    rows = [copy_record(genuine_record, seed=s, protocol=p) for s in (0, 1) for p in ("resnet20-v1", "fast")]
+    texts = {sec["protocol"]: leaderboard.render_md([sec]) for sec in leaderboard.leaderboard(rows, reps=100)}
+    assert "is calibrated" in texts["resnet20-v1"] and "is calibrated" not in texts["fast"]

@@ -90,7 +90,7 @@ def test_calibrated_ids_use_the_protocol_their_study_picked(env_id, study):
     rung = ladder(meta["train_split"])[choice["protocol"]]
     name = default_protocol(env_id)
     expected = dataclasses.replace(rung, name=name, calibration=(fit["intercept"], fit["slope"], fit["x_min"],
-                                                                 fit["chance"]))
+                                                                 fit["chance"]), calibrated_for=meta["teacher_sha256"])
     assert PROTOCOLS[name] == expected
     teacher, dataset, pin = env_teacher(env_id)
     assert (teacher, dataset) == env_teacher(meta["env"])[:2]
@@ -127,3 +127,39 @@ def test_make_with_module_prefix() -> None:
 def test_default_env_id_is_registered() -> None:
     assert n2n_gym.DEFAULT_ENV_ID in gym.registry
     assert set(n2n_gym.ENVS) <= set(gym.registry)
+
+
+def test_a_calibration_fitted_on_another_teacher_is_refused_at_reset():
+    """resnet20-v1's map on the digits teacher would turn digits accuracies into CIFAR-10 estimates."""
+    env = gym.make("N2N-DigitsNet-Digits-v2", protocol="resnet20-v1")
+    with pytest.raises(ValueError, match="calibrated for the teacher with sha256 4c11bb77cd61"):
+        env.reset(seed=0)
+    with pytest.raises(ValueError, match="needs a calibration"):
+        dataclasses.replace(PROTOCOLS["fast"], name="x", calibrated_for="0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        dataclasses.replace(PROTOCOLS["digits-v2"], name="x", calibrated_for="digitsnet")
+
+
+def test_the_module_prefixed_id_is_the_id_itself(tmp_path, monkeypatch):
+    """gym.make("n2n_gym:<id>") is the README's idiom; bench, compress and records take it too and
+    name the id itself (a prefixed id had no protocol default, no version and failed validate)."""
+    from n2n_gym.compress import default_final_epochs
+    from n2n_gym.envs.registration import canonical_env_id
+
+    assert canonical_env_id("n2n_gym:N2N-ResNet20-CIFAR10-v1") == "N2N-ResNet20-CIFAR10-v1"
+    assert default_protocol("n2n_gym:N2N-ResNet20-CIFAR10-v1") == "resnet20-v1"
+    assert default_final_epochs("n2n_gym:N2N-ResNet20-CIFAR10-v1") == 20
+    assert Args(env_id="n2n_gym:" + V1).env_id == V1
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
+    results = tmp_path / "runs.jsonl"
+    assert runner.main(["--env", "n2n_gym:" + V1, "--agent", "random", "--budget", "1", "--results", str(results),
+                        "--no-progress"]) == 0
+    (record,) = runner.read_records(results)
+    assert (record["env_id"], record["env_version"], record["protocol"]) == (V1, 1, "digits-v1")
+
+
+def test_a_protocol_given_twice_is_refused():
+    """compress let env_kwargs' protocol win for the N2N search but --protocol for the others."""
+    for key in ("protocol", "device"):
+        with pytest.raises(ValueError, match=f"pass {key} as its own setting"):
+            Args(env_id=V1, env_kwargs={key: "fast" if key == "protocol" else "cpu"})
