@@ -538,6 +538,35 @@ def fidelity_defaults() -> str:
                   "removal shift, pts: `fast` / default"], rows, "llrlrrrrrr") + "\n"
 
 
+#: The README's board: the agents on ResNet-20 CIFAR-10 under the protocol its study chose.
+README_BOARD = "baselines-resnet20-v1-30.jsonl"
+
+
+def resnet20_board() -> str:
+    """README block: the leaderboard of ``README_BOARD`` in a few columns (rliable IQM of the
+    best reward with its 95 % interval, P(> random), the best students' size and accuracy)."""
+    from n2n_gym.bench import leaderboard as lb
+
+    path = RESULTS / README_BOARD
+    if not path.is_file():
+        return "(no records yet)\n"
+    skipped: list = []
+    records = lb.load([path], skipped=skipped)
+    if skipped:
+        raise ValueError(f"records that fail their checks in {README_BOARD}: {skipped[:3]}")
+    out = []
+    for sec in lb.leaderboard(records, reps=REPS, seed=BOOTSTRAP_SEED):
+        rows = [[f"{r['rank']}{' (tied)' if r['tied'] else ''}", f"`{r['agent']}`", r["seeds"],
+                 f"{r['best_reward_iqm']:.3f} [{r['best_reward_ci_low']:.3f}, {r['best_reward_ci_high']:.3f}]",
+                 "-" if r.get("p_improvement") is None else
+                 f"{r['p_improvement']:.2f} [{r['p_improvement_ci_low']:.2f}, {r['p_improvement_ci_high']:.2f}]",
+                 f"{r['compression_mean']:.1f}x", f"{100 * r['val_acc_mean']:.1f} %"] for r in sec["rows"]]
+        out.append(f"`{sec['env_id']}`, protocol `{sec['protocol']}`, {sec['rows'][0]['budget']} evaluations per run:\n")
+        out.append(table(["rank", "agent", "seeds", "best reward IQM [95 % CI]", "P(> random)", "compression",
+                          "val acc (estimated)"], rows, "llrrrrr"))
+    return "\n".join(out) + "\n"
+
+
 def _shift(r: dict) -> str:
     """How many percentile points higher a protocol ranks removal-only students than the reference."""
     s = (r.get("rank_shift_by_kind") or {}).get("removal")
@@ -762,7 +791,7 @@ def pages() -> list[Page]:
 
 # blocks inside hand-written files: <!-- BEGIN generated NAME ... --> ... <!-- END generated NAME -->
 BLOCKS: dict[str, Callable[[], str]] = {"env-table": env_table, "agents-table": agents_table,
-                                         "fidelity-defaults": fidelity_defaults}
+                                         "fidelity-defaults": fidelity_defaults, "resnet20-board": resnet20_board}
 BLOCK_FILES = ("README.md", "docs/index.md", "docs/agents.md")
 BLOCK = re.compile(r"(<!-- BEGIN generated (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END generated (?P=name) -->)",
                    re.S)
