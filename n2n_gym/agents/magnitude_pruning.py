@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -93,6 +94,13 @@ def uniform_ratio(start, target: int, min_width: int = MIN_WIDTH) -> tuple[float
     return ratio, student.params
 
 
+def closest_uniform_ratio(start, target: int, min_width: int = MIN_WIDTH) -> tuple[float, int, bool]:
+    """:func:`uniform_ratio`, or the narrowest uniform student when ``target`` is below it (an
+    N2N student that removed layers can be smaller than any uniform one): (r, params, clipped)."""
+    student, ratio = uniform_width_student(start, target, min_width, clip=True)
+    return ratio, student.params, student.params > target
+
+
 def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hparams: dict | None = None, *,
         tracker: BudgetTracker | None = None, wandb_run: Any = None) -> dict:
     """Prune uniformly to the target and evaluate that one student (needs ``budget`` >= 1).
@@ -128,7 +136,13 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
     else:
         target = target_from_results(args.target_results, env_id, resolve_protocol(env_id, kwargs_in.get("protocol")), seed,
                                      args.target_agent, args.target_label)
-    ratio, params = uniform_ratio(start, target, min_width)
+    if args.target_results is None:  # a size the user asked for: below the narrowest is their error
+        (ratio, params), clipped = uniform_ratio(start, target, min_width), False
+    else:  # another agent's size, which removal can take below any uniform student: the closest one
+        ratio, params, clipped = closest_uniform_ratio(start, target, min_width)
+    if clipped:  # said and recorded, not a crash
+        print(f"magnitude: target {target:,} params is below the narrowest uniform student; pruning to that one "
+              f"({params:,} params, every shrinkable layer at {min_width} channels)", file=sys.stderr)
     if ratio >= 1.0 or params >= start.params:
         raise ValueError(f"target {target:,} params does not shrink the start architecture ({start.params:,})")
     with private_cache({**kwargs_in, "stage": stage, "ratios": (ratio, 1.0)}) as kwargs:
@@ -141,5 +155,5 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
         finally:
             env.close()
     return {"hparams": asdict(args), "tracker": tracker,
-            "extra": {"target_params": target, "ratio": ratio, "student_params": params,
+            "extra": {"target_params": target, "ratio": ratio, "student_params": params, "target_clipped": clipped,
                       "teacher_params": teacher_params}}

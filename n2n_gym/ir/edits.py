@@ -120,13 +120,13 @@ def apply_decisions(
     return student
 
 
-def uniform_width_student(arch: Architecture, target_params: int,
-                          min_width: int = MIN_WIDTH) -> tuple[Architecture, float]:
+def uniform_width_student(arch: Architecture, target_params: int, min_width: int = MIN_WIDTH,
+                          clip: bool = False) -> tuple[Architecture, float]:
     """The student of ``arch`` whose every shrinkable layer keeps ``max(floor(n * r), min_width)``
     outputs, for the largest r (to 1e-6) with at most ``target_params`` parameters; no layer
     removed. Returns (student, r). What uniform magnitude pruning and a hand-designed thin
-    network of a given size share. Raises ``ValueError`` when even the narrowest such
-    student has more than ``target_params`` parameters."""
+    network of a given size share. When even the narrowest such student has more than
+    ``target_params`` parameters: that narrowest student with ``clip``, else ``ValueError``."""
     shrinkable = [rule.shrinkable for rule in layer_rules(arch)]
 
     def student(r: float) -> Architecture:
@@ -134,6 +134,8 @@ def uniform_width_student(arch: Architecture, target_params: int,
 
     lo, hi = 1e-6, 1.0
     if student(lo).params > target_params:
+        if clip:
+            return student(lo), lo
         raise ValueError(f"target {target_params:,} params is below the narrowest uniform student "
                          f"({student(lo).params:,} params, every shrinkable layer at {min_width} channels): "
                          f"raise the target")

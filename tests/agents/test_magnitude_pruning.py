@@ -64,3 +64,18 @@ def test_uniform_ratio_is_the_largest_that_fits(digits_teacher):
     assert shrinkable == [rule.shrinkable for rule in layer_rules(start)]
     with pytest.raises(ValueError, match="narrowest uniform student"):
         magnitude_pruning.uniform_ratio(start, 10)
+
+
+def test_a_target_from_results_below_every_uniform_student_prunes_to_the_narrowest(digits_teacher, tmp_path, capsys):
+    """N2N removes layers, so its best student can be smaller than any uniformly pruned one
+    (ResNet-20 v1, seed 7: 16,512 params against 17,200): the bench crashed with a traceback."""
+    from n2n_gym.bench.records import append_record
+
+    record = bench("random", budget=1, seed=0)
+    record["best"]["params"] = 10  # as if the other agent had found a tiny student
+    target_file = tmp_path / "target.jsonl"
+    append_record(target_file, record)
+    out = bench("magnitude", budget=1, seed=0, hparams={"target_results": str(target_file), "target_agent": "random"})
+    extra = out.get("extra", out)
+    assert extra["target_clipped"] and extra["student_params"] > 10 and out["best"]["params"] > 10
+    assert "below the narrowest uniform student" in capsys.readouterr().err
