@@ -67,7 +67,8 @@ _constraints_bad = st.one_of(
                                                    st.just("1e5"))}),
     st.fixed_dictionaries({"max_flop": st.integers(1, 10)}), st.integers(),
 )
-_protocol_ok = st.one_of(st.sampled_from(sorted(PROTOCOLS)), st.builds(
+# (a protocol calibrated for a pinned teacher is refused by the tests' own small teacher, rightly)
+_protocol_ok = st.one_of(st.sampled_from(sorted(k for k, p in PROTOCOLS.items() if p.calibrated_for is None)), st.builds(
     Protocol, name=st.just("drawn"), init=st.sampled_from(["inherit", "random"]), epochs=st.integers(1, 3),
     train_images=st.one_of(st.none(), st.integers(1, 500)), val_images=st.one_of(st.none(), st.integers(1, 500)),
     test_images=st.one_of(st.none(), st.integers(1, 500)), batch_size=st.integers(1, 256),
