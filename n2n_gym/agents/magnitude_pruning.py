@@ -94,6 +94,12 @@ def uniform_ratio(start, target: int, min_width: int = MIN_WIDTH) -> tuple[float
     return ratio, student.params
 
 
+def _relative(path: str) -> str:
+    """``path`` relative to the current folder when it lies inside it, else as given."""
+    absolute = os.path.abspath(path)
+    return os.path.relpath(absolute) if absolute.startswith(os.getcwd() + os.sep) else path
+
+
 def closest_uniform_ratio(start, target: int, min_width: int = MIN_WIDTH) -> tuple[float, int, bool]:
     """:func:`uniform_ratio`, or the narrowest uniform student when ``target`` is below it (an
     N2N student that removed layers can be smaller than any uniform one): (r, params, clipped)."""
@@ -154,6 +160,9 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
                 env.step(0 if masks[t, 0] and shrinkable[t] else 1)
         finally:
             env.close()
-    return {"hparams": asdict(args), "tracker": tracker,
+    hparams_out = asdict(args)
+    if isinstance(args.target_results, str):  # a record names no folder of this machine: relative to the run's cwd
+        hparams_out["target_results"] = _relative(args.target_results)
+    return {"hparams": hparams_out, "tracker": tracker,
             "extra": {"target_params": target, "ratio": ratio, "student_params": params, "target_clipped": clipped,
                       "teacher_params": teacher_params}}

@@ -79,3 +79,11 @@ def test_a_target_from_results_below_every_uniform_student_prunes_to_the_narrowe
     extra = out.get("extra", out)
     assert extra["target_clipped"] and extra["student_params"] > 10 and out["best"]["params"] > 10
     assert "below the narrowest uniform student" in capsys.readouterr().err
+
+
+def test_a_record_names_its_target_file_relative_to_the_run_folder(tmp_path, monkeypatch):
+    """A record named /work/main/benchmarks/... (a path of one machine) when the file was given absolute."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    assert magnitude_pruning._relative(str(tmp_path / "results" / "r.jsonl")) == "results/r.jsonl"
+    assert magnitude_pruning._relative("/elsewhere/r.jsonl") == "/elsewhere/r.jsonl"
