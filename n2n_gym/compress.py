@@ -648,15 +648,16 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     plots = _plots(run_dir, history, final_row, "N2N" if agent == DEFAULT_AGENT else agent)
     table = _report_table(teacher_row, search_row, final_row, protocol.name, others)
     n_val, n_test = len(data.val_idx), len(data.y_test)
+    estimates = ("" if protocol.calibration is None else
+                 f", and as the protocol is calibrated they are its ESTIMATES of the accuracy after training (the "
+                 f"measured validation accuracy: {format_accuracy(search_row.get('measured_val_accuracy'))})")
     notes = (
         f"Accuracies: teacher on the whole validation ({n_val}) and test ({n_test}) splits. Search rows are "
         f"LOW FIDELITY: protocol '{protocol.name}' ({protocol.epochs} epoch(s) of distillation on "
         f"{protocol.train_images or 'all'} training images, scored on {min(protocol.val_images or n_val, n_val)} "
         f"validation / {min(protocol.test_images or n_test, n_test)} test images); they are what the reward "
-        f"used" + (f", and as the protocol is calibrated they are its ESTIMATES of the accuracy after training "
-                   f"(the measured validation accuracy: {format_accuracy(search_row.get('measured_val_accuracy'))})"
-                   if protocol.calibration is not None else "") + ". Final rows: after the final distillation ({final_epochs} epochs over the whole training split), "
-        f"on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
+        f"used{estimates}. Final rows: after the final distillation ({final_epochs} epochs over the whole training "
+        f"split), on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
         f"FLOPs: {FLOP_CONVENTION}.")
     total_seconds = time.perf_counter() - t_start
     report = {

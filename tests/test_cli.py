@@ -485,6 +485,7 @@ def test_compress_without_a_protocol_uses_the_ids_own(env_id, protocol, tmp_path
     # a calibrated protocol's search accuracies are estimates: the report says so and keeps the measurement
     text = (tmp_path / "run" / "report.txt").read_text() if (tmp_path / "run" / "report.txt").exists() else ""
     measured = report["search_best"].get("measured_val_accuracy")
+    assert "(1 epochs over the whole training split)" in " ".join(text.split())  # the notes name the epochs
     if protocol == "digits-v2":
         assert 0.0 <= measured <= 1.0 and "ESTIMATES" in text
     else:
