@@ -530,7 +530,7 @@ def fidelity_defaults() -> str:
         d = json.loads(path.read_text())
         c = d.get("choice") or {}
         if not c.get("protocol"):
-            rows.append([f"`{d['env']}`", "none yet", "-", "-", "-", "-", "-", "-"])
+            rows.append([f"`{d['env']}`", "none yet"] + ["-"] * 8)  # as many cells as the header
             continue
         r = (d["calibrated"] if c["calibrated"] else d["ladder"])[c["protocol"]]
         ids = [i for i in DEFAULT_PROTOCOLS if i.rsplit("-", 1)[0] == d["env"].rsplit("-", 1)[0]]  # same env

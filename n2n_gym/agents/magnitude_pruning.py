@@ -100,13 +100,6 @@ def _relative(path: str) -> str:
     return os.path.relpath(absolute) if absolute.startswith(os.getcwd() + os.sep) else path
 
 
-def closest_uniform_ratio(start, target: int, min_width: int = MIN_WIDTH) -> tuple[float, int, bool]:
-    """:func:`uniform_ratio`, or the narrowest uniform student when ``target`` is below it (an
-    N2N student that removed layers can be smaller than any uniform one): (r, params, clipped)."""
-    student, ratio = uniform_width_student(start, target, min_width, clip=True)
-    return ratio, student.params, student.params > target
-
-
 def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hparams: dict | None = None, *,
         tracker: BudgetTracker | None = None, wandb_run: Any = None) -> dict:
     """Prune uniformly to the target and evaluate that one student (needs ``budget`` >= 1).
@@ -142,10 +135,11 @@ def run(env_id: str, seed: int, budget: int, env_kwargs: dict | None = None, hpa
     else:
         target = target_from_results(args.target_results, env_id, resolve_protocol(env_id, kwargs_in.get("protocol")), seed,
                                      args.target_agent, args.target_label)
-    if args.target_results is None:  # a size the user asked for: below the narrowest is their error
-        (ratio, params), clipped = uniform_ratio(start, target, min_width), False
-    else:  # another agent's size, which removal can take below any uniform student: the closest one
-        ratio, params, clipped = closest_uniform_ratio(start, target, min_width)
+    # a size the user asked for below the narrowest uniform student is their error; another agent's size,
+    # which removal can take below any uniform student, gets the closest one
+    student, ratio = uniform_width_student(start, target, min_width, clip=args.target_results is not None)
+    params = student.params
+    clipped = params > target
     if clipped:  # said and recorded, not a crash
         print(f"magnitude: target {target:,} params is below the narrowest uniform student; pruning to that one "
               f"({params:,} params, every shrinkable layer at {min_width} channels)", file=sys.stderr)

@@ -233,15 +233,15 @@ def group_records(records: list[dict], known_agents: Collection[str] | None = No
     when the agent ran several stages on the same env, plus :data:`UNREGISTERED` for an
     agent not in ``known_agents`` (if given; the command passes ``n2n_gym.bench.runner.AGENTS``):
     shown, never ranked. Every name goes through :func:`printable`."""
-    stages: dict[tuple, set] = defaultdict(set)
-    def ident(r: dict) -> tuple:  # printable: a malformed field (a dict, a list) is shown, not a crash
+    def ident(r: dict) -> tuple[str, str, str]:  # printable: a malformed field (a dict) is shown, not a crash
         return printable(r.get("env_id")), printable(r.get("protocol")), printable(r.get("agent"))
 
+    stages: dict[tuple, set] = defaultdict(set)
     for r in records:
         stages[ident(r)].add(printable(r.get("stage")))
     groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        key = (printable(r.get("env_id")), printable(r.get("protocol")))
+        key = ident(r)[:2]
         label = printable(r.get("agent"))
         if r.get("label"):
             label = printable(r["label"])

@@ -195,7 +195,7 @@ class Evaluator:
         cache is read once more only under the claim, not twice. ``checkpoint``: a file saved
         after every epoch of training; a killed evaluation called again with it continues from
         its last epoch, to the same result (:func:`~n2n_gym.evaluation.distill.distill`)."""
-        protocol = self.prepare(protocol)  # (a foreign calibration is refused)
+        protocol = get_protocol(protocol)  # (prepared by lookup: here below, or the caller's when looked_up)
         start = time.perf_counter()
         early = None if looked_up else self.lookup(arch, protocol, seed)
         if early is not None:
