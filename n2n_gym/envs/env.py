@@ -115,7 +115,8 @@ class N2NEnv(gym.Env):
     -1 for an invalid student (cannot be built, not smaller than the teacher, or its
     distillation diverged: non-finite loss, weights or logits), with ``info["reason"]``;
     nothing that goes wrong with a student raises from ``step()`` (CompilerGym's contract).
-    Violated ``constraints`` are penalised (``penalty``: N2N's annealed penalty or -1).
+    Violated ``constraints`` are penalised (``penalty``: N2N's annealed penalty, -1, or minus
+    the relative shortfall, Deb's feasibility rule: ``n2n_gym.evaluation.reward``).
 
     ## Starting State
     The starting architecture with no decision made, the first layer current.
@@ -168,7 +169,9 @@ class N2NEnv(gym.Env):
       ``TeacherTrainingTooLong`` within seconds, with the estimate and the ways out, if
       training it here would take longer, and the data set's error if its data are missing.
     - ``constraints``: ``{"max_params": n, "max_flops": n, "min_accuracy": a}`` or
-      ``Constraint`` rows; ``penalty``: "anneal" | "hard"; ``penalty_horizon`` (updates);
+      ``Constraint`` rows; ``penalty``: "anneal" | "hard" | "violation" (minus the relative
+      shortfall, in [-1, 0): searches that start among infeasible students, such as evolution
+      or TPE under a high ``min_accuracy``, are led towards feasible ones); ``penalty_horizon`` (updates);
       ``episodes_per_update``: how episodes map to N2N's update index: episode ``k``
       after the last ``reset(seed=...)`` (counting from 0) has update ``k //
       episodes_per_update``, so the same seed and actions give the same rewards whatever

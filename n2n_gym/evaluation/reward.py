@@ -7,7 +7,14 @@ Constraints ``A x <= b`` over student properties (params, flops, accuracy, ...) 
 of :class:`Constraint`. A violated constraint is penalised like the N2N code does
 (``penalty="anneal"``: ``R = (e - 1) + e * Rc * Ra`` with ``e = clip((1 - u / horizon)^4,
 0, 1)``, ``u`` the index of the policy update; no penalty at ``u = 0``, -1 from
-``u = horizon`` on), or with a flat -1 (``penalty="hard"``).
+``u = horizon`` on), with a flat -1 (``penalty="hard"``), or by how far the student misses
+(``penalty="violation"``: ``R = -min(1, sum_k v_k)`` with ``v_k = (A_k x - b_k) / |b_k|`` the
+relative excess of each violated row: a student short of ``min_accuracy=0.8`` at 0.6 gets
+-0.25). The last is Deb's feasibility rule (Deb, "An efficient constraint handling method
+for genetic algorithms", CMAME 2000) as a reward: every feasible student (R >= 0) beats
+every infeasible one (R < 0), and of two infeasible students the nearer to feasible wins,
+so a search that starts among infeasible students (random students under a high
+``min_accuracy``) is led towards the feasible ones instead of seeing a flat -1.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from n2n_gym.utils.checks import check_float
 
-PENALTIES = ("anneal", "hard")
+PENALTIES = ("anneal", "hard", "violation")
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,14 @@ class Constraint:
 
     def satisfied(self, props: Mapping[str, float]) -> bool:
         return self.value(props) <= self.bound + 1e-12
+
+    def violation(self, props: Mapping[str, float]) -> float:
+        """How far ``props`` miss the row, relative to its bound: ``max(0, A x - b) / |b|``
+        (``A x - b`` itself for a zero bound); 0 when satisfied."""
+        excess = self.value(props) - self.bound
+        if excess <= 1e-12:
+            return 0.0
+        return excess / abs(self.bound) if self.bound else excess
 
 
 def parse_constraints(spec: Any) -> tuple[Constraint, ...]:
@@ -128,5 +143,8 @@ def n2n_reward(
     violated = tuple(k.name or str(dict(k.coefficients)) for k in constraints if not k.satisfied(props))
     if not violated:
         return Reward(r_c * r_a, c, r_c, r_a)
+    if penalty == "violation":
+        v = sum(k.violation(props) for k in constraints)
+        return Reward(-min(1.0, v), c, r_c, r_a, 0.0, violated)
     e = annealed_penalty_factor(update, horizon) if penalty == "anneal" else 0.0
     return Reward((e - 1.0) + e * r_c * r_a, c, r_c, r_a, e, violated)

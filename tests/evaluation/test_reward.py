@@ -153,6 +153,38 @@ def test_hard_penalty() -> None:
     assert r.value == pytest.approx(0.75)
 
 
+def test_violation_penalty_is_the_relative_shortfall() -> None:
+    # Deb's feasibility rule: short of min_accuracy 0.8 at 0.6 is 25 % short -> -0.25, at any update
+    c = [Constraint.min_accuracy(0.8)]
+    for u in (0, 3, 50):
+        r = reward(T_PARAMS // 2, 0.6, constraints=c, penalty="violation", update=u)
+        assert r.value == pytest.approx(-0.25) and r.violated == (c[0].name,) and r.penalty_factor == 0.0
+    # twice the parameter bound: +100 % -> capped at -1; two rows add up
+    assert reward(T_PARAMS // 2, constraints=[Constraint.max_params(T_PARAMS // 4)], penalty="violation").value == -1.0
+    both = [Constraint.max_params(T_PARAMS * 0.4), Constraint.min_accuracy(0.8)]
+    assert reward(T_PARAMS // 2, 0.6, constraints=both, penalty="violation").value == pytest.approx(-(0.25 + 0.25))
+    # a satisfied constraint changes nothing
+    assert reward(T_PARAMS // 2, 0.9, constraints=c, penalty="violation").value == pytest.approx(0.75 * 0.9 / T_ACC)
+
+
+def test_violation_penalty_orders_feasible_before_infeasible_and_nearer_first() -> None:
+    c = [Constraint.min_accuracy(0.85)]
+    rewards = {(p, a): reward(p, a, constraints=c, penalty="violation").value
+               for p in (T_PARAMS // 20, T_PARAMS // 2, T_PARAMS) for a in (0.5, 0.8, 0.84, 0.85, 0.9)}
+    feasible = [v for (p, a), v in rewards.items() if a >= 0.85]
+    infeasible = [v for (p, a), v in rewards.items() if a < 0.85]
+    assert min(feasible) >= 0.0 > max(infeasible)  # the teacher's own size (R = 0) still beats every violator
+    for p in (T_PARAMS // 20, T_PARAMS // 2):
+        assert rewards[(p, 0.5)] < rewards[(p, 0.8)] < rewards[(p, 0.84)]
+    # size does not buy an infeasible student anything: only the shortfall counts
+    assert rewards[(T_PARAMS // 20, 0.8)] == pytest.approx(rewards[(T_PARAMS, 0.8)])
+
+
+def test_zero_bound_violation_is_the_plain_excess() -> None:
+    c = Constraint({"flops": 1.0, "params": -1.0}, 0.0, "flops <= params")
+    assert c.violation({"flops": 10, "params": 4}) == 6 and c.violation({"flops": 1, "params": 4}) == 0.0
+
+
 def test_flops_constraint_needs_flops_property() -> None:
     with pytest.raises(KeyError, match="flops"):
         reward(T_PARAMS // 2, constraints=[Constraint.max_flops(10)])
