@@ -82,7 +82,8 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         report = compress(ns.env_id, out=out, resume=resume, agent=ns.agent, budget=ns.budget, hparams=ns.hparams,
                           model=ns.model, checkpoint=ns.checkpoint, dataset=ns.dataset, final_epochs=ns.final_epochs,
                           final_lr=ns.final_lr, export=ns.export, compare=ns.compare,
-                          latency_rounds=ns.latency_rounds, progress=ns.progress, **settings)
+                          latency_rounds=ns.latency_rounds, final_workers=ns.final_workers, progress=ns.progress,
+                          **settings)
     except CompressError as exc:
         raise SystemExit(f"n2n-gym compress{' ' + exc.flag if exc.flag else ''}: {exc}") from None
     if "final" not in report:  # no valid student (said on stderr)
@@ -319,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--latency-rounds", type=int, default=3, metavar="N",
                     help="paired rounds of the teacher/student latency measurement of the exported files "
                          "(ONNX Runtime and torch.export, batch 1 and 256, 1 thread); 0 skips it (default: %(default)s)")
+    co.add_argument("--final-workers", type=int, default=None, metavar="N",
+                    help="processes that train the final students (the best and the --compare ones) side by side, "
+                         "one torch thread each on 2 cores (default: one per student, up to this machine's cores)")
     co.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY",
                     help="compress your own network: a function or class returning the trained nn.Module, "
                          "with literal keyword arguments if any (e.g. 'torchvision.models:resnet18(num_classes=10)'; "
@@ -427,6 +431,8 @@ def _main(argv: list[str]) -> int:
         for name in ("final_epochs", "latency_rounds"):
             if getattr(ns, name) is not None and getattr(ns, name) < 0:  # None: the env's default
                 parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(ns, name)}")
+        if ns.final_workers is not None and ns.final_workers < 1:
+            parser.error(f"--final-workers must be >= 1, got {ns.final_workers}")
         if not (math.isfinite(ns.final_lr) and ns.final_lr > 0):
             parser.error(f"--final-lr must be a finite number > 0, got {ns.final_lr}")
         if ns.agent == DEFAULT_AGENT and ns.hparams:

@@ -62,9 +62,9 @@ from n2n_gym.bench.runner import AGENTS, load_agent
 from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID, canonical_env_id, resolve_protocol
 from n2n_gym.evaluation.final import (
     ALTERNATIVES,
-    alternatives,
+    alternative_jobs,
     estimate_seconds,
-    final_distill,
+    final_students,
     throughput,
 )
 from n2n_gym.evaluation.protocols import get_protocol
@@ -146,7 +146,8 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
              env_kwargs: dict | None = None, protocol: str | None = None, seed: int = 0, device: str = "auto",
              model: str | None = None, checkpoint: str | os.PathLike | None = None, dataset: str | None = None,
              final_epochs: int | None = None, final_lr: float = 1e-3, export: bool = True,
-             compare: str | Iterable[str] = ALTERNATIVES, latency_rounds: int = 3, progress: bool = True,
+             compare: str | Iterable[str] = ALTERNATIVES, latency_rounds: int = 3, final_workers: int | None = None,
+             progress: bool = True,
              log: Callable[[str], None] | None = None, **n2n_settings: Any) -> dict:
     """Compress the teacher of ``env_id``; returns the report (also ``report.json`` of the run folder).
 
@@ -171,7 +172,9 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
     - ``final_epochs``, ``final_lr``: the final distillation (``final_epochs`` None: the env's
       default, :func:`default_final_epochs`: 30, or 20 on ResNet-20 CIFAR-10); ``compare``: the same-size
       alternatives (``magnitude``, ``thin``; ``()`` for none); ``export``: torch.export and ONNX
-      files; ``latency_rounds``: paired rounds of the latency measurement (0 skips it).
+      files; ``latency_rounds``: paired rounds of the latency measurement (0 skips it);
+      ``final_workers``: processes that train the final students side by side (default: one
+      per student up to this machine's cores, :func:`default_final_workers`).
     - ``progress``: progress bars; ``log``: where the run's messages go (default: stderr).
 
     The report holds the teacher, the search's best student, the final student and the
@@ -191,7 +194,8 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
         config = _new_config(env_id, agent=agent, budget=budget, hparams=hparams, env_kwargs=dict(env_kwargs or {}),
                              protocol=protocol, seed=seed, device=device, model=model, checkpoint=checkpoint,
                              dataset=dataset, final_epochs=final_epochs, final_lr=final_lr, export=export,
-                             compare=compare, latency_rounds=latency_rounds, n2n_settings=n2n_settings)
+                             compare=compare, latency_rounds=latency_rounds, final_workers=final_workers,
+                             n2n_settings=n2n_settings)
         env_id, env_kwargs = _custom_teacher(env_id, config["env_kwargs"], model, checkpoint, dataset, log)
         # the id's own protocol when none is given, written into config.json: the run names what it used
         config.update(env_id=env_id, env_kwargs=env_kwargs,
@@ -220,7 +224,8 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
 # ---------------------------------------------------------------------------- settings and folders
 def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | None, env_kwargs: dict,
                 protocol: str | None, seed: int, device: str, model, checkpoint, dataset, final_epochs: int,
-                final_lr: float, export: bool, compare, latency_rounds: int, n2n_settings: dict) -> dict:
+                final_lr: float, export: bool, compare, latency_rounds: int, n2n_settings: dict,
+                final_workers: int | None = None) -> dict:
     """The run's ``config.json``, every setting checked (a bad one fails before any folder exists)."""
     unknown = sorted(set(n2n_settings) - set(_N2N_ONLY))
     if unknown:
@@ -237,6 +242,9 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
     for name, value in (("final_epochs", final_epochs), ("latency_rounds", latency_rounds)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    if final_workers is not None and (isinstance(final_workers, bool) or not isinstance(final_workers, int)
+                                      or final_workers < 1):
+        raise ValueError(f"final_workers must be an integer >= 1 (processes), got {final_workers!r}")
     if not (isinstance(final_lr, (int, float)) and math.isfinite(final_lr) and final_lr > 0):
         raise ValueError(f"final_lr must be a finite number > 0, got {final_lr!r}")
     names = [c for c in compare.split(",") if c] if isinstance(compare, str) else list(compare)
@@ -252,7 +260,7 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
             "model": model,
             "checkpoint": None if checkpoint is None else str(checkpoint), "dataset": dataset,
             "final_epochs": final_epochs, "final_lr": final_lr, "export": bool(export), "compare": ",".join(names),
-            "latency_rounds": latency_rounds}
+            "latency_rounds": latency_rounds, "final_workers": final_workers}
 
 
 def _protocol_name(env_id: str, protocol):
@@ -308,7 +316,7 @@ def _resume_dir(out) -> pathlib.Path:
 def _config_keys() -> frozenset[str]:
     """Every key a run's config.json may hold (what :func:`_new_config` writes)."""
     return frozenset({"format", "agent", "budget", "hparams", "model", "checkpoint", "dataset", "final_epochs",
-                      "final_lr", "export", "compare", "latency_rounds"} | {f.name for f in dataclasses.fields(Args)})
+                      "final_lr", "export", "compare", "latency_rounds", "final_workers"} | {f.name for f in dataclasses.fields(Args)})
 
 
 def _run_config(run_dir: pathlib.Path) -> tuple[dict | None, str]:
@@ -402,7 +410,13 @@ def search_budget(config: dict, args: Args) -> int:
     return int(config.get("budget") or sum(args.update_list()) * args.rollouts)
 
 
-def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, log) -> None:
+def default_final_workers(students: int) -> int:
+    """Processes for ``students`` final distillations: one each, up to this machine's cores."""
+    return max(1, min(students, os.cpu_count() or 1))
+
+
+def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, final_workers: int,
+                    log) -> None:
     """The run's duration, estimated before it starts from a timing of the teacher's
     architecture now (``n2n_gym.evaluation.final.throughput``): an upper bound, as students are smaller."""
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
@@ -412,12 +426,13 @@ def _print_estimate(args: Args, students: int, final_epochs: int, final_students
     data = ev.data
     workers = int(args.env_kwargs.get("workers", 1)) if args.env_kwargs.get("backend", "inline") != "inline" else 1
     est = estimate_seconds(rates, get_protocol(args.protocol), students, len(data.train_idx), len(data.val_idx),
-                           len(data.y_test), final_epochs, final_students, workers=workers)
+                           len(data.y_test), final_epochs, final_students, workers=workers, final_workers=final_workers)
     total = est["search"] + est["final"]
     log(f"estimated duration (upper bound, students timed as the teacher at {rates['augmented']:.0f} / "
         f"{rates['reused_logits']:.0f} img/s now): {_duration(total)} = search {_duration(est['search'])} "
         f"({students} students, cache hits free) + final distillation "
-        f"{_duration(est['final'])} ({final_students} student(s) x {final_epochs} epochs)")
+        f"{_duration(est['final'])} ({final_students} student(s) x {final_epochs} epochs, "
+        f"{min(final_workers, final_students)} at a time)")
 
 
 def _duration(seconds: float) -> str:
@@ -578,9 +593,11 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     final_epochs, export = int(config.get("final_epochs", DEFAULT_FINAL_EPOCHS)), bool(config.get("export", True))
     final_lr = float(config.get("final_lr", 1e-3))
     compare = tuple(c for c in str(config.get("compare", "magnitude,thin")).split(",") if c)
+    # how many processes is this machine's business, not the run's: a resumed run recomputes it
+    final_workers = int(config.get("final_workers") or default_final_workers(1 + len(compare)))
 
     def estimate(students: int) -> None:
-        _print_estimate(args, students, final_epochs, 1 + len(compare), log)
+        _print_estimate(args, students, final_epochs, 1 + len(compare), final_workers, log)
 
     t_search = time.perf_counter()
     if agent == DEFAULT_AGENT:
@@ -599,19 +616,31 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     try:
         return _finish(env.unwrapped, config, args, agent, run_dir, best, history, final_epochs, final_lr, export,
-                       compare, search_seconds, log, t_start)
+                       compare, final_workers, search_seconds, log, t_start)
     finally:
         env.close()
 
 
 def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Path, best: dict, history: list[dict],
-            final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], search_seconds: float, log,
-            t_start: float) -> dict:
+            final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], final_workers: int,
+            search_seconds: float, log, t_start: float) -> dict:
     arch = Architecture.from_json(best["architecture"])
     teacher = unwrapped.teacher
-    log(f"final distillation of the best student ({final_epochs} epochs over the training split) ...")
-    module, row = final_distill(unwrapped.evaluator, arch, final_epochs, final_lr, args.seed,
-                                checkpoint=run_dir / "final.ckpt")
+    jobs = [("final", arch, "inherit", run_dir / "final.ckpt")]
+    ratio = None
+    if compare:
+        try:
+            alt_jobs, ratio = alternative_jobs(unwrapped.start_architecture, arch.params, compare, unwrapped.min_width,
+                                               checkpoints=run_dir)
+            jobs += alt_jobs
+        except ValueError as exc:  # a student smaller than any uniform one: said, not fatal
+            log(f"alternatives not trained: {exc}")
+    workers = min(final_workers, len(jobs))
+    log(f"final distillation ({final_epochs} epochs over the training split) of the best student"
+        + (f" and, at its size, {', '.join(j[0] for j in jobs[1:])}" if len(jobs) > 1 else "")
+        + (f", {workers} at a time in worker processes" if workers > 1 else "") + " ...")
+    trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers)
+    module, row = trained.pop("final")
     val_acc, test_acc, final_seconds = row["val_accuracy"], row["test_accuracy"], row["seconds"]
     reward = n2n_reward(student_params=arch.params, teacher_params=teacher.params, student_accuracy=val_acc,
                         teacher_accuracy=teacher.val_accuracy).value
@@ -628,16 +657,11 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
                  "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
                  "seconds": final_seconds}
     others = {}
-    if compare:
-        log(f"the same final distillation for {', '.join(compare)} at the student's size ...")
-        try:
-            others = alternatives(unwrapped.evaluator, unwrapped.start_architecture, arch.params, final_epochs,
-                                  final_lr, args.seed, compare, unwrapped.min_width, checkpoints=run_dir)
-        except ValueError as exc:  # a student smaller than any uniform one: said, not fatal
-            log(f"alternatives not trained: {exc}")
-        for r in others.values():
-            r["reward"] = n2n_reward(student_params=r["params"], teacher_params=teacher.params,
-                                     student_accuracy=r["val_accuracy"], teacher_accuracy=teacher.val_accuracy).value
+    for name, (_, r) in trained.items():
+        others[name] = {**r, "width_ratio": ratio, "architecture": jobs[1][1].to_dict(),
+                        "reward": n2n_reward(student_params=r["params"], teacher_params=teacher.params,
+                                             student_accuracy=r["val_accuracy"],
+                                             teacher_accuracy=teacher.val_accuracy).value}
     save_student(run_dir, module.cpu(), env_id=args.env_id, teacher=teacher.summary(),
                  normalization={"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"},
                  metrics=final_row, search_metrics=search_row)

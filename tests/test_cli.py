@@ -99,7 +99,7 @@ def test_compress_end_to_end(full_run):
     assert (alt["magnitude"]["init"], alt["thin"]["init"], alt["thin"]["epochs"]) == ("inherit", "random", 1)
     assert "uniform L1 magnitude pruning, same size" in out.stdout
     assert "estimated duration (upper bound" in out.stderr  # said before the search starts
-    assert out.stderr.index("estimated duration") < out.stderr.index("final distillation of the best")
+    assert out.stderr.index("estimated duration") < out.stderr.index("final distillation (")
     assert "teacher" in out.stdout and "final distillation" in out.stdout and "LOW FIDELITY" in out.stdout
     best = max(history, key=lambda r: (r["reward"], -r["params"]))
     assert report["search_best"]["reward"] == pytest.approx(best["reward"])
@@ -328,12 +328,14 @@ def test_compress_agent_settings_are_checked_before_a_run_folder(tmp_path, capsy
     run = tmp_path / "run"
     for argv, message in ((["--agent", "nope"], "unknown agent 'nope'"),
                           (["--agent", "random", "--budget", "0"], "argument --budget: must be >= 1"),
-                          (["--hparams", '{"population": 4}'], "--hparams is for an --agent other than n2n")):
+                          (["--hparams", '{"population": 4}'], "--hparams is for an --agent other than n2n"),
+                          (["--final-workers", "0"], "--final-workers must be >= 1, got 0")):
         with pytest.raises(SystemExit) as exc:
             cli.main(["compress", *argv, "--out", str(run)])
         assert exc.value.code == 2 and message in capsys.readouterr().err
     for kwargs, error in (({"budget": 0}, ValueError), ({"agent": "nope"}, ValueError), ({"updatez": "1"}, TypeError),
-                          ({"compare": ("magnitude", "wide")}, ValueError)):
+                          ({"compare": ("magnitude", "wide")}, ValueError), ({"final_workers": 0}, ValueError),
+                          ({"final_workers": 1.5}, ValueError)):
         with pytest.raises(error):
             compress(out=run, **kwargs)
     assert not run.exists()

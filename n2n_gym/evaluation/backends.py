@@ -201,6 +201,11 @@ def _worker_evaluate(request: tuple[Architecture, Protocol, int], looked_up: boo
     return _WORKER_EVALUATOR.evaluate(*request, looked_up=looked_up)  # a batch: the parent looked it up
 
 
+def _worker_call(fn, args: tuple) -> Any:
+    assert _WORKER_EVALUATOR is not None, "worker started without an evaluator"
+    return fn(_WORKER_EVALUATOR, *args)
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -266,6 +271,13 @@ class ProcessBackend(Backend):
         """One evaluation on the next free worker, without the batch's lookup and dedup
         (the cache's claims still keep two workers off the same student)."""
         return self._pool.submit(_worker_evaluate, (arch, get_protocol(protocol), int(seed)), False)
+
+    def call(self, fn, *args: Any) -> concurrent.futures.Future:
+        """``fn(evaluator, *args)`` on the next free worker, with that worker's copy of the
+        evaluator: other work that needs the teacher and the data (``n2n_gym.evaluation.final``
+        trains its final students side by side this way). ``fn`` and ``args`` must pickle (a
+        module-level function); the result comes back pickled."""
+        return self._pool.submit(_worker_call, fn, args)
 
     def _run(self, requests):
         """The batch on the pool; if a worker dies (killed, out of memory), the batch is retried

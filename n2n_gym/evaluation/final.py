@@ -7,6 +7,7 @@ practitioner would ship instead, trained the same way.
   lr / 10, MSE on logits (N2N's loss); scored on the whole validation and test splits. The
   fidelity study's reference (``benchmarks/fidelity.py``) is this protocol.
 - :func:`final_distill`: one student under it, with its accuracies and seconds.
+- :func:`final_students`: several of them side by side, one process each (``workers``).
 - :func:`alternatives`: at the same parameter budget, what practitioners do instead of a
   search (N2N's Table 3 compares hand-designed students): ``magnitude``, uniform L1
   magnitude pruning (every shrinkable layer at the same width ratio, the output channels of
@@ -18,8 +19,11 @@ practitioner would ship instead, trained the same way.
 
 from __future__ import annotations
 
+import concurrent.futures
+import math
 import os
 import time
+from typing import Sequence
 
 from n2n_gym.evaluation.distill import accuracy, distill, predict_logits
 from n2n_gym.evaluation.protocols import Protocol
@@ -53,26 +57,63 @@ def final_distill(evaluator, arch: Architecture, epochs: int, lr: float, seed: i
     return module, row
 
 
+#: one final distillation: ``(name, architecture, init, checkpoint file or None)``
+FinalJob = tuple[str, Architecture, str, "str | os.PathLike | None"]
+
+
+def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, seed: int,
+                   workers: int = 1) -> dict[str, tuple]:
+    """``{name: (module, row)}`` of :func:`final_distill` for each job, in order. With
+    ``workers`` > 1 the jobs train side by side in a spawned process pool
+    (:class:`~n2n_gym.evaluation.backends.ProcessBackend`, each worker on this process's torch
+    threads split between them): on 2 cores a run's three final students take two
+    distillations' time instead of three. Each job's checkpoint makes it resumable either way;
+    the weights may differ from a one-process run in the last bits (CPU kernels reduce in a
+    thread-count-dependent order). A failure of one job is raised after the others finish
+    (their checkpoints kept)."""
+    names = [job[0] for job in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"final_students: job names must be distinct, got {names}")
+    args = [(arch, epochs, lr, seed, init, None if ckpt is None else str(ckpt)) for _, arch, init, ckpt in jobs]
+    workers = min(int(workers), len(jobs))
+    if workers <= 1:
+        return {name: final_distill(evaluator, *a) for name, a in zip(names, args)}
+    from n2n_gym.evaluation.backends import ProcessBackend  # (torch-heavy pool machinery, only when asked)
+
+    with ProcessBackend(evaluator, workers=workers) as pool:
+        futures = [pool.call(final_distill, *a) for a in args]
+        concurrent.futures.wait(futures)
+        return {name: f.result() for name, f in zip(names, futures)}
+
+
 def alternatives(evaluator, start: Architecture, target_params: int, epochs: int, lr: float, seed: int,
                  which: tuple[str, ...] = ALTERNATIVES, min_width: int = MIN_WIDTH,
-                 checkpoints: "str | os.PathLike | None" = None) -> dict[str, dict]:
+                 checkpoints: "str | os.PathLike | None" = None, workers: int = 1) -> dict[str, dict]:
     """``{name: row}`` of :func:`final_distill` for each of ``which`` at <= ``target_params``
     parameters (the uniform width ratio is in the row); ``ValueError`` for an unknown name or a
     target below the narrowest uniform student. ``checkpoints``: a folder for each one's
-    ``<name>.ckpt`` (resumable)."""
+    ``<name>.ckpt`` (resumable); ``workers``: as :func:`final_students`."""
+    jobs, ratio = alternative_jobs(start, target_params, which, min_width, checkpoints)
+    arch = jobs[0][1] if jobs else None
+    return {name: {**row, "width_ratio": ratio, "architecture": arch.to_dict()}
+            for name, (_, row) in final_students(evaluator, jobs, epochs, lr, seed, workers).items()}
+
+
+def alternative_jobs(start: Architecture, target_params: int, which: tuple[str, ...] = ALTERNATIVES,
+                     min_width: int = MIN_WIDTH, checkpoints: "str | os.PathLike | None" = None
+                     ) -> tuple[list[FinalJob], float]:
+    """The :data:`FinalJob` of each alternative of :func:`alternatives` and their uniform width
+    ratio; ``ValueError`` as there."""
     unknown = sorted(set(which) - set(ALTERNATIVES))
     if unknown:
         raise ValueError(f"unknown alternatives {unknown}; choose from {list(ALTERNATIVES)}")
     arch, ratio = uniform_width_student(start, target_params, min_width)
-    out = {}
-    for name in which:
-        ckpt = os.path.join(checkpoints, f"{name}.ckpt") if checkpoints else None
-        _, row = final_distill(evaluator, arch, epochs, lr, seed, "inherit" if name == "magnitude" else "random", ckpt)
-        out[name] = {**row, "width_ratio": ratio, "architecture": arch.to_dict()}
-    return out
+    return [(name, arch, "inherit" if name == "magnitude" else "random",
+             os.path.join(checkpoints, f"{name}.ckpt") if checkpoints else None) for name in which], ratio
 
 
-__all__ = ["ALTERNATIVES", "alternatives", "final_distill", "final_protocol"]
+__all__ = ["ALTERNATIVES", "FinalJob", "alternative_jobs", "alternatives", "final_distill", "final_protocol",
+           "final_students"]
 
 
 def throughput(evaluator, batches: int = 3, batch_size: int = 64) -> dict[str, float]:
@@ -103,15 +144,17 @@ def throughput(evaluator, batches: int = 3, batch_size: int = 64) -> dict[str, f
 
 def estimate_seconds(rates: dict[str, float], protocol: Protocol, evaluations: int, train_split: int,
                      val_split: int, test_split: int, final_epochs: int, final_students: int,
-                     workers: int = 1) -> dict[str, float]:
+                     workers: int = 1, final_workers: int = 1) -> dict[str, float]:
     """Upper bounds (students timed as the teacher) of a compress run's parts in seconds:
     ``search`` (``evaluations`` students under ``protocol``, ``workers`` at a time) and ``final``
     (``final_students`` final distillations of ``final_epochs`` epochs, each scored on the whole
-    splits). A protocol's batch-norm recalibration counts as forward passes (inference rate)."""
+    splits; ``final_workers`` at a time). A protocol's batch-norm recalibration counts as forward
+    passes (inference rate)."""
     train = min(protocol.train_images or train_split, train_split) * protocol.epochs
     scored = min(protocol.val_images or val_split, val_split) + min(protocol.test_images or test_split, test_split)
     scored += min(protocol.bn_recalibration, train_split)
     per_student = train / rates["augmented" if protocol.augment else "reused_logits"] + scored / rates["inference"]
     per_final = final_epochs * train_split / rates["augmented"] + (val_split + test_split) / rates["inference"]
-    return {"search": evaluations * per_student / max(1, workers), "final": final_students * per_final,
+    rounds = math.ceil(final_students / max(1, final_workers))  # the final students side by side
+    return {"search": evaluations * per_student / max(1, workers), "final": rounds * per_final,
             "per_student": per_student, "per_final_student": per_final}

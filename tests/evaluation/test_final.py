@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from n2n_gym.evaluation.final import alternatives, final_distill, final_protocol
+from n2n_gym.evaluation.final import alternatives, final_distill, final_protocol, final_students
 from n2n_gym.ir.edits import layer_rules, uniform_width_student
 
 
@@ -36,6 +36,35 @@ def test_alternatives_are_the_same_uniform_student_with_and_without_inherited_we
         alternatives(ev, start, target, 1, 1e-3, 0, which=("slim",))
 
 
+def test_final_students_side_by_side_train_what_one_process_trains(digits_teacher, digits_data, tmp_path):
+    # two worker processes (spawned, one torch thread each) against this process on one thread: the same
+    # students to the last bits but for the thread-dependent reduction order, and checkpoints written
+    import torch
+
+    from n2n_gym.evaluation.evaluator import Evaluator
+
+    ev = Evaluator(digits_teacher, digits_data)
+    start = digits_teacher.architecture
+    arch, _ = uniform_width_student(start, start.params // 3)
+    jobs = [("a", arch, "inherit", tmp_path / "a.ckpt"), ("b", arch, "random", tmp_path / "b.ckpt")]
+    side_by_side = final_students(ev, jobs, 1, 1e-3, 0, workers=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = final_students(ev, [(n, a, i, None) for n, a, i, _ in jobs], 1, 1e-3, 0, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(side_by_side) == ["a", "b"] and (tmp_path / "a.ckpt").exists() and (tmp_path / "b.ckpt").exists()
+    for name in ("a", "b"):
+        (m1, r1), (m2, r2) = side_by_side[name], alone[name]
+        assert r1["init"] == r2["init"] and r1["params"] == r2["params"] == arch.params
+        assert abs(r1["val_accuracy"] - r2["val_accuracy"]) <= 0.01
+        w1, w2 = m1.state_dict(), m2.state_dict()
+        assert all(torch.allclose(w1[k].float(), w2[k].float(), atol=1e-4) for k in w2)
+    with pytest.raises(ValueError, match="distinct"):
+        final_students(ev, [jobs[0], jobs[0]], 1, 1e-3, 0)
+
+
 def test_uniform_width_student_keeps_every_layer_and_only_shrinks_free_widths(digits_teacher):
     start = digits_teacher.architecture
     arch, ratio = uniform_width_student(start, start.params // 2)
@@ -58,9 +87,19 @@ def test_the_duration_estimate_counts_the_protocols_images(digits_teacher, digit
     assert est["per_student"] == pytest.approx(2 * 1024 / 200 + 2000 / 1000)
     assert est["search"] == pytest.approx(10 * est["per_student"])
     assert est["final"] == pytest.approx(3 * (2 * 45000 / 100 + 15000 / 1000))
+    # three final students two at a time: two rounds; three workers: one
+    two = estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, final_workers=2)
+    assert two["final"] == pytest.approx(2 * est["per_final_student"])
+    assert estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, final_workers=3)["final"] == \
+        pytest.approx(est["per_final_student"])
     # ResNet-20 v1's protocol recalibrates batch norm on 2,048 images: forward passes that count too;
     # two search workers halve the search, not the final distillation
     est = estimate_seconds(flat, PROTOCOLS["resnet20-v1"], 10, 45000, 5000, 10000, 2, 3, workers=2)
     assert est["per_student"] == pytest.approx(2 * 1024 / 200 + (2000 + 2048) / 1000)
     assert est["search"] == pytest.approx(10 * est["per_student"] / 2)
     assert est["final"] == pytest.approx(3 * (2 * 45000 / 100 + 15000 / 1000))
+    # three final students two at a time: two rounds; three workers: one
+    two = estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, final_workers=2)
+    assert two["final"] == pytest.approx(2 * est["per_final_student"])
+    assert estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, final_workers=3)["final"] == \
+        pytest.approx(est["per_final_student"])
