@@ -576,6 +576,46 @@ def resnet20_board() -> str:
     return "\n".join(out) + "\n"
 
 
+#: The README's compress run: ``n2n-gym compress`` on ResNet-20 CIFAR-10, its report and plots.
+README_COMPRESS = "compress-resnet20-v1"
+
+
+def compress_resnet20() -> str:
+    """README block: the committed compress run's students (the searched one and the same-size
+    alternatives after the same final distillation) against the teacher, and what a deployer
+    measures of teacher and student through the exported files."""
+    path = RESULTS / README_COMPRESS / "report.json"
+    if not path.is_file():
+        return "(no run committed yet)\n"
+    r = json.loads(path.read_text())
+    t = r["teacher"]
+    labels = {"magnitude": "uniform L1 magnitude pruning", "thin": "hand-designed thin, random init"}
+    rows = [["teacher", f"{t['params']:,}", "1.0x", "1.0x", pct(t["val_accuracy"], 1), pct(t["test_accuracy"], 1), "-"]]
+    for name, row in [("searched student", r["final"])] + [(labels.get(k, k), v) for k, v in r["alternatives"].items()]:
+        rows.append([name, f"{row['params']:,}", f"{t['params'] / row['params']:.1f}x", f"{t['flops'] / row['flops']:.1f}x",
+                     pct(row["val_accuracy"], 1), pct(row["test_accuracy"], 1),
+                     f"{100 * (row['test_accuracy'] - t['test_accuracy']):+.1f}"])
+    out = [f"`{r['env_id']}`, search `{r['agent']}` ({r['students']} students, constraints "
+           f"`{json.dumps((r['args'].get('env_kwargs') or {}).get('constraints'))}`), then {r['final_epochs']} epochs of "
+           f"final distillation for each student:\n",
+           table(["student", "params", "compression", "FLOPs ratio", "val acc", "test acc", "test vs teacher, pts"],
+                 rows, "lrrrrrr")]
+    lat = r.get("latency") or {}
+    if lat.get("runtimes"):
+        lrows = []
+        for runtime, d in lat["runtimes"].items():
+            for b in map(str, lat["batch_sizes"]):
+                lrows.append([runtime, b, f"{d['teacher']['latency_ms'][b]:.2f}", f"{d['student']['latency_ms'][b]:.2f}",
+                              f"{d['speedup'][b]:.2f}x",
+                              f"{d['teacher']['inference_peak_mb']:.0f} / {d['student']['inference_peak_mb']:.0f}",
+                              f"{d['teacher']['file_mb']:.2f} / {d['student']['file_mb']:.2f}"])
+        out += [f"\nInference of teacher and searched student through the exported files ({lat['threads']} thread, "
+                f"median of {lat['rounds']} paired rounds, load average {lat['loadavg'][0]:.1f}):\n",
+                table(["runtime", "batch", "teacher ms", "student ms", "speed-up", "inference peak MiB (t / s)",
+                       "file MiB (t / s)"], lrows, "lrrrrrr")]
+    return "\n".join(out) + "\n"
+
+
 def _shift(r: dict) -> str:
     """How many percentile points higher a protocol ranks removal-only students than the reference."""
     s = (r.get("rank_shift_by_kind") or {}).get("removal")
@@ -801,7 +841,8 @@ def pages() -> list[Page]:
 
 # blocks inside hand-written files: <!-- BEGIN generated NAME ... --> ... <!-- END generated NAME -->
 BLOCKS: dict[str, Callable[[], str]] = {"env-table": env_table, "agents-table": agents_table,
-                                         "fidelity-defaults": fidelity_defaults, "resnet20-board": resnet20_board}
+                                         "fidelity-defaults": fidelity_defaults, "resnet20-board": resnet20_board,
+                                         "compress-resnet20": compress_resnet20}
 BLOCK_FILES = ("README.md", "docs/index.md", "docs/agents.md")
 BLOCK = re.compile(r"(<!-- BEGIN generated (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END generated (?P=name) -->)",
                    re.S)

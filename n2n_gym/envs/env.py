@@ -170,7 +170,7 @@ class N2NEnv(gym.Env):
       training it here would take longer, and the data set's error if its data are missing.
     - ``constraints``: ``{"max_params": n, "max_flops": n, "min_accuracy": a}`` or
       ``Constraint`` rows; ``penalty``: "anneal" | "hard" | "violation" (minus the relative
-      shortfall, in [-1, 0): searches that start among infeasible students, such as evolution
+      shortfall v as v / (1 + v), in (-1, 0): searches that start among infeasible students, such as evolution
       or TPE under a high ``min_accuracy``, are led towards feasible ones); ``penalty_horizon`` (updates);
       ``episodes_per_update``: how episodes map to N2N's update index: episode ``k``
       after the last ``reset(seed=...)`` (counting from 0) has update ``k //

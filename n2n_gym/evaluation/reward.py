@@ -8,9 +8,10 @@ of :class:`Constraint`. A violated constraint is penalised like the N2N code doe
 (``penalty="anneal"``: ``R = (e - 1) + e * Rc * Ra`` with ``e = clip((1 - u / horizon)^4,
 0, 1)``, ``u`` the index of the policy update; no penalty at ``u = 0``, -1 from
 ``u = horizon`` on), with a flat -1 (``penalty="hard"``), or by how far the student misses
-(``penalty="violation"``: ``R = -min(1, sum_k v_k)`` with ``v_k = (A_k x - b_k) / |b_k|`` the
-relative excess of each violated row: a student short of ``min_accuracy=0.8`` at 0.6 gets
--0.25). The last is Deb's feasibility rule (Deb, "An efficient constraint handling method
+(``penalty="violation"``: ``R = -v / (1 + v)`` with ``v = sum_k (A_k x - b_k) / |b_k|`` the
+relative excess of the violated rows: a student short of ``min_accuracy=0.8`` at 0.6 has
+``v = 0.25`` and gets -0.2; the map keeps R in (-1, 0), above an invalid student's -1, however
+far a student misses). The last is Deb's feasibility rule (Deb, "An efficient constraint handling method
 for genetic algorithms", CMAME 2000) as a reward: every feasible student (R >= 0) beats
 every infeasible one (R < 0), and of two infeasible students the nearer to feasible wins,
 so a search that starts among infeasible students (random students under a high
@@ -145,6 +146,6 @@ def n2n_reward(
         return Reward(r_c * r_a, c, r_c, r_a)
     if penalty == "violation":
         v = sum(k.violation(props) for k in constraints)
-        return Reward(-min(1.0, v), c, r_c, r_a, 0.0, violated)
+        return Reward(-v / (1.0 + v), c, r_c, r_a, 0.0, violated)
     e = annealed_penalty_factor(update, horizon) if penalty == "anneal" else 0.0
     return Reward((e - 1.0) + e * r_c * r_a, c, r_c, r_a, e, violated)

@@ -154,15 +154,19 @@ def test_hard_penalty() -> None:
 
 
 def test_violation_penalty_is_the_relative_shortfall() -> None:
-    # Deb's feasibility rule: short of min_accuracy 0.8 at 0.6 is 25 % short -> -0.25, at any update
+    # Deb's feasibility rule: short of min_accuracy 0.8 at 0.6 is v = 25 % short -> -v / (1 + v) = -0.2, any update
     c = [Constraint.min_accuracy(0.8)]
     for u in (0, 3, 50):
         r = reward(T_PARAMS // 2, 0.6, constraints=c, penalty="violation", update=u)
-        assert r.value == pytest.approx(-0.25) and r.violated == (c[0].name,) and r.penalty_factor == 0.0
-    # twice the parameter bound: +100 % -> capped at -1; two rows add up
-    assert reward(T_PARAMS // 2, constraints=[Constraint.max_params(T_PARAMS // 4)], penalty="violation").value == -1.0
+        assert r.value == pytest.approx(-0.2) and r.violated == (c[0].name,) and r.penalty_factor == 0.0
+    # twice the parameter bound: v = 1 -> -0.5; far worse stays above an invalid student's -1, and ordered
+    assert reward(T_PARAMS // 2, constraints=[Constraint.max_params(T_PARAMS // 4)], penalty="violation").value == \
+        pytest.approx(-0.5)
+    far = [reward(T_PARAMS, constraints=[Constraint.max_params(T_PARAMS // k)], penalty="violation").value
+           for k in (10, 100, 1000)]
+    assert -1.0 < far[2] < far[1] < far[0] < 0.0
     both = [Constraint.max_params(T_PARAMS * 0.4), Constraint.min_accuracy(0.8)]
-    assert reward(T_PARAMS // 2, 0.6, constraints=both, penalty="violation").value == pytest.approx(-(0.25 + 0.25))
+    assert reward(T_PARAMS // 2, 0.6, constraints=both, penalty="violation").value == pytest.approx(-0.5 / 1.5)
     # a satisfied constraint changes nothing
     assert reward(T_PARAMS // 2, 0.9, constraints=c, penalty="violation").value == pytest.approx(0.75 * 0.9 / T_ACC)
 
