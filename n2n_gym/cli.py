@@ -57,8 +57,12 @@ def cmd_episode(ns: argparse.Namespace) -> int:
         while not terminated:
             action = int(rng.choice(np.flatnonzero(info["action_mask"])))
             obs, reward, terminated, truncated, info = env.step(action)
-        print(f"episode {ep}: reward {reward:.4f}  valid={info['valid']}  val acc {_fmt_acc(info['accuracy'])} "
-              f"(teacher {_fmt_acc(info['teacher_accuracy'])})  test acc {_fmt_acc(info['test_accuracy'])}  "
+        # a calibrated protocol's accuracies estimate the trained student's: say so, and show the measurement
+        estimated = info["valid"] and abs(info["measured_accuracy"] - info["accuracy"]) > 1e-9
+        print(f"episode {ep}: reward {reward:.4f}  valid={info['valid']}  {'estimated ' if estimated else ''}"
+              f"val acc {_fmt_acc(info['accuracy'])} (teacher {_fmt_acc(info['teacher_accuracy'])})  "
+              f"{'estimated ' if estimated else ''}test acc {_fmt_acc(info['test_accuracy'])}  "
+              + (f"measured val acc {_fmt_acc(info['measured_accuracy'])}  " if estimated else "") +
               f"params {_fmt_int(info['params'])} / {_fmt_int(info['teacher_params'])} "
               f"({info['compression']:.2f}x)  eval {info['eval_seconds']:.2f}s{' (cached)' if info['cached'] else ''}")
         if info["reason"]:

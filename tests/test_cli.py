@@ -174,6 +174,17 @@ def test_episode_command(capsys):
     assert "episode 0: reward" in out and "episode 1: reward" in out and "decision" in out
 
 
+def test_episode_command_labels_a_calibrated_estimate(capsys):
+    """Under a calibrated protocol the reward's accuracy estimates the trained student's: the
+    command says so and prints the measurement beside it (bug hunt: it printed the estimate as
+    the validation accuracy)."""
+    from n2n_gym.cli import main
+
+    assert main(["episode", "--env", "N2N-DigitsNet-Digits-v2", "--episodes", "1", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated val acc" in out and "estimated test acc" in out and "measured val acc" in out
+
+
 def test_help(capsys):
     from n2n_gym.cli import main
 

@@ -46,14 +46,18 @@ class Constraint:
 
     @classmethod
     def max_params(cls, n: float) -> "Constraint":
-        """``params <= n``; ``n`` a positive count of parameters."""
-        n = check_float("max_params", n, min=0.0, min_open=True)
+        """``params <= n``; ``n`` a count of parameters, >= 1.
+
+        Raises ValueError for ``n < 1``: a fraction of the teacher (0.5) is not a count."""
+        n = _check_count("max_params", n, "parameters")
         return cls({"params": 1.0}, n, f"params <= {n:,.0f}")
 
     @classmethod
     def max_flops(cls, n: float) -> "Constraint":
-        """``flops <= n``; ``n`` a positive count of FLOPs (2 per multiply-accumulate)."""
-        n = check_float("max_flops", n, min=0.0, min_open=True)
+        """``flops <= n``; ``n`` a count of FLOPs (2 per multiply-accumulate), >= 1.
+
+        Raises ValueError for ``n < 1``: a fraction of the teacher (0.5) is not a count."""
+        n = _check_count("max_flops", n, "FLOPs")
         return cls({"flops": 1.0}, n, f"flops <= {n:,.0f}")
 
     @classmethod
@@ -84,6 +88,16 @@ class Constraint:
         return excess / abs(self.bound) if self.bound else excess
 
 
+def _check_count(name: str, n: Any, unit: str) -> float:
+    n = check_float(name, n, min=0.0, min_open=True)
+    if n < 1.0:
+        # A fraction here is a user thinking of "half the teacher": say how to write that.
+        key = "teacher_params" if unit == "parameters" else "teacher_flops"
+        raise ValueError(f"{name} is a count of {unit}, got {n:g}; for a fraction of the teacher pass {n:g} x "
+                         f"the teacher's count (info[{key!r}] of any step)")
+    return n
+
+
 def parse_constraints(spec: Any) -> tuple[Constraint, ...]:
     """Accepts None, a dict shorthand ``{"max_params": n, "max_flops": n, "min_accuracy": a}``,
     or a sequence of :class:`Constraint` (and/or such dicts)."""
@@ -99,6 +113,10 @@ def parse_constraints(spec: Any) -> tuple[Constraint, ...]:
             raise ValueError(f"unknown constraint(s) {sorted(unknown)}; use {sorted(makers)} or Constraint objects")
         return tuple(makers[k](v) for k, v in spec.items() if v is not None)
     if isinstance(spec, Sequence) and not isinstance(spec, str):
+        for item in spec:
+            if not isinstance(item, (Mapping, Constraint)):
+                raise TypeError(f"a list of constraints holds dicts or Constraint objects, got {item!r}; write "
+                                f"{{'max_params': n, 'min_accuracy': a}} or Constraint.max_params(n)")
         return tuple(c for item in spec for c in parse_constraints(item))
     raise TypeError(f"constraints must be a dict, a Constraint or a list of them, not {type(spec).__name__}")
 

@@ -227,6 +227,11 @@ def test_parse_constraints_rejects_unknown_keys_and_types() -> None:
     ({"max_params": "1e5"}, TypeError, r"pass max_params=100000.0, a number"),
     ({"max_param": 5}, ValueError, "unknown constraint"),
     (5, TypeError, "constraints must be"),
+    # a fraction of the teacher where a count is meant (bug hunt): refused with how to write it
+    ({"max_params": 0.5}, ValueError, r"count of parameters, got 0.5.*info\['teacher_params'\]"),
+    ({"max_flops": 0.25}, ValueError, r"count of FLOPs, got 0.25"),
+    # pairs instead of dicts (bug hunt): named, with the form to use
+    ([("max_params", 1e5)], TypeError, r"holds dicts or Constraint objects, got \('max_params'"),
 ])
 def test_constraints_in_the_wrong_unit_or_impossible_fail_at_make(spec, error, match):
     with pytest.raises(error, match=match):
