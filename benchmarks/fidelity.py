@@ -60,6 +60,7 @@ import warnings
 
 import numpy as np
 
+from n2n_gym.envs.registration import canonical_env_id
 from n2n_gym.utils.checks import int_at_least
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "fidelity"
@@ -727,11 +728,26 @@ def _shard(text: str) -> tuple[int, int]:
 _positive, _non_negative = int_at_least(1), int_at_least(0)
 
 
+def _env_id(text: str) -> str:
+    """A registered env id (Gymnasium's error, with its closest ids, for another: a typo would
+    otherwise read as 'no study' or start a study under the wrong name)."""
+    import gymnasium as gym
+
+    import n2n_gym  # noqa: F401 - registers the ids
+
+    text = canonical_env_id(text)
+    try:
+        gym.spec(text)
+    except gym.error.Error as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="score the study's students (resumable: appends each finished item)")
-    r.add_argument("--env", default="N2N-ResNet20-CIFAR10-v0")
+    r.add_argument("--env", type=_env_id, default="N2N-ResNet20-CIFAR10-v0")
     r.add_argument("--out", help="study folder (default: benchmarks/results/fidelity/<env>)")
     r.add_argument("--workers", type=_positive, default=2)
     r.add_argument("--shard", type=_shard, default=(0, 1), help="K/N: run the items with index K mod N")
@@ -751,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated subset of the ladder (default: all of it)")
     r.set_defaults(func=cmd_run)
     t = sub.add_parser("supernet", help="train the weight-sharing supernet candidate (resumable)")
-    t.add_argument("--env", default="N2N-ResNet20-CIFAR10-v0")
+    t.add_argument("--env", type=_env_id, default="N2N-ResNet20-CIFAR10-v0")
     t.add_argument("--out")
     t.add_argument("--epochs", type=_positive, default=12)
     t.add_argument("--random-students", type=int, default=2, help="random students per step (+ largest, smallest)")
@@ -760,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--nice", type=int, default=10)
     t.set_defaults(func=cmd_supernet)
     s = sub.add_parser("report", help="the ladder's figures and plot from the scores so far")
-    s.add_argument("--env", default="N2N-ResNet20-CIFAR10-v0")
+    s.add_argument("--env", type=_env_id, default="N2N-ResNet20-CIFAR10-v0")
     s.add_argument("--out")
     s.add_argument("--resamples", type=_positive, default=2000)
     s.set_defaults(func=cmd_report)

@@ -69,8 +69,10 @@ class _AliasLoader(importlib.abc.Loader):
         self.new = new
 
     def create_module(self, spec):
+        # stacklevel 2: the importing line (warnings skips importlib's own frames when counting), so
+        # that Python's default filter shows it where a user's script imports the old path
         warnings.warn(f"{spec.name} moved to {self.new} (n2n-gym 0.2); the old path is removed in 0.3",
-                      DeprecationWarning, stacklevel=3)
+                      DeprecationWarning, stacklevel=2)
         return _alias(spec.name)
 
     def exec_module(self, module) -> None:

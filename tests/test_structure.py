@@ -5,6 +5,7 @@ module paths still importable (with a DeprecationWarning) for one minor version.
 from __future__ import annotations
 
 import importlib
+import os
 import pathlib
 import shutil
 import subprocess
@@ -150,3 +151,15 @@ def test_import_n2n_gym_stays_free_of_torch():
     proc = subprocess.run([sys.executable, "-c", "import sys, n2n_gym; print('torch' in sys.modules)"],
                           capture_output=True, text=True, timeout=120, check=True)
     assert proc.stdout.strip() == "False"
+
+
+def test_deprecated_path_warns_at_the_importing_line_under_default_filters(tmp_path):
+    """Python shows a DeprecationWarning by default only when it is attributed to __main__: the
+    alias must point at the user's import line, not at importlib (bug hunt: it pointed past the
+    stack, 'sys:1', and a script importing an old path saw nothing)."""
+    script = tmp_path / "old_path.py"
+    script.write_text("import n2n_gym\nimport n2n_gym.arch\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"})
+    assert done.returncode == 0, done.stderr
+    assert f"{script}:2: DeprecationWarning: n2n_gym.arch moved to n2n_gym.ir.arch" in done.stderr

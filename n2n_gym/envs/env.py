@@ -6,6 +6,7 @@ import difflib
 import inspect
 import os
 import time
+import warnings
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -177,7 +178,8 @@ class N2NEnv(gym.Env):
       episodes_per_update``, so the same seed and actions give the same rewards whatever
       the env object played before; ``reset(options={"update": u})`` sets it explicitly
       (what a batched agent such as N2N's does). The terminal info's ``update`` says which
-      was used.
+      was used. A loop that seeds every reset stays at update 0, where "anneal" does not
+      penalise: the env warns (UserWarning) when it sees that under "anneal" with constraints.
     - ``illegal_action``: "noop" | "invalid". ``min_width``: floor on shrunk widths (int >= 1).
     - ``reset(options=...)``: only ``{"update": u}`` (int >= 0); another key is a ``ValueError``.
 
@@ -364,6 +366,7 @@ class N2NEnv(gym.Env):
         self._full_width_action = {"remove": KEEP, "shrink": self.ratios.index(1.0),
                                    "joint": self.ratios.index(1.0)}[stage]
         self._episodes = 0  # since the last reset with a seed: N2N's update index counts from there
+        self._short_schedules = 0  # seeded resets that restarted the schedule before the anneal's end
         self._result_listeners: list = []
         self._t = 0
         self._actions: list[int] = []
@@ -381,6 +384,15 @@ class N2NEnv(gym.Env):
         self.evaluator  # noqa: B018 - data and teacher are settled before an episode is played
         update = options.get("update")
         if seed is not None:  # a seeded reset starts the schedule over, like np_random: same seed, same rewards
+            if update is None and 0 < self._episodes < self.episodes_per_update * self.penalty_horizon:
+                self._short_schedules += 1
+                if self._short_schedules == 2 and self.penalty == "anneal" and self.constraints:
+                    # a loop seeding every reset stays at update 0, where the anneal does not penalise
+                    warnings.warn(
+                        "reset(seed=...) every few episodes keeps N2N's update index at 0, where "
+                        "penalty='anneal' gives a violating student its full reward: seed the first reset "
+                        "only, pass reset(options={'update': u}), or use penalty='violation' or 'hard'",
+                        UserWarning, stacklevel=2)
             self._episodes = 0
         self._update = update if update is not None else self._episodes // self.episodes_per_update
         self._t = 0

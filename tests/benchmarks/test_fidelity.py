@@ -121,6 +121,17 @@ def test_bad_arguments_fail_at_once(study, tmp_path):
         fidelity.main(["report", "--out", str(tmp_path / "none")])
 
 
+
+@pytest.mark.parametrize("command", ["run", "report", "supernet"])
+def test_an_unknown_env_id_is_named_at_the_command_line(command, capsys):
+    """A typo in --env is Gymnasium's 'doesn't exist' with the versions there are, not 'no study
+    ... run it first' (bug hunt)."""
+    with pytest.raises(SystemExit) as exc:
+        fidelity.main([command, "--env", "N2N-ResNet20-CIFAR10-v9"])
+    assert exc.value.code == 2
+    assert "argument --env: Environment version `v9`" in capsys.readouterr().err
+
+
 def test_the_ladder_scales_its_rungs_to_the_training_split():
     small = fidelity.ladder(1000)
     assert small["mse-4k"].train_images is None and small["mse-4k"].epochs == 4  # the whole split, 4 passes

@@ -284,6 +284,10 @@ def test_constraints_and_update_index(digits_teacher, tmp_path) -> None:
     assert rewards == pytest.approx([base_reward, (e - 1) + e * base_reward, -1.0])
     r, _, _ = run_episode(env, replay, options={"update": 0})
     assert r == pytest.approx(base_reward)
+    # seeding every reset keeps the update at 0, where the anneal never penalises: said once (bug hunt)
+    with pytest.warns(UserWarning, match="keeps N2N's update index at 0") as caught:
+        rewards = [run_episode(env, replay, seed=i)[0] for i in range(4)]
+    assert rewards == pytest.approx([base_reward] * 4) and len(caught) == 1
 
     hard = make_digits_env(stage="remove", cache=cache, penalty="hard",
                            constraints={"max_flops": base_info["flops"] - 1})
