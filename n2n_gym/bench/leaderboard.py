@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import html
 import io
 import json
@@ -65,7 +66,7 @@ from n2n_gym.evaluation.protocols import PROTOCOLS
 from n2n_gym.utils.checks import int_at_least
 
 CSV_COLUMNS = (
-    "env_id", "env_version", "protocol", "rank", "tied", "agent", "stage", "seeds", "best_reward_iqm",
+    "env_id", "env_version", "protocol", "env_kwargs", "rank", "tied", "agent", "stage", "seeds", "best_reward_iqm",
     "best_reward_ci_low", "best_reward_ci_high", "p_improvement", "p_improvement_ci_low", "p_improvement_ci_high",
     "auc_iqm", "auc_ci_low", "auc_ci_high", "best_reward_mean", "best_reward_std",
     "compression_mean", "compression_std", "val_acc_drop_mean", "val_acc_drop_std", "test_acc_drop_mean",
@@ -226,22 +227,41 @@ def label_names_another_agent(record: dict, known_agents: Collection[str]) -> st
     return word.group(0)
 
 
+# env kwargs that do not change what a student scores: the stage is part of the row's label,
+# the rest are where and how it runs
+NEUTRAL_ENV_KWARGS = frozenset({"stage", "device", "progress", "cache", "render_mode"})
+
+
+def setting(record: dict) -> str:
+    """The record's reward-relevant env kwargs (constraints, penalty, ratios, dataset, ...) as
+    canonical JSON, "" when none: runs under different settings are different benchmarks."""
+    kwargs = record.get("env_kwargs")
+    if not isinstance(kwargs, dict):
+        return printable(kwargs) if kwargs else ""
+    relevant = {k: v for k, v in kwargs.items() if k not in NEUTRAL_ENV_KWARGS}
+    return json.dumps(relevant, sort_keys=True, default=str) if relevant else ""
+
+
 def group_records(records: list[dict], known_agents: Collection[str] | None = None
-                  ) -> dict[tuple[str, str], dict[str, list[dict]]]:
-    """``{(env_id, protocol): {agent label: [records]}}``; the label is the record's
-    ``label`` (``n2n-gym bench --label``) if it has one, else the agent, plus the stage
-    when the agent ran several stages on the same env, plus :data:`UNREGISTERED` for an
-    agent not in ``known_agents`` (if given; the command passes ``n2n_gym.bench.runner.AGENTS``):
-    shown, never ranked. Every name goes through :func:`printable`."""
-    def ident(r: dict) -> tuple[str, str, str]:  # printable: a malformed field (a dict) is shown, not a crash
-        return printable(r.get("env_id")), printable(r.get("protocol")), printable(r.get("agent"))
+                  ) -> dict[tuple[str, str, str, str], dict[str, list[dict]]]:
+    """``{(env_id, protocol, setting, teacher sha256): {agent label: [records]}}``: runs are
+    compared only under the same env, protocol, reward-relevant env kwargs (:func:`setting`)
+    and teacher (by content). The label is the record's ``label`` (``n2n-gym bench --label``)
+    if it has one, else the agent, plus the stage when the agent ran several stages on the
+    same env, plus :data:`UNREGISTERED` for an agent not in ``known_agents`` (if given; the
+    command passes ``n2n_gym.bench.runner.AGENTS``): shown, never ranked. Every name goes
+    through :func:`printable`."""
+    def ident(r: dict) -> tuple[str, str, str, str, str]:  # printable: a malformed field (a dict) is shown
+        teacher = r.get("teacher") if isinstance(r.get("teacher"), dict) else {}
+        return (printable(r.get("env_id")), printable(r.get("protocol")), setting(r),
+                printable(teacher.get("sha256")), printable(r.get("agent")))
 
     stages: dict[tuple, set] = defaultdict(set)
     for r in records:
         stages[ident(r)].add(printable(r.get("stage")))
-    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        key = ident(r)[:2]
+        key = ident(r)[:4]
         label = printable(r.get("agent"))
         if r.get("label"):
             label = printable(r["label"])
@@ -286,19 +306,28 @@ def agent_row(label: str, runs: list[dict]) -> dict[str, Any]:
 
 def leaderboard(records: list[dict], *, reps: int = DEFAULT_REPS, seed: int = DEFAULT_BOOTSTRAP_SEED,
                 known_agents: Collection[str] | None = None) -> list[dict]:
-    """One section per (env, protocol): its header facts and the agent rows, ranked where
+    """One section per (env, protocol, reward-relevant env kwargs, teacher) (:func:`group_records`):
+    its header facts and the agent rows, ranked where
     their bootstrap intervals separate (:func:`add_statistics`; ``reps`` bootstrap
     resamples, ``seed`` of the bootstrap); agents not in ``known_agents`` (if given) are
     shown unranked (:func:`group_records`)."""
     sections = []
     groups = group_records(records, known_agents)
-    for (env_id, protocol), agents in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    # (env, protocol) pairs split by setting or teacher: their sections (and plot files) say which is which
+    split = defaultdict(int)
+    for env_id, protocol, *_ in groups:
+        split[env_id, protocol] += 1
+    for (env_id, protocol, env_setting, sha), agents in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
         rows = [agent_row(label, runs) for label, runs in agents.items()]
         add_statistics(rows, agents, reps=reps, seed=seed)
         first = next(iter(agents.values()))[0]
-        teachers = {(r.get("teacher") or {}).get("sha256") for runs in agents.values() for r in runs}
+        variant = ""
+        if env_setting or split[env_id, protocol] > 1:
+            variant = ", ".join(([f"env kwargs {env_setting}"] if env_setting else [])
+                                + ([f"teacher {sha[:12]}"] if split[env_id, protocol] > 1 else []))
         sections.append({"env_id": env_id, "env_version": first.get("env_version"), "protocol": protocol,
-                         "teacher": first.get("teacher") or {}, "teachers": len(teachers),
+                         "setting": env_setting, "variant": variant,
+                         "teacher": first.get("teacher") if isinstance(first.get("teacher"), dict) else {},
                          "data_variant": first.get("data_variant"), "rows": rows, "agents": agents})
     return sections
 
@@ -488,8 +517,6 @@ def section_note(sec: dict) -> str:
     if few:
         text += (f"**{', '.join(few)}: one seed only, so no interval, no P(> random) and no rank** (intervals need "
                  f"at least {MIN_SEEDS} seeds per agent; a bootstrap of one run is a zero-width interval). ")
-    if sec["teachers"] > 1:
-        text += f"**Warning: the runs used {sec['teachers']} different teachers.** "
     if getattr(PROTOCOLS.get(str(sec.get("protocol"))), "calibration", None) is not None:
         text += (f"Protocol `{sec['protocol']}` is calibrated: the students' accuracies (and their drops) are its "
                  f"estimates of the accuracy after training (the fidelity study's fit), not measurements. ")
@@ -512,14 +539,23 @@ def profile_name(sec: dict) -> str:
 
 def plot_names(sec: dict) -> tuple[str, str, str]:
     """File names of the anytime, Pareto and learning plots of a section."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{sec['env_id']}-{sec['protocol']}")
+    name = f"{sec['env_id']}-{sec['protocol']}"
+    if sec.get("variant"):  # a section of several under one env and protocol: its own files
+        name += "-" + hashlib.sha256(sec["variant"].encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     return f"anytime-{slug}.png", f"pareto-{slug}.png", f"learning-{slug}.png"
+
+
+def section_title(sec: dict, quote: str = "") -> str:
+    """``env (vN), protocol p`` and, for one of several sections of that pair, its setting."""
+    title = f"{sec['env_id']} (v{sec['env_version']}), protocol {quote}{sec['protocol']}{quote}"
+    return title + (f"; {sec['variant']}" if sec.get("variant") else "")
 
 
 def render_md(sections: list[dict], plots: bool = False) -> str:
     out = ["# n2n-gym leaderboard", ""]
     for sec in sections:
-        out += [f"## {sec['env_id']} (v{sec['env_version']}), protocol `{sec['protocol']}`", "", section_note(sec), ""]
+        out += [f"## {section_title(sec, '`')}", "", section_note(sec), ""]
         out.append("| " + " | ".join(TABLE_HEADER) + " |")
         out.append("|" + "|".join(["---:" if h not in ("agent",) else "---" for h in TABLE_HEADER]) + "|")
         for row in sec["rows"]:
@@ -541,6 +577,7 @@ def render_csv(sections: list[dict]) -> str:
         t = sec["teacher"]
         for row in sec["rows"]:
             w.writerow({**row, "env_id": sec["env_id"], "env_version": sec["env_version"], "protocol": sec["protocol"],
+                        "env_kwargs": sec.get("setting", ""),
                         "teacher_sha256": t.get("sha256"), "teacher_val_accuracy": t.get("val_accuracy"),
                         "teacher_test_accuracy": t.get("test_accuracy"), "teacher_params": t.get("params")})
     return buf.getvalue()
@@ -553,8 +590,7 @@ def render_html(sections: list[dict], plots: bool = False) -> str:
            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:nth-child(2){text-align:left}"
            "img{max-width:48%}</style></head><body>", "<h1>n2n-gym leaderboard</h1>"]
     for sec in sections:
-        out.append(f"<h2>{e(str(sec['env_id']))} (v{e(str(sec['env_version']))}), protocol "
-                   f"<code>{e(str(sec['protocol']))}</code></h2>")
+        out.append(f"<h2>{e(section_title(sec))}</h2>")
         out.append(f"<p>{e(section_note(sec)).replace('**', '')}</p>")
         out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in TABLE_HEADER) + "</tr>")
         for row in sec["rows"]:
@@ -825,7 +861,7 @@ def run_args(args: argparse.Namespace) -> int:
               f"checks (n2n-gym validate says more)", file=sys.stderr)
     from n2n_gym.bench.runner import AGENTS  # records come from anyone: an agent of no registry is not ranked
 
-    for (env_id, protocol), agents in group_records(records, AGENTS).items():
+    for (env_id, protocol, *_), agents in group_records(records, AGENTS).items():
         for label, runs in agents.items():
             seeds = [r.get("seed") for r in runs]
             repeated = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)

@@ -368,3 +368,27 @@ def test_a_calibrated_protocols_section_says_its_accuracies_are_estimates(genuin
     rows = [copy_record(genuine_record, seed=s, protocol=p) for s in (0, 1) for p in ("resnet20-v1", "fast")]
     texts = {sec["protocol"]: leaderboard.render_md([sec]) for sec in leaderboard.leaderboard(rows, reps=100)}
     assert "is calibrated" in texts["resnet20-v1"] and "is calibrated" not in texts["fast"]
+
+
+def test_runs_under_another_setting_or_teacher_are_another_section(genuine_record, tmp_path):
+    """Constraints, a penalty or another teacher change what a reward means: such runs were pooled
+    in one row (bug hunt). They get sections of their own, named in the title, with their own plot
+    files; where a run ran (device, cache, progress) and its stage (part of the label) do not split."""
+    base = dict(genuine_record["env_kwargs"])
+    constrained = {**base, "constraints": {"min_accuracy": 0.9}, "penalty": "violation"}
+    other_sha = "f" * 64
+    rows = [copy_record(genuine_record, seed=s, env_kwargs=kw) for s in (0, 1)
+            for kw in (base, {**base, "device": "cpu", "progress": False}, constrained)]
+    rows += [copy_record(genuine_record, seed=s, teacher__sha256=other_sha) for s in (0, 1)]
+    sections = leaderboard.leaderboard(rows, reps=100)
+    assert len(sections) == 3
+    by_setting = {(sec["setting"], sec["teacher"]["sha256"]): sec for sec in sections}
+    plain = by_setting[leaderboard.setting(genuine_record), genuine_record["teacher"]["sha256"]]
+    assert plain["rows"][0]["seeds"] == 4  # the device/progress copies count with the plain runs
+    assert by_setting[leaderboard.setting(rows[2]), genuine_record["teacher"]["sha256"]]["rows"][0]["seeds"] == 2
+    assert by_setting[leaderboard.setting(genuine_record), other_sha]["rows"][0]["seeds"] == 2
+    text = leaderboard.render_md(sections)
+    assert '"penalty": "violation"' in text and f"teacher {other_sha[:12]}" in text
+    assert len({leaderboard.plot_names(sec) for sec in sections}) == 3
+    csv_rows = list(csv.DictReader(io.StringIO(leaderboard.render_csv(sections))))
+    assert len({(r["env_kwargs"], r["teacher_sha256"]) for r in csv_rows}) == 3
