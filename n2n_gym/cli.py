@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(ONNX Runtime and torch.export, batch 1 and 256, 1 thread); 0 skips it (default: %(default)s)")
     co.add_argument("--final-workers", type=int, default=None, metavar="N",
                     help="processes that train the final students (the best and the --compare ones) side by side, "
-                         "one torch thread each on 2 cores (default: one per student, up to this machine's cores)")
+                         "one torch thread each (default: one per student, all at once: on 2 cores three take 1.5 "
+                         "distillations' time, two then one take 2)")
     co.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY",
                     help="compress your own network: a function or class returning the trained nn.Module, "
                          "with literal keyword arguments if any (e.g. 'torchvision.models:resnet18(num_classes=10)'; "

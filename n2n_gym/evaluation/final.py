@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
+import threading
 import time
 from typing import Sequence
 
@@ -61,29 +62,81 @@ def final_distill(evaluator, arch: Architecture, epochs: int, lr: float, seed: i
 FinalJob = tuple[str, Architecture, str, "str | os.PathLike | None"]
 
 
+class _EpochProgress:
+    """A progress bar (with tqdm's ETA) of the epochs the final distillations have finished,
+    read from their checkpoint files by a daemon thread every ``interval`` seconds: the
+    workers are other processes, and the checkpoints are what they already share."""
+
+    def __init__(self, checkpoints: Sequence, epochs: int, enabled: bool, interval: float = 10.0):
+        self.paths = [str(c) for c in checkpoints if c is not None]
+        self.epochs, self.interval = epochs, interval
+        self.enabled = enabled and bool(self.paths) and epochs > 0
+        self._seen: dict[str, tuple[float, int]] = {}  # path -> (mtime, epoch)
+        self._stop = threading.Event()
+
+    def _done(self) -> int:
+        import torch
+
+        total = 0
+        for path in self.paths:
+            try:
+                mtime = os.stat(path).st_mtime
+                if self._seen.get(path, (None, 0))[0] != mtime:
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                    self._seen[path] = (mtime, min(int(state["epoch"]), self.epochs))
+            except (OSError, RuntimeError, KeyError, ValueError, EOFError):
+                pass  # not written yet, or replaced while read: the next poll sees it
+            total += self._seen.get(path, (None, 0))[1]
+        return total
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.bar.update(self._done() - self.bar.n)
+
+    def __enter__(self) -> "_EpochProgress":
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            # a resumed run starts where its checkpoints are (initial: the ETA times only what is left)
+            self.bar = tqdm(total=self.epochs * len(self.paths), initial=self._done(), unit="epoch",
+                            desc="final distillation", dynamic_ncols=True)
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            self.bar.update(self._done() - self.bar.n)
+            self.bar.close()
+
+
 def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, seed: int,
-                   workers: int = 1) -> dict[str, tuple]:
+                   workers: int = 1, progress: bool = False) -> dict[str, tuple]:
     """``{name: (module, row)}`` of :func:`final_distill` for each job, in order. With
     ``workers`` > 1 the jobs train side by side in a spawned process pool
     (:class:`~n2n_gym.evaluation.backends.ProcessBackend`, each worker on this process's torch
-    threads split between them): on 2 cores a run's three final students take two
+    threads split between them): on 2 cores a run's three final students side by side take 1.5
     distillations' time instead of three. Each job's checkpoint makes it resumable either way;
     the weights may differ from a one-process run in the last bits (CPU kernels reduce in a
     thread-count-dependent order). A failure of one job is raised after the others finish
-    (their checkpoints kept)."""
+    (their checkpoints kept). ``progress``: a bar of the epochs done, with an ETA, read from
+    the jobs' checkpoints (none without them)."""
     names = [job[0] for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"final_students: job names must be distinct, got {names}")
     args = [(arch, epochs, lr, seed, init, None if ckpt is None else str(ckpt)) for _, arch, init, ckpt in jobs]
     workers = min(int(workers), len(jobs))
-    if workers <= 1:
-        return {name: final_distill(evaluator, *a) for name, a in zip(names, args)}
-    from n2n_gym.evaluation.backends import ProcessBackend  # (torch-heavy pool machinery, only when asked)
+    with _EpochProgress([a[-1] for a in args], epochs, progress):
+        if workers <= 1:
+            return {name: final_distill(evaluator, *a) for name, a in zip(names, args)}
+        from n2n_gym.evaluation.backends import ProcessBackend  # (torch-heavy pool machinery, only when asked)
 
-    with ProcessBackend(evaluator, workers=workers) as pool:
-        futures = [pool.call(final_distill, *a) for a in args]
-        concurrent.futures.wait(futures)
-        return {name: f.result() for name, f in zip(names, futures)}
+        with ProcessBackend(evaluator, workers=workers) as pool:
+            futures = [pool.call(final_distill, *a) for a in args]
+            concurrent.futures.wait(futures)
+            return {name: f.result() for name, f in zip(names, futures)}
 
 
 def alternatives(evaluator, start: Architecture, target_params: int, epochs: int, lr: float, seed: int,
@@ -144,17 +197,24 @@ def throughput(evaluator, batches: int = 3, batch_size: int = 64) -> dict[str, f
 
 def estimate_seconds(rates: dict[str, float], protocol: Protocol, evaluations: int, train_split: int,
                      val_split: int, test_split: int, final_epochs: int, final_students: int,
-                     workers: int = 1, final_workers: int = 1) -> dict[str, float]:
-    """Upper bounds (students timed as the teacher) of a compress run's parts in seconds:
-    ``search`` (``evaluations`` students under ``protocol``, ``workers`` at a time) and ``final``
-    (``final_students`` final distillations of ``final_epochs`` epochs, each scored on the whole
-    splits; ``final_workers`` at a time). A protocol's batch-norm recalibration counts as forward
-    passes (inference rate)."""
+                     workers: int = 1, final_workers: int = 1, cores: int | None = None) -> dict[str, float]:
+    """Upper bounds (students timed as the teacher, on one thread) of a compress run's parts in
+    seconds: ``search`` (``evaluations`` students under ``protocol``, ``workers`` at a time) and
+    ``final`` (``final_students`` final distillations of ``final_epochs`` epochs, each scored on
+    the whole splits; ``final_workers`` at a time). Processes beyond ``cores`` (default: this
+    machine's) share them: three final students at a time on 2 cores take 1.5 distillations'
+    time, two at a time and then one take 2. A protocol's batch-norm recalibration counts as
+    forward passes (inference rate)."""
+    cores = max(1, int(cores or os.cpu_count() or 1))
     train = min(protocol.train_images or train_split, train_split) * protocol.epochs
     scored = min(protocol.val_images or val_split, val_split) + min(protocol.test_images or test_split, test_split)
     scored += min(protocol.bn_recalibration, train_split)
     per_student = train / rates["augmented" if protocol.augment else "reused_logits"] + scored / rates["inference"]
     per_final = final_epochs * train_split / rates["augmented"] + (val_split + test_split) / rates["inference"]
-    rounds = math.ceil(final_students / max(1, final_workers))  # the final students side by side
-    return {"search": evaluations * per_student / max(1, workers), "final": rounds * per_final,
+    final, left = 0.0, final_students
+    while left > 0:  # rounds of the final students side by side, each as slow as the cores are shared
+        at_once = min(max(1, final_workers), left)
+        final += per_final * max(1.0, at_once / cores)
+        left -= at_once
+    return {"search": evaluations * per_student / min(max(1, workers), cores), "final": final,
             "per_student": per_student, "per_final_student": per_final}

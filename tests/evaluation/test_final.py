@@ -83,23 +83,44 @@ def test_the_duration_estimate_counts_the_protocols_images(digits_teacher, digit
     rates = throughput(Evaluator(digits_teacher, digits_data))
     assert set(rates) == {"augmented", "reused_logits", "inference"} and all(v > 0 for v in rates.values())
     flat = {"augmented": 100.0, "reused_logits": 200.0, "inference": 1000.0}
-    est = estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3)
+    est = estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, cores=8)
     assert est["per_student"] == pytest.approx(2 * 1024 / 200 + 2000 / 1000)
     assert est["search"] == pytest.approx(10 * est["per_student"])
-    assert est["final"] == pytest.approx(3 * (2 * 45000 / 100 + 15000 / 1000))
-    # three final students two at a time: two rounds; three workers: one
-    two = estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, final_workers=2)
-    assert two["final"] == pytest.approx(2 * est["per_final_student"])
-    assert estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, final_workers=3)["final"] == \
-        pytest.approx(est["per_final_student"])
+    per_final = 2 * 45000 / 100 + 15000 / 1000
+    assert est["per_final_student"] == pytest.approx(per_final) and est["final"] == pytest.approx(3 * per_final)
+
+    def final(workers: int, cores: int) -> float:
+        return estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, final_workers=workers,
+                                cores=cores)["final"] / per_final
+
+    # three final students on 8 cores: two at a time take two rounds, three at a time one; on 2 cores
+    # three processes share them (1.5 distillations' time), two then one take 2; on 1 core always 3
+    assert (final(2, 8), final(3, 8), final(3, 2), final(2, 2), final(3, 1)) == pytest.approx((2, 1, 1.5, 2, 3))
     # ResNet-20 v1's protocol recalibrates batch norm on 2,048 images: forward passes that count too;
-    # two search workers halve the search, not the final distillation
-    est = estimate_seconds(flat, PROTOCOLS["resnet20-v1"], 10, 45000, 5000, 10000, 2, 3, workers=2)
+    # two search workers halve the search (on two cores or more), not the final distillation
+    est = estimate_seconds(flat, PROTOCOLS["resnet20-v1"], 10, 45000, 5000, 10000, 2, 3, workers=2, cores=2)
     assert est["per_student"] == pytest.approx(2 * 1024 / 200 + (2000 + 2048) / 1000)
     assert est["search"] == pytest.approx(10 * est["per_student"] / 2)
-    assert est["final"] == pytest.approx(3 * (2 * 45000 / 100 + 15000 / 1000))
-    # three final students two at a time: two rounds; three workers: one
-    two = estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, final_workers=2)
-    assert two["final"] == pytest.approx(2 * est["per_final_student"])
-    assert estimate_seconds(flat, PROTOCOLS["fast"], 10, 45000, 5000, 10000, 2, 3, final_workers=3)["final"] == \
-        pytest.approx(est["per_final_student"])
+    assert est["final"] == pytest.approx(3 * per_final)
+    assert estimate_seconds(flat, PROTOCOLS["resnet20-v1"], 10, 45000, 5000, 10000, 2, 3, workers=2,
+                            cores=1)["search"] == pytest.approx(10 * est["per_student"])
+
+
+def test_final_students_show_the_epochs_done_from_their_checkpoints(digits_teacher, digits_data, tmp_path, capsys):
+    """The final distillation runs for an hour or more on CIFAR-10: a bar of epochs with an ETA,
+    read from the checkpoints (the workers are other processes); a resumed run starts at its
+    checkpoints' epochs. Without progress, or without checkpoints, nothing is printed."""
+    from n2n_gym.evaluation.evaluator import Evaluator
+
+    ev = Evaluator(digits_teacher, digits_data)
+    arch, _ = uniform_width_student(digits_teacher.architecture, digits_teacher.architecture.params // 3)
+    jobs = [("a", arch, "inherit", tmp_path / "a.ckpt")]
+    final_students(ev, jobs, 2, 1e-3, 0, progress=True)
+    err = capsys.readouterr().err
+    assert "final distillation" in err and "2/2" in err and "0/2" in err
+    final_students(ev, jobs, 2, 1e-3, 0, progress=True)  # resumed: both epochs are in the checkpoint
+    err = capsys.readouterr().err
+    assert "2/2" in err and "0/2" not in err
+    final_students(ev, jobs, 2, 1e-3, 0, progress=False)
+    final_students(ev, [("b", arch, "inherit", None)], 1, 1e-3, 0, progress=True)
+    assert "final distillation" not in capsys.readouterr().err
