@@ -595,9 +595,13 @@ def compress_resnet20() -> str:
         rows.append([name, f"{row['params']:,}", f"{t['params'] / row['params']:.1f}x", f"{t['flops'] / row['flops']:.1f}x",
                      pct(row["val_accuracy"], 1), pct(row["test_accuracy"], 1),
                      f"{100 * (row['test_accuracy'] - t['test_accuracy']):+.1f}"])
+    sec = r.get("seconds") or {}
+    took = (f" (search {sec['search'] / 60:.0f} min, final distillation {sec['final_distillation'] / 60:.0f} min, "
+            f"whole run {sec['total_this_invocation'] / 60:.0f} min on 2 CPU cores)"
+            if {"search", "final_distillation", "total_this_invocation"} <= set(sec) else "")
     out = [f"`{r['env_id']}`, search `{r['agent']}` ({r['students']} students, constraints "
            f"`{json.dumps((r['args'].get('env_kwargs') or {}).get('constraints'))}`), then {r['final_epochs']} epochs of "
-           f"final distillation for each student:\n",
+           f"final distillation for each student{took}:\n",
            table(["student", "params", "compression", "FLOPs ratio", "val acc", "test acc", "test vs teacher, pts"],
                  rows, "lrrrrrr")]
     lat = r.get("latency") or {}
@@ -613,7 +617,29 @@ def compress_resnet20() -> str:
                 f"median of {lat['rounds']} paired rounds, load average {lat['loadavg'][0]:.1f}):\n",
                 table(["runtime", "batch", "teacher ms", "student ms", "speed-up", "inference peak MiB (t / s)",
                        "file MiB (t / s)"], lrows, "lrrrrrr")]
+    out.append("\n" + compress_verdict(r))
     return "\n".join(out) + "\n"
+
+
+def compress_verdict(r: dict) -> str:
+    """The issue's targets read off the report: >= 3x within 1 point of the teacher's test
+    accuracy, a batch-1 speed-up, and the searched student against the same-size alternatives
+    (one seed each: no interval)."""
+    t, f = r["teacher"], r["final"]
+    size, drop = t["params"] / f["params"], 100 * (f["test_accuracy"] - t["test_accuracy"])
+    met = size >= 3 and drop >= -1
+    text = (f"The searched student is {size:.1f}x smaller at {drop:+.1f} points of test accuracy: it "
+            + ("meets" if met else "misses") + " the target of >= 3x within 1 point of the teacher. ")
+    names = {"magnitude": "uniform L1 magnitude pruning", "thin": "the hand-designed thin network"}
+    for name, alt in r.get("alternatives", {}).items():
+        gap = 100 * (f["test_accuracy"] - alt["test_accuracy"])
+        text += (f"Against {names.get(name, name)} at {alt['params']:,} params after the same distillation it is "
+                 f"{'ahead' if gap > 0 else 'behind' if gap < 0 else 'level'} by {abs(gap):.1f} points. ")
+    lat = r.get("latency") or {}
+    ups = [f"{d['speedup']['1']:.2f}x in {rt}" for rt, d in (lat.get("runtimes") or {}).items() if "1" in d["speedup"]]
+    if ups:
+        text += f"At batch 1 it runs {' and '.join(ups)}. "
+    return text + "One seed per student: the gaps carry no interval."
 
 
 def _shift(r: dict) -> str:

@@ -90,6 +90,11 @@ def cmd_compress(ns: argparse.Namespace) -> int:
                           **settings)
     except CompressError as exc:
         raise SystemExit(f"n2n-gym compress{' ' + exc.flag if exc.flag else ''}: {exc}") from None
+    except KeyboardInterrupt:  # what is done is on disk (history, cache, checkpoints): say how to go on
+        where = f" {out}" if out else ""
+        print(f"\ninterrupted; `n2n-gym compress --resume{where}` continues the run where it stopped",
+              file=sys.stderr)
+        return 130
     if "final" not in report:  # no valid student (said on stderr)
         return 1
     run_dir = pathlib.Path(report["run_dir"])
@@ -327,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--final-workers", type=int, default=None, metavar="N",
                     help="processes that train the final students (the best and the --compare ones) side by side, "
                          "one torch thread each (default: one per student, all at once: on 2 cores three take 1.5 "
-                         "distillations' time, two then one take 2)")
+                         "distillations' time, two then one take 2; one for a short distillation such as digits', "
+                         "where starting a worker costs more)")
     co.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY",
                     help="compress your own network: a function or class returning the trained nn.Module, "
                          "with literal keyword arguments if any (e.g. 'torchvision.models:resnet18(num_classes=10)'; "
@@ -433,9 +439,9 @@ def _main(argv: list[str]) -> int:
         fields = {f.name for f in dataclasses.fields(Args)}
         if _registered(ns.env_id):  # (an unknown id: compress() says it in one line, with the closest ids)
             args_or_exit(parser, Args, {k: v for k, v in vars(ns).items() if k in fields})
-        for name in ("final_epochs", "latency_rounds"):
-            if getattr(ns, name) is not None and getattr(ns, name) < 0:  # None: the env's default
-                parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(ns, name)}")
+        for name, least in (("final_epochs", 1), ("latency_rounds", 0)):
+            if getattr(ns, name) is not None and getattr(ns, name) < least:  # None: the env's default
+                parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(ns, name)}")
         if ns.final_workers is not None and ns.final_workers < 1:
             parser.error(f"--final-workers must be >= 1, got {ns.final_workers}")
         if not (math.isfinite(ns.final_lr) and ns.final_lr > 0):

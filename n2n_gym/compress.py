@@ -38,6 +38,7 @@ teacher's architecture timed on this machine, ``n2n_gym.evaluation.final.through
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -68,7 +69,7 @@ from n2n_gym.evaluation.final import (
     throughput,
 )
 from n2n_gym.evaluation.protocols import get_protocol
-from n2n_gym.evaluation.reward import n2n_reward
+from n2n_gym.evaluation.reward import n2n_reward, parse_constraints
 from n2n_gym.ir.arch import FLOP_CONVENTION, Architecture
 from n2n_gym.ir.students import export_student, save_student
 from n2n_gym.utils.files import (
@@ -174,7 +175,7 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
       alternatives (``magnitude``, ``thin``; ``()`` for none); ``export``: torch.export and ONNX
       files; ``latency_rounds``: paired rounds of the latency measurement (0 skips it);
       ``final_workers``: processes that train the final students side by side (default: one
-      per student, all at once, :func:`default_final_workers`).
+      per student, all at once, or one for a short final distillation: :func:`default_final_workers`).
     - ``progress``: progress bars; ``log``: where the run's messages go (default: stderr).
 
     The report holds the teacher, the search's best student, the final student and the
@@ -187,6 +188,9 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
     env_id = canonical_env_id(env_id)  # "n2n_gym:<id>" is the id itself (its defaults, config.json)
     if resume:
         run_dir = _resume_dir(out)
+        if not run_dir.is_dir():  # (not made by _check_writable: nothing to resume is no folder)
+            raise CompressError(f"{run_dir} does not exist; nothing to resume (a new run: --out without --resume)",
+                                "--resume")
         _check_is_run(run_dir)  # before anything is written into it
     else:
         if final_epochs is None:
@@ -239,9 +243,9 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
         raise ValueError("the n2n agent's settings are its own options (--updates, --rollouts, ...), not hparams")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ValueError(f"budget must be an integer >= 1 (student evaluations), got {budget!r}")
-    for name, value in (("final_epochs", final_epochs), ("latency_rounds", latency_rounds)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    for name, value, least in (("final_epochs", final_epochs, 1), ("latency_rounds", latency_rounds, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if final_workers is not None and (isinstance(final_workers, bool) or not isinstance(final_workers, int)
                                       or final_workers < 1):
         raise ValueError(f"final_workers must be an integer >= 1 (processes), got {final_workers!r}")
@@ -410,14 +414,24 @@ def search_budget(config: dict, args: Args) -> int:
     return int(config.get("budget") or sum(args.update_list()) * args.rollouts)
 
 
-def default_final_workers(students: int) -> int:
-    """Processes for ``students`` final distillations: one each, all side by side. On 2 cores
-    three take 1.5 distillations' time instead of 2 for two-then-one (the second round
-    leaves a core idle): measured 3.2 min per ResNet-20 epoch each, three at a time."""
+#: below this many training images per final student (epochs x training split) the students
+#: train one after another: a worker process takes ~10 s to start (data and teacher), more
+#: than a digits distillation takes (a break-it pass: 3 x 12 digits epochs took 20 s side by
+#: side, 3 x 30 took 12 s in one process)
+SIDE_BY_SIDE_IMAGES = 200_000
+
+
+def default_final_workers(students: int, train_images: int | None = None) -> int:
+    """Processes for ``students`` final distillations of ``train_images`` training images each:
+    one per student, all side by side (on 2 cores three take 1.5 distillations' time instead of
+    2 for two-then-one, which leaves a core idle), or one for short ones
+    (:data:`SIDE_BY_SIDE_IMAGES`)."""
+    if train_images is not None and train_images < SIDE_BY_SIDE_IMAGES:
+        return 1
     return max(1, students)
 
 
-def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, final_workers: int,
+def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, final_workers: int | None,
                     log) -> None:
     """The run's duration, estimated before it starts from a timing of the teacher's
     architecture now (``n2n_gym.evaluation.final.throughput``): an upper bound, as students are smaller."""
@@ -427,14 +441,16 @@ def _print_estimate(args: Args, students: int, final_epochs: int, final_students
     env.close()
     data = ev.data
     workers = int(args.env_kwargs.get("workers", 1)) if args.env_kwargs.get("backend", "inline") != "inline" else 1
+    final_workers = final_workers or default_final_workers(final_students, final_epochs * len(data.train_idx))
     est = estimate_seconds(rates, get_protocol(args.protocol), students, len(data.train_idx), len(data.val_idx),
                            len(data.y_test), final_epochs, final_students, workers=workers, final_workers=final_workers)
     total = est["search"] + est["final"]
-    log(f"estimated duration (upper bound, students timed as the teacher at {rates['augmented']:.0f} / "
-        f"{rates['reused_logits']:.0f} img/s now): {_duration(total)} = search {_duration(est['search'])} "
-        f"({students} students, cache hits free) + final distillation "
+    # training only: starting processes, exports and the latency measurement (tens of seconds) are not in it
+    log(f"estimated training time (students timed as the teacher at {rates['augmented']:.0f} / "
+        f"{rates['reused_logits']:.0f} img/s now, so an upper bound on a long run): {_duration(total)} = search "
+        f"{_duration(est['search'])} ({students} students, cache hits free) + final distillation "
         f"{_duration(est['final'])} ({final_students} student(s) x {final_epochs} epochs, "
-        f"{min(final_workers, final_students)} at a time)")
+        f"{min(final_workers, final_students)} at a time); exports and latency come after")
 
 
 def _duration(seconds: float) -> str:
@@ -480,7 +496,7 @@ def _search_n2n(args: Args, run_dir: pathlib.Path, resuming: bool, progress: boo
     search = N2N(args, on_student=on_student, on_update=on_update)
     if state:
         search.load_state_dict(state, history=kept)
-    estimate(search.total_evaluations - len(kept))
+    estimate(max(search.total_evaluations - len(kept), 0))
     bar = tqdm(total=search.total_evaluations, initial=len(kept), unit="student", desc="n2n-gym compress",
                disable=not progress, dynamic_ncols=True)
     if search.best:
@@ -537,8 +553,9 @@ def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, f
     before = len(read_history(history_path))  # students of a killed search: in the cache, replayed free
     atomic_write_text(history_path, "")
     history_file = open(history_path, "a")
-    bar = tqdm(total=budget, unit="student", desc=f"n2n-gym compress ({agent})", disable=not progress,
+    bar = tqdm(total=budget, unit="evaluation", desc=f"n2n-gym compress ({agent})", disable=not progress,
                dynamic_ncols=True)
+    len_history = [0]
 
     def on_student(info: dict) -> None:
         record = json_safe({"evaluation": tracker.evaluations - 1, "stage_index": 0,
@@ -549,8 +566,10 @@ def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, f
         except OSError as exc:
             raise OSError(exc.errno, f"cannot append to {history_path}: {exc.strerror}; free disk space, then "
                                      f"n2n-gym compress --resume {run_dir}") from exc
-        bar.update(1)
-        bar.set_postfix_str(f"best reward {tracker.best['reward']:.4f}")
+        # the bar counts what the budget counts (a cached or invalid student is free)
+        bar.update(min(tracker.evaluations, budget) - bar.n)
+        bar.set_postfix_str(f"{len_history[0] + 1} students seen, best reward {tracker.best['reward']:.4f}")
+        len_history[0] += 1
 
     tracker = SearchTracker(budget, on_student)
     user_kwargs = dict(config.get("env_kwargs") or {})
@@ -567,6 +586,8 @@ def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, f
             history_file.close()
             for leftover in [history_path, run_dir / "config.json", *run_dir.glob("cache.sqlite*")]:
                 leftover.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the folder too, when this run made it (empty now)
+                run_dir.rmdir()
         raise
     finally:
         bar.close()
@@ -577,6 +598,17 @@ def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, f
                          extra=out.get("extra"))
     atomic_write_text(record_path, json.dumps(record) + "\n")
     return _best_of(read_history(history_path))
+
+
+def _finished_report(run_dir: pathlib.Path) -> dict | None:
+    """The report of a run that finished (report.json with its final student), else None."""
+    try:
+        report = json.loads((run_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or not ("final" in report or "best" in report):
+        return None
+    return {**report, "run_dir": str(run_dir)}  # where it is now (the folder may have moved)
 
 
 def _best_of(history: list[dict]) -> dict | None:
@@ -590,13 +622,18 @@ def _best_of(history: list[dict]) -> dict | None:
 
 # ---------------------------------------------------------------------------- the run
 def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, log, t_start: float) -> dict:
+    done = _finished_report(run_dir) if resuming else None
+    if done is not None:
+        log(f"{run_dir} is complete (its report.json); nothing to redo (delete report.json to redo the final "
+            "distillation's scoring, exports and report from the checkpoints)")
+        return done
     agent = config.get("agent", DEFAULT_AGENT)
     args = _search_args(config, progress)
     final_epochs, export = int(config.get("final_epochs", DEFAULT_FINAL_EPOCHS)), bool(config.get("export", True))
     final_lr = float(config.get("final_lr", 1e-3))
     compare = tuple(c for c in str(config.get("compare", "magnitude,thin")).split(",") if c)
     # how many processes is this machine's business, not the run's: a resumed run recomputes it
-    final_workers = int(config.get("final_workers") or default_final_workers(1 + len(compare)))
+    final_workers = config.get("final_workers")  # None: by the final distillation's size, when the data is known
 
     def estimate(students: int) -> None:
         _print_estimate(args, students, final_epochs, 1 + len(compare), final_workers, log)
@@ -624,7 +661,7 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
 
 
 def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Path, best: dict, history: list[dict],
-            final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], final_workers: int,
+            final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], final_workers: int | None,
             search_seconds: float, log, t_start: float) -> dict:
     arch = Architecture.from_json(best["architecture"])
     teacher = unwrapped.teacher
@@ -637,13 +674,16 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
             jobs += alt_jobs
         except ValueError as exc:  # a student smaller than any uniform one: said, not fatal
             log(f"alternatives not trained: {exc}")
-    workers = min(final_workers, len(jobs))
+    images = final_epochs * len(unwrapped.evaluator.data.train_idx)
+    workers = min(final_workers or default_final_workers(len(jobs), images), len(jobs))
     log(f"final distillation ({final_epochs} epochs over the training split) of the best student"
         + (f" and, at its size, {', '.join(j[0] for j in jobs[1:])}" if len(jobs) > 1 else "")
         + (f", {workers} at a time in worker processes" if workers > 1 else "") + " ...")
+    t_final = time.perf_counter()
     trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers, args.progress)
+    final_seconds = time.perf_counter() - t_final  # wall time of all of them (a row's seconds: that student's)
     module, row = trained.pop("final")
-    val_acc, test_acc, final_seconds = row["val_accuracy"], row["test_accuracy"], row["seconds"]
+    val_acc, test_acc = row["val_accuracy"], row["test_accuracy"]
     reward = n2n_reward(student_params=arch.params, teacher_params=teacher.params, student_accuracy=val_acc,
                         teacher_accuracy=teacher.val_accuracy).value
     data = unwrapped.evaluator.data
@@ -657,7 +697,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         search_row["measured_val_accuracy"] = best.get("measured_accuracy")
     final_row = {"val_accuracy": val_acc, "test_accuracy": test_acc, "params": arch.params, "flops": arch.flops,
                  "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
-                 "seconds": final_seconds}
+                 "seconds": row["seconds"]}
     others = {}
     for name, (_, r) in trained.items():
         others[name] = {**r, "width_ratio": ratio, "architecture": jobs[1][1].to_dict(),
@@ -685,11 +725,13 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         f"used{estimates}. Final rows: after the final distillation ({final_epochs} epochs over the whole training "
         f"split), on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
         f"FLOPs: {FLOP_CONVENTION}.")
+    constraints = _constraint_checks(args.env_kwargs.get("constraints"), {"best student": final_row, **others})
     total_seconds = time.perf_counter() - t_start
     report = {
         "env_id": args.env_id, "run_dir": str(run_dir), "agent": agent, "args": dataclasses.asdict(args),
         "final_epochs": final_epochs, "teacher": teacher_row, "search_best": search_row, "final": final_row,
         "alternatives": {k: {f: v for f, v in r.items() if f != "architecture"} for k, r in others.items()},
+        "constraints": constraints,
         "students": len(history),
         "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
         "student_architecture": arch.to_dict(), "exports": exports, "latency": latency, "plots": plots,
@@ -702,7 +744,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         report["search"] = {"agent": agent, "hparams": record["hparams"], "budget": record["budget"],
                             "record": str(run_dir / "search.jsonl")}
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
-    text = (f"{table}\n\n{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
+    text = (f"{table}\n\n{_constraints_text(constraints)}{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
             f"{len(history)}; {report['distinct_students']} distinct students; "
             f"{total_seconds:.0f} s (search {search_seconds:.0f} s, final distillation {final_seconds:.0f} s, "
             f"export and latency {export_seconds:.0f} s)\n\n{_latency_text(latency)}{arch.table()}\n")
@@ -711,6 +753,26 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
 
 
 # ---------------------------------------------------------------------------- report parts
+def _constraint_checks(spec, rows: dict[str, dict]) -> list[dict]:
+    """The search's constraints checked on the final students (their whole-split validation
+    accuracy, params, FLOPs): ``[{"constraint", "satisfied": {student: bool}}]``; [] without."""
+    checks = []
+    for c in parse_constraints(spec):
+        props = {name: {"params": r["params"], "flops": r["flops"], "accuracy": r["val_accuracy"]}
+                 for name, r in rows.items()}
+        checks.append({"constraint": c.name, "satisfied": {name: c.satisfied(p) for name, p in props.items()}})
+    return checks
+
+
+def _constraints_text(checks: list[dict]) -> str:
+    if not checks:
+        return ""
+    lines = [f"{c['constraint']}: " + ", ".join(f"{name} {'satisfies it' if ok else 'VIOLATES it'}"
+                                                 for name, ok in c["satisfied"].items()) for c in checks]
+    return ("Constraints of the search, checked on the final students (whole validation split):\n  "
+            + "\n  ".join(lines) + "\n\n")
+
+
 def _latency(run_dir: pathlib.Path, teacher, arch, exports: dict, rounds: int) -> dict | None:
     """Teacher against student through the exported files (``n2n_gym.evaluation.deploy.compare``), or
     ``None`` when skipped; a runtime that fails is reported, never fatal to the run."""

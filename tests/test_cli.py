@@ -98,8 +98,8 @@ def test_compress_end_to_end(full_run):
     assert alt["magnitude"]["params"] == alt["thin"]["params"] <= report["final"]["params"]
     assert (alt["magnitude"]["init"], alt["thin"]["init"], alt["thin"]["epochs"]) == ("inherit", "random", 1)
     assert "uniform L1 magnitude pruning, same size" in out.stdout
-    assert "estimated duration (upper bound" in out.stderr  # said before the search starts
-    assert out.stderr.index("estimated duration") < out.stderr.index("final distillation (")
+    assert "estimated training time (students timed as the teacher" in out.stderr  # said before the search starts
+    assert out.stderr.index("estimated training time") < out.stderr.index("final distillation (")
     assert "teacher" in out.stdout and "final distillation" in out.stdout and "LOW FIDELITY" in out.stdout
     best = max(history, key=lambda r: (r["reward"], -r["params"]))
     assert report["search_best"]["reward"] == pytest.approx(best["reward"])
@@ -183,6 +183,7 @@ def test_episode_command_labels_a_calibrated_estimate(capsys):
     assert main(["episode", "--env", "N2N-DigitsNet-Digits-v2", "--episodes", "1", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "estimated val acc" in out and "estimated test acc" in out and "measured val acc" in out
+    assert "student: reward" in out and ", val acc" not in out  # the rendered summary says it too
 
 
 def test_help(capsys):
@@ -237,6 +238,7 @@ def test_compress_resume_never_unpickles_code_from_the_run_folder(full_run, tmp_
     run, _ = full_run
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
+    (copy / "report.json").unlink()  # not finished: the resume reads the search state
 
     class Evil:
         def __reduce__(self):
@@ -300,11 +302,62 @@ def test_compress_agent_resume_does_not_redo_a_finished_search(random_run, tmp_p
     before = (run / "history.jsonl").read_text()
     assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "the search is done" in err and "not redone" in err and "estimated duration" not in err
+    assert "the search is done" in err and "not redone" in err and "estimated training time" not in err
     assert (run / "history.jsonl").read_text() == before
     report, reference = (json.loads((r / "report.json").read_text()) for r in (run, random_run))
     assert report["search_best"] == reference["search_best"]
     assert report["final"]["params"] == reference["final"]["params"] and (run / "student.pt").is_file()
+
+
+def test_compress_resume_of_a_finished_run_redoes_nothing(random_run, tmp_path, capsys):
+    """Resuming a complete run says so and prints its report (a break-it pass: it re-ran the
+    final students' scoring, the exports and the latency measurement)."""
+    from n2n_gym.cli import main
+
+    run = tmp_path / "moved"
+    shutil.copytree(random_run, run)
+    files = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "is complete" in captured.err and "best student, final distillation" in captured.out
+    assert f"run folder: {run}" in captured.out  # where it is now, not where it was made
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == files
+
+
+def test_compress_reports_the_constraints_on_the_final_students(cache_dir, tmp_path, capsys):
+    """A constrained search's report says whether each final student meets the constraints (a
+    break-it pass: a student below min_accuracy was reported with no word of it)."""
+    from n2n_gym.cli import main
+
+    kwargs = json.dumps({**json.loads(ENV_KWARGS), "constraints": {"min_accuracy": 0.99, "max_params": 10**9},
+                         "penalty": "violation"})
+    run = tmp_path / "constrained"
+    argv = [a if a != ENV_KWARGS else kwargs for a in AGENT_RUN]
+    assert main(["compress", "--agent", "random", "--budget", "2", *argv, "--out", str(run)]) == 0
+    report = json.loads((run / "report.json").read_text())
+    checks = {c["constraint"]: c["satisfied"] for c in report["constraints"]}
+    assert checks == {"params <= 1,000,000,000": {"best student": True}, "accuracy >= 0.99": {"best student": False}}
+    text = (run / "report.txt").read_text()
+    assert "accuracy >= 0.99: best student VIOLATES it" in text and "best student satisfies it" in text
+
+
+def test_compress_interrupted_says_how_to_resume(cache_dir, tmp_path):
+    """Ctrl-C (SIGINT) in the search: one line naming the resume command, exit 130, no traceback
+    (a break-it pass saw ~60 lines of KeyboardInterrupt)."""
+    import signal
+    import time
+
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen(_cli("compress", "--agent", "random", "--budget", "200", *AGENT_RUN, "--out", str(run)),
+                            env=_env(cache_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + TIMEOUT
+    while not ((run / "history.jsonl").is_file() and (run / "history.jsonl").read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"n2n-gym compress --resume {run}` continues" in err and "Traceback" not in err
 
 
 def test_compress_agent_resume_after_a_kill_in_the_search(random_run, tmp_path, capsys):
@@ -323,7 +376,7 @@ def test_compress_agent_resume_after_a_kill_in_the_search(random_run, tmp_path, 
     assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "the 2 students evaluated before come from its cache" in err
-    assert "estimated duration" in err and "(2 students, cache hits free)" in err
+    assert "estimated training time" in err and "(2 students, cache hits free)" in err
     history = _history(run)
     assert _strip(history) == _strip(_history(random_run)), "a resumed search differs from the uninterrupted one"
     assert all(r["cached"] for r in history)  # the run's cache held every one: none was trained again
@@ -340,20 +393,23 @@ def test_compress_agent_settings_are_checked_before_a_run_folder(tmp_path, capsy
     for argv, message in ((["--agent", "nope"], "unknown agent 'nope'"),
                           (["--agent", "random", "--budget", "0"], "argument --budget: must be >= 1"),
                           (["--hparams", '{"population": 4}'], "--hparams is for an --agent other than n2n"),
-                          (["--final-workers", "0"], "--final-workers must be >= 1, got 0")):
+                          (["--final-workers", "0"], "--final-workers must be >= 1, got 0"),
+                          (["--final-epochs", "0"], "--final-epochs must be >= 1, got 0")):
         with pytest.raises(SystemExit) as exc:
             cli.main(["compress", *argv, "--out", str(run)])
         assert exc.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="nowhere does not exist; nothing to resume"):  # and no folder is made
+        cli.main(["compress", "--resume", str(tmp_path / "nowhere")])
     for kwargs, error in (({"budget": 0}, ValueError), ({"agent": "nope"}, ValueError), ({"updatez": "1"}, TypeError),
                           ({"compare": ("magnitude", "wide")}, ValueError), ({"final_workers": 0}, ValueError),
-                          ({"final_workers": 1.5}, ValueError)):
+                          ({"final_workers": 1.5}, ValueError), ({"final_epochs": 0}, ValueError)):
         with pytest.raises(error):
             compress(out=run, **kwargs)
     assert not run.exists()
     # an agent that refuses its hparams does so before its first student: no run is left behind
     assert cli.main(["compress", "--agent", "random", "--hparams", '{"foo": 1}', *AGENT_RUN, "--out", str(run)]) == 2
     assert "random search has no hyperparameters" in capsys.readouterr().err
-    assert not (run / "config.json").exists() and not (run / "history.jsonl").exists()
+    assert not run.exists() and not (tmp_path / "nowhere").exists()  # not even an empty folder
 
 
 def test_compress_budget_sets_the_n2n_updates():

@@ -560,7 +560,10 @@ class N2NEnv(gym.Env):
         out.append(lines[-1] + f"  | stage {self.stage}, layer {min(self._t, self.num_layers)}/{self.num_layers}")
         if self._last_info and self._t >= self.num_layers:
             i = self._last_info
-            out.append(f"student: reward {i['reward']:.4f}, val acc {i['accuracy']:.4f}, "
+            estimated = i["valid"] and abs(i["measured_accuracy"] - i["accuracy"]) > 1e-9  # a calibrated protocol
+            acc = (f"estimated val acc {i['accuracy']:.4f} (measured {i['measured_accuracy']:.4f})" if estimated
+                   else f"val acc {i['accuracy']:.4f}")
+            out.append(f"student: reward {i['reward']:.4f}, {acc}, "
                        f"{i['params']:,} params ({i['compression']:.2f}x), valid={i['valid']} {i['reason']}")
         return "\n".join(out)
 

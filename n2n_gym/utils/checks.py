@@ -100,7 +100,8 @@ def json_object(text: str) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg} at character {exc.pos}): {text!r}; "
-                                         f"write a JSON object such as '{{\"protocol\": \"tiny\"}}'") from None
+                                         "write a JSON object: keys and strings in double quotes, the whole in "
+                                         "single quotes for the shell, e.g. '{\"key\": \"value\", \"n\": 4}'") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object ({{...}}), got {text!r}")
     return value
