@@ -635,6 +635,14 @@ def compress_verdict(r: dict) -> str:
         gap = 100 * (f["test_accuracy"] - alt["test_accuracy"])
         text += (f"Against {names.get(name, name)} at {alt['params']:,} params after the same distillation it is "
                  f"{'ahead' if gap > 0 else 'behind' if gap < 0 else 'level'} by {abs(gap):.1f} points. ")
+    from n2n_gym.evaluation.reward import parse_constraints
+
+    finals = {"the searched student": f, **{names.get(k, k): a for k, a in r.get("alternatives", {}).items()}}
+    for c in parse_constraints((r["args"].get("env_kwargs") or {}).get("constraints")):
+        ok = [n for n, row in finals.items()
+              if c.satisfied({"params": row["params"], "flops": row["flops"], "accuracy": row["val_accuracy"]})]
+        text += (f"The search's constraint `{c.name}` holds after the final distillation (whole validation split) "
+                 f"for {', '.join(ok) if ok else 'none of them'}. ")
     lat = r.get("latency") or {}
     ups = [f"{d['speedup']['1']:.2f}x in {rt}" for rt, d in (lat.get("runtimes") or {}).items() if "1" in d["speedup"]]
     if ups:
