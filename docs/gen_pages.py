@@ -596,9 +596,10 @@ def compress_resnet20() -> str:
                      pct(row["val_accuracy"], 1), pct(row["test_accuracy"], 1),
                      f"{100 * (row['test_accuracy'] - t['test_accuracy']):+.1f}"])
     sec = r.get("seconds") or {}
+    total = sec.get("total", sec.get("total_this_invocation"))  # reports before timings.json: one invocation
     took = (f" (search {sec['search'] / 60:.0f} min, final distillation {sec['final_distillation'] / 60:.0f} min, "
-            f"whole run {sec['total_this_invocation'] / 60:.0f} min on 2 CPU cores)"
-            if {"search", "final_distillation", "total_this_invocation"} <= set(sec) else "")
+            f"whole run {total / 60:.0f} min on 2 CPU cores)"
+            if {"search", "final_distillation"} <= set(sec) and total is not None else "")
     out = [f"`{r['env_id']}`, search `{r['agent']}` ({r['students']} students, constraints "
            f"`{json.dumps((r['args'].get('env_kwargs') or {}).get('constraints'))}`), then {r['final_epochs']} epochs of "
            f"final distillation for each student{took}:\n",

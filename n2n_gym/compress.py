@@ -31,6 +31,7 @@ Run folder::
     final.ckpt       the final distillation's checkpoint after each epoch (resume continues it);
                      magnitude.ckpt, thin.ckpt: the same for the same-size alternatives (compare)
     report.json/.txt teacher vs best student vs the alternatives, latency;  rewards.png, pareto.png
+    timings.json     seconds per stage summed over the run's invocations (the report's durations)
 
 Before the search it says an estimate of the whole run's duration (an upper bound: the
 teacher's architecture timed on this machine, ``n2n_gym.evaluation.final.throughput``).
@@ -638,12 +639,11 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     def estimate(students: int) -> None:
         _print_estimate(args, students, final_epochs, 1 + len(compare), final_workers, log)
 
-    t_search = time.perf_counter()
-    if agent == DEFAULT_AGENT:
-        best = _search_n2n(args, run_dir, resuming, progress, estimate, log)
-    else:
-        best = _search_agent(agent, config, args, run_dir, not resuming, progress, estimate, log)
-    search_seconds = time.perf_counter() - t_search
+    with _timed(run_dir, "search"):
+        if agent == DEFAULT_AGENT:
+            best = _search_n2n(args, run_dir, resuming, progress, estimate, log)
+        else:
+            best = _search_agent(agent, config, args, run_dir, not resuming, progress, estimate, log)
     history = read_history(run_dir / "history.jsonl")
     if best is None or not best.get("valid"):
         log("no valid student was found; nothing to distil or export")
@@ -655,14 +655,14 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     try:
         return _finish(env.unwrapped, config, args, agent, run_dir, best, history, final_epochs, final_lr, export,
-                       compare, final_workers, search_seconds, log, t_start)
+                       compare, final_workers, log, t_start)
     finally:
         env.close()
 
 
 def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Path, best: dict, history: list[dict],
             final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], final_workers: int | None,
-            search_seconds: float, log, t_start: float) -> dict:
+            log, t_start: float) -> dict:
     arch = Architecture.from_json(best["architecture"])
     teacher = unwrapped.teacher
     jobs = [("final", arch, "inherit", run_dir / "final.ckpt")]
@@ -679,9 +679,8 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     log(f"final distillation ({final_epochs} epochs over the training split) of the best student"
         + (f" and, at its size, {', '.join(j[0] for j in jobs[1:])}" if len(jobs) > 1 else "")
         + (f", {workers} at a time in worker processes" if workers > 1 else "") + " ...")
-    t_final = time.perf_counter()
-    trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers, args.progress)
-    final_seconds = time.perf_counter() - t_final  # wall time of all of them (a row's seconds: that student's)
+    with _timed(run_dir, "final_distillation"):  # wall time of all of them (a row's seconds: that student's)
+        trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers, args.progress)
     module, row = trained.pop("final")
     val_acc, test_acc = row["val_accuracy"], row["test_accuracy"]
     reward = n2n_reward(student_params=arch.params, teacher_params=teacher.params, student_accuracy=val_acc,
@@ -707,10 +706,11 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     save_student(run_dir, module.cpu(), env_id=args.env_id, teacher=teacher.summary(),
                  normalization={"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"},
                  metrics=final_row, search_metrics=search_row)
-    t_export = time.perf_counter()
-    exports = export_student(module, run_dir) if export else {}
-    latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
-    export_seconds = time.perf_counter() - t_export
+    with _timed(run_dir, "export"):
+        exports = export_student(module, run_dir) if export else {}
+        latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
+    spent = _spent(run_dir)
+    search_seconds, final_seconds, export_seconds = (spent.get(k, 0.0) for k in TIMED_STAGES)
     plots = _plots(run_dir, history, final_row, "N2N" if agent == DEFAULT_AGENT else agent)
     table = _report_table(teacher_row, search_row, final_row, protocol.name, others)
     n_val, n_test = len(data.val_idx), len(data.y_test)
@@ -726,7 +726,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         f"split), on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
         f"FLOPs: {FLOP_CONVENTION}.")
     constraints = _constraint_checks(args.env_kwargs.get("constraints"), {"best student": final_row, **others})
-    total_seconds = time.perf_counter() - t_start
+    total_seconds = search_seconds + final_seconds + export_seconds
     report = {
         "env_id": args.env_id, "run_dir": str(run_dir), "agent": agent, "args": dataclasses.asdict(args),
         "final_epochs": final_epochs, "teacher": teacher_row, "search_best": search_row, "final": final_row,
@@ -735,8 +735,10 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         "students": len(history),
         "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
         "student_architecture": arch.to_dict(), "exports": exports, "latency": latency, "plots": plots,
-        "seconds": {"total_this_invocation": total_seconds, "search": search_seconds, "final_distillation": final_seconds,
-                    "export": export_seconds},
+        # summed over the run's invocations (timings.json): a resumed run's report times the whole run
+        "seconds": {"total": total_seconds, "search": search_seconds, "final_distillation": final_seconds,
+                    "export": export_seconds, "total_this_invocation": time.perf_counter() - t_start,
+                    "invocations": spent.get("invocations", 1)},
         "notes": notes,
     }
     if agent != DEFAULT_AGENT:
@@ -747,9 +749,41 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     text = (f"{table}\n\n{_constraints_text(constraints)}{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
             f"{len(history)}; {report['distinct_students']} distinct students; "
             f"{total_seconds:.0f} s (search {search_seconds:.0f} s, final distillation {final_seconds:.0f} s, "
-            f"export and latency {export_seconds:.0f} s)\n\n{_latency_text(latency)}{arch.table()}\n")
+            f"export and latency {export_seconds:.0f} s; over {spent.get('invocations', 1)} invocation(s))\n\n{_latency_text(latency)}{arch.table()}\n")
     atomic_write_text(run_dir / "report.txt", text)
     return report
+
+
+# ---------------------------------------------------------------------------- time spent
+TIMED_STAGES = ("search", "final_distillation", "export")
+TIMINGS_FILE = "timings.json"
+
+
+def _spent(run_dir: pathlib.Path) -> dict:
+    """Seconds spent per stage over all invocations of the run (``timings.json``; {} if none or
+    unreadable: the report then times what it saw)."""
+    try:
+        spent = json.loads((run_dir / TIMINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in spent.items() if isinstance(v, (int, float))} if isinstance(spent, dict) else {}
+
+
+@contextlib.contextmanager
+def _timed(run_dir: pathlib.Path, stage: str):
+    """Adds the wall time of the ``with`` block to ``stage`` in ``timings.json``, also when it is
+    interrupted (Ctrl-C, an error), so that a resumed run's report counts every invocation. A
+    killed process (SIGKILL, power loss) loses the time of the stage it was in."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent = _spent(run_dir)
+        spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - start
+        if stage == TIMED_STAGES[0]:  # every invocation passes the search, done or not
+            spent["invocations"] = spent.get("invocations", 0) + 1
+        with contextlib.suppress(OSError):  # a timing is not worth losing the run for
+            atomic_write_text(run_dir / TIMINGS_FILE, json.dumps(spent, indent=1))
 
 
 # ---------------------------------------------------------------------------- report parts

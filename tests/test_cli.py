@@ -272,7 +272,7 @@ def random_run(cache_dir, tmp_path_factory):
 def test_compress_with_a_benchmark_agent(random_run, capsys):
     run = random_run
     for name in ("config.json", "history.jsonl", "search.jsonl", "cache.sqlite", "student.json", "student.pt",
-                 "report.json", "report.txt", "rewards.png", "pareto.png"):
+                 "report.json", "report.txt", "rewards.png", "pareto.png", "timings.json"):
         assert (run / name).is_file(), name
     assert not (run / "state.pt").exists() and not (run / "policies.pt").exists()  # N2N's files only
     config = json.loads((run / "config.json").read_text())
@@ -307,6 +307,12 @@ def test_compress_agent_resume_does_not_redo_a_finished_search(random_run, tmp_p
     report, reference = (json.loads((r / "report.json").read_text()) for r in (run, random_run))
     assert report["search_best"] == reference["search_best"]
     assert report["final"]["params"] == reference["final"]["params"] and (run / "student.pt").is_file()
+    # the report times the whole run: the first invocation's search, not this one's second of it
+    seconds, first = report["seconds"], reference["seconds"]
+    assert first["invocations"] == 1 and seconds["invocations"] == 2
+    assert first["search"] <= seconds["search"] < first["search"] + 5 and first["search"] > 0
+    assert seconds["final_distillation"] > first["final_distillation"]  # both invocations' distillations
+    assert seconds["total"] == pytest.approx(seconds["search"] + seconds["final_distillation"] + seconds["export"])
 
 
 def test_compress_resume_of_a_finished_run_redoes_nothing(random_run, tmp_path, capsys):
@@ -348,8 +354,11 @@ def test_compress_interrupted_says_how_to_resume(cache_dir, tmp_path):
     import time
 
     run = tmp_path / "interrupted"
+    # a terminal's process gets SIGINT at its default; one started under a background shell job
+    # inherits it ignored, and Python then installs no KeyboardInterrupt handler (CI run with `&`)
     proc = subprocess.Popen(_cli("compress", "--agent", "random", "--budget", "200", *AGENT_RUN, "--out", str(run)),
-                            env=_env(cache_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_env(cache_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + TIMEOUT
     while not ((run / "history.jsonl").is_file() and (run / "history.jsonl").read_text().count("\n") >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]

@@ -101,12 +101,45 @@ def export_student(module: Network, folder: str | os.PathLike, stem: str = STEM,
             torch.onnx.export(module, (example,), str(folder / f"{stem}.onnx"), dynamo=True,
                               dynamic_shapes=({0: batch},), input_names=["images"], output_names=["logits"],
                               external_data=False, verbose=False)
+            _strip_stack_traces(folder / f"{stem}.onnx")
             out["onnx"] = str(folder / f"{stem}.onnx")
         except Exception as exc:
             out["onnx"] = f"failed: {type(exc).__name__}: {exc}"
         else:
             out["onnxruntime check"] = _check_onnx(module, folder / f"{stem}.onnx")
     return out
+
+
+# Node metadata the dynamo exporter writes: the Python stack of each op, full of the exporting
+# machine's paths (site-packages, home folder); it serves debugging the exporter, not the model.
+_MACHINE_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def _strip_stack_traces(path: pathlib.Path) -> None:
+    """Removes :data:`_MACHINE_METADATA` from every node of the ONNX file at ``path`` (graph,
+    subgraphs and functions), rewriting it atomically, so that a shared file names no machine path."""
+    import onnx
+
+    model = onnx.load(str(path))
+
+    def graphs(graph):
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from graphs(attr.g)
+                for sub in attr.graphs:
+                    yield from graphs(sub)
+
+    nodes = [n for g in graphs(model.graph) for n in g.node] + [n for f in model.functions for n in f.node]
+    for node in nodes:
+        keep = [p for p in node.metadata_props if p.key not in _MACHINE_METADATA]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+    partial = path.with_name(path.name + ".partial")
+    onnx.save(model, str(partial))
+    os.replace(partial, path)
 
 
 def _check_onnx(module: Network, path: pathlib.Path, batch: int = 3, tol: float = 1e-4) -> str:

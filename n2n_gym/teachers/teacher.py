@@ -123,10 +123,31 @@ class Teacher:
         return self.architecture.params
 
     def summary(self) -> dict:
+        """The teacher as a shareable record: identified by ``sha256``; ``path`` as
+        :func:`portable_path` writes it (no machine's folders for a pinned or cached teacher)."""
         return {"name": self.name, "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
                 "params": self.params, "flops": self.architecture.flops, "sha256": self.sha256,
                 "data_variant": self.data_variant, "data_digest": self.data_digest, "pin": self.pin,
-                "source": self.source, "path": self.path}
+                "source": self.source, "path": portable_path(self.path)}
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` as it may be written into a file shared beyond this machine: inside the installed
+    package, relative to the package's parent (``n2n_gym/teachers/pinned/...``); inside the cache
+    folder, as ``$N2N_CACHE/...``; any other path (the user's own checkpoint) unchanged."""
+    p = pathlib.Path(path)
+    package = pathlib.Path(__file__).resolve().parents[1]
+    roots = [(package.parent, "")]
+    try:
+        roots.append((default_cache_dir(), "$N2N_CACHE/"))
+    except OSError:  # no cache folder: nothing can lie in it
+        pass
+    for root, prefix in roots:
+        try:
+            return prefix + p.resolve().relative_to(root.resolve()).as_posix()
+        except (ValueError, OSError):
+            continue
+    return str(path)
 
 
 @contextlib.contextmanager

@@ -124,3 +124,12 @@ def test_final_students_show_the_epochs_done_from_their_checkpoints(digits_teach
     final_students(ev, jobs, 2, 1e-3, 0, progress=False)
     final_students(ev, [("b", arch, "inherit", None)], 1, 1e-3, 0, progress=True)
     assert "final distillation" not in capsys.readouterr().err
+
+
+def test_the_final_bar_times_the_whole_distillation(tmp_path):
+    """Side-by-side students finish their epochs in bursts: the ETA is the rate over the whole
+    distillation (smoothing 0), not a moving average that read two epochs 10 s apart as the rate."""
+    from n2n_gym.evaluation.final import _EpochProgress
+
+    with _EpochProgress([tmp_path / "a.ckpt", tmp_path / "b.ckpt"], 40, enabled=True, interval=60) as progress:
+        assert progress.bar.smoothing == 0 and progress.bar.total == 80 and progress.bar.n == 0

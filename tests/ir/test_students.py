@@ -6,6 +6,8 @@ writes a torch.export program with a dynamic batch and reports a failure instead
 from __future__ import annotations
 
 import json
+import pathlib
+import sys
 
 import pytest
 import torch
@@ -133,3 +135,14 @@ def test_export_has_a_dynamic_batch(tmp_path):
 def test_a_failed_export_is_reported_not_raised(tmp_path):
     out = export_student(_student(), tmp_path / "missing-folder", onnx=False)
     assert set(out) == {"torch.export"} and out["torch.export"].startswith("failed: ")
+
+
+def test_the_onnx_file_names_no_machine_path(tmp_path):
+    """The dynamo exporter writes each op's Python stack (site-packages, home folder) into the
+    file; a student shared from a run folder must not carry the exporting machine's paths."""
+    out = export_student(_student(), tmp_path, stem="small")
+    assert out["onnxruntime check"].startswith("ok"), out
+    raw = (tmp_path / "small.onnx").read_bytes()
+    for path in {sys.prefix, str(pathlib.Path(torch.__file__).parent), str(pathlib.Path(__file__).parent)}:
+        assert path.encode() not in raw, path
+    assert b"stack_trace" not in raw and not list(tmp_path.glob("*.partial"))

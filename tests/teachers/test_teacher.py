@@ -44,6 +44,7 @@ from n2n_gym.teachers.teacher import (
     file_sha256,
     load_teacher,
     save_teacher,
+    portable_path,
     teacher_cache_path,
     weights_sha256,
 )
@@ -463,3 +464,16 @@ def test_resnet34_cifar10_reset_fails_within_seconds_on_cpu(tmp_path, monkeypatc
         env.reset()
     assert time.perf_counter() - start < 120
     clear_dataset_cache()
+
+
+def test_the_teacher_summary_names_no_machine_folder(digits_teacher, tmp_path, monkeypatch) -> None:
+    """A run's student.json records its teacher by summary(): the sha256 identifies it, and the
+    path of a pinned or cached teacher is written relative to the package or as $N2N_CACHE/..."""
+    path = digits_teacher.summary()["path"]
+    assert path.startswith(("n2n_gym/", "$N2N_CACHE/")), path
+    monkeypatch.setenv("N2N_CACHE", str(tmp_path / "cache"))
+    assert portable_path(tmp_path / "cache" / "teachers" / "t.pt") == "$N2N_CACHE/teachers/t.pt"
+    package_file = pathlib.Path(n2n_gym.__file__).parent / "teachers" / "pinned" / "x.pt"
+    assert portable_path(package_file) == "n2n_gym/teachers/pinned/x.pt"
+    own = tmp_path / "mine" / "weights.pt"  # the user's own checkpoint: their path, as given
+    assert portable_path(own) == str(own)
