@@ -185,7 +185,6 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
     folder is made) and :class:`CompressError` for a run folder or model that cannot be used.
     """
     log = log or _stderr
-    t_start = time.perf_counter()
     env_id = canonical_env_id(env_id)  # "n2n_gym:<id>" is the id itself (its defaults, config.json)
     if resume:
         run_dir = _resume_dir(out)
@@ -193,6 +192,11 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
             raise CompressError(f"{run_dir} does not exist; nothing to resume (a new run: --out without --resume)",
                                 "--resume")
         _check_is_run(run_dir)  # before anything is written into it
+        done = _finished_report(run_dir)
+        if done is not None:  # nothing to write: a finished run in a read-only folder prints its report too
+            log(f"{run_dir} is complete (its report.json); nothing to redo (delete report.json to redo the final "
+                "distillation's scoring, exports and report from the checkpoints)")
+            return done
     else:
         if final_epochs is None:
             final_epochs = default_final_epochs(env_id)
@@ -223,7 +227,7 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
             raise CompressError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config_path, json.dumps(config, indent=1, sort_keys=True))
-    return _run(config, run_dir, resume, progress, log, t_start)
+    return _run(config, run_dir, resume, progress, log)
 
 
 # ---------------------------------------------------------------------------- settings and folders
@@ -585,7 +589,8 @@ def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, f
     except (ValueError, TypeError):
         if fresh and tracker.evaluations == 0:  # e.g. a bad hparam: no run is left behind, the same --out works again
             history_file.close()
-            for leftover in [history_path, run_dir / "config.json", *run_dir.glob("cache.sqlite*")]:
+            for leftover in [history_path, run_dir / "config.json", run_dir / TIMINGS_FILE,
+                             *run_dir.glob("cache.sqlite*")]:
                 leftover.unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # the folder too, when this run made it (empty now)
                 run_dir.rmdir()
@@ -622,12 +627,7 @@ def _best_of(history: list[dict]) -> dict | None:
 
 
 # ---------------------------------------------------------------------------- the run
-def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, log, t_start: float) -> dict:
-    done = _finished_report(run_dir) if resuming else None
-    if done is not None:
-        log(f"{run_dir} is complete (its report.json); nothing to redo (delete report.json to redo the final "
-            "distillation's scoring, exports and report from the checkpoints)")
-        return done
+def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, log) -> dict:
     agent = config.get("agent", DEFAULT_AGENT)
     args = _search_args(config, progress)
     final_epochs, export = int(config.get("final_epochs", DEFAULT_FINAL_EPOCHS)), bool(config.get("export", True))
@@ -639,7 +639,8 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     def estimate(students: int) -> None:
         _print_estimate(args, students, final_epochs, 1 + len(compare), final_workers, log)
 
-    with _timed(run_dir, "search"):
+    timings = _Timings(run_dir, log)
+    with timings.stage("search"):
         if agent == DEFAULT_AGENT:
             best = _search_n2n(args, run_dir, resuming, progress, estimate, log)
         else:
@@ -655,14 +656,14 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     try:
         return _finish(env.unwrapped, config, args, agent, run_dir, best, history, final_epochs, final_lr, export,
-                       compare, final_workers, log, t_start)
+                       compare, final_workers, log, timings)
     finally:
         env.close()
 
 
 def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Path, best: dict, history: list[dict],
             final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], final_workers: int | None,
-            log, t_start: float) -> dict:
+            log, timings: _Timings) -> dict:
     arch = Architecture.from_json(best["architecture"])
     teacher = unwrapped.teacher
     jobs = [("final", arch, "inherit", run_dir / "final.ckpt")]
@@ -679,7 +680,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     log(f"final distillation ({final_epochs} epochs over the training split) of the best student"
         + (f" and, at its size, {', '.join(j[0] for j in jobs[1:])}" if len(jobs) > 1 else "")
         + (f", {workers} at a time in worker processes" if workers > 1 else "") + " ...")
-    with _timed(run_dir, "final_distillation"):  # wall time of all of them (a row's seconds: that student's)
+    with timings.stage("final_distillation"):  # wall time of all of them (a row's seconds: that student's)
         trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers, args.progress)
     module, row = trained.pop("final")
     val_acc, test_acc = row["val_accuracy"], row["test_accuracy"]
@@ -706,11 +707,9 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     save_student(run_dir, module.cpu(), env_id=args.env_id, teacher=teacher.summary(),
                  normalization={"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"},
                  metrics=final_row, search_metrics=search_row)
-    with _timed(run_dir, "export"):
+    with timings.stage("export"):
         exports = export_student(module, run_dir) if export else {}
         latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
-    spent = _spent(run_dir)
-    search_seconds, final_seconds, export_seconds = (spent.get(k, 0.0) for k in TIMED_STAGES)
     plots = _plots(run_dir, history, final_row, "N2N" if agent == DEFAULT_AGENT else agent)
     table = _report_table(teacher_row, search_row, final_row, protocol.name, others)
     n_val, n_test = len(data.val_idx), len(data.y_test)
@@ -726,7 +725,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         f"split), on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
         f"FLOPs: {FLOP_CONVENTION}.")
     constraints = _constraint_checks(args.env_kwargs.get("constraints"), {"best student": final_row, **others})
-    total_seconds = search_seconds + final_seconds + export_seconds
+    seconds = timings.seconds()  # summed over the run's invocations (timings.json)
     report = {
         "env_id": args.env_id, "run_dir": str(run_dir), "agent": agent, "args": dataclasses.asdict(args),
         "final_epochs": final_epochs, "teacher": teacher_row, "search_best": search_row, "final": final_row,
@@ -735,10 +734,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         "students": len(history),
         "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
         "student_architecture": arch.to_dict(), "exports": exports, "latency": latency, "plots": plots,
-        # summed over the run's invocations (timings.json): a resumed run's report times the whole run
-        "seconds": {"total": total_seconds, "search": search_seconds, "final_distillation": final_seconds,
-                    "export": export_seconds, "total_this_invocation": time.perf_counter() - t_start,
-                    "invocations": spent.get("invocations", 1)},
+        "seconds": seconds,
         "notes": notes,
     }
     if agent != DEFAULT_AGENT:
@@ -748,8 +744,9 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
     text = (f"{table}\n\n{_constraints_text(constraints)}{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
             f"{len(history)}; {report['distinct_students']} distinct students; "
-            f"{total_seconds:.0f} s (search {search_seconds:.0f} s, final distillation {final_seconds:.0f} s, "
-            f"export and latency {export_seconds:.0f} s; over {spent.get('invocations', 1)} invocation(s))\n\n{_latency_text(latency)}{arch.table()}\n")
+            f"{seconds['total']:.0f} s (search {seconds['search']:.0f} s, final distillation "
+            f"{seconds['final_distillation']:.0f} s, export and latency {seconds['export']:.0f} s; over "
+            f"{seconds['invocations']} invocation(s))\n\n{_latency_text(latency)}{arch.table()}\n")
     atomic_write_text(run_dir / "report.txt", text)
     return report
 
@@ -759,31 +756,61 @@ TIMED_STAGES = ("search", "final_distillation", "export")
 TIMINGS_FILE = "timings.json"
 
 
-def _spent(run_dir: pathlib.Path) -> dict:
-    """Seconds spent per stage over all invocations of the run (``timings.json``; {} if none or
-    unreadable: the report then times what it saw)."""
-    try:
-        spent = json.loads((run_dir / TIMINGS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in spent.items() if isinstance(v, (int, float))} if isinstance(spent, dict) else {}
+class _Timings:
+    """Seconds spent by a run over all its invocations, kept in ``timings.json``: per stage
+    (:data:`TIMED_STAGES`), ``wall`` (each invocation from its start to its last stage or its
+    report) and ``invocations``. Saved after every stage, also one that is interrupted (Ctrl-C,
+    an error), so that a resumed run's report counts every invocation; a killed process
+    (SIGKILL, power loss) loses the time since its last save. A file that cannot be read
+    restarts the count (said once); one that cannot be written keeps the figures in memory."""
 
+    def __init__(self, run_dir: pathlib.Path, log):
+        self.path = run_dir / TIMINGS_FILE
+        self.start = time.perf_counter()
+        self.before = self._read(log)
+        self.spent = {**self.before, "invocations": int(self.before.get("invocations", 0)) + 1}
+        self._save()
 
-@contextlib.contextmanager
-def _timed(run_dir: pathlib.Path, stage: str):
-    """Adds the wall time of the ``with`` block to ``stage`` in ``timings.json``, also when it is
-    interrupted (Ctrl-C, an error), so that a resumed run's report counts every invocation. A
-    killed process (SIGKILL, power loss) loses the time of the stage it was in."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        spent = _spent(run_dir)
-        spent[stage] = spent.get(stage, 0.0) + time.perf_counter() - start
-        if stage == TIMED_STAGES[0]:  # every invocation passes the search, done or not
-            spent["invocations"] = spent.get("invocations", 0) + 1
-        with contextlib.suppress(OSError):  # a timing is not worth losing the run for
-            atomic_write_text(run_dir / TIMINGS_FILE, json.dumps(spent, indent=1))
+    def _read(self, log) -> dict:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log(f"{self.path} cannot be read ({type(exc).__name__}): the report's durations count from now")
+            return {}
+        ok = isinstance(raw, dict) and all(
+            isinstance(raw.get(k, 0), (int, float)) and not isinstance(raw.get(k, 0), bool)
+            and math.isfinite(raw.get(k, 0)) and raw.get(k, 0) >= 0 for k in (*TIMED_STAGES, "wall", "invocations")
+        ) and float(raw.get("invocations", 0)).is_integer()
+        if not ok:
+            log(f"{self.path} is not what compress writes: the report's durations count from now")
+            return {}
+        return {k: raw[k] for k in (*TIMED_STAGES, "wall", "invocations") if k in raw}
+
+    def _save(self, now: float | None = None) -> None:
+        self.spent["wall"] = self.before.get("wall", 0.0) + (now or time.perf_counter()) - self.start
+        with contextlib.suppress(OSError):  # a timing is not worth losing the run for: kept in memory
+            atomic_write_text(self.path, json.dumps(self.spent, indent=1))
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """Adds the wall time of the ``with`` block to stage ``name``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - start
+            self._save()
+
+    def seconds(self) -> dict:
+        """The report's durations: each stage's, ``total`` (the wall time of all invocations),
+        ``total_this_invocation`` and ``invocations``; saved as they are now."""
+        now = time.perf_counter()
+        self._save(now)
+        return {"total": self.spent["wall"], **{k: self.spent.get(k, 0.0) for k in TIMED_STAGES},
+                "total_this_invocation": now - self.start,
+                "invocations": int(self.spent["invocations"])}
 
 
 # ---------------------------------------------------------------------------- report parts

@@ -298,6 +298,23 @@ class ProcessBackend(Backend):
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._cleanup()
 
+    def terminate(self) -> None:
+        """Stop the workers now, their work in progress lost (what they checkpointed or cached
+        stays): on Ctrl-C or an error, where :meth:`close` would wait for every running call,
+        e.g. hours of final distillation when only this process got the SIGINT."""
+        # ProcessPoolExecutor has no public way to stop running work before Python 3.14
+        # (terminate_workers); its _processes map is the pool's own record of them
+        processes = list((getattr(self._pool, "_processes", None) or {}).values())
+        for process in processes:
+            process.terminate()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=10)
+        self._cleanup()
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self.terminate() if exc_type is not None else self.close()
+
 
 # ---- Ray ----------------------------------------------------------------------------
 class EvalWorker:

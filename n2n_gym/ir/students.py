@@ -90,6 +90,8 @@ def export_student(module: Network, folder: str | os.PathLike, stem: str = STEM,
     out: dict[str, str] = {}
     try:
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        for node in program.graph.nodes:  # the same machine paths as the ONNX file's (see _MACHINE_METADATA)
+            node.meta.pop("stack_trace", None)
         with warnings.catch_warnings():  # a harmless notice about weight grouping of CPU tensors
             warnings.filterwarnings("ignore", message="No complete tensor found")
             torch.export.save(program, folder / f"{stem}.pt2")

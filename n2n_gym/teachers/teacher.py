@@ -133,15 +133,20 @@ class Teacher:
 
 def portable_path(path: str | os.PathLike) -> str:
     """``path`` as it may be written into a file shared beyond this machine: inside the installed
-    package, relative to the package's parent (``n2n_gym/teachers/pinned/...``); inside the cache
-    folder, as ``$N2N_CACHE/...``; any other path (the user's own checkpoint) unchanged."""
+    package, relative to it (``n2n_gym/teachers/pinned/...``); inside the cache folder, from the
+    variable that chose it (``$N2N_CACHE/...``, ``$XDG_CACHE_HOME/n2n_gym/...`` or
+    ``~/.cache/n2n_gym/...``); any other path (the user's own checkpoint) unchanged."""
     p = pathlib.Path(path)
     package = pathlib.Path(__file__).resolve().parents[1]
-    roots = [(package.parent, "")]
+    roots = [(package, f"{package.name}/")]
     try:
-        roots.append((default_cache_dir(), "$N2N_CACHE/"))
+        cache = default_cache_dir()
     except OSError:  # no cache folder: nothing can lie in it
         pass
+    else:
+        prefix = ("$N2N_CACHE/" if os.environ.get("N2N_CACHE") else
+                  "$XDG_CACHE_HOME/n2n_gym/" if os.environ.get("XDG_CACHE_HOME") else "~/.cache/n2n_gym/")
+        roots.insert(0, (cache, prefix))  # first: a cache inside a source checkout is still the cache
     for root, prefix in roots:
         try:
             return prefix + p.resolve().relative_to(root.resolve()).as_posix()

@@ -367,3 +367,26 @@ def test_a_student_is_looked_up_in_the_cache_once_before_its_claim(backend, tmp_
     finally:
         pool.close()
         env.close()
+
+
+def test_an_interrupted_pool_stops_its_running_work(digits_teacher, digits_data, tmp_path):
+    """Ctrl-C (or an error) inside ``with ProcessBackend(...)`` stops the workers at once: on
+    exit it waited for every running call (a break-it pass: `kill -INT` of compress went on with
+    the whole side-by-side final distillation). The calls' checkpoints stay."""
+    from n2n_gym.evaluation.backends import ProcessBackend
+    from n2n_gym.evaluation.evaluator import Evaluator
+    from n2n_gym.evaluation.final import final_distill
+
+    arch = digits_teacher.architecture
+    checkpoint = tmp_path / "long.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        with ProcessBackend(Evaluator(digits_teacher, digits_data), workers=1) as pool:
+            future = pool.call(final_distill, arch, 100_000, 1e-3, 0, "inherit", checkpoint)
+            deadline = time.monotonic() + 300
+            while not checkpoint.exists():  # an epoch done: the worker is deep in its call
+                assert time.monotonic() < deadline and not future.done()
+                time.sleep(0.1)
+            processes = list(pool._pool._processes.values())
+            raise KeyboardInterrupt
+    assert processes and not any(p.is_alive() for p in processes)
+    assert future.done() and checkpoint.exists()

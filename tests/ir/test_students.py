@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import zipfile
 
 import pytest
 import torch
@@ -137,12 +138,21 @@ def test_a_failed_export_is_reported_not_raised(tmp_path):
     assert set(out) == {"torch.export"} and out["torch.export"].startswith("failed: ")
 
 
-def test_the_onnx_file_names_no_machine_path(tmp_path):
-    """The dynamo exporter writes each op's Python stack (site-packages, home folder) into the
-    file; a student shared from a run folder must not carry the exporting machine's paths."""
-    out = export_student(_student(), tmp_path, stem="small")
+def test_the_exported_files_name_no_machine_path(tmp_path):
+    """torch.export and the dynamo exporter write each op's Python stack (site-packages, home
+    folder) into the files; a student shared from a run folder must not carry the exporting
+    machine's paths, and the files still run."""
+    student = _student().eval()
+    out = export_student(student, tmp_path, stem="small")
     assert out["onnxruntime check"].startswith("ok"), out
-    raw = (tmp_path / "small.onnx").read_bytes()
-    for path in {sys.prefix, str(pathlib.Path(torch.__file__).parent), str(pathlib.Path(__file__).parent)}:
-        assert path.encode() not in raw, path
-    assert b"stack_trace" not in raw and not list(tmp_path.glob("*.partial"))
+    onnx_bytes = (tmp_path / "small.onnx").read_bytes()
+    with zipfile.ZipFile(tmp_path / "small.pt2") as z:  # (compressed members: read each one)
+        pt2_bytes = b"".join(z.read(name) for name in z.namelist())
+    for raw in (onnx_bytes, pt2_bytes):
+        for path in {sys.prefix, str(pathlib.Path(torch.__file__).parent), str(pathlib.Path(__file__).parent)}:
+            assert path.encode() not in raw, path
+        assert b"stack_trace" not in raw
+    assert not list(tmp_path.glob("*.partial"))
+    x = _images(3)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(tmp_path / "small.pt2").module()(x), student(x))

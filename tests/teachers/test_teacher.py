@@ -477,3 +477,8 @@ def test_the_teacher_summary_names_no_machine_folder(digits_teacher, tmp_path, m
     assert portable_path(package_file) == "n2n_gym/teachers/pinned/x.pt"
     own = tmp_path / "mine" / "weights.pt"  # the user's own checkpoint: their path, as given
     assert portable_path(own) == str(own)
+    beside = pathlib.Path(n2n_gym.__file__).parents[1] / "my_ckpts" / "w.pt"  # in a checkout, not the package
+    assert portable_path(beside) == str(beside)
+    monkeypatch.delenv("N2N_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert portable_path(tmp_path / "xdg" / "n2n_gym" / "t.pt") == "$XDG_CACHE_HOME/n2n_gym/t.pt"
