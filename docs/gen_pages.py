@@ -580,11 +580,34 @@ def resnet20_board() -> str:
 README_COMPRESS = "compress-resnet20-v1"
 
 
+#: The same search given a longer final distillation (``--final-epochs 40 --compare magnitude``).
+README_COMPRESS_LONG = "compress-resnet20-v1-e40"
+
+
 def compress_resnet20() -> str:
     """README block: the committed compress run's students (the searched one and the same-size
     alternatives after the same final distillation) against the teacher, and what a deployer
     measures of teacher and student through the exported files."""
-    path = RESULTS / README_COMPRESS / "report.json"
+    return compress_block(README_COMPRESS)
+
+
+def compress_resnet20_long() -> str:
+    """README block: the README's compress run's search with a longer final distillation; the
+    search is the same (checked: its history.jsonl is byte for byte the first run's)."""
+    first, long = (RESULTS / n / "history.jsonl" for n in (README_COMPRESS, README_COMPRESS_LONG))
+    if not long.is_file():
+        return "(no run committed yet)\n"
+    if sha256(first) != sha256(long):
+        raise ValueError(f"{rel(long)} is not the search of {rel(first)}: the README's block says it is")
+    return compress_block(README_COMPRESS_LONG, same_search_as=README_COMPRESS, latency=False)
+
+
+def compress_block(name: str, same_search_as: str | None = None, latency: bool = True) -> str:
+    """A compress run's students against the teacher, its durations, the latency of teacher and
+    student (when measured; ``latency`` False: only the verdict's batch-1 speed-up) and
+    :func:`compress_verdict`. ``same_search_as``: the run whose search this one reused (its
+    durations then name only the final distillation)."""
+    path = RESULTS / name / "report.json"
     if not path.is_file():
         return "(no run committed yet)\n"
     r = json.loads(path.read_text())
@@ -600,13 +623,19 @@ def compress_resnet20() -> str:
     took = (f" (search {sec['search'] / 60:.0f} min, final distillation {sec['final_distillation'] / 60:.0f} min, "
             f"whole run {total / 60:.0f} min on 2 CPU cores)"
             if {"search", "final_distillation"} <= set(sec) and total is not None else "")
-    out = [f"`{r['env_id']}`, search `{r['agent']}` ({r['students']} students, constraints "
-           f"`{json.dumps((r['args'].get('env_kwargs') or {}).get('constraints'))}`), then {r['final_epochs']} epochs of "
-           f"final distillation for each student{took}:\n",
+    if same_search_as:
+        took = (f" ({sec['final_distillation'] / 60:.0f} min on 2 CPU cores)" if "final_distillation" in sec else "")
+        head = (f"The search of `{same_search_as}` (its history.jsonl, reused), then {r['final_epochs']} epochs of final "
+                f"distillation for each student{took}:\n")
+    else:
+        head = (f"`{r['env_id']}`, search `{r['agent']}` ({r['students']} students, constraints "
+                f"`{json.dumps((r['args'].get('env_kwargs') or {}).get('constraints'))}`), then {r['final_epochs']} "
+                f"epochs of final distillation for each student{took}:\n")
+    out = [head,
            table(["student", "params", "compression", "FLOPs ratio", "val acc", "test acc", "test vs teacher, pts"],
                  rows, "lrrrrrr")]
     lat = r.get("latency") or {}
-    if lat.get("runtimes"):
+    if latency and lat.get("runtimes"):
         lrows = []
         for runtime, d in lat["runtimes"].items():
             for b in map(str, lat["batch_sizes"]):
@@ -633,9 +662,10 @@ def compress_verdict(r: dict) -> str:
             + ("meets" if met else "misses") + " the target of >= 3x within 1 point of the teacher. ")
     names = {"magnitude": "uniform L1 magnitude pruning", "thin": "the hand-designed thin network"}
     for name, alt in r.get("alternatives", {}).items():
-        gap = 100 * (f["test_accuracy"] - alt["test_accuracy"])
+        gap = round(100 * (f["test_accuracy"] - alt["test_accuracy"]), 1)  # as printed: 0.0 is level
         text += (f"Against {names.get(name, name)} at {alt['params']:,} params after the same distillation it is "
-                 f"{'ahead' if gap > 0 else 'behind' if gap < 0 else 'level'} by {abs(gap):.1f} points. ")
+                 + (f"{'ahead' if gap > 0 else 'behind'} by {abs(gap):.1f} points. " if gap else
+                    "level with it (within 0.05 points). "))
     from n2n_gym.evaluation.reward import parse_constraints
 
     finals = {"the searched student": f, **{names.get(k, k): a for k, a in r.get("alternatives", {}).items()}}
@@ -877,7 +907,8 @@ def pages() -> list[Page]:
 # blocks inside hand-written files: <!-- BEGIN generated NAME ... --> ... <!-- END generated NAME -->
 BLOCKS: dict[str, Callable[[], str]] = {"env-table": env_table, "agents-table": agents_table,
                                          "fidelity-defaults": fidelity_defaults, "resnet20-board": resnet20_board,
-                                         "compress-resnet20": compress_resnet20}
+                                         "compress-resnet20": compress_resnet20,
+                                         "compress-resnet20-long": compress_resnet20_long}
 BLOCK_FILES = ("README.md", "docs/index.md", "docs/agents.md")
 BLOCK = re.compile(r"(<!-- BEGIN generated (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END generated (?P=name) -->)",
                    re.S)
