@@ -43,6 +43,7 @@ from n2n_gym.teachers.training import accuracy, train_epoch
 from n2n_gym.utils.files import (
     atomic_torch_save,
     atomic_write_text,
+    cache_dir_choice,
     cache_key,
     default_cache_dir,
     file_sha256,
@@ -138,16 +139,9 @@ def portable_path(path: str | os.PathLike) -> str:
     ``~/.cache/n2n_gym/...``); any other path (the user's own checkpoint) unchanged."""
     p = pathlib.Path(path)
     package = pathlib.Path(__file__).resolve().parents[1]
-    roots = [(package, f"{package.name}/")]
-    try:
-        cache = default_cache_dir()
-    except OSError:  # no cache folder: nothing can lie in it
-        pass
-    else:
-        prefix = ("$N2N_CACHE/" if os.environ.get("N2N_CACHE") else
-                  "$XDG_CACHE_HOME/n2n_gym/" if os.environ.get("XDG_CACHE_HOME") else "~/.cache/n2n_gym/")
-        roots.insert(0, (cache, prefix))  # first: a cache inside a source checkout is still the cache
-    for root, prefix in roots:
+    cache, _, written = cache_dir_choice()
+    # the cache first: a cache inside a source checkout is still the cache
+    for root, prefix in ((cache, f"{written}/"), (package, f"{package.name}/")):
         try:
             return prefix + p.resolve().relative_to(root.resolve()).as_posix()
         except (ValueError, OSError):

@@ -98,6 +98,18 @@ class CacheFolderError(OSError):
     """The n2n-gym cache folder (``$N2N_CACHE``, ...) cannot be made or written."""
 
 
+def cache_dir_choice() -> tuple[pathlib.Path, str, str]:
+    """``(folder, what chose it, how to write it portably)`` of the cache folder, not made:
+    ``$N2N_CACHE`` if set, else ``$XDG_CACHE_HOME/n2n_gym``, else ``~/.cache/n2n_gym``."""
+    env = os.environ.get("N2N_CACHE")
+    if env:
+        return pathlib.Path(env).expanduser(), "N2N_CACHE", "$N2N_CACHE"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return pathlib.Path(xdg).expanduser() / "n2n_gym", "XDG_CACHE_HOME", "$XDG_CACHE_HOME/n2n_gym"
+    return pathlib.Path.home() / ".cache" / "n2n_gym", "the default ~/.cache/n2n_gym", "~/.cache/n2n_gym"
+
+
 def default_cache_dir() -> pathlib.Path:
     """Return the cache directory, creating it if needed.
 
@@ -107,13 +119,7 @@ def default_cache_dir() -> pathlib.Path:
     that exists read-only is returned: a shared read-only cache serves what it holds (the
     result cache opens it read-only), and a writer says so where it writes.
     """
-    env = os.environ.get("N2N_CACHE")
-    if env:
-        d, source = pathlib.Path(env).expanduser(), "N2N_CACHE"
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
-        d, source = base / "n2n_gym", "XDG_CACHE_HOME" if xdg else "the default ~/.cache/n2n_gym"
+    d, source, _ = cache_dir_choice()
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -82,7 +82,7 @@ def test_a_target_from_results_below_every_uniform_student_prunes_to_the_narrowe
 
 
 def test_a_record_names_its_target_file_relative_to_the_run_folder(tmp_path, monkeypatch):
-    """A record named /work/main/benchmarks/... (a path of one machine) when the file was given absolute."""
+    """A record named the absolute path of one machine (e.g. <checkout>/benchmarks/...) when the file was given absolute."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results").mkdir()
     assert magnitude_pruning._relative(str(tmp_path / "results" / "r.jsonl")) == "results/r.jsonl"
