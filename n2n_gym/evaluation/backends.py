@@ -310,6 +310,9 @@ class ProcessBackend(Backend):
         self._pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.join(timeout=10)
+            if process.is_alive():  # still starting up or stuck in native code under load: no second chance
+                process.kill()
+                process.join(timeout=10)
         self._cleanup()
 
     def __exit__(self, exc_type, *exc: object) -> None:
