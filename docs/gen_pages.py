@@ -580,8 +580,9 @@ def resnet20_board() -> str:
 README_COMPRESS = "compress-resnet20-v1"
 
 
-#: The same search given a longer final distillation (``--final-epochs 40 --compare magnitude``).
-README_COMPRESS_LONG = "compress-resnet20-v1-e40"
+#: The same search given other final distillations: longer (``--final-epochs 40 --compare
+#: magnitude``), then also by the ``kd-sgd`` recipe (``--final-recipe kd-sgd``).
+README_COMPRESS_FINALS = ("compress-resnet20-v1-e40", "compress-resnet20-v1-kdsgd40")
 
 
 def compress_resnet20() -> str:
@@ -591,22 +592,45 @@ def compress_resnet20() -> str:
     return compress_block(README_COMPRESS)
 
 
-def compress_resnet20_long() -> str:
-    """README block: the README's compress run's search with a longer final distillation; the
-    search is the same (checked: its history.jsonl is byte for byte the first run's)."""
-    first, long = (RESULTS / n / "history.jsonl" for n in (README_COMPRESS, README_COMPRESS_LONG))
-    if not long.is_file():
+def compress_resnet20_finals() -> str:
+    """README block: the README's compress run's searched student and magnitude pruning at its
+    size under each committed final distillation (the runs of :data:`README_COMPRESS_FINALS`
+    reused its search: checked, their history.jsonl is byte for byte its own), one row per run,
+    and the verdict of the run whose searched student scored best."""
+    first = RESULTS / README_COMPRESS / "history.jsonl"
+    reports = {}
+    for name in (README_COMPRESS, *README_COMPRESS_FINALS):
+        path = RESULTS / name / "report.json"
+        if not path.is_file():
+            continue
+        if name != README_COMPRESS and sha256(RESULTS / name / "history.jsonl") != sha256(first):
+            raise ValueError(f"{rel(RESULTS / name)} is not the search of {rel(first)}: the README's block says it is")
+        reports[name] = json.loads(path.read_text())
+    if len(reports) < 2:
         return "(no run committed yet)\n"
-    if sha256(first) != sha256(long):
-        raise ValueError(f"{rel(long)} is not the search of {rel(first)}: the README's block says it is")
-    return compress_block(README_COMPRESS_LONG, same_search_as=README_COMPRESS, latency=False)
+    rows = []
+    for name, r in reports.items():
+        t, f, m = r["teacher"], r["final"], (r.get("alternatives") or {}).get("magnitude")
+        sec = r.get("seconds") or {}
+        rows.append([f"`{name}`", f"{r['final_epochs']}, `{r.get('final_recipe', 'n2n')}`",
+                     f"{pct(f['test_accuracy'], 2)} ({100 * (f['test_accuracy'] - t['test_accuracy']):+.1f})",
+                     "-" if m is None else f"{pct(m['test_accuracy'], 2)} ({100 * (m['test_accuracy'] - t['test_accuracy']):+.1f})",
+                     "-" if m is None else f"{100 * (f['test_accuracy'] - m['test_accuracy']):+.2f}",
+                     f"{sec['final_distillation'] / 60:.0f} min ({1 + len(r.get('alternatives') or {})} students)"
+                     if "final_distillation" in sec else "-"])
+    best_name = max(reports, key=lambda n: reports[n]["final"]["test_accuracy"])
+    best = reports[best_name]
+    return "\n".join([
+        f"Teacher {pct(best['teacher']['test_accuracy'], 2)} test; searched student {best['final']['params']:,} params, "
+        f"magnitude pruning at its size; test accuracy (points against the teacher):\n",
+        table(["run folder", "final epochs, recipe", "searched student", "magnitude pruning", "searched - magnitude",
+               "final distillation, 2 CPU cores"], rows, "llrrrr"),
+        f"\nBest of these: `{best_name}`{_recipe_words(best)}. " + compress_verdict(best)]) + "\n"
 
 
-def compress_block(name: str, same_search_as: str | None = None, latency: bool = True) -> str:
+def compress_block(name: str) -> str:
     """A compress run's students against the teacher, its durations, the latency of teacher and
-    student (when measured; ``latency`` False: only the verdict's batch-1 speed-up) and
-    :func:`compress_verdict`. ``same_search_as``: the run whose search this one reused (its
-    durations then name only the final distillation)."""
+    student (when measured) and :func:`compress_verdict`."""
     path = RESULTS / name / "report.json"
     if not path.is_file():
         return "(no run committed yet)\n"
@@ -623,19 +647,14 @@ def compress_block(name: str, same_search_as: str | None = None, latency: bool =
     took = (f" (search {sec['search'] / 60:.0f} min, final distillation {sec['final_distillation'] / 60:.0f} min, "
             f"whole run {total / 60:.0f} min on 2 CPU cores)"
             if {"search", "final_distillation"} <= set(sec) and total is not None else "")
-    if same_search_as:
-        took = (f" ({sec['final_distillation'] / 60:.0f} min on 2 CPU cores)" if "final_distillation" in sec else "")
-        head = (f"The search of `{same_search_as}` (its history.jsonl, reused), then {r['final_epochs']} epochs of final "
-                f"distillation for each student{took}:\n")
-    else:
-        head = (f"`{r['env_id']}`, search `{r['agent']}` ({r['students']} students, constraints "
-                f"`{json.dumps((r['args'].get('env_kwargs') or {}).get('constraints'))}`), then {r['final_epochs']} "
-                f"epochs of final distillation for each student{took}:\n")
+    head = (f"`{r['env_id']}`, search `{r['agent']}` ({r['students']} students, constraints "
+            f"`{json.dumps((r['args'].get('env_kwargs') or {}).get('constraints'))}`), then {r['final_epochs']} "
+            f"epochs of final distillation for each student{_recipe_words(r)}{took}:\n")
     out = [head,
            table(["student", "params", "compression", "FLOPs ratio", "val acc", "test acc", "test vs teacher, pts"],
                  rows, "lrrrrrr")]
     lat = r.get("latency") or {}
-    if latency and lat.get("runtimes"):
+    if lat.get("runtimes"):
         lrows = []
         for runtime, d in lat["runtimes"].items():
             for b in map(str, lat["batch_sizes"]):
@@ -649,6 +668,14 @@ def compress_block(name: str, same_search_as: str | None = None, latency: bool =
                        "file MiB (t / s)"], lrows, "lrrrrrr")]
     out.append("\n" + compress_verdict(r))
     return "\n".join(out) + "\n"
+
+
+def _recipe_words(r: dict) -> str:
+    """How the final students were trained, from the report (one made before recipes: ``n2n``)."""
+    recipe = r.get("final_recipe", "n2n")
+    lr = r.get("final_lr", 1e-3)
+    words = {"n2n": "Adam and MSE on logits", "kd-sgd": "SGD on a cosine schedule and the KD loss"}
+    return f" (recipe `{recipe}`: {words.get(recipe, recipe)}, lr {lr:g})"
 
 
 def compress_verdict(r: dict) -> str:
@@ -908,7 +935,7 @@ def pages() -> list[Page]:
 BLOCKS: dict[str, Callable[[], str]] = {"env-table": env_table, "agents-table": agents_table,
                                          "fidelity-defaults": fidelity_defaults, "resnet20-board": resnet20_board,
                                          "compress-resnet20": compress_resnet20,
-                                         "compress-resnet20-long": compress_resnet20_long}
+                                         "compress-resnet20-finals": compress_resnet20_finals}
 BLOCK_FILES = ("README.md", "docs/index.md", "docs/agents.md")
 BLOCK = re.compile(r"(<!-- BEGIN generated (?P<name>[\w-]+)[^>]*-->\n)(?P<body>.*?)(<!-- END generated (?P=name) -->)",
                    re.S)

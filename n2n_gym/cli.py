@@ -36,6 +36,7 @@ from n2n_gym.compress import (
 )
 from n2n_gym.compress import format_accuracy as _fmt_acc
 from n2n_gym.compress import format_count as _fmt_int
+from n2n_gym.evaluation.final import RECIPES as FINAL_RECIPES
 from n2n_gym.utils.checks import int_at_least, json_object
 from n2n_gym.utils.devices import resolve_device
 
@@ -85,8 +86,9 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     try:
         report = compress(ns.env_id, out=out, resume=resume, agent=ns.agent, budget=ns.budget, hparams=ns.hparams,
                           model=ns.model, checkpoint=ns.checkpoint, dataset=ns.dataset, final_epochs=ns.final_epochs,
-                          final_lr=ns.final_lr, export=ns.export, compare=ns.compare,
-                          latency_rounds=ns.latency_rounds, final_workers=ns.final_workers, progress=ns.progress,
+                          final_lr=ns.final_lr, final_recipe=ns.final_recipe, export=ns.export, compare=ns.compare,
+                          latency_rounds=ns.latency_rounds, final_workers=ns.final_workers, sizes=ns.sizes,
+                          progress=ns.progress,
                           **settings)
     except CompressError as exc:
         raise SystemExit(f"n2n-gym compress{' ' + exc.flag if exc.flag else ''}: {exc}") from None
@@ -318,8 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"epochs of the final distillation of the best student (default: {DEFAULT_FINAL_EPOCHS}; "
                          + ", ".join(f"{v} on {k}" for k, v in FINAL_EPOCHS_BY_ENV.items())
                          + ", sized for a run of about 2 hours on 2 CPU cores)")
-    co.add_argument("--final-lr", type=float, default=1e-3,
-                    help="Adam lr of the final distillation (last third at lr/10) (default: %(default)s)")
+    co.add_argument("--final-recipe", default="n2n", choices=list(FINAL_RECIPES),
+                    help="how the final students are trained: n2n (Adam, MSE on logits, last third at lr/10) or "
+                         "kd-sgd (SGD with Nesterov momentum on a cosine schedule, KD loss with the labels) "
+                         "(default: %(default)s)")
+    co.add_argument("--final-lr", type=float, default=None,
+                    help="lr of the final distillation (default: the recipe's: "
+                         + ", ".join(f"{k} {v[0]:g}" for k, v in FINAL_RECIPES.items()) + ")")
     co.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                     help="write the torch.export and ONNX files (default: on)")
     co.add_argument("--compare", default="magnitude,thin", type=_alternatives, metavar="NAMES",
@@ -329,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--latency-rounds", type=int, default=3, metavar="N",
                     help="paired rounds of the teacher/student latency measurement of the exported files "
                          "(ONNX Runtime and torch.export, batch 1 and 256, 1 thread); 0 skips it (default: %(default)s)")
+    co.add_argument("--sizes", type=int, default=1, metavar="N",
+                    help="students of the search's Pareto front given the final distillation, the best one among "
+                         "them, spread over its sizes; each exported, with its test accuracy and ONNX Runtime "
+                         "latency in the report and sizes.png (default: %(default)s)")
     co.add_argument("--final-workers", type=int, default=None, metavar="N",
                     help="processes that train the final students (the best and the --compare ones) side by side, "
                          "one torch thread each (default: one per student, all at once: on 2 cores three take 1.5 "
@@ -439,12 +450,12 @@ def _main(argv: list[str]) -> int:
         fields = {f.name for f in dataclasses.fields(Args)}
         if _registered(ns.env_id):  # (an unknown id: compress() says it in one line, with the closest ids)
             args_or_exit(parser, Args, {k: v for k, v in vars(ns).items() if k in fields})
-        for name, least in (("final_epochs", 1), ("latency_rounds", 0)):
+        for name, least in (("final_epochs", 1), ("latency_rounds", 0), ("sizes", 1)):
             if getattr(ns, name) is not None and getattr(ns, name) < least:  # None: the env's default
                 parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(ns, name)}")
         if ns.final_workers is not None and ns.final_workers < 1:
             parser.error(f"--final-workers must be >= 1, got {ns.final_workers}")
-        if not (math.isfinite(ns.final_lr) and ns.final_lr > 0):
+        if ns.final_lr is not None and not (math.isfinite(ns.final_lr) and ns.final_lr > 0):
             parser.error(f"--final-lr must be a finite number > 0, got {ns.final_lr}")
         if ns.agent == DEFAULT_AGENT and ns.hparams:
             parser.error("--hparams is for an --agent other than n2n; n2n's settings are its own options "

@@ -64,9 +64,11 @@ from n2n_gym.bench.runner import AGENTS, load_agent
 from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID, canonical_env_id, resolve_protocol
 from n2n_gym.evaluation.final import (
     ALTERNATIVES,
+    RECIPES,
     alternative_jobs,
     estimate_seconds,
     final_students,
+    recipe_lr,
     throughput,
 )
 from n2n_gym.evaluation.protocols import get_protocol
@@ -147,9 +149,10 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
              agent: str = DEFAULT_AGENT, budget: int | None = None, hparams: dict | None = None,
              env_kwargs: dict | None = None, protocol: str | None = None, seed: int = 0, device: str = "auto",
              model: str | None = None, checkpoint: str | os.PathLike | None = None, dataset: str | None = None,
-             final_epochs: int | None = None, final_lr: float = 1e-3, export: bool = True,
+             final_epochs: int | None = None, final_lr: float | None = None, final_recipe: str = "n2n",
+             export: bool = True,
              compare: str | Iterable[str] = ALTERNATIVES, latency_rounds: int = 3, final_workers: int | None = None,
-             progress: bool = True,
+             sizes: int = 1, progress: bool = True,
              log: Callable[[str], None] | None = None, **n2n_settings: Any) -> dict:
     """Compress the teacher of ``env_id``; returns the report (also ``report.json`` of the run folder).
 
@@ -171,12 +174,19 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
       removal, the rest to the last stage, rounded up to whole updates).
     - ``model``/``checkpoint``/``dataset``: compress your own network on ``N2N-Custom-v0``
       (``n2n_gym.teachers.importer``), as ``n2n-gym compress --model``.
-    - ``final_epochs``, ``final_lr``: the final distillation (``final_epochs`` None: the env's
-      default, :func:`default_final_epochs`: 30, or 20 on ResNet-20 CIFAR-10); ``compare``: the same-size
+    - ``final_epochs``, ``final_lr``, ``final_recipe``: the final distillation (``final_epochs``
+      None: the env's default, :func:`default_final_epochs`: 30, or 20 on ResNet-20 CIFAR-10;
+      ``final_recipe``: ``"n2n"``, Adam and MSE on logits, or ``"kd-sgd"``, SGD on a cosine
+      schedule and the KD loss, :data:`n2n_gym.evaluation.final.RECIPES`; ``final_lr`` None: the
+      recipe's, 1e-3 or 0.05); every final student is trained alike; ``compare``: the same-size
       alternatives (``magnitude``, ``thin``; ``()`` for none); ``export``: torch.export and ONNX
       files; ``latency_rounds``: paired rounds of the latency measurement (0 skips it);
       ``final_workers``: processes that train the final students side by side (default: one
       per student, all at once, or one for a short final distillation: :func:`default_final_workers`).
+    - ``sizes``: students of the search's Pareto front given the final distillation, the best
+      one among them (:func:`pareto_picks`); with ``sizes`` > 1 the others are exported to
+      ONNX too and the report and ``sizes.png`` give each one's test accuracy against its
+      ONNX Runtime latency (``report["sizes"]``).
     - ``progress``: progress bars; ``log``: where the run's messages go (default: stderr).
 
     The report holds the teacher, the search's best student, the final student and the
@@ -203,6 +213,7 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
         config = _new_config(env_id, agent=agent, budget=budget, hparams=hparams, env_kwargs=dict(env_kwargs or {}),
                              protocol=protocol, seed=seed, device=device, model=model, checkpoint=checkpoint,
                              dataset=dataset, final_epochs=final_epochs, final_lr=final_lr, export=export,
+                             final_recipe=final_recipe, sizes=sizes,
                              compare=compare, latency_rounds=latency_rounds, final_workers=final_workers,
                              n2n_settings=n2n_settings)
         env_id, env_kwargs = _custom_teacher(env_id, config["env_kwargs"], model, checkpoint, dataset, log)
@@ -233,8 +244,8 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
 # ---------------------------------------------------------------------------- settings and folders
 def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | None, env_kwargs: dict,
                 protocol: str | None, seed: int, device: str, model, checkpoint, dataset, final_epochs: int,
-                final_lr: float, export: bool, compare, latency_rounds: int, n2n_settings: dict,
-                final_workers: int | None = None) -> dict:
+                final_lr: float | None, export: bool, compare, latency_rounds: int, n2n_settings: dict,
+                final_workers: int | None = None, final_recipe: str = "n2n", sizes: int = 1) -> dict:
     """The run's ``config.json``, every setting checked (a bad one fails before any folder exists)."""
     unknown = sorted(set(n2n_settings) - set(_N2N_ONLY))
     if unknown:
@@ -248,13 +259,19 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
         raise ValueError("the n2n agent's settings are its own options (--updates, --rollouts, ...), not hparams")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise ValueError(f"budget must be an integer >= 1 (student evaluations), got {budget!r}")
-    for name, value, least in (("final_epochs", final_epochs, 1), ("latency_rounds", latency_rounds, 0)):
+    for name, value, least in (("final_epochs", final_epochs, 1), ("latency_rounds", latency_rounds, 0),
+                               ("sizes", sizes, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if final_workers is not None and (isinstance(final_workers, bool) or not isinstance(final_workers, int)
                                       or final_workers < 1):
         raise ValueError(f"final_workers must be an integer >= 1 (processes), got {final_workers!r}")
-    if not (isinstance(final_lr, (int, float)) and math.isfinite(final_lr) and final_lr > 0):
+    if final_recipe not in RECIPES:
+        raise ValueError(f"final_recipe: unknown {final_recipe!r}; choose from {', '.join(RECIPES)}")
+    if final_lr is None:
+        final_lr = recipe_lr(final_recipe)
+    if isinstance(final_lr, bool) or not (isinstance(final_lr, (int, float)) and math.isfinite(final_lr)
+                                          and final_lr > 0):
         raise ValueError(f"final_lr must be a finite number > 0, got {final_lr!r}")
     names = [c for c in compare.split(",") if c] if isinstance(compare, str) else list(compare)
     bad = sorted(set(names) - set(ALTERNATIVES))
@@ -268,8 +285,9 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
     return {"format": RUN_FORMAT, **settings, "agent": agent, "budget": budget, "hparams": dict(hparams or {}),
             "model": model,
             "checkpoint": None if checkpoint is None else str(checkpoint), "dataset": dataset,
-            "final_epochs": final_epochs, "final_lr": final_lr, "export": bool(export), "compare": ",".join(names),
-            "latency_rounds": latency_rounds, "final_workers": final_workers}
+            "final_epochs": final_epochs, "final_lr": final_lr, "final_recipe": final_recipe, "export": bool(export),
+            "compare": ",".join(names),
+            "latency_rounds": latency_rounds, "final_workers": final_workers, "sizes": sizes}
 
 
 def _protocol_name(env_id: str, protocol):
@@ -325,7 +343,7 @@ def _resume_dir(out) -> pathlib.Path:
 def _config_keys() -> frozenset[str]:
     """Every key a run's config.json may hold (what :func:`_new_config` writes)."""
     return frozenset({"format", "agent", "budget", "hparams", "model", "checkpoint", "dataset", "final_epochs",
-                      "final_lr", "export", "compare", "latency_rounds", "final_workers"} | {f.name for f in dataclasses.fields(Args)})
+                      "final_lr", "final_recipe", "sizes", "export", "compare", "latency_rounds", "final_workers"} | {f.name for f in dataclasses.fields(Args)})
 
 
 def _run_config(run_dir: pathlib.Path) -> tuple[dict | None, str]:
@@ -631,13 +649,16 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     agent = config.get("agent", DEFAULT_AGENT)
     args = _search_args(config, progress)
     final_epochs, export = int(config.get("final_epochs", DEFAULT_FINAL_EPOCHS)), bool(config.get("export", True))
-    final_lr = float(config.get("final_lr", 1e-3))
+    # a run made before recipes existed has none: it was "n2n"
+    final_recipe = str(config.get("final_recipe", "n2n"))
+    final_lr = float(config.get("final_lr") or recipe_lr(final_recipe))
     compare = tuple(c for c in str(config.get("compare", "magnitude,thin")).split(",") if c)
+    sizes = int(config.get("sizes", 1))  # a run made before --sizes: the best student alone
     # how many processes is this machine's business, not the run's: a resumed run recomputes it
     final_workers = config.get("final_workers")  # None: by the final distillation's size, when the data is known
 
     def estimate(students: int) -> None:
-        _print_estimate(args, students, final_epochs, 1 + len(compare), final_workers, log)
+        _print_estimate(args, students, final_epochs, len(compare) + sizes, final_workers, log)
 
     timings = _Timings(run_dir, log)
     with timings.stage("search"):
@@ -656,17 +677,22 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     try:
         return _finish(env.unwrapped, config, args, agent, run_dir, best, history, final_epochs, final_lr, export,
-                       compare, final_workers, log, timings)
+                       compare, final_workers, log, timings, final_recipe, sizes)
     finally:
         env.close()
 
 
 def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Path, best: dict, history: list[dict],
             final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], final_workers: int | None,
-            log, timings: _Timings) -> dict:
+            log, timings: _Timings, final_recipe: str = "n2n", sizes: int = 1) -> dict:
     arch = Architecture.from_json(best["architecture"])
     teacher = unwrapped.teacher
     jobs = [("final", arch, "inherit", run_dir / "final.ckpt")]
+    picks = pareto_picks(history, best, sizes)[1:]  # (the best student is "final")
+    if sizes > 1 and len(picks) < sizes - 1:
+        log(f"--sizes {sizes}: the search's Pareto front holds {len(picks) + 1} student(s); all are trained")
+    size_jobs = [(f"size-{p['params']}", Architecture.from_json(p["architecture"]), "inherit",
+                  run_dir / f"size-{p['params']}.ckpt") for p in picks]
     ratio = None
     if compare:
         try:
@@ -677,12 +703,18 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
             log(f"alternatives not trained: {exc}")
     images = final_epochs * len(unwrapped.evaluator.data.train_idx)
     workers = min(final_workers or default_final_workers(len(jobs), images), len(jobs))
-    log(f"final distillation ({final_epochs} epochs over the training split) of the best student"
-        + (f" and, at its size, {', '.join(j[0] for j in jobs[1:])}" if len(jobs) > 1 else "")
+    alt_names = [j[0] for j in jobs[1:]]
+    jobs += size_jobs
+    log(f"final distillation ({final_epochs} epochs over the training split, recipe {final_recipe}, lr {final_lr:g}) "
+        "of the best student"
+        + (f", at its size {', '.join(alt_names)}" if alt_names else "")
+        + (f", {len(size_jobs)} more of the Pareto front ({', '.join(j[0] for j in size_jobs)})" if size_jobs else "")
         + (f", {workers} at a time in worker processes" if workers > 1 else "") + " ...")
     with timings.stage("final_distillation"):  # wall time of all of them (a row's seconds: that student's)
-        trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers, args.progress)
+        trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers, args.progress,
+                                 recipe=final_recipe)
     module, row = trained.pop("final")
+    sized = {name: trained.pop(name) for name, *_ in size_jobs}
     val_acc, test_acc = row["val_accuracy"], row["test_accuracy"]
     reward = n2n_reward(student_params=arch.params, teacher_params=teacher.params, student_accuracy=val_acc,
                         teacher_accuracy=teacher.val_accuracy).value
@@ -697,7 +729,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         search_row["measured_val_accuracy"] = best.get("measured_accuracy")
     final_row = {"val_accuracy": val_acc, "test_accuracy": test_acc, "params": arch.params, "flops": arch.flops,
                  "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
-                 "seconds": row["seconds"]}
+                 "recipe": final_recipe, "lr": final_lr, "seconds": row["seconds"]}
     others = {}
     for name, (_, r) in trained.items():
         others[name] = {**r, "width_ratio": ratio, "architecture": jobs[1][1].to_dict(),
@@ -710,7 +742,11 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     with timings.stage("export"):
         exports = export_student(module, run_dir) if export else {}
         latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
+        size_rows = _size_rows(run_dir, unwrapped, args.env_id, final_row, search_row, latency, sized, picks,
+                               export, int(config.get("latency_rounds", 3)))
     plots = _plots(run_dir, history, final_row, "N2N" if agent == DEFAULT_AGENT else agent)
+    if size_rows:
+        plots.append(_plot_sizes(run_dir, teacher_row, size_rows))
     table = _report_table(teacher_row, search_row, final_row, protocol.name, others)
     n_val, n_test = len(data.val_idx), len(data.y_test)
     estimates = ("" if protocol.calibration is None else
@@ -722,18 +758,19 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         f"{protocol.train_images or 'all'} training images, scored on {min(protocol.val_images or n_val, n_val)} "
         f"validation / {min(protocol.test_images or n_test, n_test)} test images); they are what the reward "
         f"used{estimates}. Final rows: after the final distillation ({final_epochs} epochs over the whole training "
-        f"split), on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
+        f"split, recipe '{final_recipe}' at lr {final_lr:g}, the same for every final row), on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
         f"FLOPs: {FLOP_CONVENTION}.")
     constraints = _constraint_checks(args.env_kwargs.get("constraints"), {"best student": final_row, **others})
     seconds = timings.seconds()  # summed over the run's invocations (timings.json)
     report = {
         "env_id": args.env_id, "run_dir": str(run_dir), "agent": agent, "args": dataclasses.asdict(args),
-        "final_epochs": final_epochs, "teacher": teacher_row, "search_best": search_row, "final": final_row,
+        "final_epochs": final_epochs, "final_recipe": final_recipe, "final_lr": final_lr, "teacher": teacher_row, "search_best": search_row, "final": final_row,
         "alternatives": {k: {f: v for f, v in r.items() if f != "architecture"} for k, r in others.items()},
         "constraints": constraints,
         "students": len(history),
         "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
         "student_architecture": arch.to_dict(), "exports": exports, "latency": latency, "plots": plots,
+        **({"sizes": size_rows} if size_rows else {}),
         "seconds": seconds,
         "notes": notes,
     }
@@ -746,9 +783,123 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
             f"{len(history)}; {report['distinct_students']} distinct students; "
             f"{seconds['total']:.0f} s (search {seconds['search']:.0f} s, final distillation "
             f"{seconds['final_distillation']:.0f} s, export and latency {seconds['export']:.0f} s; over "
-            f"{seconds['invocations']} invocation(s))\n\n{_latency_text(latency)}{arch.table()}\n")
+            f"{seconds['invocations']} invocation(s))\n\n{_latency_text(latency)}{_sizes_text(size_rows)}{arch.table()}\n")
     atomic_write_text(run_dir / "report.txt", text)
     return report
+
+
+# ---------------------------------------------------------------------------- several sizes
+def pareto_picks(history: list[dict], best: dict, n: int) -> list[dict]:
+    """``best`` and up to ``n - 1`` other students of the search's Pareto front (fewest
+    parameters for the accuracy the search gave them; :func:`n2n_gym.bench.leaderboard.pareto_front`),
+    history rows. Each next pick is the front's student farthest in log(params) from those
+    picked, so that the sizes spread over the front (farthest-point sampling, ties to the
+    smaller); deterministic for a history."""
+    rows: dict[str, dict] = {}
+    for r in history:  # a student's first row (a resampled one keeps its first evaluation)
+        if r.get("valid") and r.get("architecture"):
+            rows.setdefault(r["architecture"], r)
+    front_points = set(pareto_front([(r["params"], r["accuracy"]) for r in rows.values()]))
+    front = sorted((r for r in rows.values() if (r["params"], r["accuracy"]) in front_points),
+                   key=lambda r: (r["params"], -r["accuracy"]))
+    front = [r for k, r in enumerate(front) if k == 0 or r["params"] != front[k - 1]["params"]]  # one per size
+    picks = [best]
+    candidates = [r for r in front if r["params"] != best["params"]]
+    while len(picks) < n and candidates:
+        def gap(r):
+            return min(abs(math.log(r["params"]) - math.log(p["params"])) for p in picks)
+        far = max(candidates, key=lambda r: (gap(r), -r["params"]))
+        picks.append(far)
+        candidates.remove(far)
+    return picks
+
+
+def _size_rows(run_dir: pathlib.Path, unwrapped, env_id: str, final_row: dict, search_row: dict, latency,
+               sized: dict, picks: list[dict], export: bool, rounds: int) -> list[dict]:
+    """``report["sizes"]``: the best student and the other Pareto picks after the final
+    distillation, by parameters; each of ``picks`` (the others) saved (and exported) in ``sizes/<name>/``, and
+    its ONNX Runtime latency measured against the teacher's file as the best student's was."""
+    if not sized:
+        return []
+    teacher, data = unwrapped.teacher, unwrapped.evaluator.data
+    keys = ("params", "flops", "compression", "val_accuracy", "test_accuracy")
+
+    def onnx_latency(lat) -> dict:
+        rt = ((lat or {}).get("runtimes") or {}).get("onnxruntime")
+        return {} if not rt else {"latency_ms": rt["student"]["latency_ms"], "speedup": rt["speedup"],
+                                  "teacher_latency_ms": rt["teacher"]["latency_ms"]}
+
+    rows = [{"name": "final", **{k: final_row[k] for k in keys}, "search_accuracy": search_row["val_accuracy"],
+             "run_dir": ".", **onnx_latency(latency)}]
+    teacher_onnx = run_dir / "teacher.onnx"
+    for pick in picks:
+        name = f"size-{pick['params']}"
+        module, row = sized[name]
+        folder = run_dir / "sizes" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        save_student(folder, module.cpu(), env_id=env_id, teacher=teacher.summary(),
+                     normalization={"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"},
+                     metrics=row, search_metrics={"val_accuracy": pick["accuracy"], "evaluation": pick["evaluation"]})
+        out = {"name": name, **{k: row[k] for k in keys}, "search_accuracy": pick["accuracy"],
+               "run_dir": f"sizes/{name}"}
+        if export:
+            files = export_student(module, folder)
+            out["exports"] = {k: os.path.relpath(v, run_dir) if os.path.isabs(v) else v for k, v in files.items()}
+            if rounds > 0 and teacher_onnx.is_file() and not files.get("onnx", "failed").startswith("failed"):
+                from n2n_gym.evaluation import deploy
+
+                try:
+                    out.update(onnx_latency(deploy.compare({"onnxruntime": str(teacher_onnx)},
+                                                           {"onnxruntime": files["onnx"]}, module.arch.input_shape,
+                                                           (1, 256), rounds=rounds)))
+                except (ValueError, RuntimeError, OSError) as exc:  # reported, never fatal to the run
+                    out["latency_error"] = f"{type(exc).__name__}: {exc}"
+        rows.append(out)
+    return sorted(rows, key=lambda r: r["params"])
+
+
+def _sizes_text(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["Several sizes from the search's Pareto front, the same final distillation (ONNX Runtime, 1 thread):", "",
+             "| student | params | compression | val acc | test acc | batch-1 ms | batch-1 speed-up | folder |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        ms, up = (r.get("latency_ms") or {}).get("1"), (r.get("speedup") or {}).get("1")
+        lines.append(f"| {'best' if r['name'] == 'final' else r['name']} | {r['params']:,} | {r['compression']:.2f}x | "
+                     f"{format_accuracy(r['val_accuracy'])} | {format_accuracy(r['test_accuracy'])} | "
+                     f"{'-' if ms is None else f'{ms:.2f}'} | {'-' if up is None else f'{up:.2f}x'} | {r['run_dir']} |")
+    return "\n".join(lines) + "\n\n"
+
+
+def _plot_sizes(run_dir: pathlib.Path, teacher: dict, rows: list[dict]) -> str:
+    """``sizes.png``: test accuracy against batch-1 ONNX Runtime latency (against parameters when
+    no latency was measured) of the teacher and each size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = all((r.get("latency_ms") or {}).get("1") is not None for r in rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["latency_ms"]["1"] if timed else r["params"] for r in rows]
+    ax.plot(xs, [100 * r["test_accuracy"] for r in rows], "o-", color="tab:green", label="students, final distillation")
+    for x, r in zip(xs, rows):
+        ax.annotate(f"{r['compression']:.1f}x" + (" (best)" if r["name"] == "final" else ""),
+                    (x, 100 * r["test_accuracy"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    t_x = rows[0].get("teacher_latency_ms", {}).get("1") if timed else teacher["params"]
+    if t_x is not None:
+        ax.scatter([t_x], [100 * teacher["test_accuracy"]], marker="*", s=150, color="black", label="teacher")
+    ax.set_xlabel("batch-1 latency, ONNX Runtime, 1 thread (ms)" if timed else "parameters")
+    if not timed:
+        ax.set_xscale("log")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("several sizes from the Pareto front: accuracy against speed", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "sizes.png", dpi=120)
+    plt.close(fig)
+    return str(run_dir / "sizes.png")
 
 
 # ---------------------------------------------------------------------------- time spent

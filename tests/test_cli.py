@@ -317,6 +317,90 @@ def test_compress_agent_resume_does_not_redo_a_finished_search(random_run, tmp_p
     assert seconds["total"] >= first["total"] + seconds["total_this_invocation"] - 1e-6
 
 
+def _reuse_search(done: pathlib.Path, run: pathlib.Path, **settings) -> pathlib.Path:
+    """A run folder holding the finished search of ``done`` and its config.json with ``settings``
+    changed (as docs/reproduce.md makes the committed CIFAR runs that reuse a search)."""
+    run.mkdir()
+    for name in ("config.json", "history.jsonl", "search.jsonl", "cache.sqlite"):
+        shutil.copy(done / name, run / name)
+    config = json.loads((run / "config.json").read_text())
+    # the defaults of the settings added after the first runs, written down
+    assert (config["final_recipe"], config["final_lr"], config["sizes"]) == ("n2n", 1e-3, 1)
+    (run / "config.json").write_text(json.dumps({**config, **settings}))
+    return run
+
+
+def test_compress_final_recipe_trains_every_final_student_with_it(random_run, tmp_path, capsys):
+    """The committed CIFAR runs reuse a finished search with another final distillation: a
+    copy of its search files with ``final_recipe`` set in config.json (docs/reproduce.md)."""
+    from n2n_gym.cli import main
+
+    run = _reuse_search(random_run, tmp_path / "kd-sgd", final_recipe="kd-sgd", final_lr=0.05, compare="magnitude")
+    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
+    assert "recipe kd-sgd, lr 0.05" in capsys.readouterr().err
+    report, reference = (json.loads((r / "report.json").read_text()) for r in (run, random_run))
+    assert (report["final_recipe"], report["final_lr"], report["final"]["recipe"]) == ("kd-sgd", 0.05, "kd-sgd")
+    assert report["final"]["params"] == reference["final"]["params"]
+    assert report["final"]["val_accuracy"] != reference["final"]["val_accuracy"]  # trained otherwise
+    assert "recipe 'kd-sgd' at lr 0.05, the same for every final row" in report["notes"]
+    # the students' checkpoints are the recipe's: a resumed n2n run could not pick them up
+    for name in ("final", "magnitude"):
+        key = torch.load(run / f"{name}.ckpt", weights_only=True)["key"]
+        assert key and key != torch.load(random_run / "final.ckpt", weights_only=True)["key"]
+
+
+def test_pareto_picks_spread_over_the_front_from_the_best_student():
+    from n2n_gym.compress import pareto_picks
+
+    def row(arch, params, accuracy, valid=True):
+        return {"architecture": arch, "params": params, "accuracy": accuracy, "valid": valid}
+
+    history = [row("a", 1000, 0.50), row("b", 2000, 0.70), row("c", 4000, 0.80), row("d", 8000, 0.85),
+               row("e", 16000, 0.90), row("f", 3000, 0.60),  # f: dominated by b
+               row("g", 500, 0.99, valid=False),  # invalid: never picked
+               row("b2", 2000, 0.70), row("c", 4000, 0.10)]  # the same size again; c's later resample
+    best = history[2]  # c
+    assert [p["architecture"] for p in pareto_picks(history, best, 1)] == ["c"]
+    # farthest in log(params) from those picked: 1000 (2 octaves from 4000, as 16000 is: the smaller), then 16000
+    assert [p["architecture"] for p in pareto_picks(history, best, 3)] == ["c", "a", "e"]
+    assert [p["params"] for p in pareto_picks(history, best, 9)] == [4000, 1000, 16000, 2000, 8000]  # the whole front
+    assert pareto_picks([best], best, 3) == [best]
+
+
+def test_compress_sizes_distils_exports_and_times_several_sizes(random_run, tmp_path, capsys):
+    """--sizes: students of the Pareto front beside the best, each saved, exported and timed
+    through ONNX Runtime against the teacher, in the report and sizes.png; resumable."""
+    from n2n_gym.cli import main
+    from n2n_gym.compress import pareto_picks
+
+    run = _reuse_search(random_run, tmp_path / "sizes", sizes=2, export=True, latency_rounds=1)
+    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    history = _history(run)
+    best = max(history, key=lambda r: (r["reward"], -r["params"]))
+    picks = pareto_picks(history, best, 2)
+    assert len(picks) == 2, "the fixture's search should leave a front of two or more students"
+    rows = {r["name"]: r for r in report["sizes"]}
+    other = f"size-{picks[1]['params']}"
+    assert set(rows) == {"final", other} and [r["params"] for r in report["sizes"]] == sorted(r["params"] for r in picks)
+    assert rows["final"]["test_accuracy"] == report["final"]["test_accuracy"]
+    assert rows[other]["search_accuracy"] == picks[1]["accuracy"]
+    for r in rows.values():
+        assert 0 <= r["test_accuracy"] <= 1 and r["latency_ms"]["1"] > 0 and r["speedup"]["1"] > 0
+    student = n2n_gym.load_student(run / "sizes" / other)
+    assert student.arch.params == picks[1]["params"]
+    assert (run / "sizes" / other / "student.onnx").is_file() and (run / "sizes.png").is_file()
+    assert "Several sizes from the search's Pareto front" in (run / "report.txt").read_text()
+    # killed before the report: the checkpoints make a second pass train nothing again
+    (run / "report.json").unlink()
+    shutil.rmtree(run / "sizes")
+    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
+    again = json.loads((run / "report.json").read_text())
+    assert [r["test_accuracy"] for r in again["sizes"]] == [r["test_accuracy"] for r in report["sizes"]]
+    assert again["seconds"]["final_distillation"] < report["seconds"]["final_distillation"] + 5
+    capsys.readouterr()
+
+
 def test_compress_resume_of_a_finished_run_redoes_nothing(random_run, tmp_path, capsys):
     """Resuming a complete run says so and prints its report (a break-it pass: it re-ran the
     final students' scoring, the exports and the latency measurement)."""
@@ -405,6 +489,8 @@ def test_compress_agent_settings_are_checked_before_a_run_folder(tmp_path, capsy
                           (["--agent", "random", "--budget", "0"], "argument --budget: must be >= 1"),
                           (["--hparams", '{"population": 4}'], "--hparams is for an --agent other than n2n"),
                           (["--final-workers", "0"], "--final-workers must be >= 1, got 0"),
+                          (["--final-recipe", "adamw"], "argument --final-recipe: invalid choice: 'adamw'"),
+                          (["--final-lr", "0"], "--final-lr must be a finite number > 0, got 0.0"),
                           (["--final-epochs", "0"], "--final-epochs must be >= 1, got 0")):
         with pytest.raises(SystemExit) as exc:
             cli.main(["compress", *argv, "--out", str(run)])
@@ -413,7 +499,8 @@ def test_compress_agent_settings_are_checked_before_a_run_folder(tmp_path, capsy
         cli.main(["compress", "--resume", str(tmp_path / "nowhere")])
     for kwargs, error in (({"budget": 0}, ValueError), ({"agent": "nope"}, ValueError), ({"updatez": "1"}, TypeError),
                           ({"compare": ("magnitude", "wide")}, ValueError), ({"final_workers": 0}, ValueError),
-                          ({"final_workers": 1.5}, ValueError), ({"final_epochs": 0}, ValueError)):
+                          ({"final_workers": 1.5}, ValueError), ({"final_epochs": 0}, ValueError),
+                          ({"final_recipe": "adamw"}, ValueError), ({"final_lr": True}, ValueError)):
         with pytest.raises(error):
             compress(out=run, **kwargs)
     assert not run.exists()
@@ -565,7 +652,8 @@ def test_compress_without_a_protocol_uses_the_ids_own(env_id, protocol, tmp_path
     # a calibrated protocol's search accuracies are estimates: the report says so and keeps the measurement
     text = (tmp_path / "run" / "report.txt").read_text() if (tmp_path / "run" / "report.txt").exists() else ""
     measured = report["search_best"].get("measured_val_accuracy")
-    assert "(1 epochs over the whole training split)" in " ".join(text.split())  # the notes name the epochs
+    # the notes name the epochs and the recipe
+    assert "(1 epochs over the whole training split, recipe 'n2n' at lr 0.001," in " ".join(text.split())
     if protocol == "digits-v2":
         assert 0.0 <= measured <= 1.0 and "ESTIMATES" in text
     else:

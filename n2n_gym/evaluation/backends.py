@@ -307,12 +307,15 @@ class ProcessBackend(Backend):
         processes = list((getattr(self._pool, "_processes", None) or {}).values())
         for process in processes:
             process.terminate()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             process.join(timeout=10)
             if process.is_alive():  # still starting up or stuck in native code under load: no second chance
                 process.kill()
                 process.join(timeout=10)
+        # only now: the pool's manager thread, seeing its workers gone, fails their running calls
+        # (BrokenProcessPool) and exits, so no future is left running; shut down first, it could
+        # exit without failing them (a race seen under load)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._cleanup()
 
     def __exit__(self, exc_type, *exc: object) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import os
 import warnings
 
@@ -50,11 +51,13 @@ def distill(
     loss: str = "mse",
     y: torch.Tensor | None = None,
     lr_drop: bool = False,
+    optimizer: str = "adam",
+    cosine: bool = False,
     checkpoint: "str | os.PathLike | None" = None,
     checkpoint_key: str = "",
     logit_memo: "AugmentedLogits | None" = None,
 ) -> nn.Module:
-    """Distil the teacher into the student with Adam; ``epochs`` passes over uint8 ``x`` (N, C, H, W).
+    """Distil the teacher into the student; ``epochs`` passes over uint8 ``x`` (N, C, H, W).
 
     ``checkpoint``: a file written atomically after every epoch (student, optimizer and
     generator state); a later call with the same file and ``checkpoint_key`` continues after
@@ -65,6 +68,10 @@ def distill(
     ``loss="kd"``: ``KD_ALPHA * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - KD_ALPHA) * CE(s, y)``
     with ``T = KD_TEMPERATURE`` (Hinton et al. 2015); needs the labels ``y`` (N,).
     ``lr_drop``: the last third of the epochs (at least the first epoch at ``lr``) at ``lr / 10``.
+    ``optimizer``: ``"adam"`` (N2N's code) or ``"sgd"`` (Nesterov momentum 0.9, as in He et al.
+    2016's CIFAR ResNets); ``weight_decay`` is either's L2 term.
+    ``cosine``: epoch ``e`` of ``epochs`` at ``lr * (1 + cos(pi * e / epochs)) / 2`` (Loshchilov &
+    Hutter 2017, no restarts; per epoch, so a resumed run is at the same lr); not with ``lr_drop``.
     ``teacher_logits`` (for ``x`` in order) are reused when given and ``augment`` is off.
     ``logit_memo`` (with ``augment``): the teacher's logits of each epoch's augmented batches,
     kept by :class:`AugmentedLogits` and reused by the next student of the same ``x`` and seed
@@ -75,9 +82,13 @@ def distill(
         raise ValueError(f"loss must be 'mse' or 'kd', got {loss!r}")
     if loss == "kd" and (y is None or len(y) != len(x)):
         raise ValueError("loss='kd' needs the labels y of the training images x (one per image)")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if cosine and lr_drop:
+        raise ValueError("cosine and lr_drop are two lr schedules: set one of them")
     with torch.enable_grad():  # callers may step the env inside torch.no_grad()
         return _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator,
-                        teacher_logits, loss, y, lr_drop, checkpoint, checkpoint_key, logit_memo)
+                        teacher_logits, loss, y, lr_drop, checkpoint, checkpoint_key, logit_memo, optimizer, cosine)
 
 
 class AugmentedLogits:
@@ -121,6 +132,15 @@ class AugmentedLogits:
             self._bytes -= self._epochs.popitem(last=False)[1][1]
 
 
+def epoch_lr(lr: float, epoch: int, epochs: int, lr_drop: bool, cosine: bool) -> float:
+    """The learning rate of 0-based ``epoch`` of ``epochs`` under the schedule (see :func:`distill`)."""
+    if cosine:
+        return lr * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
+    if lr_drop and epoch >= drop_epoch(epochs):
+        return lr / 10
+    return lr
+
+
 def drop_epoch(epochs: int) -> int:
     """The first epoch at lr / 10 under ``lr_drop``: after two thirds, at least one epoch at lr."""
     return max(epochs * 2 // 3, 1)
@@ -136,7 +156,8 @@ def distillation_loss(out: torch.Tensor, target: torch.Tensor, loss: str, labels
 
 
 def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator, teacher_logits,
-             loss="mse", y=None, lr_drop=False, checkpoint=None, checkpoint_key="", logit_memo=None):
+             loss="mse", y=None, lr_drop=False, checkpoint=None, checkpoint_key="", logit_memo=None,
+             optimizer_name="adam", cosine=False):
     if augment and teacher_logits is not None:
         raise ValueError("teacher logits cannot be reused when the inputs are augmented")
     if epochs == 0:
@@ -146,13 +167,15 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
         teacher_logits = predict_logits(teacher, data, x)
     teacher.eval()
     student.train()
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer_name == "sgd":
+        optimizer = torch.optim.SGD(student.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
     index = torch.arange(len(x), device=x.device)
     first = _resume(checkpoint, checkpoint_key, student, optimizer, generator) if checkpoint else 0
     for epoch in range(first, epochs):
-        if lr_drop and epoch == drop_epoch(epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = lr / 10
+        for group in optimizer.param_groups:  # from the epoch alone: a resumed run is at the same lr
+            group["lr"] = epoch_lr(lr, epoch, epochs, lr_drop, cosine)
         # summed on the device and checked once per epoch: no host sync per step
         total = torch.zeros((), device=x.device)
         memo_key = AugmentedLogits.key(len(x), batch_size, generator) if augment and logit_memo is not None else None

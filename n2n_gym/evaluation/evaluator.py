@@ -336,7 +336,8 @@ class Evaluator:
         distill(student, self.teacher.module, self.data, x, epochs=protocol.epochs, batch_size=protocol.batch_size,
                 lr=protocol.lr, weight_decay=protocol.weight_decay, augment=protocol.augment,
                 generator=torch.Generator().manual_seed(seed), teacher_logits=logits, loss=protocol.loss,
-                y=y if protocol.loss == "kd" else None, lr_drop=protocol.lr_drop, checkpoint=checkpoint,
+                y=y if protocol.loss == "kd" else None, lr_drop=protocol.lr_drop, optimizer=protocol.optimizer,
+                cosine=protocol.cosine, checkpoint=checkpoint,
                 checkpoint_key=self.key(arch, protocol, seed) if checkpoint else "",
                 logit_memo=self._logit_memos.setdefault(protocol.train_images, AugmentedLogits())
                 if protocol.augment else None)

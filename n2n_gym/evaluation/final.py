@@ -2,10 +2,13 @@
 practitioner would ship instead, trained the same way.
 
 - :func:`final_protocol`: ``n2n-gym compress``'s final distillation as a
-  :class:`~n2n_gym.evaluation.protocols.Protocol`: inherited weights, ``epochs`` over the whole training
-  split with the data set's augmentation, batch 64, Adam at ``lr`` with the last third at
-  lr / 10, MSE on logits (N2N's loss); scored on the whole validation and test splits. The
-  fidelity study's reference (``benchmarks/fidelity.py``) is this protocol.
+  :class:`~n2n_gym.evaluation.protocols.Protocol`: inherited weights, ``epochs`` over the whole
+  training split with the data set's augmentation, batch 64, scored on the whole validation and
+  test splits, under one of :data:`RECIPES`: ``n2n`` (default), Adam at ``lr`` (1e-3) with the
+  last third at lr / 10 and MSE on logits (N2N's loss; the fidelity study's reference,
+  ``benchmarks/fidelity.py``, is this recipe), or ``kd-sgd``, the usual CIFAR ResNet recipe:
+  SGD with Nesterov momentum 0.9 at ``lr`` (0.05) on a cosine schedule, weight decay 5e-4 (He
+  et al. 2016; Loshchilov & Hutter 2017), and Hinton et al. (2015)'s KD loss with the labels.
 - :func:`final_distill`: one student under it, with its accuracies and seconds.
 - :func:`final_students`: several of them side by side, one process each (``workers``).
 - :func:`alternatives`: at the same parameter budget, what practitioners do instead of a
@@ -33,22 +36,36 @@ from n2n_gym.ir.edits import MIN_WIDTH, uniform_width_student
 
 ALTERNATIVES = ("magnitude", "thin")
 
+#: the final distillation's recipes (module docstring): name -> (default lr, protocol fields)
+RECIPES: dict[str, tuple[float, dict]] = {
+    "n2n": (1e-3, {"loss": "mse", "optimizer": "adam", "lr_drop": True, "weight_decay": 0.0}),
+    "kd-sgd": (0.05, {"loss": "kd", "optimizer": "sgd", "cosine": True, "weight_decay": 5e-4}),
+}
 
-def final_protocol(epochs: int, lr: float = 1e-3, init: str = "inherit") -> Protocol:
+
+def recipe_lr(recipe: str, lr: "float | None" = None) -> float:
+    """``lr``, or the recipe's default lr when it is None; ``ValueError`` for an unknown recipe."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown final distillation recipe {recipe!r}; choose from {list(RECIPES)}")
+    return RECIPES[recipe][0] if lr is None else float(lr)
+
+
+def final_protocol(epochs: int, lr: "float | None" = None, init: str = "inherit", recipe: str = "n2n") -> Protocol:
     """The final distillation as a protocol (see the module docstring); ``init="random"`` for a
-    student that does not inherit the teacher's weights."""
-    return Protocol(f"final-{epochs}ep" + ("" if init == "inherit" else f"-{init}"), init, epochs, None, None,
-                    None, 64, lr, 0.0, True, lr_drop=True)
+    student that does not inherit the teacher's weights; ``lr`` None: the recipe's."""
+    lr = recipe_lr(recipe, lr)
+    name = f"final-{epochs}ep" + ("" if init == "inherit" else f"-{init}") + ("" if recipe == "n2n" else f"-{recipe}")
+    return Protocol(name, init, epochs, None, None, None, 64, lr, augment=True, **RECIPES[recipe][1])
 
 
 def final_distill(evaluator, arch: Architecture, epochs: int, lr: float, seed: int,
-                  init: str = "inherit", checkpoint: "str | os.PathLike | None" = None) -> tuple:
+                  init: str = "inherit", checkpoint: "str | os.PathLike | None" = None, recipe: str = "n2n") -> tuple:
     """``(module, row)``: the student trained by :func:`final_protocol` and its row
     ``{"val_accuracy", "test_accuracy", "params", "flops", "compression", "epochs", "seconds"}``
     (accuracies in [0, 1] on the whole validation and test splits). ``checkpoint``: a file
     saved after every epoch; a killed run continues from it (the same weights)."""
     start = time.perf_counter()
-    module = evaluator.train_student(arch, final_protocol(epochs, lr, init), seed, checkpoint)
+    module = evaluator.train_student(arch, final_protocol(epochs, lr, init, recipe), seed, checkpoint)
     data = evaluator.data
     row = {"val_accuracy": accuracy(module, data, *data.split("val")),
            "test_accuracy": accuracy(module, data, *data.split("test")),
@@ -116,7 +133,7 @@ class _EpochProgress:
 
 
 def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, seed: int,
-                   workers: int = 1, progress: bool = False) -> dict[str, tuple]:
+                   workers: int = 1, progress: bool = False, recipe: str = "n2n") -> dict[str, tuple]:
     """``{name: (module, row)}`` of :func:`final_distill` for each job, in order. With
     ``workers`` > 1 the jobs train side by side in a spawned process pool
     (:class:`~n2n_gym.evaluation.backends.ProcessBackend`, each worker on this process's torch
@@ -129,9 +146,10 @@ def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, 
     names = [job[0] for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"final_students: job names must be distinct, got {names}")
-    args = [(arch, epochs, lr, seed, init, None if ckpt is None else str(ckpt)) for _, arch, init, ckpt in jobs]
+    recipe_lr(recipe)  # an unknown recipe fails here, before any process starts
+    args = [(arch, epochs, lr, seed, init, None if ckpt is None else str(ckpt), recipe) for _, arch, init, ckpt in jobs]
     workers = min(int(workers), len(jobs))
-    with _EpochProgress([a[-1] for a in args], epochs, progress):
+    with _EpochProgress([a[5] for a in args], epochs, progress):
         if workers <= 1:
             return {name: final_distill(evaluator, *a) for name, a in zip(names, args)}
         from n2n_gym.evaluation.backends import ProcessBackend  # (torch-heavy pool machinery, only when asked)
@@ -144,7 +162,8 @@ def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, 
 
 def alternatives(evaluator, start: Architecture, target_params: int, epochs: int, lr: float, seed: int,
                  which: tuple[str, ...] = ALTERNATIVES, min_width: int = MIN_WIDTH,
-                 checkpoints: "str | os.PathLike | None" = None, workers: int = 1) -> dict[str, dict]:
+                 checkpoints: "str | os.PathLike | None" = None, workers: int = 1,
+                 recipe: str = "n2n") -> dict[str, dict]:
     """``{name: row}`` of :func:`final_distill` for each of ``which`` at <= ``target_params``
     parameters (the uniform width ratio is in the row); ``ValueError`` for an unknown name or a
     target below the narrowest uniform student. ``checkpoints``: a folder for each one's
@@ -152,7 +171,7 @@ def alternatives(evaluator, start: Architecture, target_params: int, epochs: int
     jobs, ratio = alternative_jobs(start, target_params, which, min_width, checkpoints)
     arch = jobs[0][1] if jobs else None
     return {name: {**row, "width_ratio": ratio, "architecture": arch.to_dict()}
-            for name, (_, row) in final_students(evaluator, jobs, epochs, lr, seed, workers).items()}
+            for name, (_, row) in final_students(evaluator, jobs, epochs, lr, seed, workers, recipe=recipe).items()}
 
 
 def alternative_jobs(start: Architecture, target_params: int, which: tuple[str, ...] = ALTERNATIVES,
@@ -168,8 +187,8 @@ def alternative_jobs(start: Architecture, target_params: int, which: tuple[str, 
              os.path.join(checkpoints, f"{name}.ckpt") if checkpoints else None) for name in which], ratio
 
 
-__all__ = ["ALTERNATIVES", "FinalJob", "alternative_jobs", "alternatives", "final_distill", "final_protocol",
-           "final_students"]
+__all__ = ["ALTERNATIVES", "RECIPES", "FinalJob", "alternative_jobs", "alternatives", "final_distill", "final_protocol",
+           "final_students", "recipe_lr"]
 
 
 def throughput(evaluator, batches: int = 3, batch_size: int = 64) -> dict[str, float]:

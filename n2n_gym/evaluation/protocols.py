@@ -31,6 +31,10 @@ Optional fields (defaults: off) describe the rungs of the fidelity ladder
   ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)`` with
   ``T = 4``, ``alpha = 0.9`` (:data:`n2n_gym.evaluation.distill.KD_TEMPERATURE`, ``KD_ALPHA``).
 - ``lr_drop``: the last third of the epochs at lr / 10 (the step schedule of compress).
+- ``optimizer``: ``"adam"`` (N2N's code) or ``"sgd"``: SGD with Nesterov momentum 0.9, the
+  usual CIFAR ResNet recipe (He et al. 2016), e.g. compress's ``kd-sgd`` final recipe.
+- ``cosine``: the lr of epoch ``e`` of ``E`` is ``lr * (1 + cos(pi * e / E)) / 2`` (SGDR,
+  Loshchilov & Hutter ICLR 2017, without restarts); excludes ``lr_drop``.
 - ``bn_recalibration``: after training, batch-norm statistics are recomputed on this many
   training images (EagleEye, Li et al. ECCV 2020); with ``epochs=0`` the student is scored
   on its inherited weights after recalibration alone.
@@ -81,6 +85,8 @@ class Protocol:
     supernet: str | None = None  # init="supernet": sha256 of the supernet's weights (teachers.weights_sha256)
     calibration: tuple[float, float, float, float] | None = None  # Calibration.to_list(): accuracy -> trained accuracy
     calibrated_for: str | None = None  # sha256 of the teacher's weights the calibration was fitted on
+    optimizer: str = "adam"  # "adam" | "sgd" (Nesterov momentum 0.9)
+    cosine: bool = False  # a cosine lr per epoch, from lr towards 0
 
     def __post_init__(self) -> None:
         # checked here so that a bad protocol fails where it is written, not after a student trained
@@ -95,6 +101,10 @@ class Protocol:
         check_int("Protocol epochs", self.epochs, min=0)
         check_choice("Protocol loss", self.loss, LOSSES)
         check_bool("Protocol lr_drop", self.lr_drop)
+        check_choice("Protocol optimizer", self.optimizer, OPTIMIZERS)
+        check_bool("Protocol cosine", self.cosine)
+        if self.cosine and self.lr_drop:
+            raise ValueError("Protocol cosine and lr_drop are two lr schedules: set one of them")
         check_int("Protocol bn_recalibration", self.bn_recalibration, min=0)
         if self.epochs == 0 and self.init == "random":
             raise ValueError("Protocol epochs=0 scores the student untrained: it needs init='inherit' "
@@ -148,8 +158,9 @@ class Protocol:
 
 
 LOSSES = ("mse", "kd")
+OPTIMIZERS = ("adam", "sgd")
 INITS = ("inherit", "random", "supernet")
-OPTIONAL_FIELDS = ("loss", "lr_drop", "bn_recalibration", "supernet", "calibration", "calibrated_for")
+OPTIONAL_FIELDS = ("loss", "lr_drop", "optimizer", "cosine", "bn_recalibration", "supernet", "calibration", "calibrated_for")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

@@ -14,6 +14,7 @@ from n2n_gym.evaluation.distill import (
     distill,
     distillation_loss,
     drop_epoch,
+    epoch_lr,
     recalibrate_batchnorm,
 )
 
@@ -29,6 +30,14 @@ def test_kd_loss_of_matching_logits_is_the_label_term_alone():
 @pytest.mark.parametrize("epochs, first_dropped", [(1, 1), (2, 1), (3, 2), (5, 3), (30, 20)])
 def test_the_lr_drops_after_two_thirds_and_never_before_the_second_epoch(epochs, first_dropped):
     assert drop_epoch(epochs) == first_dropped
+
+
+def test_each_schedule_gives_each_epoch_its_lr():
+    assert [epoch_lr(0.1, e, 4, lr_drop=False, cosine=False) for e in range(4)] == [0.1] * 4
+    assert [epoch_lr(0.1, e, 3, lr_drop=True, cosine=False) for e in range(3)] == [0.1, 0.1, 0.1 / 10]
+    cos = [epoch_lr(0.1, e, 4, lr_drop=False, cosine=True) for e in range(4)]
+    # (1 + cos(pi e / 4)) / 2 for e = 0..3: 1, 0.854, 0.5, 0.146; never 0 (the last epoch still trains)
+    assert cos == pytest.approx([0.1, 0.1 * 0.8535534, 0.05, 0.1 * 0.1464466])
 
 
 def _tiny(digits_data):
@@ -49,6 +58,19 @@ def _run(digits_data, **kw):
 def test_lr_drop_changes_training_only_from_its_epoch(digits_data):
     assert torch.equal(_run(digits_data, epochs=1, lr_drop=True), _run(digits_data, epochs=1))
     assert not torch.equal(_run(digits_data, epochs=3, lr_drop=True), _run(digits_data, epochs=3))
+
+
+def test_sgd_and_cosine_train_otherwise_and_are_checked(digits_data):
+    adam = _run(digits_data, epochs=2)
+    sgd = _run(digits_data, epochs=2, optimizer="sgd")
+    assert not torch.equal(sgd, adam)
+    assert torch.equal(_run(digits_data, epochs=1, optimizer="sgd", cosine=True), _run(digits_data, epochs=1,
+                                                                                       optimizer="sgd"))
+    assert not torch.equal(_run(digits_data, epochs=2, optimizer="sgd", cosine=True), sgd)  # epoch 2 at lr / 2
+    with pytest.raises(ValueError, match="optimizer must be"):
+        _run(digits_data, epochs=1, optimizer="lion")
+    with pytest.raises(ValueError, match="two lr schedules"):
+        _run(digits_data, epochs=1, cosine=True, lr_drop=True)
 
 
 def test_kd_trains_and_needs_labels(digits_data):
@@ -107,14 +129,16 @@ class _DiesAfter(nn.Module):
         return self.body(x)
 
 
-def test_a_killed_distillation_continues_from_its_checkpoint_to_the_same_weights(digits_data, tmp_path):
+@pytest.mark.parametrize("schedule", [{"lr_drop": True}, {"optimizer": "sgd", "cosine": True}],
+                         ids=["adam-drop", "sgd-cosine"])
+def test_a_killed_distillation_continues_from_its_checkpoint_to_the_same_weights(digits_data, tmp_path, schedule):
     x, _ = digits_data.split("train")
     x = x[:256]  # 4 batches of 64 per epoch
 
     def run(n, path, key="k"):
         teacher, student = _tiny(digits_data), _DiesAfter(_tiny(digits_data), n)
         distill(student, teacher, digits_data, x, epochs=3, batch_size=64, lr=1e-2, weight_decay=0.0, augment=True,
-                generator=torch.Generator().manual_seed(0), lr_drop=True, checkpoint=path, checkpoint_key=key)
+                generator=torch.Generator().manual_seed(0), checkpoint=path, checkpoint_key=key, **schedule)
         return torch.cat([p.detach().flatten() for p in student.parameters()]), student.calls
 
     whole, calls = run(None, tmp_path / "a.ckpt")

@@ -13,6 +13,19 @@ def test_final_protocol_is_the_practitioners_run():
     assert (p.init, p.epochs, p.train_images, p.val_images, p.test_images, p.augment, p.lr_drop, p.loss) == \
         ("inherit", 30, None, None, None, True, True, "mse")
     assert final_protocol(3, init="random").init == "random"
+    # the n2n recipe's protocol is the one runs before recipes trained (its checkpoint keys unchanged)
+    assert p.to_dict() == {"name": "final-30ep", "init": "inherit", "epochs": 30, "train_images": None,
+                           "val_images": None, "test_images": None, "batch_size": 64, "lr": 1e-3,
+                           "weight_decay": 0.0, "augment": True, "lr_drop": True}
+
+
+def test_the_kd_sgd_recipe_is_the_usual_cifar_resnet_training():
+    p = final_protocol(40, recipe="kd-sgd")
+    assert (p.optimizer, p.cosine, p.lr_drop, p.loss, p.lr, p.weight_decay, p.augment) == \
+        ("sgd", True, False, "kd", 0.05, 5e-4, True)
+    assert p.name == "final-40ep-kd-sgd" and final_protocol(40, 0.1, recipe="kd-sgd").lr == 0.1
+    with pytest.raises(ValueError, match="unknown final distillation recipe 'adamw'"):
+        final_protocol(40, recipe="adamw")
 
 
 def test_alternatives_are_the_same_uniform_student_with_and_without_inherited_weights(digits_teacher, digits_data):

@@ -28,7 +28,10 @@ def test_optional_fields_appear_only_when_set_and_round_trip():
     p = dataclasses.replace(PROTOCOLS["fast"], name="x", loss="kd", lr_drop=True, bn_recalibration=512)
     d = p.to_dict()
     assert (d["loss"], d["lr_drop"], d["bn_recalibration"]) == ("kd", True, 512)
+    assert "optimizer" not in d and "cosine" not in d  # at their defaults: left out
     assert Protocol.from_dict(d) == p
+    o = dataclasses.replace(PROTOCOLS["fast"], name="o", optimizer="sgd", cosine=True)
+    assert (o.to_dict()["optimizer"], o.to_dict()["cosine"]) == ("sgd", True) and Protocol.from_dict(o.to_dict()) == o
     s = dataclasses.replace(PROTOCOLS["fast"], name="s", init="supernet", supernet="ab" * 32, epochs=0)
     assert s.to_dict()["supernet"] == "ab" * 32 and Protocol.from_dict(s.to_dict()) == s
     c = dataclasses.replace(PROTOCOLS["fast"], name="c", calibration=[0.7, 0.2, 0.25, 0.1])  # as a record has it
@@ -41,6 +44,9 @@ def test_optional_fields_appear_only_when_set_and_round_trip():
     ({"loss": "l1"}, ValueError, "loss"),
     ({"bn_recalibration": -1}, ValueError, "bn_recalibration"),
     ({"lr_drop": 1}, TypeError, "lr_drop"),
+    ({"optimizer": "rmsprop"}, ValueError, "optimizer"),
+    ({"cosine": "yes"}, TypeError, "cosine"),
+    ({"cosine": True, "lr_drop": True}, ValueError, "two lr schedules"),
     ({"epochs": 0, "init": "random"}, ValueError, "init='inherit'"),
     ({"init": "supernet"}, ValueError, "go together"),  # which supernet?
     ({"supernet": "ab" * 32}, ValueError, "go together"),  # a supernet the student would not use
