@@ -746,7 +746,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
                                export, int(config.get("latency_rounds", 3)))
     plots = _plots(run_dir, history, final_row, "N2N" if agent == DEFAULT_AGENT else agent)
     if size_rows:
-        plots.append(_plot_sizes(run_dir, teacher_row, size_rows))
+        plots.append(_plot_sizes(run_dir, teacher_row, size_rows, data.variant))
     table = _report_table(teacher_row, search_row, final_row, protocol.name, others)
     n_val, n_test = len(data.val_idx), len(data.y_test)
     estimates = ("" if protocol.calibration is None else
@@ -872,7 +872,7 @@ def _sizes_text(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def _plot_sizes(run_dir: pathlib.Path, teacher: dict, rows: list[dict]) -> str:
+def _plot_sizes(run_dir: pathlib.Path, teacher: dict, rows: list[dict], variant: str) -> str:
     """``sizes.png``: test accuracy against batch-1 ONNX Runtime latency (against parameters when
     no latency was measured) of the teacher and each size."""
     import matplotlib
@@ -894,7 +894,7 @@ def _plot_sizes(run_dir: pathlib.Path, teacher: dict, rows: list[dict]) -> str:
     if not timed:
         ax.set_xscale("log")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("several sizes from the Pareto front: accuracy against speed", fontsize=10)
+    ax.set_title(f"several sizes from the Pareto front: accuracy against speed\n({variant})", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(run_dir / "sizes.png", dpi=120)
