@@ -736,13 +736,15 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
                         "reward": n2n_reward(student_params=r["params"], teacher_params=teacher.params,
                                              student_accuracy=r["val_accuracy"],
                                              teacher_accuracy=teacher.val_accuracy).value}
-    save_student(run_dir, module.cpu(), env_id=args.env_id, teacher=teacher.summary(),
-                 normalization={"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"},
+    # what every saved student carries beside its weights (the best one here, the other sizes below)
+    provenance = {"env_id": args.env_id, "teacher": teacher.summary(),
+                  "normalization": {"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"}}
+    save_student(run_dir, module.cpu(), **provenance,
                  metrics=final_row, search_metrics=search_row)
     with timings.stage("export"):
         exports = export_student(module, run_dir) if export else {}
         latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
-        size_rows = _size_rows(run_dir, unwrapped, args.env_id, final_row, search_row, latency, sized, picks,
+        size_rows = _size_rows(run_dir, provenance, final_row, search_row, latency, sized, picks,
                                export, int(config.get("latency_rounds", 3)))
     plots = _plots(run_dir, history, final_row, "N2N" if agent == DEFAULT_AGENT else agent)
     if size_rows:
@@ -814,14 +816,13 @@ def pareto_picks(history: list[dict], best: dict, n: int) -> list[dict]:
     return picks
 
 
-def _size_rows(run_dir: pathlib.Path, unwrapped, env_id: str, final_row: dict, search_row: dict, latency,
+def _size_rows(run_dir: pathlib.Path, provenance: dict, final_row: dict, search_row: dict, latency,
                sized: dict, picks: list[dict], export: bool, rounds: int) -> list[dict]:
     """``report["sizes"]``: the best student and the other Pareto picks after the final
     distillation, by parameters; each of ``picks`` (the others) saved (and exported) in ``sizes/<name>/``, and
     its ONNX Runtime latency measured against the teacher's file as the best student's was."""
     if not sized:
         return []
-    teacher, data = unwrapped.teacher, unwrapped.evaluator.data
     keys = ("params", "flops", "compression", "val_accuracy", "test_accuracy")
 
     def onnx_latency(lat) -> dict:
@@ -837,8 +838,7 @@ def _size_rows(run_dir: pathlib.Path, unwrapped, env_id: str, final_row: dict, s
         module, row = sized[name]
         folder = run_dir / "sizes" / name
         folder.mkdir(parents=True, exist_ok=True)
-        save_student(folder, module.cpu(), env_id=env_id, teacher=teacher.summary(),
-                     normalization={"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"},
+        save_student(folder, module.cpu(), **provenance,
                      metrics=row, search_metrics={"val_accuracy": pick["accuracy"], "evaluation": pick["evaluation"]})
         out = {"name": name, **{k: row[k] for k in keys}, "search_accuracy": pick["accuracy"],
                "run_dir": f"sizes/{name}"}
