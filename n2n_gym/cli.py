@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 
 from n2n_gym.agents.n2n import Args, add_args, args_or_exit
 from n2n_gym.bench.runner import AGENTS
@@ -37,7 +38,7 @@ from n2n_gym.compress import (
 from n2n_gym.compress import format_accuracy as _fmt_acc
 from n2n_gym.compress import format_count as _fmt_int
 from n2n_gym.evaluation.final import RECIPES as FINAL_RECIPES
-from n2n_gym.utils.checks import int_at_least, json_object
+from n2n_gym.utils.checks import int_at_least, json_object, positive_float
 from n2n_gym.utils.devices import resolve_device
 
 
@@ -83,6 +84,18 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         out, resume = (ns.resume or ns.out), True
     else:
         out, resume = ns.out, False
+    # a kill's SIGTERM (a scheduler, `kill`) stops the run as Ctrl-C does: the workers stopped,
+    # what is done kept, the way to go on said (a handler of the caller's own is left alone)
+    terminated: list[int] = []
+
+    def on_term(signum, frame):
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    ours = (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    if ours:
+        signal.signal(signal.SIGTERM, on_term)
     try:
         report = compress(ns.env_id, out=out, resume=resume, agent=ns.agent, budget=ns.budget, hparams=ns.hparams,
                           model=ns.model, checkpoint=ns.checkpoint, dataset=ns.dataset, final_epochs=ns.final_epochs,
@@ -94,9 +107,12 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         raise SystemExit(f"n2n-gym compress{' ' + exc.flag if exc.flag else ''}: {exc}") from None
     except KeyboardInterrupt:  # what is done is on disk (history, cache, checkpoints): say how to go on
         where = f" {out}" if out else ""
-        print(f"\ninterrupted; `n2n-gym compress --resume{where}` continues the run where it stopped",
-              file=sys.stderr)
-        return 130
+        print(f"\n{'terminated' if terminated else 'interrupted'}; `n2n-gym compress --resume{where}` continues the "
+              "run where it stopped", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        if ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if "final" not in report:  # no valid student (said on stderr)
         return 1
     run_dir = pathlib.Path(report["run_dir"])
@@ -316,35 +332,37 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", default=None, help=f"run folder (default: {RUNS_ROOT}/<env>-seed<seed>-<time>)")
     co.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                     help="continue a run (RUN_DIR, else --out, else the newest folder under runs/)")
-    co.add_argument("--final-epochs", type=int, default=None,
+    # the final distillation's options default to None: a new run takes the defaults named here,
+    # a resumed one keeps its config.json's value of each option not given
+    co.add_argument("--final-epochs", type=int_at_least(1), default=None, metavar="N",
                     help=f"epochs of the final distillation of the best student (default: {DEFAULT_FINAL_EPOCHS}; "
                          + ", ".join(f"{v} on {k}" for k, v in FINAL_EPOCHS_BY_ENV.items())
                          + ", sized for a run of about 2 hours on 2 CPU cores)")
-    co.add_argument("--final-recipe", default="n2n", choices=list(FINAL_RECIPES),
+    co.add_argument("--final-recipe", default=None, choices=list(FINAL_RECIPES),
                     help="how the final students are trained: n2n (Adam, MSE on logits, last third at lr/10) or "
                          "kd-sgd (SGD with Nesterov momentum on a cosine schedule, KD loss with the labels) "
-                         "(default: %(default)s)")
-    co.add_argument("--final-lr", type=float, default=None,
+                         "(default: n2n)")
+    co.add_argument("--final-lr", type=positive_float, default=None, metavar="LR",
                     help="lr of the final distillation (default: the recipe's: "
                          + ", ".join(f"{k} {v[0]:g}" for k, v in FINAL_RECIPES.items()) + ")")
-    co.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+    co.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
                     help="write the torch.export and ONNX files (default: on)")
-    co.add_argument("--compare", default="magnitude,thin", type=_alternatives, metavar="NAMES",
+    co.add_argument("--compare", default=None, type=_alternatives, metavar="NAMES",
                     help="students trained by the same final distillation at the best student's size, for the "
                          "report: magnitude (uniform L1 pruning), thin (the same thin network from random init); "
-                         "'' for none (default: %(default)s)")
-    co.add_argument("--latency-rounds", type=int, default=3, metavar="N",
+                         "'' for none (default: magnitude,thin)")
+    co.add_argument("--latency-rounds", type=int_at_least(0), default=None, metavar="N",
                     help="paired rounds of the teacher/student latency measurement of the exported files "
-                         "(ONNX Runtime and torch.export, batch 1 and 256, 1 thread); 0 skips it (default: %(default)s)")
-    co.add_argument("--sizes", type=int, default=1, metavar="N",
+                         "(ONNX Runtime and torch.export, batch 1 and 256, 1 thread); 0 skips it (default: 3)")
+    co.add_argument("--sizes", type=int_at_least(1), default=None, metavar="N",
                     help="students of the search's Pareto front given the final distillation, the best one among "
                          "them, spread over its sizes; each exported, with its test accuracy and ONNX Runtime "
-                         "latency in the report and sizes.png (default: %(default)s)")
-    co.add_argument("--final-workers", type=int, default=None, metavar="N",
-                    help="processes that train the final students (the best and the --compare ones) side by side, "
-                         "one torch thread each (default: one per student, all at once: on 2 cores three take 1.5 "
-                         "distillations' time, two then one take 2; one for a short distillation such as digits', "
-                         "where starting a worker costs more)")
+                         "latency in the report and sizes.png (default: 1)")
+    co.add_argument("--final-workers", type=int_at_least(1), default=None, metavar="N",
+                    help="processes that train the final students (the best, the --compare and the --sizes ones) "
+                         "side by side, one torch thread each (default: one per student, all at once: on 2 cores "
+                         "three take 1.5 distillations' time, two then one take 2; one for a short distillation "
+                         "such as digits', where starting a worker costs more)")
     co.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY",
                     help="compress your own network: a function or class returning the trained nn.Module, "
                          "with literal keyword arguments if any (e.g. 'torchvision.models:resnet18(num_classes=10)'; "
@@ -450,13 +468,6 @@ def _main(argv: list[str]) -> int:
         fields = {f.name for f in dataclasses.fields(Args)}
         if _registered(ns.env_id):  # (an unknown id: compress() says it in one line, with the closest ids)
             args_or_exit(parser, Args, {k: v for k, v in vars(ns).items() if k in fields})
-        for name, least in (("final_epochs", 1), ("latency_rounds", 0), ("sizes", 1)):
-            if getattr(ns, name) is not None and getattr(ns, name) < least:  # None: the env's default
-                parser.error(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(ns, name)}")
-        if ns.final_workers is not None and ns.final_workers < 1:
-            parser.error(f"--final-workers must be >= 1, got {ns.final_workers}")
-        if ns.final_lr is not None and not (math.isfinite(ns.final_lr) and ns.final_lr > 0):
-            parser.error(f"--final-lr must be a finite number > 0, got {ns.final_lr}")
         if ns.agent == DEFAULT_AGENT and ns.hparams:
             parser.error("--hparams is for an --agent other than n2n; n2n's settings are its own options "
                          "(--updates, --rollouts, ...)")

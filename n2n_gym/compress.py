@@ -44,9 +44,11 @@ import dataclasses
 import datetime
 import json
 import math
+import numbers
 import os
 import pathlib
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -71,6 +73,7 @@ from n2n_gym.evaluation.final import (
     recipe_lr,
     throughput,
 )
+from n2n_gym.evaluation.distill import NonFiniteError
 from n2n_gym.evaluation.protocols import get_protocol
 from n2n_gym.evaluation.reward import n2n_reward, parse_constraints
 from n2n_gym.ir.arch import FLOP_CONVENTION, Architecture
@@ -149,10 +152,10 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
              agent: str = DEFAULT_AGENT, budget: int | None = None, hparams: dict | None = None,
              env_kwargs: dict | None = None, protocol: str | None = None, seed: int = 0, device: str = "auto",
              model: str | None = None, checkpoint: str | os.PathLike | None = None, dataset: str | None = None,
-             final_epochs: int | None = None, final_lr: float | None = None, final_recipe: str = "n2n",
-             export: bool = True,
-             compare: str | Iterable[str] = ALTERNATIVES, latency_rounds: int = 3, final_workers: int | None = None,
-             sizes: int = 1, progress: bool = True,
+             final_epochs: int | None = None, final_lr: float | None = None, final_recipe: str | None = None,
+             export: bool | None = None,
+             compare: str | Iterable[str] | None = None, latency_rounds: int | None = None,
+             final_workers: int | None = None, sizes: int | None = None, progress: bool = True,
              log: Callable[[str], None] | None = None, **n2n_settings: Any) -> dict:
     """Compress the teacher of ``env_id``; returns the report (also ``report.json`` of the run folder).
 
@@ -160,9 +163,11 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
       holding no run gets a fresh sub-folder, so no file of the user's is overwritten; one
       holding a run is refused unless ``resume``).
     - ``resume``: continue the run in ``out`` (default: the newest under ``runs/``) with its
-      ``config.json``; the settings given now are ignored. Students evaluated before a kill
-      are kept, a finished search is not redone, the final distillation continues from its
-      checkpoint.
+      ``config.json``. Students evaluated before a kill are kept, a finished search is not
+      redone, the final distillation continues from its checkpoints. The search's settings
+      given now are ignored; the final distillation's (:data:`FINAL_SETTINGS`, those not None)
+      replace the run's in its config.json, and a finished run is finished again with them
+      (a student whose training is unchanged keeps its checkpoint; the others train afresh).
     - ``agent``: the search. ``"n2n"``: the two-stage N2N search; its settings are the fields of
       :class:`n2n_gym.agents.n2n.Args` as keywords (``stages``, ``updates``, ``rollouts``, ...).
       Any other name of ``n2n_gym.bench.runner.AGENTS`` (``random``, ``optuna_tpe``,
@@ -176,17 +181,18 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
       (``n2n_gym.teachers.importer``), as ``n2n-gym compress --model``.
     - ``final_epochs``, ``final_lr``, ``final_recipe``: the final distillation (``final_epochs``
       None: the env's default, :func:`default_final_epochs`: 30, or 20 on ResNet-20 CIFAR-10;
-      ``final_recipe``: ``"n2n"``, Adam and MSE on logits, or ``"kd-sgd"``, SGD on a cosine
+      ``final_recipe`` None: ``"n2n"``, Adam and MSE on logits; or ``"kd-sgd"``, SGD on a cosine
       schedule and the KD loss, :data:`n2n_gym.evaluation.final.RECIPES`; ``final_lr`` None: the
       recipe's, 1e-3 or 0.05); every final student is trained alike; ``compare``: the same-size
-      alternatives (``magnitude``, ``thin``; ``()`` for none); ``export``: torch.export and ONNX
-      files; ``latency_rounds``: paired rounds of the latency measurement (0 skips it);
-      ``final_workers``: processes that train the final students side by side (default: one
-      per student, all at once, or one for a short final distillation: :func:`default_final_workers`).
-    - ``sizes``: students of the search's Pareto front given the final distillation, the best
-      one among them (:func:`pareto_picks`); with ``sizes`` > 1 the others are exported to
-      ONNX too and the report and ``sizes.png`` give each one's test accuracy against its
-      ONNX Runtime latency (``report["sizes"]``).
+      alternatives (None: ``magnitude`` and ``thin``; ``()`` or ``""`` for none); ``export``
+      (None: True): torch.export and ONNX files; ``latency_rounds`` (None: 3): paired rounds of
+      the latency measurement (0 skips it); ``final_workers``: processes that train the final
+      students side by side (default: one per student, all at once, or one for a short final
+      distillation: :func:`default_final_workers`).
+    - ``sizes`` (None: 1): students of the search's Pareto front given the final distillation,
+      the best one among them (:func:`pareto_picks`); with ``sizes`` > 1 the others are exported
+      to ONNX too and the report and ``sizes.png`` give each one's test accuracy against its
+      ONNX Runtime latency (``report["sizes"]``, one row per student trained).
     - ``progress``: progress bars; ``log``: where the run's messages go (default: stderr).
 
     The report holds the teacher, the search's best student, the final student and the
@@ -201,21 +207,26 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
         if not run_dir.is_dir():  # (not made by _check_writable: nothing to resume is no folder)
             raise CompressError(f"{run_dir} does not exist; nothing to resume (a new run: --out without --resume)",
                                 "--resume")
-        _check_is_run(run_dir)  # before anything is written into it
+        config = _check_is_run(run_dir)  # before anything is written into it
+        given = {"final_epochs": final_epochs, "final_lr": final_lr, "final_recipe": final_recipe, "export": export,
+                 "compare": compare, "latency_rounds": latency_rounds, "final_workers": final_workers, "sizes": sizes}
+        changes = _final_changes(config, {k: v for k, v in given.items() if v is not None}) if config else {}
         done = _finished_report(run_dir)
-        if done is not None:  # nothing to write: a finished run in a read-only folder prints its report too
+        if done is not None and not set(changes) - {"final_workers"}:  # nothing to write: a read-only finished run prints its report too
             log(f"{run_dir} is complete (its report.json); nothing to redo (delete report.json to redo the final "
-                "distillation's scoring, exports and report from the checkpoints)")
+                "distillation's scoring, exports and report from the checkpoints; or give final-distillation "
+                "options to finish it again with them)")
             return done
     else:
         if final_epochs is None:
             final_epochs = default_final_epochs(env_id)
         config = _new_config(env_id, agent=agent, budget=budget, hparams=hparams, env_kwargs=dict(env_kwargs or {}),
                              protocol=protocol, seed=seed, device=device, model=model, checkpoint=checkpoint,
-                             dataset=dataset, final_epochs=final_epochs, final_lr=final_lr, export=export,
-                             final_recipe=final_recipe, sizes=sizes,
-                             compare=compare, latency_rounds=latency_rounds, final_workers=final_workers,
-                             n2n_settings=n2n_settings)
+                             dataset=dataset, n2n_settings=n2n_settings,
+                             **_final_settings(final_epochs=final_epochs, final_lr=final_lr,
+                                               final_recipe=final_recipe, export=export, compare=compare,
+                                               latency_rounds=latency_rounds, final_workers=final_workers,
+                                               sizes=sizes))
         env_id, env_kwargs = _custom_teacher(env_id, config["env_kwargs"], model, checkpoint, dataset, log)
         # the id's own protocol when none is given, written into config.json: the run names what it used
         config.update(env_id=env_id, env_kwargs=env_kwargs,
@@ -232,7 +243,17 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
         if not config_path.exists():
             raise CompressError(f"{run_dir} holds no config.json; nothing to resume", "--resume")
         config = _check_is_run(run_dir)
-        log(f"resuming {run_dir} (its config.json; options given now are ignored)")
+        if changes:
+            # the old report goes first: a kill between the two writes leaves a run that finishes
+            # again with its old settings, never a report that claims settings it was not made with
+            (run_dir / "report.json").unlink(missing_ok=True)
+            config.update({k: new for k, (_, new) in changes.items()})
+            atomic_write_text(config_path, json.dumps(config, indent=1, sort_keys=True))
+            log(f"resuming {run_dir} with the final distillation's settings changed in its config.json ("
+                + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+                + "); the search's options given now are ignored")
+        else:
+            log(f"resuming {run_dir} (its config.json; the search's options given now are ignored)")
     else:
         if any((run_dir / f).exists() for f in RUN_FILES):
             raise CompressError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
@@ -243,10 +264,10 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
 
 # ---------------------------------------------------------------------------- settings and folders
 def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | None, env_kwargs: dict,
-                protocol: str | None, seed: int, device: str, model, checkpoint, dataset, final_epochs: int,
-                final_lr: float | None, export: bool, compare, latency_rounds: int, n2n_settings: dict,
-                final_workers: int | None = None, final_recipe: str = "n2n", sizes: int = 1) -> dict:
-    """The run's ``config.json``, every setting checked (a bad one fails before any folder exists)."""
+                protocol: str | None, seed: int, device: str, model, checkpoint, dataset, n2n_settings: dict,
+                **final: Any) -> dict:
+    """The run's ``config.json``, every setting checked (a bad one fails before any folder
+    exists); ``final``: the final distillation's, as :func:`_final_settings` returns them."""
     unknown = sorted(set(n2n_settings) - set(_N2N_ONLY))
     if unknown:
         raise TypeError(f"compress() got unexpected keyword argument(s) {unknown}; the N2N search's settings are "
@@ -257,26 +278,8 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
         raise TypeError(f"hparams must be a dict (JSON object), got {type(hparams).__name__}")
     if agent == DEFAULT_AGENT and hparams:
         raise ValueError("the n2n agent's settings are its own options (--updates, --rollouts, ...), not hparams")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise ValueError(f"budget must be an integer >= 1 (student evaluations), got {budget!r}")
-    for name, value, least in (("final_epochs", final_epochs, 1), ("latency_rounds", latency_rounds, 0),
-                               ("sizes", sizes, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    if final_workers is not None and (isinstance(final_workers, bool) or not isinstance(final_workers, int)
-                                      or final_workers < 1):
-        raise ValueError(f"final_workers must be an integer >= 1 (processes), got {final_workers!r}")
-    if final_recipe not in RECIPES:
-        raise ValueError(f"final_recipe: unknown {final_recipe!r}; choose from {', '.join(RECIPES)}")
-    if final_lr is None:
-        final_lr = recipe_lr(final_recipe)
-    if isinstance(final_lr, bool) or not (isinstance(final_lr, (int, float)) and math.isfinite(final_lr)
-                                          and final_lr > 0):
-        raise ValueError(f"final_lr must be a finite number > 0, got {final_lr!r}")
-    names = [c for c in compare.split(",") if c] if isinstance(compare, str) else list(compare)
-    bad = sorted(set(names) - set(ALTERNATIVES))
-    if bad:
-        raise ValueError(f"compare: unknown {bad}; choose from {', '.join(ALTERNATIVES)}")
+    if budget is not None:
+        budget = _count("budget", budget, 1, "student evaluations")
     settings = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
                 for f in dataclasses.fields(Args) if f.name in _N2N_ONLY}
     settings.update(n2n_settings)
@@ -284,10 +287,80 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
     Args(**settings)  # checks them all
     return {"format": RUN_FORMAT, **settings, "agent": agent, "budget": budget, "hparams": dict(hparams or {}),
             "model": model,
-            "checkpoint": None if checkpoint is None else str(checkpoint), "dataset": dataset,
-            "final_epochs": final_epochs, "final_lr": final_lr, "final_recipe": final_recipe, "export": bool(export),
+            "checkpoint": None if checkpoint is None else str(checkpoint), "dataset": dataset, **final}
+
+
+#: the settings of the final distillation and what follows it (exports, latency, sizes): a
+#: resumed run takes new values of these, and finishes again with them
+FINAL_SETTINGS = ("final_epochs", "final_lr", "final_recipe", "compare", "sizes", "final_workers", "export",
+                  "latency_rounds")
+
+
+def _count(name: str, value, least: int, unit: str = "") -> int:
+    """``value`` as an int >= ``least`` (a numpy integer too), else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}{f' ({unit})' if unit else ''}, got {value!r}")
+    return int(value)
+
+
+def _final_settings(*, final_epochs: int, final_lr: float | None = None, final_recipe: str | None = None,
+                    export: bool | None = None, compare=None, latency_rounds: int | None = None,
+                    final_workers: int | None = None, sizes: int | None = None) -> dict:
+    """The final distillation's settings checked, with their defaults for None (``final_lr``:
+    the recipe's), as config.json holds them; ValueError/TypeError names a bad one."""
+    final_recipe = "n2n" if final_recipe is None else final_recipe
+    if not isinstance(final_recipe, str) or final_recipe not in RECIPES:
+        raise ValueError(f"final_recipe: unknown {final_recipe!r}; choose from {', '.join(RECIPES)}")
+    if final_lr is None:
+        final_lr = recipe_lr(final_recipe)
+    try:  # (a numpy float too; an int too large for a float is refused as one that is not finite)
+        ok = not isinstance(final_lr, bool) and isinstance(final_lr, numbers.Real) and 0 < float(final_lr) < math.inf
+    except OverflowError:
+        ok = False
+    if not ok:
+        raise ValueError(f"final_lr must be a finite number > 0, got {final_lr!r}")
+    if compare is None:
+        names = list(ALTERNATIVES)
+    elif isinstance(compare, str):
+        names = [c.strip() for c in compare.split(",") if c.strip()]
+    elif isinstance(compare, Iterable) and all(isinstance(c, str) for c in compare):
+        names = list(compare)
+    else:
+        raise TypeError(f"compare must be names of {', '.join(ALTERNATIVES)} (a comma-separated string or a list of "
+                        f"them), got {compare!r}")
+    bad = sorted(set(names) - set(ALTERNATIVES))
+    if bad:
+        raise ValueError(f"compare: unknown {bad}; choose from {', '.join(ALTERNATIVES)}")
+    if len(set(names)) < len(names):
+        raise ValueError(f"compare: {names} names an alternative twice; give each once")
+    if export is not None and not isinstance(export, (bool, numbers.Integral)):
+        raise TypeError(f"export must be True or False, got {export!r}")
+    return {"final_epochs": _count("final_epochs", final_epochs, 1, "epochs"), "final_lr": float(final_lr),
+            "final_recipe": final_recipe, "export": True if export is None else bool(export),
             "compare": ",".join(names),
-            "latency_rounds": latency_rounds, "final_workers": final_workers, "sizes": sizes}
+            "latency_rounds": 3 if latency_rounds is None else _count("latency_rounds", latency_rounds, 0),
+            "final_workers": None if final_workers is None else _count("final_workers", final_workers, 1,
+                                                                       "processes"),
+            "sizes": 1 if sizes is None else _count("sizes", sizes, 1, "students")}
+
+
+def _final_changes(config: dict, given: dict) -> dict:
+    """``{setting: (the run's value, the new one)}`` for the final-distillation settings given
+    to a resumed run that differ from its config.json (checked as a new run's are; a new
+    ``final_recipe`` without ``final_lr`` brings its own lr)."""
+    if not given:
+        return {}
+    current = {"final_epochs": config.get("final_epochs", DEFAULT_FINAL_EPOCHS),
+               "final_recipe": config.get("final_recipe", "n2n"),
+               "compare": config.get("compare", ",".join(ALTERNATIVES)),
+               "sizes": config.get("sizes", 1), "final_workers": config.get("final_workers"),
+               "export": config.get("export", True), "latency_rounds": config.get("latency_rounds", 3)}
+    current["final_lr"] = config.get("final_lr") or recipe_lr(current["final_recipe"])
+    merged = {**current, **given}
+    if "final_recipe" in given and "final_lr" not in given:
+        merged["final_lr"] = None  # the new recipe's own
+    new = _final_settings(**merged)
+    return {k: (current[k], new[k]) for k in FINAL_SETTINGS if new[k] != current[k]}
 
 
 def _protocol_name(env_id: str, protocol):
@@ -701,18 +774,24 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
             jobs += alt_jobs
         except ValueError as exc:  # a student smaller than any uniform one: said, not fatal
             log(f"alternatives not trained: {exc}")
-    images = final_epochs * len(unwrapped.evaluator.data.train_idx)
-    workers = min(final_workers or default_final_workers(len(jobs), images), len(jobs))
     alt_names = [j[0] for j in jobs[1:]]
     jobs += size_jobs
+    images = final_epochs * len(unwrapped.evaluator.data.train_idx)
+    workers = min(final_workers or default_final_workers(len(jobs), images), len(jobs))
     log(f"final distillation ({final_epochs} epochs over the training split, recipe {final_recipe}, lr {final_lr:g}) "
         "of the best student"
         + (f", at its size {', '.join(alt_names)}" if alt_names else "")
         + (f", {len(size_jobs)} more of the Pareto front ({', '.join(j[0] for j in size_jobs)})" if size_jobs else "")
         + (f", {workers} at a time in worker processes" if workers > 1 else "") + " ...")
     with timings.stage("final_distillation"):  # wall time of all of them (a row's seconds: that student's)
-        trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers, args.progress,
-                                 recipe=final_recipe)
+        try:
+            trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers,
+                                     args.progress, recipe=final_recipe)
+        except NonFiniteError as exc:  # the lr is the usual cause; the other students' checkpoints are kept
+            raise CompressError(
+                f"the final distillation diverged ({exc}) at lr {final_lr:g}, recipe {final_recipe}; continue with "
+                f"a smaller lr: n2n-gym compress --resume {run_dir} --final-lr {final_lr / 10:g}", "--final-lr"
+            ) from None
     module, row = trained.pop("final")
     sized = {name: trained.pop(name) for name, *_ in size_jobs}
     val_acc, test_acc = row["val_accuracy"], row["test_accuracy"]
@@ -730,9 +809,10 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     final_row = {"val_accuracy": val_acc, "test_accuracy": test_acc, "params": arch.params, "flops": arch.flops,
                  "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
                  "recipe": final_recipe, "lr": final_lr, "seconds": row["seconds"]}
+    recipe = {"epochs": final_epochs, "recipe": final_recipe, "lr": final_lr}  # every final row was trained so
     others = {}
     for name, (_, r) in trained.items():
-        others[name] = {**r, "width_ratio": ratio, "architecture": jobs[1][1].to_dict(),
+        others[name] = {**r, **recipe, "width_ratio": ratio, "architecture": jobs[1][1].to_dict(),
                         "reward": n2n_reward(student_params=r["params"], teacher_params=teacher.params,
                                              student_accuracy=r["val_accuracy"],
                                              teacher_accuracy=teacher.val_accuracy).value}
@@ -744,8 +824,13 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     with timings.stage("export"):
         exports = export_student(module, run_dir) if export else {}
         latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
-        size_rows = _size_rows(run_dir, provenance, final_row, search_row, latency, sized, picks,
-                               export, int(config.get("latency_rounds", 3)))
+        size_rows = _size_rows(run_dir, provenance, final_row, search_row, latency,
+                               {name: (m, {**r, **recipe}) for name, (m, r) in sized.items()}, picks,
+                               export, int(config.get("latency_rounds", 3))) if sizes > 1 else []
+    for stale in sorted((run_dir / "sizes").glob("size-*")):  # sizes of an earlier --sizes, now not trained
+        if stale.is_dir() and stale.name not in sized:
+            shutil.rmtree(stale)
+            log(f"removed {stale}: a student of an earlier --sizes that this run's settings do not train")
     plots = _plots(run_dir, history, final_row, "N2N" if agent == DEFAULT_AGENT else agent)
     if size_rows:
         plots.append(_plot_sizes(run_dir, teacher_row, size_rows, data.variant))
@@ -818,11 +903,9 @@ def pareto_picks(history: list[dict], best: dict, n: int) -> list[dict]:
 
 def _size_rows(run_dir: pathlib.Path, provenance: dict, final_row: dict, search_row: dict, latency,
                sized: dict, picks: list[dict], export: bool, rounds: int) -> list[dict]:
-    """``report["sizes"]``: the best student and the other Pareto picks after the final
-    distillation, by parameters; each of ``picks`` (the others) saved (and exported) in ``sizes/<name>/``, and
+    """``report["sizes"]``: the best student and the other Pareto picks (none when the front
+    holds only the best) after the final distillation, by parameters; each of ``picks`` (the others) saved (and exported) in ``sizes/<name>/``, and
     its ONNX Runtime latency measured against the teacher's file as the best student's was."""
-    if not sized:
-        return []
     keys = ("params", "flops", "compression", "val_accuracy", "test_accuracy")
 
     def onnx_latency(lat) -> dict:
@@ -831,7 +914,7 @@ def _size_rows(run_dir: pathlib.Path, provenance: dict, final_row: dict, search_
                                   "teacher_latency_ms": rt["teacher"]["latency_ms"]}
 
     rows = [{"name": "final", **{k: final_row[k] for k in keys}, "search_accuracy": search_row["val_accuracy"],
-             "run_dir": ".", **onnx_latency(latency)}]
+             "run_dir": ".", **{k: final_row[k] for k in ("epochs", "recipe", "lr")}, **onnx_latency(latency)}]
     teacher_onnx = run_dir / "teacher.onnx"
     for pick in picks:
         name = f"size-{pick['params']}"
@@ -841,10 +924,10 @@ def _size_rows(run_dir: pathlib.Path, provenance: dict, final_row: dict, search_
         save_student(folder, module.cpu(), **provenance,
                      metrics=row, search_metrics={"val_accuracy": pick["accuracy"], "evaluation": pick["evaluation"]})
         out = {"name": name, **{k: row[k] for k in keys}, "search_accuracy": pick["accuracy"],
-               "run_dir": f"sizes/{name}"}
+               "run_dir": f"sizes/{name}", **{k: row[k] for k in ("epochs", "recipe", "lr")}}
         if export:
             files = export_student(module, folder)
-            out["exports"] = {k: os.path.relpath(v, run_dir) if os.path.isabs(v) else v for k, v in files.items()}
+            out["exports"] = files  # (as report["exports"]: the paths export_student wrote)
             if rounds > 0 and teacher_onnx.is_file() and not files.get("onnx", "failed").startswith("failed"):
                 from n2n_gym.evaluation import deploy
 
@@ -861,7 +944,9 @@ def _size_rows(run_dir: pathlib.Path, provenance: dict, final_row: dict, search_
 def _sizes_text(rows: list[dict]) -> str:
     if not rows:
         return ""
-    lines = ["Several sizes from the search's Pareto front, the same final distillation (ONNX Runtime, 1 thread):", "",
+    timed = any((r.get("latency_ms") or {}).get("1") is not None for r in rows)
+    lines = ["Several sizes from the search's Pareto front, the same final distillation"
+             + (" (latency: ONNX Runtime, 1 thread):" if timed else " (latency not measured):"), "",
              "| student | params | compression | val acc | test acc | batch-1 ms | batch-1 speed-up | folder |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
@@ -882,12 +967,13 @@ def _plot_sizes(run_dir: pathlib.Path, teacher: dict, rows: list[dict], variant:
 
     timed = all((r.get("latency_ms") or {}).get("1") is not None for r in rows)
     fig, ax = plt.subplots(figsize=(6, 4))
+    rows = sorted(rows, key=lambda r: r["latency_ms"]["1"] if timed else r["params"])  # a line, not a zig-zag
     xs = [r["latency_ms"]["1"] if timed else r["params"] for r in rows]
     ax.plot(xs, [100 * r["test_accuracy"] for r in rows], "o-", color="tab:green", label="students, final distillation")
     for x, r in zip(xs, rows):
         ax.annotate(f"{r['compression']:.1f}x" + (" (best)" if r["name"] == "final" else ""),
                     (x, 100 * r["test_accuracy"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    t_x = rows[0].get("teacher_latency_ms", {}).get("1") if timed else teacher["params"]
+    t_x = (rows[0].get("teacher_latency_ms") or {}).get("1") if timed else teacher["params"]
     if t_x is not None:
         ax.scatter([t_x], [100 * teacher["test_accuracy"]], marker="*", s=150, color="black", label="teacher")
     ax.set_xlabel("batch-1 latency, ONNX Runtime, 1 thread (ms)" if timed else "parameters")

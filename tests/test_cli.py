@@ -7,6 +7,7 @@ teacher recipe (``--env-kwargs``), so the teacher is trained at most once per se
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -317,29 +318,32 @@ def test_compress_agent_resume_does_not_redo_a_finished_search(random_run, tmp_p
     assert seconds["total"] >= first["total"] + seconds["total_this_invocation"] - 1e-6
 
 
-def _reuse_search(done: pathlib.Path, run: pathlib.Path, **settings) -> pathlib.Path:
-    """A run folder holding the finished search of ``done`` and its config.json with ``settings``
-    changed (as docs/reproduce.md makes the committed CIFAR runs that reuse a search)."""
-    run.mkdir()
-    for name in ("config.json", "history.jsonl", "search.jsonl", "cache.sqlite"):
-        shutil.copy(done / name, run / name)
+def _copy_run(done: pathlib.Path, run: pathlib.Path) -> pathlib.Path:
+    shutil.copytree(done, run)
     config = json.loads((run / "config.json").read_text())
     # the defaults of the settings added after the first runs, written down
     assert (config["final_recipe"], config["final_lr"], config["sizes"]) == ("n2n", 1e-3, 1)
-    (run / "config.json").write_text(json.dumps({**config, **settings}))
     return run
 
 
 def test_compress_final_recipe_trains_every_final_student_with_it(random_run, tmp_path, capsys):
-    """The committed CIFAR runs reuse a finished search with another final distillation: a
-    copy of its search files with ``final_recipe`` set in config.json (docs/reproduce.md)."""
+    """A finished run resumed with other final-distillation options finishes again with them
+    (docs/reproduce.md: the committed CIFAR runs reuse a finished search so); its search is
+    not redone and config.json records the new settings."""
     from n2n_gym.cli import main
 
-    run = _reuse_search(random_run, tmp_path / "kd-sgd", final_recipe="kd-sgd", final_lr=0.05, compare="magnitude")
-    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
-    assert "recipe kd-sgd, lr 0.05" in capsys.readouterr().err
+    run = _copy_run(random_run, tmp_path / "kd-sgd")
+    assert main(["compress", "--resume", str(run), "--no-progress", "--final-recipe", "kd-sgd",
+                 "--compare", "magnitude", "--updates", "9,9"]) == 0
+    err = capsys.readouterr().err
+    assert "final_recipe 'n2n' -> 'kd-sgd', compare '' -> 'magnitude'" in err and "final_lr 0.001 -> 0.05" in err
+    assert "recipe kd-sgd, lr 0.05" in err and "the search is done" in err
+    config = json.loads((run / "config.json").read_text())
+    assert (config["final_recipe"], config["final_lr"], config["compare"], config["updates"]) == (
+        "kd-sgd", 0.05, "magnitude", json.loads((random_run / "config.json").read_text())["updates"])
     report, reference = (json.loads((r / "report.json").read_text()) for r in (run, random_run))
     assert (report["final_recipe"], report["final_lr"], report["final"]["recipe"]) == ("kd-sgd", 0.05, "kd-sgd")
+    assert (report["alternatives"]["magnitude"]["recipe"], report["alternatives"]["magnitude"]["lr"]) == ("kd-sgd", 0.05)
     assert report["final"]["params"] == reference["final"]["params"]
     assert report["final"]["val_accuracy"] != reference["final"]["val_accuracy"]  # trained otherwise
     assert "recipe 'kd-sgd' at lr 0.05, the same for every final row" in report["notes"]
@@ -347,6 +351,60 @@ def test_compress_final_recipe_trains_every_final_student_with_it(random_run, tm
     for name in ("final", "magnitude"):
         key = torch.load(run / f"{name}.ckpt", weights_only=True)["key"]
         assert key and key != torch.load(random_run / "final.ckpt", weights_only=True)["key"]
+    # the same options again: the run is complete
+    assert main(["compress", "--resume", str(run), "--no-progress", "--final-recipe", "kd-sgd"]) == 0
+    assert "is complete" in capsys.readouterr().err
+
+
+def test_compress_a_diverged_final_distillation_names_the_lr_and_resumes_with_another(random_run, tmp_path, capsys):
+    """A final lr too large fails in one line naming --final-lr and the command that goes on
+    (a break-it pass: a traceback after the search, and --resume could not change the lr)."""
+    from n2n_gym.cli import main
+
+    run = _copy_run(random_run, tmp_path / "diverged")
+    with pytest.raises(SystemExit) as exc:
+        main(["compress", "--resume", str(run), "--no-progress", "--final-recipe", "kd-sgd", "--final-lr", "1e12"])
+    message = str(exc.value)
+    assert message.startswith("n2n-gym compress --final-lr: the final distillation diverged") and "1e+12" in message
+    assert f"n2n-gym compress --resume {run} --final-lr 1e+11" in message
+    assert not (run / "report.json").exists()  # no report claims settings it was not made with
+    assert json.loads((run / "config.json").read_text())["final_lr"] == 1e12
+    assert main(["compress", "--resume", str(run), "--no-progress", "--final-lr", "0.05"]) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert (report["final_recipe"], report["final_lr"]) == ("kd-sgd", 0.05)
+    assert math.isfinite(report["final"]["val_accuracy"])
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("settings, error", [
+    ({"final_lr": 10**400}, "final_lr must be a finite number > 0"),
+    ({"final_lr": float("nan")}, "final_lr must be a finite number > 0"),
+    ({"final_recipe": ["n2n"]}, "final_recipe: unknown ['n2n']"),
+    ({"compare": "magnitude,magnitude"}, "names an alternative twice"),
+    ({"compare": 3}, "compare must be names of"),
+    ({"sizes": 0}, "sizes must be an integer >= 1"),
+    ({"final_workers": 1.5}, "final_workers must be an integer >= 1"),
+])
+def test_compress_final_settings_refused_with_the_setting_named(settings, error):
+    from n2n_gym.compress import _final_settings
+
+    with pytest.raises((ValueError, TypeError)) as exc:
+        _final_settings(final_epochs=1, **settings)
+    assert error in str(exc.value)
+
+
+def test_compress_final_settings_take_numpy_numbers_and_fill_defaults():
+    import numpy as np
+
+    from n2n_gym.compress import _final_settings
+
+    settings = _final_settings(final_epochs=np.int64(3), final_lr=np.float32(0.5), sizes=np.int32(2),
+                               final_recipe="kd-sgd", compare=["thin"])
+    assert settings == {"final_epochs": 3, "final_lr": 0.5, "final_recipe": "kd-sgd", "export": True,
+                        "compare": "thin", "latency_rounds": 3, "final_workers": None, "sizes": 2}
+    assert json.dumps(settings)  # config.json holds plain numbers
+    assert _final_settings(final_epochs=1)["final_lr"] == 1e-3 and _final_settings(final_epochs=1, compare=None)[
+        "compare"] == "magnitude,thin"
 
 
 def test_pareto_picks_spread_over_the_front_from_the_best_student():
@@ -373,8 +431,13 @@ def test_compress_sizes_distils_exports_and_times_several_sizes(random_run, tmp_
     from n2n_gym.cli import main
     from n2n_gym.compress import pareto_picks
 
-    run = _reuse_search(random_run, tmp_path / "sizes", sizes=2, export=True, latency_rounds=1)
-    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
+    run = _copy_run(random_run, tmp_path / "sizes")
+    (run / "sizes" / "size-1").mkdir(parents=True)  # a size of an earlier --sizes: not this run's
+    assert main(["compress", "--resume", str(run), "--no-progress", "--sizes", "2", "--export", "--latency-rounds",
+                 "1", "--final-workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "2 at a time in worker processes" in err  # the best and the other size side by side
+    assert not (run / "sizes" / "size-1").exists() and "removed" in err
     report = json.loads((run / "report.json").read_text())
     history = _history(run)
     best = max(history, key=lambda r: (r["reward"], -r["params"]))
@@ -387,6 +450,10 @@ def test_compress_sizes_distils_exports_and_times_several_sizes(random_run, tmp_
     assert rows[other]["search_accuracy"] == picks[1]["accuracy"]
     for r in rows.values():
         assert 0 <= r["test_accuracy"] <= 1 and r["latency_ms"]["1"] > 0 and r["speedup"]["1"] > 0
+        assert (r["recipe"], r["lr"], r["epochs"]) == ("n2n", 1e-3, 1)
+    assert json.loads((run / "sizes" / other / "student.json").read_text())["metrics"]["recipe"] == "n2n"
+    exports = rows[other]["exports"]  # paths as report["exports"] gives them
+    assert all(pathlib.Path(exports[k]).is_file() for k in ("onnx", "torch.export"))
     student = n2n_gym.load_student(run / "sizes" / other)
     assert student.arch.params == picks[1]["params"]
     assert (run / "sizes" / other / "student.onnx").is_file() and (run / "sizes.png").is_file()
@@ -394,10 +461,12 @@ def test_compress_sizes_distils_exports_and_times_several_sizes(random_run, tmp_
     # killed before the report: the checkpoints make a second pass train nothing again
     (run / "report.json").unlink()
     shutil.rmtree(run / "sizes")
+    checkpoints = {p.name: p.stat().st_mtime_ns for p in run.glob("*.ckpt")}
+    assert set(checkpoints) == {"final.ckpt", f"{other}.ckpt"}
     assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
     again = json.loads((run / "report.json").read_text())
     assert [r["test_accuracy"] for r in again["sizes"]] == [r["test_accuracy"] for r in report["sizes"]]
-    assert again["seconds"]["final_distillation"] < report["seconds"]["final_distillation"] + 5
+    assert {p.name: p.stat().st_mtime_ns for p in run.glob("*.ckpt")} == checkpoints  # no epoch trained again
     capsys.readouterr()
 
 
@@ -433,12 +502,11 @@ def test_compress_reports_the_constraints_on_the_final_students(cache_dir, tmp_p
     assert "accuracy >= 0.99: best student VIOLATES it" in text and "best student satisfies it" in text
 
 
-def test_compress_interrupted_says_how_to_resume(cache_dir, tmp_path):
-    """Ctrl-C (SIGINT) in the search: one line naming the resume command, exit 130, no traceback
-    (a break-it pass saw ~60 lines of KeyboardInterrupt)."""
-    import signal
-    import time
-
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_compress_interrupted_says_how_to_resume(cache_dir, tmp_path, signum, code, word):
+    """Ctrl-C (SIGINT) or a kill's SIGTERM in the search: one line naming the resume command,
+    exit 130 / 143, no traceback (a break-it pass saw ~60 lines of KeyboardInterrupt, and
+    nothing at all for SIGTERM)."""
     run = tmp_path / "interrupted"
     # a terminal's process gets SIGINT at its default; one started under a background shell job
     # inherits it ignored, and Python then installs no KeyboardInterrupt handler (CI run with `&`)
@@ -449,10 +517,10 @@ def test_compress_interrupted_says_how_to_resume(cache_dir, tmp_path):
     while not ((run / "history.jsonl").is_file() and (run / "history.jsonl").read_text().count("\n") >= 2):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=TIMEOUT)
-    assert proc.returncode == 130, err[-2000:]
-    assert f"n2n-gym compress --resume {run}` continues" in err and "Traceback" not in err
+    assert proc.returncode == code, err[-2000:]
+    assert f"{word}; `n2n-gym compress --resume {run}` continues" in err and "Traceback" not in err
 
 
 def test_compress_agent_resume_after_a_kill_in_the_search(random_run, tmp_path, capsys):
@@ -488,13 +556,17 @@ def test_compress_agent_settings_are_checked_before_a_run_folder(tmp_path, capsy
     for argv, message in ((["--agent", "nope"], "unknown agent 'nope'"),
                           (["--agent", "random", "--budget", "0"], "argument --budget: must be >= 1"),
                           (["--hparams", '{"population": 4}'], "--hparams is for an --agent other than n2n"),
-                          (["--final-workers", "0"], "--final-workers must be >= 1, got 0"),
+                          (["--final-workers", "0"], "argument --final-workers: must be >= 1, got 0"),
                           (["--final-recipe", "adamw"], "argument --final-recipe: invalid choice: 'adamw'"),
-                          (["--final-lr", "0"], "--final-lr must be a finite number > 0, got 0.0"),
-                          (["--final-epochs", "0"], "--final-epochs must be >= 1, got 0")):
+                          (["--final-lr", "0"], "argument --final-lr: must be a finite number > 0"),
+                          (["--final-epochs", "0"], "argument --final-epochs: must be >= 1, got 0"),
+                          (["--sizes", "0"], "argument --sizes: must be >= 1, got 0")):
         with pytest.raises(SystemExit) as exc:
             cli.main(["compress", *argv, "--out", str(run)])
-        assert exc.value.code == 2 and message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err, err
+        if argv[0].startswith("--final") or argv[0] == "--sizes":  # the compress command's usage, not n2n-gym's
+            assert err.startswith("usage: n2n-gym compress ")
     with pytest.raises(SystemExit, match="nowhere does not exist; nothing to resume"):  # and no folder is made
         cli.main(["compress", "--resume", str(tmp_path / "nowhere")])
     for kwargs, error in (({"budget": 0}, ValueError), ({"agent": "nope"}, ValueError), ({"updatez": "1"}, TypeError),
@@ -669,8 +741,8 @@ def test_compress_resume_knows_a_run_by_its_format_or_its_files(tmp_path):
 
     config = c._new_config("N2N-DigitsNet-Digits-v1", agent="random", budget=2, hparams=None, env_kwargs={},
                            protocol="tiny", seed=0, device="cpu", model=None, checkpoint=None, dataset=None,
-                           final_epochs=1, final_lr=1e-3, export=False, compare=(), latency_rounds=0,
-                           n2n_settings={})
+                           n2n_settings={}, **c._final_settings(final_epochs=1, final_lr=1e-3, export=False,
+                                                                compare=(), latency_rounds=0))
     assert config["format"] == c.RUN_FORMAT
     run = tmp_path / "run"
     run.mkdir()
