@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shlex
 import signal
 import sys
 import threading
@@ -106,7 +107,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     except CompressError as exc:
         raise SystemExit(f"n2n-gym compress{' ' + exc.flag if exc.flag else ''}: {exc}") from None
     except KeyboardInterrupt:  # what is done is on disk (history, cache, checkpoints): say how to go on
-        where = f" {out}" if out else ""
+        where = f" {shlex.quote(str(out))}" if out else ""
         print(f"\n{'terminated' if terminated else 'interrupted'}; `n2n-gym compress --resume{where}` continues the "
               "run where it stopped", file=sys.stderr)
         return 143 if terminated else 130

@@ -30,6 +30,8 @@ Run folder::
     teacher.pt2/.onnx the teacher's exports, for the latency comparison (n2n_gym.evaluation.deploy)
     final.ckpt       the final distillation's checkpoint after each epoch (resume continues it);
                      magnitude.ckpt, thin.ckpt: the same for the same-size alternatives (compare)
+    size-<params>.ckpt and sizes/size-<params>/: (--sizes) the other sizes' checkpoints, and each
+                     one's student and exports;  sizes.png  their accuracy against latency
     report.json/.txt teacher vs best student vs the alternatives, latency;  rewards.png, pareto.png
     timings.json     seconds per stage summed over the run's invocations (the report's durations)
 
@@ -48,6 +50,7 @@ import numbers
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -205,7 +208,8 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
     if resume:
         run_dir = _resume_dir(out)
         if not run_dir.is_dir():  # (not made by _check_writable: nothing to resume is no folder)
-            raise CompressError(f"{run_dir} does not exist; nothing to resume (a new run: --out without --resume)",
+            what = "is a file, not a run folder" if run_dir.exists() else "does not exist"
+            raise CompressError(f"{run_dir} {what}; nothing to resume (a new run: --out without --resume)",
                                 "--resume")
         config = _check_is_run(run_dir)  # before anything is written into it
         given = {"final_epochs": final_epochs, "final_lr": final_lr, "final_recipe": final_recipe, "export": export,
@@ -215,7 +219,9 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
         if done is not None and not set(changes) - {"final_workers"}:  # nothing to write: a read-only finished run prints its report too
             log(f"{run_dir} is complete (its report.json); nothing to redo (delete report.json to redo the final "
                 "distillation's scoring, exports and report from the checkpoints; or give final-distillation "
-                "options to finish it again with them)")
+                "options to finish it again with them"
+                + ("; --final-workers alone changes how students train, not what they become" if changes else "")
+                + ")")
             return done
     else:
         if final_epochs is None:
@@ -249,6 +255,8 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
             (run_dir / "report.json").unlink(missing_ok=True)
             config.update({k: new for k, (_, new) in changes.items()})
             atomic_write_text(config_path, json.dumps(config, indent=1, sort_keys=True))
+            _remove_finish_outputs(run_dir)  # none may outlive the settings it was made with (an ONNX file of
+            # the old student beside a retrained student.pt, with --no-export)
             log(f"resuming {run_dir} with the final distillation's settings changed in its config.json ("
                 + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
                 + "); the search's options given now are ignored")
@@ -288,6 +296,21 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
     return {"format": RUN_FORMAT, **settings, "agent": agent, "budget": budget, "hparams": dict(hparams or {}),
             "model": model,
             "checkpoint": None if checkpoint is None else str(checkpoint), "dataset": dataset, **final}
+
+
+#: what finishing a run writes beside its checkpoints (report.json first, as the mark of a
+#: finished run): removed before a resumed run finishes again with other settings
+FINISH_OUTPUTS = ("report.json", "report.txt", "student.json", "student.pt", "student.pt2", "student.onnx",
+                  "teacher.pt2", "teacher.onnx", "sizes.png", "sizes")
+
+
+def _remove_finish_outputs(run_dir: pathlib.Path) -> None:
+    for name in FINISH_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 #: the settings of the final distillation and what follows it (exports, latency, sizes): a
@@ -333,9 +356,12 @@ def _final_settings(*, final_epochs: int, final_lr: float | None = None, final_r
         raise ValueError(f"compare: unknown {bad}; choose from {', '.join(ALTERNATIVES)}")
     if len(set(names)) < len(names):
         raise ValueError(f"compare: {names} names an alternative twice; give each once")
+    names = [a for a in ALTERNATIVES if a in names]  # one order: "thin,magnitude" is no change of "magnitude,thin"
     if export is not None and not isinstance(export, (bool, numbers.Integral)):
         raise TypeError(f"export must be True or False, got {export!r}")
-    return {"final_epochs": _count("final_epochs", final_epochs, 1, "epochs"), "final_lr": float(final_lr),
+    # a numpy float32 0.01 is 0.01 (its shortest digits), not 0.009999999776482582
+    final_lr = float(str(final_lr)) if hasattr(final_lr, "dtype") else float(final_lr)
+    return {"final_epochs": _count("final_epochs", final_epochs, 1, "epochs"), "final_lr": final_lr,
             "final_recipe": final_recipe, "export": True if export is None else bool(export),
             "compare": ",".join(names),
             "latency_rounds": 3 if latency_rounds is None else _count("latency_rounds", latency_rounds, 0),
@@ -357,7 +383,7 @@ def _final_changes(config: dict, given: dict) -> dict:
                "export": config.get("export", True), "latency_rounds": config.get("latency_rounds", 3)}
     current["final_lr"] = config.get("final_lr") or recipe_lr(current["final_recipe"])
     merged = {**current, **given}
-    if "final_recipe" in given and "final_lr" not in given:
+    if given.get("final_recipe", current["final_recipe"]) != current["final_recipe"] and "final_lr" not in given:
         merged["final_lr"] = None  # the new recipe's own
     new = _final_settings(**merged)
     return {k: (current[k], new[k]) for k in FINAL_SETTINGS if new[k] != current[k]}
@@ -528,7 +554,7 @@ def default_final_workers(students: int, train_images: int | None = None) -> int
 
 
 def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, final_workers: int | None,
-                    log) -> None:
+                    log, sizes_asked: bool = False) -> None:
     """The run's duration, estimated before it starts from a timing of the teacher's
     architecture now (``n2n_gym.evaluation.final.throughput``): an upper bound, as students are smaller."""
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
@@ -545,7 +571,7 @@ def _print_estimate(args: Args, students: int, final_epochs: int, final_students
     log(f"estimated training time (students timed as the teacher at {rates['augmented']:.0f} / "
         f"{rates['reused_logits']:.0f} img/s now, so an upper bound on a long run): {_duration(total)} = search "
         f"{_duration(est['search'])} ({students} students, cache hits free) + final distillation "
-        f"{_duration(est['final'])} ({final_students} student(s) x {final_epochs} epochs, "
+        f"{_duration(est['final'])} ({'up to ' if sizes_asked else ''}{final_students} student(s) x {final_epochs} epochs, "
         f"{min(final_workers, final_students)} at a time); exports and latency come after")
 
 
@@ -731,7 +757,8 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     final_workers = config.get("final_workers")  # None: by the final distillation's size, when the data is known
 
     def estimate(students: int) -> None:
-        _print_estimate(args, students, final_epochs, len(compare) + sizes, final_workers, log)
+        # (--sizes N: the Pareto front, unknown before the search, may hold fewer)
+        _print_estimate(args, students, final_epochs, len(compare) + sizes, final_workers, log, sizes > 1)
 
     timings = _Timings(run_dir, log)
     with timings.stage("search"):
@@ -778,7 +805,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     jobs += size_jobs
     images = final_epochs * len(unwrapped.evaluator.data.train_idx)
     workers = min(final_workers or default_final_workers(len(jobs), images), len(jobs))
-    log(f"final distillation ({final_epochs} epochs over the training split, recipe {final_recipe}, lr {final_lr:g}) "
+    log(f"final distillation ({final_epochs} epoch{'s' if final_epochs != 1 else ''} over the training split, recipe {final_recipe}, lr {final_lr:g}) "
         "of the best student"
         + (f", at its size {', '.join(alt_names)}" if alt_names else "")
         + (f", {len(size_jobs)} more of the Pareto front ({', '.join(j[0] for j in size_jobs)})" if size_jobs else "")
@@ -788,10 +815,12 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
             trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers,
                                      args.progress, recipe=final_recipe)
         except NonFiniteError as exc:  # the lr is the usual cause; the other students' checkpoints are kept
+            default = recipe_lr(final_recipe)
+            smaller = default if final_lr > default else final_lr / 10  # back to the recipe's own at once
             raise CompressError(
-                f"the final distillation diverged ({exc}) at lr {final_lr:g}, recipe {final_recipe}; continue with "
-                f"a smaller lr: n2n-gym compress --resume {run_dir} --final-lr {final_lr / 10:g}", "--final-lr"
-            ) from None
+                f"the final distillation at lr {final_lr:g} (recipe {final_recipe}, whose own lr is {default:g}) "
+                f"failed: {exc}; continue with a smaller lr: n2n-gym compress --resume {shlex.quote(str(run_dir))} "
+                f"--final-lr {smaller:g}", "--final-lr") from None
     module, row = trained.pop("final")
     sized = {name: trained.pop(name) for name, *_ in size_jobs}
     val_acc, test_acc = row["val_accuracy"], row["test_accuracy"]
@@ -826,7 +855,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
         size_rows = _size_rows(run_dir, provenance, final_row, search_row, latency,
                                {name: (m, {**r, **recipe}) for name, (m, r) in sized.items()}, picks,
-                               export, int(config.get("latency_rounds", 3))) if sizes > 1 else []
+                               export, int(config.get("latency_rounds", 3)), exports) if sizes > 1 else []
     for stale in sorted((run_dir / "sizes").glob("size-*")):  # sizes of an earlier --sizes, now not trained
         if stale.is_dir() and stale.name not in sized:
             shutil.rmtree(stale)
@@ -902,7 +931,7 @@ def pareto_picks(history: list[dict], best: dict, n: int) -> list[dict]:
 
 
 def _size_rows(run_dir: pathlib.Path, provenance: dict, final_row: dict, search_row: dict, latency,
-               sized: dict, picks: list[dict], export: bool, rounds: int) -> list[dict]:
+               sized: dict, picks: list[dict], export: bool, rounds: int, exports: dict | None = None) -> list[dict]:
     """``report["sizes"]``: the best student and the other Pareto picks (none when the front
     holds only the best) after the final distillation, by parameters; each of ``picks`` (the others) saved (and exported) in ``sizes/<name>/``, and
     its ONNX Runtime latency measured against the teacher's file as the best student's was."""
@@ -915,6 +944,8 @@ def _size_rows(run_dir: pathlib.Path, provenance: dict, final_row: dict, search_
 
     rows = [{"name": "final", **{k: final_row[k] for k in keys}, "search_accuracy": search_row["val_accuracy"],
              "run_dir": ".", **{k: final_row[k] for k in ("epochs", "recipe", "lr")}, **onnx_latency(latency)}]
+    if export:
+        rows[0]["exports"] = exports
     teacher_onnx = run_dir / "teacher.onnx"
     for pick in picks:
         name = f"size-{pick['params']}"

@@ -351,9 +351,30 @@ def test_compress_final_recipe_trains_every_final_student_with_it(random_run, tm
     for name in ("final", "magnitude"):
         key = torch.load(run / f"{name}.ckpt", weights_only=True)["key"]
         assert key and key != torch.load(random_run / "final.ckpt", weights_only=True)["key"]
-    # the same options again: the run is complete
+    # the same options again, in another order or with the run's recipe named: the run is complete
+    assert main(["compress", "--resume", str(run), "--no-progress", "--final-recipe", "kd-sgd", "--compare",
+                 "magnitude", "--final-lr", "0.05"]) == 0
+    assert "is complete" in capsys.readouterr().err
+    # a custom lr stays when the run's own recipe is named again (only a new recipe brings its lr)
+    assert main(["compress", "--resume", str(run), "--no-progress", "--final-lr", "0.02", "--compare", ""]) == 0
     assert main(["compress", "--resume", str(run), "--no-progress", "--final-recipe", "kd-sgd"]) == 0
     assert "is complete" in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["final_lr"] == 0.02
+
+
+def test_compress_resume_with_no_export_leaves_no_export_of_an_earlier_student(random_run, tmp_path, capsys):
+    """A finished run finished again with other settings keeps no output of the earlier ones (a
+    break-it pass: --no-export left the old student.onnx beside a retrained student.pt)."""
+    from n2n_gym.cli import main
+
+    run = _copy_run(random_run, tmp_path / "exported")
+    assert main(["compress", "--resume", str(run), "--no-progress", "--export", "--latency-rounds", "1"]) == 0
+    assert (run / "student.onnx").is_file() and (run / "teacher.onnx").is_file()
+    assert main(["compress", "--resume", str(run), "--no-progress", "--no-export", "--final-lr", "0.002"]) == 0
+    assert not any((run / f"{who}.{ext}").exists() for who in ("student", "teacher") for ext in ("onnx", "pt2"))
+    report = json.loads((run / "report.json").read_text())
+    assert report["exports"] == {} and report["final_lr"] == 0.002 and (run / "student.pt").is_file()
+    capsys.readouterr()
 
 
 def test_compress_a_diverged_final_distillation_names_the_lr_and_resumes_with_another(random_run, tmp_path, capsys):
@@ -361,13 +382,16 @@ def test_compress_a_diverged_final_distillation_names_the_lr_and_resumes_with_an
     (a break-it pass: a traceback after the search, and --resume could not change the lr)."""
     from n2n_gym.cli import main
 
-    run = _copy_run(random_run, tmp_path / "diverged")
+    run = _copy_run(random_run, tmp_path / "a diverged run")
     with pytest.raises(SystemExit) as exc:
         main(["compress", "--resume", str(run), "--no-progress", "--final-recipe", "kd-sgd", "--final-lr", "1e12"])
     message = str(exc.value)
-    assert message.startswith("n2n-gym compress --final-lr: the final distillation diverged") and "1e+12" in message
-    assert f"n2n-gym compress --resume {run} --final-lr 1e+11" in message
-    assert not (run / "report.json").exists()  # no report claims settings it was not made with
+    assert message.startswith("n2n-gym compress --final-lr: the final distillation at lr 1e+12 (recipe kd-sgd, "
+                              "whose own lr is 0.05) failed: distillation diverged"), message
+    # the way back is the recipe's own lr at once (not a tenth, try after try), the path quoted for a shell
+    assert f"n2n-gym compress --resume '{run}' --final-lr 0.05" in message
+    # nothing of the earlier settings' outputs is left to claim settings it was not made with
+    assert not any((run / name).exists() for name in ("report.json", "report.txt", "student.pt", "student.json"))
     assert json.loads((run / "config.json").read_text())["final_lr"] == 1e12
     assert main(["compress", "--resume", str(run), "--no-progress", "--final-lr", "0.05"]) == 0
     report = json.loads((run / "report.json").read_text())
@@ -402,6 +426,8 @@ def test_compress_final_settings_take_numpy_numbers_and_fill_defaults():
                                final_recipe="kd-sgd", compare=["thin"])
     assert settings == {"final_epochs": 3, "final_lr": 0.5, "final_recipe": "kd-sgd", "export": True,
                         "compare": "thin", "latency_rounds": 3, "final_workers": None, "sizes": 2}
+    assert _final_settings(final_epochs=1, final_lr=np.float32(0.01))["final_lr"] == 0.01  # not 0.0099999997...
+    assert _final_settings(final_epochs=1, compare="thin,magnitude")["compare"] == "magnitude,thin"
     assert json.dumps(settings)  # config.json holds plain numbers
     assert _final_settings(final_epochs=1)["final_lr"] == 1e-3 and _final_settings(final_epochs=1, compare=None)[
         "compare"] == "magnitude,thin"
@@ -437,7 +463,7 @@ def test_compress_sizes_distils_exports_and_times_several_sizes(random_run, tmp_
                  "1", "--final-workers", "2"]) == 0
     err = capsys.readouterr().err
     assert "2 at a time in worker processes" in err  # the best and the other size side by side
-    assert not (run / "sizes" / "size-1").exists() and "removed" in err
+    assert not (run / "sizes" / "size-1").exists()
     report = json.loads((run / "report.json").read_text())
     history = _history(run)
     best = max(history, key=lambda r: (r["reward"], -r["params"]))
