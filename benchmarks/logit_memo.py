@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(a.rounds):
         for i, arch in enumerate(students):
             for mode in (("cold", "warm") if (r + i) % 2 == 0 else ("warm", "cold")):
-                memo = ev._logit_memos.setdefault(protocol.train_images, AugmentedLogits())
+                memo = ev._logit_memos.setdefault((protocol.train_images, protocol.precision), AugmentedLogits())
                 if mode == "cold":
-                    ev._logit_memos[protocol.train_images] = AugmentedLogits()
+                    ev._logit_memos[(protocol.train_images, protocol.precision)] = AugmentedLogits()
                 elif memo.hits == 0 and not memo._epochs:
                     ev.train_student(students[0], protocol, 0)  # prime it once (untimed)
                 t = time.perf_counter()

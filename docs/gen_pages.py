@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import re
+import statistics
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -354,8 +355,49 @@ def page_speed() -> str:
             plot("throughput-resnet20-lpt.png", "throughput, ResNet-20"),
             "### Augmented distillation: the teacher's logits reused across students", "", memo_text(),
             source_note("logit_memo-n2n-resnet20-cifar10-v0.json"),
+            "### bf16 autocast on the CPU: the final distillation", "", precision_text(),
+            source_note(PRECISION_RECORD),
             "How to reproduce: [Reproducing a figure](../reproduce.md#speed-and-throughput).", ""]
     return "\n".join(out)
+
+
+#: benchmarks/final_precision.py's rows on ResNet-20 CIFAR-10
+PRECISION_RECORD = "final_precision-resnet20.jsonl"
+
+
+def precision_text() -> str:
+    """What ``--final-precision bf16`` measured: speed of paired epochs, and the validation
+    accuracy of short paired distillations, bf16 against fp32 (``auto`` on the CPU)."""
+    rows = [json.loads(line) for line in (RESULTS / PRECISION_RECORD).read_text().splitlines() if line.strip()]
+    by = {(r["kind"], r["index"], r["precision"]): r for r in rows}
+
+    def pairs(kind: str) -> list[tuple[dict, dict]]:
+        return [(by[kind, i, "auto"], by[kind, i, "bf16"]) for i in sorted({r["index"] for r in rows if r["kind"] == kind})
+                if (kind, i, "auto") in by and (kind, i, "bf16") in by]
+
+    speed = [b["images_per_s"] / a["images_per_s"] for a, b in pairs("speed")]
+    acc = pairs("accuracy")
+    if not speed or not acc:
+        return "(not measured yet)\n"
+    r0 = rows[0]
+    table_rows = [[i, pct(a["val_accuracy"]), pct(b["val_accuracy"]), f"{100 * (b['val_accuracy'] - a['val_accuracy']):+.2f}",
+                   f"{a['seconds'] / b['seconds']:.2f}x"] for i, (a, b) in enumerate(acc)]
+    gaps = [100 * (b["val_accuracy"] - a["val_accuracy"]) for a, b in acc]
+    spread = [100 * a["val_accuracy"] for a, _ in acc]
+    return (f"`n2n-gym compress --final-precision bf16` runs the final distillation's forward passes (teacher and "
+            f"student) in bf16 autocast on the CPU; weights and optimizer state stay fp32. On this machine's CPU "
+            f"({r0['cpu_capability']}, flags {', '.join(r0['cpu_flags'])}; torch {r0['torch']}, "
+            f"{r0['threads']} thread, load average {min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}), "
+            f"the `kd-sgd` recipe on `{r0['env']}`'s teacher and a {r0['student_params']:,}-parameter student: "
+            f"an epoch runs **{statistics.median(speed):.2f}x** as fast in bf16 (median of {len(speed)} paired rounds, "
+            f"{min(speed):.2f}-{max(speed):.2f}x). Short paired distillations ({acc[0][0]['epochs']} epochs over "
+            f"{acc[0][0]['train_images']:,} training images, one seed each, scored in fp32 on the whole validation "
+            f"split):\n\n"
+            + table(["seed", "fp32", "bf16", "bf16 - fp32, pts", "speed-up"], table_rows)
+            + f"\nThe bf16 - fp32 gaps ({', '.join(f'{g:+.2f}' for g in gaps)} points) against the fp32 runs' spread "
+            f"over seeds ({max(spread) - min(spread):.2f} points): a short schedule shows whether bf16 training breaks "
+            f"or drifts, not the last tenth of a point of a long run. On a CPU without native bf16 it is slower "
+            f"(issue 13 measured 5x on another machine): a new compress run's estimate times both.\n")
 
 
 def memo_text() -> str:
@@ -918,7 +960,7 @@ def pages() -> list[Page]:
         Page("docs/results/speed.md", tuple(f"benchmarks/results/{n}" for n in (
             "env_speed.json", "student_eval_time.json", "finite_check_cost.json", "throughput-digits-lpt.json",
             "throughput-resnet20-lpt.json", "throughput-digits.json",
-            "logit_memo-n2n-resnet20-cifar10-v0.json")), page_speed),
+            "logit_memo-n2n-resnet20-cifar10-v0.json", PRECISION_RECORD)), page_speed),
         Page("docs/results/teacher-training.md", ("benchmarks/results/teacher_resnet20_cifar10_jpeg.json",),
              page_teacher_training),
         Page("docs/results/fidelity.md", tuple(f"benchmarks/results/fidelity/{n}/ladder.json" for n in FIDELITY

@@ -39,6 +39,7 @@ from n2n_gym.compress import (
 from n2n_gym.compress import format_accuracy as _fmt_acc
 from n2n_gym.compress import format_count as _fmt_int
 from n2n_gym.evaluation.final import RECIPES as FINAL_RECIPES
+from n2n_gym.teachers.training import PRECISIONS
 from n2n_gym.utils.checks import int_at_least, json_object, positive_float
 from n2n_gym.utils.devices import resolve_device
 
@@ -100,7 +101,8 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     try:
         report = compress(ns.env_id, out=out, resume=resume, agent=ns.agent, budget=ns.budget, hparams=ns.hparams,
                           model=ns.model, checkpoint=ns.checkpoint, dataset=ns.dataset, final_epochs=ns.final_epochs,
-                          final_lr=ns.final_lr, final_recipe=ns.final_recipe, export=ns.export, compare=ns.compare,
+                          final_lr=ns.final_lr, final_recipe=ns.final_recipe, final_precision=ns.final_precision,
+                          export=ns.export, compare=ns.compare,
                           latency_rounds=ns.latency_rounds, final_workers=ns.final_workers, sizes=ns.sizes,
                           progress=ns.progress,
                           **settings)
@@ -346,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--final-lr", type=positive_float, default=None, metavar="LR",
                     help="lr of the final distillation (default: the recipe's: "
                          + ", ".join(f"{k} {v[0]:g}" for k, v in FINAL_RECIPES.items()) + ")")
+    co.add_argument("--final-precision", default=None, choices=list(PRECISIONS),
+                    help="the final distillation's forward passes: auto (bf16 on CUDA, fp32 on the CPU) or bf16 "
+                         "(bf16 autocast on the CPU too: about twice as fast on a CPU with native bf16, e.g. AMX, "
+                         "slower on one without; the estimate compares them) (default: auto)")
     co.add_argument("--export", action=argparse.BooleanOptionalAction, default=None,
                     help="write the torch.export and ONNX files (default: on)")
     co.add_argument("--compare", default=None, type=_alternatives, metavar="NAMES",

@@ -76,7 +76,7 @@ from n2n_gym.evaluation.final import (
     recipe_lr,
     throughput,
 )
-from n2n_gym.evaluation.distill import NonFiniteError
+from n2n_gym.evaluation.distill import PRECISIONS, NonFiniteError
 from n2n_gym.evaluation.protocols import get_protocol
 from n2n_gym.evaluation.reward import n2n_reward, parse_constraints
 from n2n_gym.ir.arch import FLOP_CONVENTION, Architecture
@@ -156,7 +156,7 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
              env_kwargs: dict | None = None, protocol: str | None = None, seed: int = 0, device: str = "auto",
              model: str | None = None, checkpoint: str | os.PathLike | None = None, dataset: str | None = None,
              final_epochs: int | None = None, final_lr: float | None = None, final_recipe: str | None = None,
-             export: bool | None = None,
+             final_precision: str | None = None, export: bool | None = None,
              compare: str | Iterable[str] | None = None, latency_rounds: int | None = None,
              final_workers: int | None = None, sizes: int | None = None, progress: bool = True,
              log: Callable[[str], None] | None = None, **n2n_settings: Any) -> dict:
@@ -186,7 +186,11 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
       None: the env's default, :func:`default_final_epochs`: 30, or 20 on ResNet-20 CIFAR-10;
       ``final_recipe`` None: ``"n2n"``, Adam and MSE on logits; or ``"kd-sgd"``, SGD on a cosine
       schedule and the KD loss, :data:`n2n_gym.evaluation.final.RECIPES`; ``final_lr`` None: the
-      recipe's, 1e-3 or 0.05); every final student is trained alike; ``compare``: the same-size
+      recipe's, 1e-3 or 0.05); ``final_precision`` (None: ``"auto"``, fp32 on the CPU): ``"bf16"``
+      runs its forward passes in bf16 autocast on the CPU too, about twice as fast on a CPU with
+      native bf16 (AMX) and slower on one without (the estimate before the run compares the two;
+      ``benchmarks/final_precision.py`` measures speed and accuracy); every final student is
+      trained alike; ``compare``: the same-size
       alternatives (None: ``magnitude`` and ``thin``; ``()`` or ``""`` for none); ``export``
       (None: True): torch.export and ONNX files; ``latency_rounds`` (None: 3): paired rounds of
       the latency measurement (0 skips it); ``final_workers``: processes that train the final
@@ -212,7 +216,8 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
             raise CompressError(f"{run_dir} {what}; nothing to resume (a new run: --out without --resume)",
                                 "--resume")
         config = _check_is_run(run_dir)  # before anything is written into it
-        given = {"final_epochs": final_epochs, "final_lr": final_lr, "final_recipe": final_recipe, "export": export,
+        given = {"final_epochs": final_epochs, "final_lr": final_lr, "final_recipe": final_recipe,
+                 "final_precision": final_precision, "export": export,
                  "compare": compare, "latency_rounds": latency_rounds, "final_workers": final_workers, "sizes": sizes}
         changes = _final_changes(config, {k: v for k, v in given.items() if v is not None}) if config else {}
         done = _finished_report(run_dir)
@@ -230,7 +235,8 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
                              protocol=protocol, seed=seed, device=device, model=model, checkpoint=checkpoint,
                              dataset=dataset, n2n_settings=n2n_settings,
                              **_final_settings(final_epochs=final_epochs, final_lr=final_lr,
-                                               final_recipe=final_recipe, export=export, compare=compare,
+                                               final_recipe=final_recipe, final_precision=final_precision,
+                                               export=export, compare=compare,
                                                latency_rounds=latency_rounds, final_workers=final_workers,
                                                sizes=sizes))
         env_id, env_kwargs = _custom_teacher(env_id, config["env_kwargs"], model, checkpoint, dataset, log)
@@ -315,8 +321,8 @@ def _remove_finish_outputs(run_dir: pathlib.Path) -> None:
 
 #: the settings of the final distillation and what follows it (exports, latency, sizes): a
 #: resumed run takes new values of these, and finishes again with them
-FINAL_SETTINGS = ("final_epochs", "final_lr", "final_recipe", "compare", "sizes", "final_workers", "export",
-                  "latency_rounds")
+FINAL_SETTINGS = ("final_epochs", "final_lr", "final_recipe", "final_precision", "compare", "sizes", "final_workers",
+                  "export", "latency_rounds")
 
 
 def _count(name: str, value, least: int, unit: str = "") -> int:
@@ -327,13 +333,16 @@ def _count(name: str, value, least: int, unit: str = "") -> int:
 
 
 def _final_settings(*, final_epochs: int, final_lr: float | None = None, final_recipe: str | None = None,
-                    export: bool | None = None, compare=None, latency_rounds: int | None = None,
+                    final_precision: str | None = None, export: bool | None = None, compare=None, latency_rounds: int | None = None,
                     final_workers: int | None = None, sizes: int | None = None) -> dict:
     """The final distillation's settings checked, with their defaults for None (``final_lr``:
     the recipe's), as config.json holds them; ValueError/TypeError names a bad one."""
     final_recipe = "n2n" if final_recipe is None else final_recipe
     if not isinstance(final_recipe, str) or final_recipe not in RECIPES:
         raise ValueError(f"final_recipe: unknown {final_recipe!r}; choose from {', '.join(RECIPES)}")
+    final_precision = "auto" if final_precision is None else final_precision
+    if not isinstance(final_precision, str) or final_precision not in PRECISIONS:
+        raise ValueError(f"final_precision: unknown {final_precision!r}; choose from {', '.join(PRECISIONS)}")
     if final_lr is None:
         final_lr = recipe_lr(final_recipe)
     try:  # (a numpy float too; an int too large for a float is refused as one that is not finite)
@@ -362,7 +371,8 @@ def _final_settings(*, final_epochs: int, final_lr: float | None = None, final_r
     # a numpy float32 0.01 is 0.01 (its shortest digits), not 0.009999999776482582
     final_lr = float(str(final_lr)) if hasattr(final_lr, "dtype") else float(final_lr)
     return {"final_epochs": _count("final_epochs", final_epochs, 1, "epochs"), "final_lr": final_lr,
-            "final_recipe": final_recipe, "export": True if export is None else bool(export),
+            "final_recipe": final_recipe, "final_precision": final_precision,
+            "export": True if export is None else bool(export),
             "compare": ",".join(names),
             "latency_rounds": 3 if latency_rounds is None else _count("latency_rounds", latency_rounds, 0),
             "final_workers": None if final_workers is None else _count("final_workers", final_workers, 1,
@@ -378,6 +388,7 @@ def _final_changes(config: dict, given: dict) -> dict:
         return {}
     current = {"final_epochs": config.get("final_epochs", DEFAULT_FINAL_EPOCHS),
                "final_recipe": config.get("final_recipe", "n2n"),
+               "final_precision": config.get("final_precision", "auto"),
                "compare": config.get("compare", ",".join(ALTERNATIVES)),
                "sizes": config.get("sizes", 1), "final_workers": config.get("final_workers"),
                "export": config.get("export", True), "latency_rounds": config.get("latency_rounds", 3)}
@@ -442,7 +453,7 @@ def _resume_dir(out) -> pathlib.Path:
 def _config_keys() -> frozenset[str]:
     """Every key a run's config.json may hold (what :func:`_new_config` writes)."""
     return frozenset({"format", "agent", "budget", "hparams", "model", "checkpoint", "dataset", "final_epochs",
-                      "final_lr", "final_recipe", "sizes", "export", "compare", "latency_rounds", "final_workers"} | {f.name for f in dataclasses.fields(Args)})
+                      "final_lr", "final_recipe", "final_precision", "sizes", "export", "compare", "latency_rounds", "final_workers"} | {f.name for f in dataclasses.fields(Args)})
 
 
 def _run_config(run_dir: pathlib.Path) -> tuple[dict | None, str]:
@@ -554,12 +565,21 @@ def default_final_workers(students: int, train_images: int | None = None) -> int
 
 
 def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, final_workers: int | None,
-                    log, sizes_asked: bool = False) -> None:
+                    log, sizes_asked: bool = False, final_precision: str = "auto") -> None:
     """The run's duration, estimated before it starts from a timing of the teacher's
-    architecture now (``n2n_gym.evaluation.final.throughput``): an upper bound, as students are smaller."""
+    architecture now (``n2n_gym.evaluation.final.throughput``): an upper bound, as students are
+    smaller. With ``final_precision="bf16"`` the final distillation is timed in bf16 and fp32,
+    and the log says how they compare on this machine."""
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     ev = env.unwrapped.evaluator
     rates = throughput(ev)
+    if final_precision != "auto":
+        final_rates = throughput(ev, precision=final_precision)
+        speedup = final_rates["augmented"] / rates["augmented"]
+        log(f"--final-precision {final_precision}: the final distillation measured {speedup:.2f}x as fast as with "
+            f"auto ({final_rates['augmented']:.0f} vs {rates['augmented']:.0f} img/s now)"
+            + ("; slower on this machine: drop --final-precision" if speedup < 1 else ""))
+        rates = {**rates, "augmented": final_rates["augmented"]}
     env.close()
     data = ev.data
     workers = int(args.env_kwargs.get("workers", 1)) if args.env_kwargs.get("backend", "inline") != "inline" else 1
@@ -751,6 +771,7 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     # a run made before recipes existed has none: it was "n2n"
     final_recipe = str(config.get("final_recipe", "n2n"))
     final_lr = float(config.get("final_lr") or recipe_lr(final_recipe))
+    final_precision = str(config.get("final_precision", "auto"))
     compare = tuple(c for c in str(config.get("compare", "magnitude,thin")).split(",") if c)
     sizes = int(config.get("sizes", 1))  # a run made before --sizes: the best student alone
     # how many processes is this machine's business, not the run's: a resumed run recomputes it
@@ -758,7 +779,8 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
 
     def estimate(students: int) -> None:
         # (--sizes N: the Pareto front, unknown before the search, may hold fewer)
-        _print_estimate(args, students, final_epochs, len(compare) + sizes, final_workers, log, sizes > 1)
+        _print_estimate(args, students, final_epochs, len(compare) + sizes, final_workers, log, sizes > 1,
+                        final_precision)
 
     timings = _Timings(run_dir, log)
     with timings.stage("search"):
@@ -777,14 +799,14 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     try:
         return _finish(env.unwrapped, config, args, agent, run_dir, best, history, final_epochs, final_lr, export,
-                       compare, final_workers, log, timings, final_recipe, sizes)
+                       compare, final_workers, log, timings, final_recipe, sizes, final_precision)
     finally:
         env.close()
 
 
 def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Path, best: dict, history: list[dict],
             final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], final_workers: int | None,
-            log, timings: _Timings, final_recipe: str = "n2n", sizes: int = 1) -> dict:
+            log, timings: _Timings, final_recipe: str = "n2n", sizes: int = 1, final_precision: str = "auto") -> dict:
     arch = Architecture.from_json(best["architecture"])
     teacher = unwrapped.teacher
     jobs = [("final", arch, "inherit", run_dir / "final.ckpt")]
@@ -805,7 +827,9 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     jobs += size_jobs
     images = final_epochs * len(unwrapped.evaluator.data.train_idx)
     workers = min(final_workers or default_final_workers(len(jobs), images), len(jobs))
-    log(f"final distillation ({final_epochs} epoch{'s' if final_epochs != 1 else ''} over the training split, recipe {final_recipe}, lr {final_lr:g}) "
+    bf16 = "" if final_precision == "auto" else f", {final_precision} autocast"
+    log(f"final distillation ({final_epochs} epoch{'s' if final_epochs != 1 else ''} over the training split, recipe "
+        f"{final_recipe}, lr {final_lr:g}{bf16}) "
         "of the best student"
         + (f", at its size {', '.join(alt_names)}" if alt_names else "")
         + (f", {len(size_jobs)} more of the Pareto front ({', '.join(j[0] for j in size_jobs)})" if size_jobs else "")
@@ -813,7 +837,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     with timings.stage("final_distillation"):  # wall time of all of them (a row's seconds: that student's)
         try:
             trained = final_students(unwrapped.evaluator, jobs, final_epochs, final_lr, args.seed, workers,
-                                     args.progress, recipe=final_recipe)
+                                     args.progress, recipe=final_recipe, precision=final_precision)
         except NonFiniteError as exc:  # the lr is the usual cause; the other students' checkpoints are kept
             default = recipe_lr(final_recipe)
             smaller = default if final_lr > default else final_lr / 10  # back to the recipe's own at once
@@ -837,8 +861,9 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         search_row["measured_val_accuracy"] = best.get("measured_accuracy")
     final_row = {"val_accuracy": val_acc, "test_accuracy": test_acc, "params": arch.params, "flops": arch.flops,
                  "compression": teacher.params / arch.params, "reward": reward, "epochs": final_epochs,
-                 "recipe": final_recipe, "lr": final_lr, "seconds": row["seconds"]}
-    recipe = {"epochs": final_epochs, "recipe": final_recipe, "lr": final_lr}  # every final row was trained so
+                 "recipe": final_recipe, "lr": final_lr, "precision": final_precision, "seconds": row["seconds"]}
+    # every final row was trained so
+    recipe = {"epochs": final_epochs, "recipe": final_recipe, "lr": final_lr, "precision": final_precision}
     others = {}
     for name, (_, r) in trained.items():
         others[name] = {**r, **recipe, "width_ratio": ratio, "architecture": jobs[1][1].to_dict(),
@@ -874,13 +899,14 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         f"{protocol.train_images or 'all'} training images, scored on {min(protocol.val_images or n_val, n_val)} "
         f"validation / {min(protocol.test_images or n_test, n_test)} test images); they are what the reward "
         f"used{estimates}. Final rows: after the final distillation ({final_epochs} epochs over the whole training "
-        f"split, recipe '{final_recipe}' at lr {final_lr:g}, the same for every final row), on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
+        f"split, recipe '{final_recipe}' at lr {final_lr:g}{bf16}, the same for every final row), on the whole splits. Reward R = Rc * Ra uses validation accuracy; test accuracy is reported only. "
         f"FLOPs: {FLOP_CONVENTION}.")
     constraints = _constraint_checks(args.env_kwargs.get("constraints"), {"best student": final_row, **others})
     seconds = timings.seconds()  # summed over the run's invocations (timings.json)
     report = {
         "env_id": args.env_id, "run_dir": str(run_dir), "agent": agent, "args": dataclasses.asdict(args),
-        "final_epochs": final_epochs, "final_recipe": final_recipe, "final_lr": final_lr, "teacher": teacher_row, "search_best": search_row, "final": final_row,
+        "final_epochs": final_epochs, "final_recipe": final_recipe, "final_lr": final_lr,
+        "final_precision": final_precision, "teacher": teacher_row, "search_best": search_row, "final": final_row,
         "alternatives": {k: {f: v for f, v in r.items() if f != "architecture"} for k, r in others.items()},
         "constraints": constraints,
         "students": len(history),

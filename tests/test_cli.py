@@ -362,6 +362,31 @@ def test_compress_final_recipe_trains_every_final_student_with_it(random_run, tm
     assert json.loads((run / "config.json").read_text())["final_lr"] == 0.02
 
 
+def test_compress_final_precision_bf16_trains_the_final_students_in_bf16(random_run, tmp_path, capsys):
+    """--final-precision bf16: a new run's estimate compares it with fp32 on this machine; a
+    resumed run finishes again with it, its checkpoints its own; the report says so."""
+    from n2n_gym.cli import main
+
+    new = tmp_path / "new"
+    assert main(["compress", "--agent", "random", "--budget", "2", *AGENT_RUN, "--final-precision", "bf16",
+                 "--out", str(new)]) == 0
+    err = capsys.readouterr().err
+    assert "--final-precision bf16: the final distillation measured" in err and "as fast as with auto" in err
+    assert "recipe n2n, lr 0.001, bf16 autocast" in err
+    assert json.loads((new / "report.json").read_text())["final"]["precision"] == "bf16"
+    run = _copy_run(random_run, tmp_path / "bf16")
+    assert main(["compress", "--resume", str(run), "--no-progress", "--final-precision", "bf16"]) == 0
+    assert "final_precision 'auto' -> 'bf16'" in capsys.readouterr().err
+    report, reference = (json.loads((r / "report.json").read_text()) for r in (run, random_run))
+    assert (report["final_precision"], report["final"]["precision"], reference["final"]["precision"]) == (
+        "bf16", "bf16", "auto")
+    assert "lr 0.001, bf16 autocast, the same for every final row" in report["notes"]
+    weights = [torch.load(r / "student.pt", weights_only=True) for r in (run, random_run)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # trained otherwise
+    assert torch.load(run / "final.ckpt", weights_only=True)["key"] != torch.load(random_run / "final.ckpt",
+                                                                                   weights_only=True)["key"]
+
+
 def test_compress_resume_with_no_export_leaves_no_export_of_an_earlier_student(random_run, tmp_path, capsys):
     """A finished run finished again with other settings keeps no output of the earlier ones (a
     break-it pass: --no-export left the old student.onnx beside a retrained student.pt)."""
@@ -404,6 +429,7 @@ def test_compress_a_diverged_final_distillation_names_the_lr_and_resumes_with_an
     ({"final_lr": 10**400}, "final_lr must be a finite number > 0"),
     ({"final_lr": float("nan")}, "final_lr must be a finite number > 0"),
     ({"final_recipe": ["n2n"]}, "final_recipe: unknown ['n2n']"),
+    ({"final_precision": "fp16"}, "final_precision: unknown 'fp16'"),
     ({"compare": "magnitude,magnitude"}, "names an alternative twice"),
     ({"compare": 3}, "compare must be names of"),
     ({"sizes": 0}, "sizes must be an integer >= 1"),
@@ -424,7 +450,8 @@ def test_compress_final_settings_take_numpy_numbers_and_fill_defaults():
 
     settings = _final_settings(final_epochs=np.int64(3), final_lr=np.float32(0.5), sizes=np.int32(2),
                                final_recipe="kd-sgd", compare=["thin"])
-    assert settings == {"final_epochs": 3, "final_lr": 0.5, "final_recipe": "kd-sgd", "export": True,
+    assert settings == {"final_epochs": 3, "final_lr": 0.5, "final_recipe": "kd-sgd", "final_precision": "auto",
+                        "export": True,
                         "compare": "thin", "latency_rounds": 3, "final_workers": None, "sizes": 2}
     assert _final_settings(final_epochs=1, final_lr=np.float32(0.01))["final_lr"] == 0.01  # not 0.0099999997...
     assert _final_settings(final_epochs=1, compare="thin,magnitude")["compare"] == "magnitude,thin"
@@ -584,6 +611,7 @@ def test_compress_agent_settings_are_checked_before_a_run_folder(tmp_path, capsy
                           (["--hparams", '{"population": 4}'], "--hparams is for an --agent other than n2n"),
                           (["--final-workers", "0"], "argument --final-workers: must be >= 1, got 0"),
                           (["--final-recipe", "adamw"], "argument --final-recipe: invalid choice: 'adamw'"),
+                          (["--final-precision", "fp16"], "argument --final-precision: invalid choice: 'fp16'"),
                           (["--final-lr", "0"], "argument --final-lr: must be a finite number > 0"),
                           (["--final-epochs", "0"], "argument --final-epochs: must be >= 1, got 0"),
                           (["--sizes", "0"], "argument --sizes: must be >= 1, got 0")):

@@ -21,6 +21,7 @@ from torch import nn
 from n2n_gym.data.datasets import Dataset, batches
 from n2n_gym.teachers.training import (  # noqa: F401
     EVAL_BATCH,
+    PRECISIONS,
     accuracy,
     autocast,
     predict_logits,
@@ -56,6 +57,7 @@ def distill(
     checkpoint: "str | os.PathLike | None" = None,
     checkpoint_key: str = "",
     logit_memo: "AugmentedLogits | None" = None,
+    precision: str = "auto",
 ) -> nn.Module:
     """Distil the teacher into the student; ``epochs`` passes over uint8 ``x`` (N, C, H, W).
 
@@ -75,7 +77,11 @@ def distill(
     ``teacher_logits`` (for ``x`` in order) are reused when given and ``augment`` is off.
     ``logit_memo`` (with ``augment``): the teacher's logits of each epoch's augmented batches,
     kept by :class:`AugmentedLogits` and reused by the next student of the same ``x`` and seed
-    (the same batches, so the same logits; the student's weights are unchanged).
+    (the same batches, so the same logits; the student's weights are unchanged); one memo per
+    ``precision``, as the teacher's logits differ in bf16.
+    ``precision``: the forward passes of teacher and student, :func:`autocast`'s (``"auto"``:
+    bf16 on CUDA, fp32 on the CPU; ``"bf16"``: bf16 on the CPU too); weights and optimizer
+    state stay fp32.
     Raises :class:`NonFiniteError` when the loss diverges, ``ValueError`` for inconsistent arguments.
     """
     if loss not in ("mse", "kd"):
@@ -86,9 +92,12 @@ def distill(
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     if cosine and lr_drop:
         raise ValueError("cosine and lr_drop are two lr schedules: set one of them")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     with torch.enable_grad():  # callers may step the env inside torch.no_grad()
         return _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator,
-                        teacher_logits, loss, y, lr_drop, checkpoint, checkpoint_key, logit_memo, optimizer, cosine)
+                        teacher_logits, loss, y, lr_drop, checkpoint, checkpoint_key, logit_memo, optimizer, cosine,
+                        precision)
 
 
 class AugmentedLogits:
@@ -157,7 +166,7 @@ def distillation_loss(out: torch.Tensor, target: torch.Tensor, loss: str, labels
 
 def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, augment, generator, teacher_logits,
              loss="mse", y=None, lr_drop=False, checkpoint=None, checkpoint_key="", logit_memo=None,
-             optimizer_name="adam", cosine=False):
+             optimizer_name="adam", cosine=False, precision="auto"):
     if augment and teacher_logits is not None:
         raise ValueError("teacher logits cannot be reused when the inputs are augmented")
     if epochs == 0:
@@ -188,10 +197,10 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
             elif known is not None:
                 target = known[k]
             else:
-                with torch.no_grad(), autocast(xb.device):
+                with torch.no_grad(), autocast(xb.device, precision):
                     target = teacher(xb).float()
                 fresh.append(target)
-            with autocast(xb.device):
+            with autocast(xb.device, precision):
                 out = student(xb)
             value = distillation_loss(out.float(), target, loss, y[ib] if y is not None else None)
             optimizer.zero_grad(set_to_none=True)

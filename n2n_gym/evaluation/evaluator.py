@@ -122,7 +122,7 @@ class Evaluator:
         self._subsets: dict[tuple[str, int | None], tuple[torch.Tensor, torch.Tensor]] = {}
         self._supernets: dict[str, torch.nn.Module] = {}
         # augmented distillation: the teacher's logits of each seed's batches, per training subset
-        self._logit_memos: dict[int | None, AugmentedLogits] = {}
+        self._logit_memos: dict[tuple[int | None, str], AugmentedLogits] = {}
 
     def prepare(self, protocol: str | Protocol) -> Protocol:
         """``protocol``, with what it needs beyond the teacher (its supernet) found and loaded
@@ -339,8 +339,8 @@ class Evaluator:
                 y=y if protocol.loss == "kd" else None, lr_drop=protocol.lr_drop, optimizer=protocol.optimizer,
                 cosine=protocol.cosine, checkpoint=checkpoint,
                 checkpoint_key=self.key(arch, protocol, seed) if checkpoint else "",
-                logit_memo=self._logit_memos.setdefault(protocol.train_images, AugmentedLogits())
-                if protocol.augment else None)
+                logit_memo=self._logit_memos.setdefault((protocol.train_images, protocol.precision), AugmentedLogits())
+                if protocol.augment else None, precision=protocol.precision)
         if protocol.bn_recalibration:
             recalibrate_batchnorm(student, self.data, self._subset("train", protocol.bn_recalibration)[0],
                                   protocol.batch_size)

@@ -50,22 +50,28 @@ def recipe_lr(recipe: str, lr: "float | None" = None) -> float:
     return RECIPES[recipe][0] if lr is None else float(lr)
 
 
-def final_protocol(epochs: int, lr: "float | None" = None, init: str = "inherit", recipe: str = "n2n") -> Protocol:
+def final_protocol(epochs: int, lr: "float | None" = None, init: str = "inherit", recipe: str = "n2n",
+                   precision: str = "auto") -> Protocol:
     """The final distillation as a protocol (see the module docstring); ``init="random"`` for a
-    student that does not inherit the teacher's weights; ``lr`` None: the recipe's."""
+    student that does not inherit the teacher's weights; ``lr`` None: the recipe's;
+    ``precision``: the training forward passes' (:data:`n2n_gym.teachers.training.PRECISIONS`;
+    ``"bf16"``: bf16 autocast on the CPU too)."""
     lr = recipe_lr(recipe, lr)
-    name = f"final-{epochs}ep" + ("" if init == "inherit" else f"-{init}") + ("" if recipe == "n2n" else f"-{recipe}")
-    return Protocol(name, init, epochs, None, None, None, 64, lr, augment=True, **RECIPES[recipe][1])
+    name = (f"final-{epochs}ep" + ("" if init == "inherit" else f"-{init}") + ("" if recipe == "n2n" else f"-{recipe}")
+            + ("" if precision == "auto" else f"-{precision}"))
+    return Protocol(name, init, epochs, None, None, None, 64, lr, augment=True, precision=precision,
+                    **RECIPES[recipe][1])
 
 
 def final_distill(evaluator, arch: Architecture, epochs: int, lr: float, seed: int,
-                  init: str = "inherit", checkpoint: "str | os.PathLike | None" = None, recipe: str = "n2n") -> tuple:
+                  init: str = "inherit", checkpoint: "str | os.PathLike | None" = None, recipe: str = "n2n",
+                  precision: str = "auto") -> tuple:
     """``(module, row)``: the student trained by :func:`final_protocol` and its row
     ``{"val_accuracy", "test_accuracy", "params", "flops", "compression", "epochs", "seconds"}``
     (accuracies in [0, 1] on the whole validation and test splits). ``checkpoint``: a file
     saved after every epoch; a killed run continues from it (the same weights)."""
     start = time.perf_counter()
-    module = evaluator.train_student(arch, final_protocol(epochs, lr, init, recipe), seed, checkpoint)
+    module = evaluator.train_student(arch, final_protocol(epochs, lr, init, recipe, precision), seed, checkpoint)
     data = evaluator.data
     row = {"val_accuracy": accuracy(module, data, *data.split("val")),
            "test_accuracy": accuracy(module, data, *data.split("test")),
@@ -133,7 +139,8 @@ class _EpochProgress:
 
 
 def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, seed: int,
-                   workers: int = 1, progress: bool = False, recipe: str = "n2n") -> dict[str, tuple]:
+                   workers: int = 1, progress: bool = False, recipe: str = "n2n",
+                   precision: str = "auto") -> dict[str, tuple]:
     """``{name: (module, row)}`` of :func:`final_distill` for each job, in order. With
     ``workers`` > 1 the jobs train side by side in a spawned process pool
     (:class:`~n2n_gym.evaluation.backends.ProcessBackend`, each worker on this process's torch
@@ -146,8 +153,9 @@ def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, 
     names = [job[0] for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError(f"final_students: job names must be distinct, got {names}")
-    recipe_lr(recipe)  # an unknown recipe fails here, before any process starts
-    args = [(arch, epochs, lr, seed, init, None if ckpt is None else str(ckpt), recipe) for _, arch, init, ckpt in jobs]
+    final_protocol(epochs, lr, recipe=recipe, precision=precision)  # a bad setting fails here, before any process starts
+    args = [(arch, epochs, lr, seed, init, None if ckpt is None else str(ckpt), recipe, precision)
+            for _, arch, init, ckpt in jobs]
     workers = min(int(workers), len(jobs))
     with _EpochProgress([a[5] for a in args], epochs, progress):
         if workers <= 1:
@@ -163,7 +171,7 @@ def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, 
 def alternatives(evaluator, start: Architecture, target_params: int, epochs: int, lr: float, seed: int,
                  which: tuple[str, ...] = ALTERNATIVES, min_width: int = MIN_WIDTH,
                  checkpoints: "str | os.PathLike | None" = None, workers: int = 1,
-                 recipe: str = "n2n") -> dict[str, dict]:
+                 recipe: str = "n2n", precision: str = "auto") -> dict[str, dict]:
     """``{name: row}`` of :func:`final_distill` for each of ``which`` at <= ``target_params``
     parameters (the uniform width ratio is in the row); ``ValueError`` for an unknown name or a
     target below the narrowest uniform student. ``checkpoints``: a folder for each one's
@@ -171,7 +179,8 @@ def alternatives(evaluator, start: Architecture, target_params: int, epochs: int
     jobs, ratio = alternative_jobs(start, target_params, which, min_width, checkpoints)
     arch = jobs[0][1] if jobs else None
     return {name: {**row, "width_ratio": ratio, "architecture": arch.to_dict()}
-            for name, (_, row) in final_students(evaluator, jobs, epochs, lr, seed, workers, recipe=recipe).items()}
+            for name, (_, row) in final_students(evaluator, jobs, epochs, lr, seed, workers, recipe=recipe,
+                                                         precision=precision).items()}
 
 
 def alternative_jobs(start: Architecture, target_params: int, which: tuple[str, ...] = ALTERNATIVES,
@@ -191,12 +200,13 @@ __all__ = ["ALTERNATIVES", "RECIPES", "FinalJob", "alternative_jobs", "alternati
            "final_students", "recipe_lr"]
 
 
-def throughput(evaluator, batches: int = 3, batch_size: int = 64) -> dict[str, float]:
+def throughput(evaluator, batches: int = 3, batch_size: int = 64, precision: str = "auto") -> dict[str, float]:
     """Images per second of training the *teacher's* architecture (an upper bound on any
     student's cost) on this machine now, timed on ``batches`` batches after one warm-up
     batch: ``"augmented"`` (the teacher's forward pass per batch, as in the final
     distillation), ``"reused_logits"`` (the search protocols without augmentation) and
-    ``"inference"`` (scoring)."""
+    ``"inference"`` (scoring); ``precision``: the training forward passes' (as
+    :func:`final_protocol`)."""
     import torch
 
     data, teacher = evaluator.data, evaluator.teacher
@@ -205,7 +215,8 @@ def throughput(evaluator, batches: int = 3, batch_size: int = 64) -> dict[str, f
     for name, augment in (("augmented", True), ("reused_logits", False)):
         student = evaluator.train_student(teacher.architecture, final_protocol(0), 0)  # a copy of the teacher
         logits = None if augment else predict_logits(teacher.module, data, x)
-        kw = dict(batch_size=batch_size, lr=1e-4, weight_decay=0.0, augment=augment, teacher_logits=logits)
+        kw = dict(batch_size=batch_size, lr=1e-4, weight_decay=0.0, augment=augment, teacher_logits=logits,
+                  precision=precision)
         distill(student, teacher.module, data, x[:batch_size], epochs=1, generator=torch.Generator(), **kw)
         start = time.perf_counter()
         distill(student, teacher.module, data, x[batch_size:], epochs=1, generator=torch.Generator(),

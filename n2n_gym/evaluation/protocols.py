@@ -35,6 +35,10 @@ Optional fields (defaults: off) describe the rungs of the fidelity ladder
   usual CIFAR ResNet recipe (He et al. 2016), e.g. compress's ``kd-sgd`` final recipe.
 - ``cosine``: the lr of epoch ``e`` of ``E`` is ``lr * (1 + cos(pi * e / E)) / 2`` (SGDR,
   Loshchilov & Hutter ICLR 2017, without restarts); excludes ``lr_drop``.
+- ``precision``: the training forward passes of teacher and student: ``"auto"`` (bf16
+  autocast on CUDA, fp32 on the CPU) or ``"bf16"`` (bf16 autocast on the CPU too, worth it
+  where the CPU computes bf16 natively: ``benchmarks/final_precision.py``); weights and
+  optimizer state stay fp32. Used by compress's ``--final-precision``.
 - ``bn_recalibration``: after training, batch-norm statistics are recomputed on this many
   training images (EagleEye, Li et al. ECCV 2020); with ``epochs=0`` the student is scored
   on its inherited weights after recalibration alone.
@@ -64,6 +68,7 @@ import re
 from dataclasses import dataclass
 
 from n2n_gym.evaluation.calibration import Calibration
+from n2n_gym.teachers.training import PRECISIONS
 from n2n_gym.utils.checks import check_bool, check_choice, check_float, check_int
 
 
@@ -87,6 +92,7 @@ class Protocol:
     calibrated_for: str | None = None  # sha256 of the teacher's weights the calibration was fitted on
     optimizer: str = "adam"  # "adam" | "sgd" (Nesterov momentum 0.9)
     cosine: bool = False  # a cosine lr per epoch, from lr towards 0
+    precision: str = "auto"  # training forward passes: "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" (also on CPU)
 
     def __post_init__(self) -> None:
         # checked here so that a bad protocol fails where it is written, not after a student trained
@@ -103,6 +109,7 @@ class Protocol:
         check_bool("Protocol lr_drop", self.lr_drop)
         check_choice("Protocol optimizer", self.optimizer, OPTIMIZERS)
         check_bool("Protocol cosine", self.cosine)
+        check_choice("Protocol precision", self.precision, PRECISIONS)
         if self.cosine and self.lr_drop:
             raise ValueError("Protocol cosine and lr_drop are two lr schedules: set one of them")
         check_int("Protocol bn_recalibration", self.bn_recalibration, min=0)
@@ -160,7 +167,7 @@ class Protocol:
 LOSSES = ("mse", "kd")
 OPTIMIZERS = ("adam", "sgd")
 INITS = ("inherit", "random", "supernet")
-OPTIONAL_FIELDS = ("loss", "lr_drop", "optimizer", "cosine", "bn_recalibration", "supernet", "calibration", "calibrated_for")
+OPTIONAL_FIELDS = ("loss", "lr_drop", "optimizer", "cosine", "precision", "bn_recalibration", "supernet", "calibration", "calibrated_for")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 

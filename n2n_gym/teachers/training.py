@@ -15,15 +15,25 @@ from torch import nn
 
 from n2n_gym.data.datasets import Dataset, batches
 
-__all__ = ["EVAL_BATCH", "accuracy", "autocast", "predict_logits", "train_epoch"]
+__all__ = ["EVAL_BATCH", "PRECISIONS", "accuracy", "autocast", "predict_logits", "train_epoch"]
 
 EVAL_BATCH = 500
 
 
-def autocast(device: torch.device | str):
-    """bf16 autocast on CUDA; nothing elsewhere (bf16 on CPU measured 5x slower, issue 13)."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+#: the training forward passes' precisions (:func:`autocast`)
+PRECISIONS = ("auto", "bf16")
+
+
+def autocast(device: torch.device | str, precision: str = "auto"):
+    """The mixed precision of a training forward pass on ``device``: bf16 autocast on CUDA;
+    on the CPU, fp32 (``"auto"``) or bf16 autocast (``"bf16"``). bf16 pays on a CPU that
+    computes it natively (AMX, AVX512-BF16: ``benchmarks/final_precision.py`` measures the
+    speed-up and the accuracy) and is slower on one that does not (5x, measured in issue 13)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    kind = torch.device(device).type
+    if kind == "cuda" or (kind == "cpu" and precision == "bf16"):
+        return torch.autocast(kind, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

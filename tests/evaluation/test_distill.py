@@ -73,6 +73,17 @@ def test_sgd_and_cosine_train_otherwise_and_are_checked(digits_data):
         _run(digits_data, epochs=1, cosine=True, lr_drop=True)
 
 
+def test_bf16_autocast_trains_on_the_cpu_otherwise_and_is_checked(digits_data):
+    # (SGD: its step follows the gradient's size; Adam's sign-like steps magnify bf16's rounding near 0)
+    fp32, bf16 = _run(digits_data, epochs=1, optimizer="sgd"), _run(digits_data, epochs=1, optimizer="sgd",
+                                                                    precision="bf16")
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()  # the weights stay fp32
+    assert not torch.equal(bf16, fp32)  # the forward passes ran in bf16
+    assert torch.allclose(bf16, fp32, atol=1e-3)  # ... and trained the same way, to bf16's precision
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _run(digits_data, epochs=1, precision="fp16")
+
+
 def test_kd_trains_and_needs_labels(digits_data):
     assert not torch.equal(_run(digits_data, epochs=1, loss="kd"), _run(digits_data, epochs=1))
     x, _ = digits_data.split("train")

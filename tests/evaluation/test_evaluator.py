@@ -68,7 +68,7 @@ def test_students_of_an_augmented_protocol_score_the_same_after_another_student(
     shared = Evaluator(digits_teacher, digits_data)
     shared.evaluate(a, protocol)
     after = shared.evaluate(b, protocol)
-    assert shared._logit_memos[protocol.train_images].hits == 2  # b's two epochs were served
+    assert shared._logit_memos[(protocol.train_images, protocol.precision)].hits == 2  # b's two epochs were served
     alone = Evaluator(digits_teacher, digits_data).evaluate(b, protocol)
     assert (after.accuracy, after.test_accuracy, after.reward) == (alone.accuracy, alone.test_accuracy, alone.reward)
 

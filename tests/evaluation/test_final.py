@@ -28,6 +28,15 @@ def test_the_kd_sgd_recipe_is_the_usual_cifar_resnet_training():
         final_protocol(40, recipe="adamw")
 
 
+def test_a_bf16_final_distillation_is_its_own_protocol():
+    """bf16 names itself (its checkpoints are not the fp32 run's); fp32's protocol is unchanged."""
+    p = final_protocol(40, recipe="kd-sgd", precision="bf16")
+    assert (p.name, p.precision, p.to_dict()["precision"]) == ("final-40ep-kd-sgd-bf16", "bf16", "bf16")
+    assert "precision" not in final_protocol(40, recipe="kd-sgd").to_dict()
+    with pytest.raises(ValueError, match="precision"):
+        final_protocol(40, precision="fp16")
+
+
 def test_alternatives_are_the_same_uniform_student_with_and_without_inherited_weights(digits_teacher, digits_data):
     from n2n_gym.evaluation.evaluator import Evaluator
 

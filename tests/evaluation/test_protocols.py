@@ -28,7 +28,9 @@ def test_optional_fields_appear_only_when_set_and_round_trip():
     p = dataclasses.replace(PROTOCOLS["fast"], name="x", loss="kd", lr_drop=True, bn_recalibration=512)
     d = p.to_dict()
     assert (d["loss"], d["lr_drop"], d["bn_recalibration"]) == ("kd", True, 512)
-    assert "optimizer" not in d and "cosine" not in d  # at their defaults: left out
+    assert "optimizer" not in d and "cosine" not in d and "precision" not in d  # at their defaults: left out
+    b = dataclasses.replace(PROTOCOLS["fast"], name="b", precision="bf16")
+    assert b.to_dict()["precision"] == "bf16" and Protocol.from_dict(b.to_dict()) == b
     assert Protocol.from_dict(d) == p
     o = dataclasses.replace(PROTOCOLS["fast"], name="o", optimizer="sgd", cosine=True)
     assert (o.to_dict()["optimizer"], o.to_dict()["cosine"]) == ("sgd", True) and Protocol.from_dict(o.to_dict()) == o
@@ -47,6 +49,7 @@ def test_optional_fields_appear_only_when_set_and_round_trip():
     ({"optimizer": "rmsprop"}, ValueError, "optimizer"),
     ({"cosine": "yes"}, TypeError, "cosine"),
     ({"cosine": True, "lr_drop": True}, ValueError, "two lr schedules"),
+    ({"precision": "fp16"}, ValueError, "precision"),
     ({"epochs": 0, "init": "random"}, ValueError, "init='inherit'"),
     ({"init": "supernet"}, ValueError, "go together"),  # which supernet?
     ({"supernet": "ab" * 32}, ValueError, "go together"),  # a supernet the student would not use
