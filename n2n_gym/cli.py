@@ -120,8 +120,8 @@ def cmd_compress(ns: argparse.Namespace) -> int:
         return 1
     run_dir = pathlib.Path(report["run_dir"])
     print((run_dir / "report.txt").read_text())
-    for fmt, path in report["exports"].items():
-        print(f"{fmt}: {path}")
+    for fmt, value in report["exports"].items():  # files relative to the run folder; messages as they are
+        print(f"{fmt}: {run_dir / value if (run_dir / value).is_file() else value}")
     print(f"run folder: {run_dir}   (n2n_gym.load_student({str(run_dir)!r}) loads the student)")
     return 0
 

@@ -33,6 +33,8 @@ Run folder::
     size-<params>.ckpt and sizes/size-<params>/: (--sizes) the other sizes' checkpoints, and each
                      one's student and exports;  sizes.png  their accuracy against latency
     report.json/.txt teacher vs best student vs the alternatives, latency;  rewards.png, pareto.png
+                     (report.json names the run's files relative to the run folder: it stays
+                     true when the folder is moved)
     timings.json     seconds per stage summed over the run's invocations (the report's durations)
 
 Before the search it says an estimate of the whole run's duration (an upper bound: the
@@ -333,8 +335,9 @@ def _count(name: str, value, least: int, unit: str = "") -> int:
 
 
 def _final_settings(*, final_epochs: int, final_lr: float | None = None, final_recipe: str | None = None,
-                    final_precision: str | None = None, export: bool | None = None, compare=None, latency_rounds: int | None = None,
-                    final_workers: int | None = None, sizes: int | None = None) -> dict:
+                    final_precision: str | None = None, export: bool | None = None, compare=None,
+                    latency_rounds: int | None = None, final_workers: int | None = None,
+                    sizes: int | None = None) -> dict:
     """The final distillation's settings checked, with their defaults for None (``final_lr``:
     the recipe's), as config.json holds them; ValueError/TypeError names a bad one."""
     final_recipe = "n2n" if final_recipe is None else final_recipe
@@ -911,7 +914,8 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         "constraints": constraints,
         "students": len(history),
         "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
-        "student_architecture": arch.to_dict(), "exports": exports, "latency": latency, "plots": plots,
+        "student_architecture": arch.to_dict(), "exports": _in_run(run_dir, exports), "latency": latency,
+        "plots": list(_in_run(run_dir, dict(enumerate(plots))).values()),
         **({"sizes": size_rows} if size_rows else {}),
         "seconds": seconds,
         "notes": notes,
@@ -969,9 +973,9 @@ def _size_rows(run_dir: pathlib.Path, provenance: dict, final_row: dict, search_
                                   "teacher_latency_ms": rt["teacher"]["latency_ms"]}
 
     rows = [{"name": "final", **{k: final_row[k] for k in keys}, "search_accuracy": search_row["val_accuracy"],
-             "run_dir": ".", **{k: final_row[k] for k in ("epochs", "recipe", "lr")}, **onnx_latency(latency)}]
+             "run_dir": ".", **{k: final_row[k] for k in ("epochs", "recipe", "lr", "precision")}, **onnx_latency(latency)}]
     if export:
-        rows[0]["exports"] = exports
+        rows[0]["exports"] = _in_run(run_dir, exports)
     teacher_onnx = run_dir / "teacher.onnx"
     for pick in picks:
         name = f"size-{pick['params']}"
@@ -981,10 +985,10 @@ def _size_rows(run_dir: pathlib.Path, provenance: dict, final_row: dict, search_
         save_student(folder, module.cpu(), **provenance,
                      metrics=row, search_metrics={"val_accuracy": pick["accuracy"], "evaluation": pick["evaluation"]})
         out = {"name": name, **{k: row[k] for k in keys}, "search_accuracy": pick["accuracy"],
-               "run_dir": f"sizes/{name}", **{k: row[k] for k in ("epochs", "recipe", "lr")}}
+               "run_dir": f"sizes/{name}", **{k: row[k] for k in ("epochs", "recipe", "lr", "precision")}}
         if export:
             files = export_student(module, folder)
-            out["exports"] = files  # (as report["exports"]: the paths export_student wrote)
+            out["exports"] = _in_run(run_dir, files)  # (as report["exports"]: relative to the run folder)
             if rounds > 0 and teacher_onnx.is_file() and not files.get("onnx", "failed").startswith("failed"):
                 from n2n_gym.evaluation import deploy
 
@@ -1126,6 +1130,18 @@ def _constraints_text(checks: list[dict]) -> str:
                                                  for name, ok in c["satisfied"].items()) for c in checks]
     return ("Constraints of the search, checked on the final students (whole validation split):\n  "
             + "\n  ".join(lines) + "\n\n")
+
+
+def _in_run(run_dir: pathlib.Path, paths: dict) -> dict:
+    """``paths`` with each file of the run folder relative to it (other values, e.g. an export's
+    "failed: ..." or the ONNX check's message, unchanged)."""
+    out = {}
+    for key, value in paths.items():
+        try:
+            out[key] = pathlib.Path(value).relative_to(run_dir).as_posix()
+        except ValueError:
+            out[key] = value
+    return out
 
 
 def _latency(run_dir: pathlib.Path, teacher, arch, exports: dict, rounds: int) -> dict | None:

@@ -83,6 +83,9 @@ def test_compress_end_to_end(full_run):
     # the exported ONNX file was run in ONNX Runtime and matched torch (README's outputs)
     assert report["exports"]["onnxruntime check"].startswith("ok:"), report["exports"]
     assert "onnxruntime check: ok:" in out.stdout
+    # the run's files relative to the run folder (true when it moves); printed where they are now
+    assert (report["exports"]["onnx"], report["plots"]) == ("student.onnx", ["rewards.png", "pareto.png"])
+    assert f"onnx: {run / 'student.onnx'}" in out.stdout
     assert report["final"]["params"] < report["teacher"]["params"]
     assert report["final"]["compression"] > 1
     # what a deployer measures: teacher vs student through both exported files, paired rounds
@@ -503,10 +506,11 @@ def test_compress_sizes_distils_exports_and_times_several_sizes(random_run, tmp_
     assert rows[other]["search_accuracy"] == picks[1]["accuracy"]
     for r in rows.values():
         assert 0 <= r["test_accuracy"] <= 1 and r["latency_ms"]["1"] > 0 and r["speedup"]["1"] > 0
-        assert (r["recipe"], r["lr"], r["epochs"]) == ("n2n", 1e-3, 1)
+        assert (r["recipe"], r["lr"], r["epochs"], r["precision"]) == ("n2n", 1e-3, 1, "auto")
     assert json.loads((run / "sizes" / other / "student.json").read_text())["metrics"]["recipe"] == "n2n"
-    exports = rows[other]["exports"]  # paths as report["exports"] gives them
-    assert all(pathlib.Path(exports[k]).is_file() for k in ("onnx", "torch.export"))
+    exports = rows[other]["exports"]  # relative to the run folder, as report["exports"] gives them
+    assert (exports["onnx"], exports["torch.export"]) == (f"sizes/{other}/student.onnx", f"sizes/{other}/student.pt2")
+    assert all((run / exports[k]).is_file() for k in ("onnx", "torch.export"))
     student = n2n_gym.load_student(run / "sizes" / other)
     assert student.arch.params == picks[1]["params"]
     assert (run / "sizes" / other / "student.onnx").is_file() and (run / "sizes.png").is_file()
