@@ -18,8 +18,11 @@ machine it runs on, through the real code path (``Evaluator.train_student`` with
   A short schedule: it shows whether bf16 training breaks or drifts, not the last tenth of a
   point of an 80-epoch run.
 
-Rows are appended to ``--out`` (JSON lines) as each finishes; a rerun skips the rows already
-there, so a killed run continues. The CPU's bf16 flags and torch's version are in every row.
+Rows are appended to ``--out`` (JSON lines) as each finishes, each with the run's settings, the
+machine's CPU flags and torch's version; a rerun with the same settings on the same machine skips
+the rows already there (a killed run continues), and one whose settings or machine differ from
+the file's rows is refused: each file is one measurement. ``benchmarks/results/final_precision-
+resnet20.jsonl`` is the committed one (docs/results/speed.md); a rerun writes elsewhere.
 
     python -m n2n_gym.benchmarks.final_precision      # ~25 min on one core (ResNet-20), more under load
 """
@@ -33,6 +36,8 @@ import os
 import pathlib
 import statistics
 import time
+
+from n2n_gym.utils.checks import int_at_least
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 STUDENT = RESULTS / "compress-resnet20-v1" / "student.json"
@@ -52,13 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="N2N-ResNet20-CIFAR10-v1")
     p.add_argument("--student", default=str(STUDENT), help="a student.json (default: the committed compress run's)")
-    p.add_argument("--rounds", type=int, default=5, help="paired speed rounds")
-    p.add_argument("--batches", type=int, default=20, help="batches of 64 per timed epoch")
-    p.add_argument("--seeds", type=int, default=3, help="paired accuracy runs")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--train-images", type=int, default=15000)
-    p.add_argument("--out", default=str(RESULTS / "final_precision-resnet20.jsonl"))
+    p.add_argument("--rounds", type=int_at_least(0), default=5, help="paired speed rounds")
+    p.add_argument("--batches", type=int_at_least(1), default=20, help="batches of 64 per timed epoch")
+    p.add_argument("--seeds", type=int_at_least(0), default=3, help="paired accuracy runs")
+    p.add_argument("--epochs", type=int_at_least(1), default=3)
+    p.add_argument("--train-images", type=int_at_least(64), default=15000)
+    p.add_argument("--out", default="runs/final_precision.jsonl",
+                   help="rows (JSON lines; default: runs/final_precision.jsonl; the committed record is "
+                        "benchmarks/results/final_precision-resnet20.jsonl)")
     a = p.parse_args(argv)
+    if a.rounds == 0 and a.seeds == 0:
+        p.error("--rounds 0 and --seeds 0 measure nothing: give one of them")
 
     import gymnasium as gym
     import torch
@@ -70,12 +79,20 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     out = pathlib.Path(a.out)
-    done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
-    have = {(r["kind"], r["index"], r["precision"]) for r in done}
-    ev = gym.make(a.env, cache=False, progress=False).unwrapped.evaluator
     arch = Architecture.from_dict(json.loads(pathlib.Path(a.student).read_text())["architecture"])
-    meta = {"env": a.env, "student_params": arch.params, "torch": torch.__version__, "threads": 1,
+    # what a row measured: a file holds one measurement, so a rerun continues only these
+    meta = {"env": a.env, "student": arch.to_json(), "student_params": arch.params, "batches": a.batches,
+            "epochs": a.epochs, "train_images": a.train_images, "torch": torch.__version__, "threads": 1,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_flags": cpu_flags()}
+    done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()] if out.exists() else []
+    for r in done:
+        differ = sorted(k for k in meta if r.get(k) != meta[k])
+        if differ:
+            p.error(f"{out} holds rows measured with other settings or on another machine ({', '.join(differ)} "
+                    "differ): give another --out")
+    have = {(r["kind"], r["index"], r["precision"]) for r in done}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ev = gym.make(a.env, cache=False, progress=False).unwrapped.evaluator
 
     def protocol(precision: str, epochs: int, images: int):
         return dataclasses.replace(final_protocol(epochs, recipe="kd-sgd", precision=precision),
@@ -96,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"images_per_s": 64 * a.batches / (time.perf_counter() - t)}
         else:
             module = ev.train_student(arch, protocol(prec, a.epochs, a.train_images), index)
-            row = {"val_accuracy": accuracy(module, ev.data, *ev.data.split("val")),
-                   "epochs": a.epochs, "train_images": a.train_images}
+            row = {"val_accuracy": accuracy(module, ev.data, *ev.data.split("val"))}
         row = {"kind": kind, "index": index, "precision": prec, **row, "seconds": time.perf_counter() - t,
                "load": os.getloadavg()[0], **meta}
         with open(out, "a") as f:  # one line per finished row: a killed run keeps what it did

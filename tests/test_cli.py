@@ -374,7 +374,7 @@ def test_compress_final_precision_bf16_trains_the_final_students_in_bf16(random_
     assert main(["compress", "--agent", "random", "--budget", "2", *AGENT_RUN, "--final-precision", "bf16",
                  "--out", str(new)]) == 0
     err = capsys.readouterr().err
-    assert "--final-precision bf16: the final distillation measured" in err and "as fast as with auto" in err
+    assert "--final-precision bf16: the final distillation measured" in err and "as fast as in fp32" in err
     assert "recipe n2n, lr 0.001, bf16 autocast" in err
     assert json.loads((new / "report.json").read_text())["final"]["precision"] == "bf16"
     run = _copy_run(random_run, tmp_path / "bf16")
@@ -783,7 +783,7 @@ def test_compress_without_a_protocol_uses_the_ids_own(env_id, protocol, tmp_path
     text = (tmp_path / "run" / "report.txt").read_text() if (tmp_path / "run" / "report.txt").exists() else ""
     measured = report["search_best"].get("measured_val_accuracy")
     # the notes name the epochs and the recipe
-    assert "(1 epochs over the whole training split, recipe 'n2n' at lr 0.001," in " ".join(text.split())
+    assert "(1 epoch over the whole training split, recipe 'n2n' at lr 0.001," in " ".join(text.split())
     if protocol == "digits-v2":
         assert 0.0 <= measured <= 1.0 and "ESTIMATES" in text
     else:
