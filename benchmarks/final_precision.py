@@ -21,8 +21,9 @@ machine it runs on, through the real code path (``Evaluator.train_student`` with
 Rows are appended to ``--out`` (JSON lines) as each finishes, each with the run's settings, the
 machine's CPU flags and torch's version; a rerun with the same settings on the same machine skips
 the rows already there (a killed run continues), and one whose settings or machine differ from
-the file's rows is refused: each file is one measurement. ``benchmarks/results/final_precision-
-resnet20.jsonl`` is the committed one (docs/results/speed.md); a rerun writes elsewhere.
+the file's rows is refused: each file is one measurement. ``benchmarks/results/final_precision/
+resnet20.jsonl`` is the committed one (docs/results/speed.md; in a folder of its own, as the
+``*.jsonl`` of ``benchmarks/results/`` are benchmark records); a rerun writes elsewhere.
 
     python -m n2n_gym.benchmarks.final_precision      # ~25 min on one core (ResNet-20), more under load
 """
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-images", type=int_at_least(64), default=15000)
     p.add_argument("--out", default="runs/final_precision.jsonl",
                    help="rows (JSON lines; default: runs/final_precision.jsonl; the committed record is "
-                        "benchmarks/results/final_precision-resnet20.jsonl)")
+                        "benchmarks/results/final_precision/resnet20.jsonl)")
     a = p.parse_args(argv)
     if a.rounds == 0 and a.seeds == 0:
         p.error("--rounds 0 and --seeds 0 measure nothing: give one of them")

@@ -362,7 +362,7 @@ def page_speed() -> str:
 
 
 #: benchmarks/final_precision.py's rows on ResNet-20 CIFAR-10
-PRECISION_RECORD = "final_precision-resnet20.jsonl"
+PRECISION_RECORD = "final_precision/resnet20.jsonl"
 
 
 def precision_text() -> str:
