@@ -165,7 +165,14 @@ def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, 
         with ProcessBackend(evaluator, workers=workers) as pool:
             futures = [pool.call(final_distill, *a) for a in args]
             concurrent.futures.wait(futures)
-            return {name: f.result() for name, f in zip(names, futures)}
+            try:
+                return {name: f.result() for name, f in zip(names, futures)}
+            except concurrent.futures.process.BrokenProcessPool as exc:  # said in words, not the pool's
+                from n2n_gym.evaluation.backends import _GUARD_HINT
+
+                raise RuntimeError(f"a worker process of the final distillation died ({exc}). Either {_GUARD_HINT} "
+                                   "(or train one at a time: final_workers=1), or it was killed (out of memory?); "
+                                   "the students' checkpoints are kept, a resumed run continues from them") from exc
 
 
 def alternatives(evaluator, start: Architecture, target_params: int, epochs: int, lr: float, seed: int,

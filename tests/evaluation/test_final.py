@@ -155,3 +155,28 @@ def test_the_final_bar_times_the_whole_distillation(tmp_path):
 
     with _EpochProgress([tmp_path / "a.ckpt", tmp_path / "b.ckpt"], 40, enabled=True, interval=60) as progress:
         assert progress.bar.smoothing == 0 and progress.bar.total == 80 and progress.bar.n == 0
+
+
+def test_a_script_without_the_main_guard_is_told_why_its_final_workers_die(tmp_path):
+    """Spawned workers import the main script again; unguarded, they die at start. The pool's
+    'terminated abruptly' becomes the reason and the fix (a break-it pass met the raw error)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent("""
+        import gymnasium as gym
+        import n2n_gym
+        from n2n_gym.evaluation.final import final_students
+        ev = gym.make("N2N-DigitsNet-Digits-v0", protocol="tiny").unwrapped.evaluator
+        arch = ev.teacher.architecture
+        final_students(ev, [("a", arch, "inherit", None), ("b", arch, "inherit", None)], 1, 1e-3, 0, workers=2)
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: a worker process of the final distillation died"), out.stderr[-2000:]
+    assert 'if __name__ == "__main__":' in last and "final_workers=1" in last
