@@ -920,7 +920,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         "students": len(history),
         "distinct_students": len({r["architecture"] for r in history if r.get("architecture")}),
         "student_architecture": arch.to_dict(), "exports": _in_run(run_dir, exports), "latency": latency,
-        "plots": list(_in_run(run_dir, dict(enumerate(plots))).values()),
+        "plots": [_relative(run_dir, path) for path in plots],
         **({"sizes": size_rows} if size_rows else {}),
         "seconds": seconds,
         "notes": notes,
@@ -1137,16 +1137,18 @@ def _constraints_text(checks: list[dict]) -> str:
             + "\n  ".join(lines) + "\n\n")
 
 
+def _relative(run_dir: pathlib.Path, value: str) -> str:
+    """``value`` relative to the run folder when it is a file in it, else unchanged (an export's
+    "failed: ..." or the ONNX check's message)."""
+    try:
+        return pathlib.Path(value).relative_to(run_dir).as_posix()
+    except ValueError:
+        return value
+
+
 def _in_run(run_dir: pathlib.Path, paths: dict) -> dict:
-    """``paths`` with each file of the run folder relative to it (other values, e.g. an export's
-    "failed: ..." or the ONNX check's message, unchanged)."""
-    out = {}
-    for key, value in paths.items():
-        try:
-            out[key] = pathlib.Path(value).relative_to(run_dir).as_posix()
-        except ValueError:
-            out[key] = value
-    return out
+    """``paths`` (``{format: path or message}``) with :func:`_relative` values."""
+    return {key: _relative(run_dir, value) for key, value in paths.items()}
 
 
 def _latency(run_dir: pathlib.Path, teacher, arch, exports: dict, rounds: int) -> dict | None:
