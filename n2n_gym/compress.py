@@ -55,6 +55,7 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -1063,12 +1064,17 @@ class _Timings:
     """Seconds spent by a run over all its invocations, kept in ``timings.json``: per stage
     (:data:`TIMED_STAGES`), ``wall`` (each invocation from its start to its last stage or its
     report) and ``invocations``. Saved after every stage, also one that is interrupted (Ctrl-C,
-    an error), so that a resumed run's report counts every invocation; a killed process
-    (SIGKILL, power loss) loses the time since its last save. A file that cannot be read
-    restarts the count (said once); one that cannot be written keeps the figures in memory."""
+    an error), and every :attr:`SAVE_EVERY` seconds within a stage, so that a resumed run's report
+    counts every invocation; a killed process (SIGKILL, a lost machine) loses at most the time
+    since its last save. A file that cannot be read restarts the count (said once); one that
+    cannot be written keeps the figures in memory."""
+
+    #: seconds between saves within a stage (a final distillation runs for hours)
+    SAVE_EVERY = 60.0
 
     def __init__(self, run_dir: pathlib.Path, log):
         self.path = run_dir / TIMINGS_FILE
+        self._lock = threading.Lock()  # the stage's saver thread and the main thread
         self.start = time.perf_counter()
         self.before = self._read(log)
         self.spent = {**self.before, "invocations": int(self.before.get("invocations", 0)) + 1}
@@ -1092,19 +1098,33 @@ class _Timings:
         return {k: raw[k] for k in (*TIMED_STAGES, "wall", "invocations") if k in raw}
 
     def _save(self, now: float | None = None) -> None:
-        self.spent["wall"] = self.before.get("wall", 0.0) + (now or time.perf_counter()) - self.start
-        with contextlib.suppress(OSError):  # a timing is not worth losing the run for: kept in memory
-            atomic_write_text(self.path, json.dumps(self.spent, indent=1))
+        with self._lock:
+            self.spent["wall"] = self.before.get("wall", 0.0) + (now or time.perf_counter()) - self.start
+            with contextlib.suppress(OSError):  # a timing is not worth losing the run for: kept in memory
+                atomic_write_text(self.path, json.dumps(self.spent, indent=1))
 
     @contextlib.contextmanager
     def stage(self, name: str):
-        """Adds the wall time of the ``with`` block to stage ``name``."""
-        start = time.perf_counter()
+        """Adds the wall time of the ``with`` block to stage ``name``, saved as it grows."""
+        start, before = time.perf_counter(), self.spent.get(name, 0.0)
+        stop = threading.Event()
+
+        def tick() -> None:
+            self.spent[name] = before + time.perf_counter() - start
+            self._save()
+
+        def keep_saving() -> None:
+            while not stop.wait(self.SAVE_EVERY):
+                tick()
+
+        saver = threading.Thread(target=keep_saving, name="n2n-timings", daemon=True)
+        saver.start()
         try:
             yield
         finally:
-            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - start
-            self._save()
+            stop.set()
+            saver.join()
+            tick()
 
     def seconds(self) -> dict:
         """The report's durations: each stage's, ``total`` (the wall time of all invocations),

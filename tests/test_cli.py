@@ -824,6 +824,27 @@ def test_compress_report_names_the_flop_convention():
     assert FLOP_CONVENTION
 
 
+def test_compress_timings_survive_a_kill_within_a_stage(tmp_path, monkeypatch):
+    """A final distillation runs for hours: its time is saved as it grows, so that a process
+    killed within it (SIGKILL, a lost machine) leaves its time to the next invocation's report
+    (saved only at a stage's end, a lost machine took hours of it along)."""
+    from n2n_gym.compress import _Timings
+
+    monkeypatch.setattr(_Timings, "SAVE_EVERY", 0.01)
+    killed = _Timings(tmp_path, print)
+    stage = killed.stage("final_distillation")
+    stage.__enter__()  # and never left: the process dies within the stage
+    deadline = time.monotonic() + 30
+    while json.loads((tmp_path / "timings.json").read_text()).get("final_distillation", 0) <= 0.05:
+        assert time.monotonic() < deadline, "the stage's time was not saved within it"
+        time.sleep(0.01)
+    resumed = _Timings(tmp_path, print)
+    assert resumed.before["final_distillation"] > 0.05 and resumed.spent["invocations"] == 2
+    with resumed.stage("final_distillation"):
+        pass
+    assert resumed.seconds()["final_distillation"] >= resumed.before["final_distillation"]
+
+
 @pytest.mark.parametrize("timings", ["not json", "[]", '{"search": -5, "invocations": 2}',
                                      '{"search": 3, "invocations": 1.5}', "directory"])
 def test_compress_times_what_it_saw_when_timings_json_is_bad(random_run, tmp_path, capsys, timings):

@@ -12,6 +12,7 @@ import collections
 import hashlib
 import math
 import os
+import time
 import warnings
 
 import torch
@@ -181,7 +182,8 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
     else:
         optimizer = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
     index = torch.arange(len(x), device=x.device)
-    first = _resume(checkpoint, checkpoint_key, student, optimizer, generator) if checkpoint else 0
+    first, spent = _resume(checkpoint, checkpoint_key, student, optimizer, generator) if checkpoint else (0, 0.0)
+    start = time.perf_counter()
     for epoch in range(first, epochs):
         for group in optimizer.param_groups:  # from the epoch alone: a resumed run is at the same lr
             group["lr"] = epoch_lr(lr, epoch, epochs, lr_drop, cosine)
@@ -219,28 +221,40 @@ def _distill(student, teacher, data, x, epochs, batch_size, lr, weight_decay, au
         if memo_key is not None and known is None:
             logit_memo.put(memo_key, fresh)  # a whole epoch only: a student that failed mid-epoch stores nothing
         if checkpoint:
+            # "seconds": training time over every invocation, so that a resumed run's durations count all of it
             atomic_torch_save({"key": checkpoint_key, "epoch": epoch + 1, "student": student.state_dict(),
-                               "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, checkpoint)
+                               "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                               "seconds": spent + time.perf_counter() - start}, checkpoint)
     student.eval()
     return student
 
 
-def _resume(path, key: str, student: nn.Module, optimizer, generator: torch.Generator) -> int:
-    """The first epoch still to run: 0, or the checkpoint's (whose state is loaded)."""
+def _resume(path, key: str, student: nn.Module, optimizer, generator: torch.Generator) -> tuple[int, float]:
+    """``(first epoch still to run, training seconds spent before it)``: ``(0, 0.0)``, or the
+    checkpoint's (whose state is loaded; a checkpoint written before it kept seconds: 0.0)."""
     if not os.path.exists(path):
-        return 0
+        return 0, 0.0
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("key") != key:
             warnings.warn(f"{path} is the checkpoint of another distillation; starting afresh", stacklevel=3)
-            return 0
+            return 0, 0.0
         student.load_state_dict(state["student"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        return int(state["epoch"])
+        return int(state["epoch"]), float(state.get("seconds", 0.0))
     except Exception as exc:  # noqa: BLE001 - a damaged file (unpickling, shapes, keys: many types): a fresh start
         warnings.warn(f"cannot resume from {path} ({type(exc).__name__}: {exc}); starting afresh", stacklevel=3)
-        return 0
+        return 0, 0.0
+
+
+def checkpoint_seconds(path: "str | os.PathLike") -> float:
+    """The training seconds a distillation checkpoint (written after each epoch) has recorded
+    over every invocation; 0.0 for a missing or unreadable file, or one written before it kept them."""
+    try:
+        return float(torch.load(path, map_location="cpu", weights_only=True).get("seconds", 0.0))
+    except Exception:  # noqa: BLE001 - unreadable: the caller falls back to this invocation's time
+        return 0.0
 
 
 @torch.no_grad()

@@ -128,6 +128,29 @@ def test_the_duration_estimate_counts_the_protocols_images(digits_teacher, digit
                             cores=1)["search"] == pytest.approx(10 * est["per_student"])
 
 
+def test_a_resumed_final_distillation_counts_the_seconds_of_every_invocation(digits_teacher, digits_data, tmp_path):
+    """The checkpoint keeps the training seconds of every invocation: a row's seconds after a
+    resume are the whole distillation's, not the last invocation's (a committed 80-epoch run's
+    rows gave the last 48 epochs' time)."""
+    import torch
+
+    from n2n_gym.evaluation.evaluator import Evaluator
+
+    ev = Evaluator(digits_teacher, digits_data)
+    arch, _ = uniform_width_student(digits_teacher.architecture, digits_teacher.architecture.params // 3)
+    ckpt = tmp_path / "a.ckpt"
+    _, row = final_distill(ev, arch, 2, 1e-3, 0, checkpoint=ckpt)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 2 and 0 < state["seconds"] <= row["seconds"]
+    # as if an earlier invocation had spent 1000 s on the first epoch and died in the second
+    torch.save({**state, "epoch": 1, "seconds": 1000.0}, ckpt)
+    _, resumed = final_distill(ev, arch, 2, 1e-3, 0, checkpoint=ckpt)
+    assert torch.load(ckpt, weights_only=True)["seconds"] > 1000.0 and resumed["seconds"] > 1000.0
+    # everything trained before: this invocation only scores, the row still says what training took
+    _, done = final_distill(ev, arch, 2, 1e-3, 0, checkpoint=ckpt)
+    assert done["seconds"] > 1000.0
+
+
 def test_final_students_show_the_epochs_done_from_their_checkpoints(digits_teacher, digits_data, tmp_path, capsys):
     """The final distillation runs for an hour or more on CIFAR-10: a bar of epochs with an ETA,
     read from the checkpoints (the workers are other processes); a resumed run starts at its
