@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import filelock
 import gymnasium as gym
 import torch
 from tqdm.auto import tqdm
@@ -69,6 +70,7 @@ from n2n_gym.agents.n2n import N2N, Args, save_policies
 from n2n_gym.bench.leaderboard import pareto_front
 from n2n_gym.bench.records import BudgetTracker, make_record
 from n2n_gym.bench.runner import AGENTS, load_agent
+from n2n_gym.data.datasets import PIXELS
 from n2n_gym.envs.registration import CUSTOM_ENV_ID, DEFAULT_ENV_ID, canonical_env_id, resolve_protocol
 from n2n_gym.evaluation.final import (
     ALTERNATIVES,
@@ -224,6 +226,13 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
                  "compare": compare, "latency_rounds": latency_rounds, "final_workers": final_workers, "sizes": sizes}
         changes = _final_changes(config, {k: v for k, v in given.items() if v is not None}) if config else {}
         done = _finished_report(run_dir)
+        if done is not None and (missing := _missing_outputs(run_dir, done)):
+            if "history.jsonl" in missing:  # the search's record: nothing can remake it but the search
+                raise CompressError(f"{run_dir / 'history.jsonl'} is missing: the search's students are gone; restore "
+                                    "the file, or start a new run with another --out", "--resume")
+            # a finished run whose files were deleted is finished again (from its checkpoints), not called complete
+            log(f"{run_dir} is finished but misses {', '.join(missing)}: its report and exports are made again")
+            done = None
         if done is not None and not set(changes) - {"final_workers"}:  # nothing to write: a read-only finished run prints its report too
             log(f"{run_dir} is complete (its report.json); nothing to redo (delete report.json to redo the final "
                 "distillation's scoring, exports and report from the checkpoints; or give final-distillation "
@@ -250,7 +259,14 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
             # a wrong env id or env kwarg fails here, before a run folder is made (gym.make is cheap)
             gym.make(env_id, **{"protocol": config["protocol"], "device": device, **env_kwargs}).close()
         run_dir = _new_run_dir(out, env_id, seed, log)
+    made_here = not run_dir.exists()
     _check_writable(run_dir)
+    with _run_lock(run_dir, made_here):
+        return _locked(config, run_dir, resume, changes if resume else {}, progress, log)
+
+
+def _locked(config: dict, run_dir: pathlib.Path, resume: bool, changes: dict, progress: bool, log) -> dict:
+    """:func:`compress` from the point where it holds the run folder's lock."""
     for stale in remove_stale_temps(run_dir):  # left by a run killed mid-write
         log(f"removed {stale}, a temporary file of an interrupted write")
     config_path = run_dir / "config.json"
@@ -280,6 +296,41 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
 
 
 # ---------------------------------------------------------------------------- settings and folders
+LOCK_FILE = ".compress.lock"
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: pathlib.Path, made_here: bool):
+    """One ``n2n-gym compress`` per run folder: two writing one history.jsonl, timings.json and
+    checkpoints would mix their students and lose each other's figures. An OS lock (flock, via
+    filelock) on ``run_dir / LOCK_FILE``, which also holds the holder's pid; the kernel drops it
+    when the process dies, so a killed run leaves no stale lock. :class:`CompressError` when
+    another process holds it. The file goes when the run ends, and the folder too when this
+    run made it and left nothing in it (a setting refused before the search)."""
+    path = run_dir / LOCK_FILE
+    lock = filelock.FileLock(path, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            holder = f" (pid {int(path.read_text().strip())})"
+        except (OSError, ValueError):
+            holder = ""
+        raise CompressError(f"{run_dir} is in use by another n2n-gym compress{holder}; wait for it to finish or stop "
+                            f"it, then n2n-gym compress --resume {shlex.quote(str(run_dir))}", "--resume") from None
+    try:
+        with contextlib.suppress(OSError):  # (flock does not depend on this fd: writing is safe)
+            path.write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # under the lock: filelock drops a lock on an unlinked file and retries
+        lock.release()
+        if made_here:
+            with contextlib.suppress(OSError):  # only an empty folder goes
+                run_dir.rmdir()
+
+
 def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | None, env_kwargs: dict,
                 protocol: str | None, seed: int, device: str, model, checkpoint, dataset, n2n_settings: dict,
                 **final: Any) -> dict:
@@ -538,6 +589,18 @@ def _search_args(config: dict, progress: bool) -> Args:
     return args
 
 
+def _budget_words(config: dict, args: Args) -> str | None:
+    """What an n2n search makes of a ``--budget`` that is not whole updates, said once per run."""
+    budget = config.get("budget")
+    if not budget or config.get("agent", DEFAULT_AGENT) != DEFAULT_AGENT:
+        return None
+    total = sum(args.update_list()) * args.rollouts
+    if total == int(budget):
+        return None
+    return (f"--budget {budget}: the N2N search trains whole updates of {args.rollouts} students per stage "
+            f"(updates {args.updates}): {total} students")
+
+
 def n2n_updates(budget: int, stages: list[str], rollouts: int) -> str:
     """``updates`` of an N2N search of about ``budget`` students: a third of them to each stage
     before the last (at least one update), the rest to the last, in whole updates of ``rollouts``."""
@@ -637,7 +700,8 @@ def _search_n2n(args: Args, run_dir: pathlib.Path, resuming: bool, progress: boo
         except OSError as exc:  # e.g. a full disk: name the file; the students before it are kept
             raise OSError(exc.errno, f"cannot append to {history_path}: {exc.strerror}; free disk space, then "
                                      f"n2n-gym compress --resume {run_dir}") from exc
-        bar.update(1)
+        if not record.get("cached"):  # the bar counts trained students (a cached repeat is free, as in the budget)
+            bar.update(1)
         bar.set_postfix_str(f"stage {record['stage']}, update {record['update']}, best reward "
                             f"{search.best['reward']:.4f}")
 
@@ -647,8 +711,9 @@ def _search_n2n(args: Args, run_dir: pathlib.Path, resuming: bool, progress: boo
     search = N2N(args, on_student=on_student, on_update=on_update)
     if state:
         search.load_state_dict(state, history=kept)
-    estimate(max(search.total_evaluations - len(kept), 0))
-    bar = tqdm(total=search.total_evaluations, initial=len(kept), unit="student", desc="n2n-gym compress",
+    trained = sum(not r.get("cached") for r in kept)
+    estimate(max(search.total_evaluations - trained, 0))
+    bar = tqdm(total=search.total_evaluations, initial=trained, unit="student", desc="n2n-gym compress",
                disable=not progress, dynamic_ncols=True)
     if search.best:
         bar.set_postfix_str(f"best reward {search.best['reward']:.4f}")
@@ -763,6 +828,16 @@ def _finished_report(run_dir: pathlib.Path) -> dict | None:
     return {**report, "run_dir": str(run_dir)}  # where it is now (the folder may have moved)
 
 
+def _missing_outputs(run_dir: pathlib.Path, report: dict) -> list[str]:
+    """The files a finished run's report names (its student, exports, plots, report.txt and the
+    search's history) that are no longer in ``run_dir``."""
+    if "final" not in report:  # a search that found no valid student: its report is all there is
+        return []
+    exports = [v for k, v in (report.get("exports") or {}).items() if k in ("onnx", "torch.export")]
+    names = ["history.jsonl", "student.json", "student.pt", "report.txt", *exports, *(report.get("plots") or [])]
+    return [n for n in names if isinstance(n, str) and not (run_dir / n).is_file()]
+
+
 def _best_of(history: list[dict]) -> dict | None:
     """The first student of highest reward, then fewest parameters (as the N2N search keeps it)."""
     best = None
@@ -776,6 +851,8 @@ def _best_of(history: list[dict]) -> dict | None:
 def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, log) -> dict:
     agent = config.get("agent", DEFAULT_AGENT)
     args = _search_args(config, progress)
+    if not resuming and (words := _budget_words(config, args)):
+        log(words)
     final_epochs, export = int(config.get("final_epochs", DEFAULT_FINAL_EPOCHS)), bool(config.get("export", True))
     # a run made before recipes existed has none: it was "n2n"
     final_recipe = str(config.get("final_recipe", "n2n"))
@@ -881,9 +958,12 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
                                              teacher_accuracy=teacher.val_accuracy).value}
     # what every saved student carries beside its weights (the best one here, the other sizes below)
     provenance = {"env_id": args.env_id, "teacher": teacher.summary(),
-                  "normalization": {"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255"}}
+                  "normalization": {"mean": list(data.info.mean), "std": list(data.info.std), "scale": "x / 255",
+                                    **({"pixels": PIXELS[data.info.name]} if data.info.name in PIXELS else {})}}
     save_student(run_dir, module.cpu(), **provenance,
                  metrics=final_row, search_metrics=search_row)
+    if not export and int(config.get("latency_rounds", 3)) > 0:
+        log("latency not measured: it times the exported files, and this run exports none (--no-export)")
     with timings.stage("export"):
         exports = export_student(module, run_dir) if export else {}
         latency = _latency(run_dir, teacher, arch, exports, int(config.get("latency_rounds", 3)))
@@ -903,7 +983,8 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
                  f", and as the protocol is calibrated they are its ESTIMATES of the accuracy after training (the "
                  f"measured validation accuracy: {format_accuracy(search_row.get('measured_val_accuracy'))})")
     notes = (
-        f"Accuracies: teacher on the whole validation ({n_val}) and test ({n_test}) splits. Search rows are "
+        f"Data: {data.identity}. Accuracies: teacher on the whole validation ({n_val}) and test ({n_test}) splits. "
+        "Search rows are "
         f"LOW FIDELITY: protocol '{protocol.name}' ({protocol.epochs} epoch(s) of distillation on "
         f"{protocol.train_images or 'all'} training images, scored on {min(protocol.val_images or n_val, n_val)} "
         f"validation / {min(protocol.test_images or n_test, n_test)} test images); they are what the reward "
@@ -914,6 +995,7 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     seconds = timings.seconds()  # summed over the run's invocations (timings.json)
     report = {
         "env_id": args.env_id, "run_dir": str(run_dir), "agent": agent, "args": dataclasses.asdict(args),
+        "data": {"variant": data.variant, "digest": data.digest},  # every accuracy below is on it
         "final_epochs": final_epochs, "final_recipe": final_recipe, "final_lr": final_lr,
         "final_precision": final_precision, "teacher": teacher_row, "search_best": search_row, "final": final_row,
         "alternatives": {k: {f: v for f, v in r.items() if f != "architecture"} for k, r in others.items()},
@@ -1100,6 +1182,8 @@ class _Timings:
     def _save(self, now: float | None = None) -> None:
         with self._lock:
             self.spent["wall"] = self.before.get("wall", 0.0) + (now or time.perf_counter()) - self.start
+            if not (self.path.parent / "config.json").exists():  # a run withdrawn (a refused setting) keeps no file
+                return
             with contextlib.suppress(OSError):  # a timing is not worth losing the run for: kept in memory
                 atomic_write_text(self.path, json.dumps(self.spent, indent=1))
 

@@ -209,6 +209,7 @@ def test_help(capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["compress", "--env", "N2N-DigitsNet-Digit-v0"], "Did you mean: `N2N-DigitsNet-Digits`"),
+    (["compress", "--env", "resnet20"], "did you mean N2N-ResNet20-CIFAR10-v0, N2N-ResNet20-CIFAR10-v1;"),
     (["compress", "--env-kwargs", '{"protocl": "fast"}'], "unexpected keyword argument 'protocl' (did you mean 'protocol'?)"),
     (["teacher", "verify", "N2N-Foo-v0"], "unknown id 'N2N-Foo-v0'"),
     (["bench", "--agent", "random", "--budget", "2", "--hparams", '{"foo": 1}', "--no-progress"], "no hyperparameters"),
@@ -288,6 +289,21 @@ def test_compress_with_a_benchmark_agent(random_run, capsys):
     assert record["agent"] == "random" and record["budget"]["evaluations"] == 4 and record["seed"] == 3
     report = json.loads((run / "report.json").read_text())
     assert report["agent"] == "random" and report["students"] == 4
+    # the data every accuracy is on, by name and content (a figure names its data variant)
+    from n2n_gym.data.datasets import load_dataset
+
+    data = load_dataset("digits")
+    assert report["data"] == {"variant": data.variant, "digest": data.digest}
+    assert f"Data: {data.identity}." in report["notes"] and f"Data: {data.identity}." in (run / "report.txt").read_text()
+    # student.json says how scikit-learn's 0-16 digits become the pixels its normalization expects:
+    # following it literally gives the data set's images (x / 255 of the raw images scored at chance)
+    from sklearn.datasets import load_digits
+
+    norm = json.loads((run / "student.json").read_text())["normalization"]
+    assert norm["scale"] == "x / 255" and "round(x * 255 / 16)" in norm["pixels"]
+    pixels = np.round(load_digits().images * 255 / 16).astype(np.uint8)
+    ours = torch.cat([data.x_train, data.x_test])[:, 0].numpy()
+    assert sorted(map(bytes, pixels)) == sorted(map(bytes, ours))
     assert report["search"]["budget"]["requested"] == 4 and report["final"]["params"] < report["teacher"]["params"]
     best = max(history, key=lambda r: (r["reward"], -r["params"]))
     assert report["search_best"]["reward"] == pytest.approx(best["reward"])
@@ -402,7 +418,8 @@ def test_compress_resume_with_no_export_leaves_no_export_of_an_earlier_student(r
     assert not any((run / f"{who}.{ext}").exists() for who in ("student", "teacher") for ext in ("onnx", "pt2"))
     report = json.loads((run / "report.json").read_text())
     assert report["exports"] == {} and report["final_lr"] == 0.002 and (run / "student.pt").is_file()
-    capsys.readouterr()
+    # the latency asked for (--latency-rounds 1, kept in config.json) times exported files: said, not skipped silently
+    assert report["latency"] is None and "latency not measured" in capsys.readouterr().err
 
 
 def test_compress_a_diverged_final_distillation_names_the_lr_and_resumes_with_another(random_run, tmp_path, capsys):
@@ -650,6 +667,14 @@ def test_compress_budget_sets_the_n2n_updates():
     assert args.updates == "2,4" and search_budget(config, args) == 12
     args = _search_args({**config, "budget": None, "agent": "random"}, progress=False)
     assert args.updates == "20,40" and search_budget({"budget": None}, args) == 120  # updates x rollouts
+    # a budget that is not whole updates is said with what the search trains instead (--budget 6 trained 10
+    # unannounced, and the bar, counting cached repeats too, ran past its total: a break-it pass)
+    from n2n_gym.compress import _budget_words
+
+    assert _budget_words(config, _search_args(config, progress=False)) is None
+    odd = {**config, "budget": 7}
+    assert _budget_words(odd, _search_args(odd, progress=False)) == (
+        "--budget 7: the N2N search trains whole updates of 2 students per stage (updates 2,2): 8 students")
 
 
 # ---------------------------------------------------------------------------- F: CLI values
@@ -824,6 +849,46 @@ def test_compress_report_names_the_flop_convention():
     assert FLOP_CONVENTION
 
 
+def test_compress_resume_remakes_what_a_finished_run_misses(random_run, tmp_path, capsys):
+    """A finished run whose outputs were deleted is not "complete": --resume makes them again
+    from its checkpoints (no training); without its history.jsonl it is refused by name (a
+    break-it pass: both were called complete, the report naming files that were gone)."""
+    from n2n_gym.cli import main
+
+    run = tmp_path / "pruned"
+    shutil.copytree(random_run, run)
+    (run / "rewards.png").unlink()
+    (run / "student.pt").unlink()
+    ckpt = (run / "final.ckpt").stat().st_mtime_ns
+    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
+    assert "misses student.pt, rewards.png: its report and exports are made again" in capsys.readouterr().err
+    assert (run / "rewards.png").is_file() and (run / "student.pt").is_file()
+    assert (run / "final.ckpt").stat().st_mtime_ns == ckpt  # from the checkpoint: nothing trained again
+    (run / "history.jsonl").unlink()
+    with pytest.raises(SystemExit, match="history.jsonl is missing: the search's students are gone"):
+        main(["compress", "--resume", str(run), "--no-progress"])
+
+
+def test_compress_refuses_a_run_folder_another_process_is_using(random_run, tmp_path):
+    """Two processes in one run folder mixed their students in history.jsonl and overwrote each
+    other's timings (a break-it pass): the second is refused by name, with the holder's pid, and
+    writes nothing; once the first is done the folder is free again and no lock file is left."""
+    from n2n_gym.cli import main
+    from n2n_gym.compress import LOCK_FILE, _run_lock
+
+    run = tmp_path / "busy run"
+    shutil.copytree(random_run, run)
+    (run / "report.json").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    with _run_lock(run, made_here=False):  # (flock: a second open of the file is refused, in this process too)
+        with pytest.raises(SystemExit, match=rf"in use by another n2n-gym compress \(pid {os.getpid()}\).*--resume"):
+            main(["compress", "--resume", str(run), "--no-progress"])
+        assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name != LOCK_FILE} == before
+    assert not (run / LOCK_FILE).exists()
+    assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
+    assert (run / "report.json").is_file() and not (run / LOCK_FILE).exists()
+
+
 def test_compress_timings_survive_a_kill_within_a_stage(tmp_path, monkeypatch):
     """A final distillation runs for hours: its time is saved as it grows, so that a process
     killed within it (SIGKILL, a lost machine) leaves its time to the next invocation's report
@@ -831,6 +896,7 @@ def test_compress_timings_survive_a_kill_within_a_stage(tmp_path, monkeypatch):
     from n2n_gym.compress import _Timings
 
     monkeypatch.setattr(_Timings, "SAVE_EVERY", 0.01)
+    (tmp_path / "config.json").write_text("{}")  # a run folder (one without it keeps no timings)
     killed = _Timings(tmp_path, print)
     stage = killed.stage("final_distillation")
     stage.__enter__()  # and never left: the process dies within the stage

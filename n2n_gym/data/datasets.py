@@ -34,6 +34,7 @@ from n2n_gym.utils.files import default_cache_dir
 
 __all__ = [
     "DATASETS",
+    "PIXELS",
     "DatasetInfo",
     "DataUnavailableError",
     "Dataset",
@@ -463,6 +464,16 @@ def _labels(y: Any) -> torch.Tensor:
 
 
 Raw = tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # variant, x/y train, x/y test
+
+
+#: how each data set's source images become the uint8 pixels a model's ``(x / 255 - mean) / std``
+#: is applied to, where that is not the source's own pixels (written into a saved student's
+#: JSON, so that a deployer feeds it what it was trained on; kept out of :class:`DatasetInfo`,
+#: whose fields are in every data digest)
+PIXELS: dict[str, str] = {
+    "digits": "scikit-learn's load_digits().images (0-16) scaled to 0-255: round(x * 255 / 16), uint8",
+    "mnist": "the 28x28 images zero-padded to 32x32 (2 pixels on each side)",
+}
 
 
 def _load_digits() -> Raw:

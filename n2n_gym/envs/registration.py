@@ -3,6 +3,8 @@ TAS ResNets and the embedded default."""
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
 from gymnasium.envs.registration import WrapperSpec
 
@@ -67,5 +69,18 @@ def resolve_protocol(env_id: str, protocol: str | None) -> str:
     try:
         return default_protocol(env_id)
     except gym.error.Error as exc:
-        raise ValueError(f"env_id {env_id!r} is not a registered environment ({exc}); pass a registered id "
-                         f"(n2n_gym.ENVS) or register yours with gymnasium.register first") from None
+        raise ValueError(f"env_id {env_id!r} is not a registered environment ({exc}){_close_ids(env_id)}; pass a "
+                         f"registered id (n2n_gym.ENVS) or register yours with gymnasium.register first") from None
+
+
+def _close_ids(env_id: str) -> str:
+    """'; did you mean ...' with the registered N2N ids closest to ``env_id`` (case and
+    punctuation aside: 'resnet20' finds the ResNet-20 ids), or ''."""
+    import difflib
+
+    ids = sorted(i for i in gym.registry if i.startswith("N2N-"))
+    norm = {re.sub(r"[^a-z0-9]", "", i.lower()): i for i in ids}
+    key = re.sub(r"[^a-z0-9]", "", env_id.lower())
+    found = [norm[k] for k in norm if key and key in k] or [
+        norm[k] for k in difflib.get_close_matches(key, list(norm), n=3, cutoff=0.6)]
+    return f"; did you mean {', '.join(found[:4])}" if found else ""

@@ -93,10 +93,14 @@ FinalJob = tuple[str, Architecture, str, "str | os.PathLike | None"]
 class _EpochProgress:
     """A progress bar (with tqdm's ETA) of the epochs the final distillations have finished,
     read from their checkpoint files by a daemon thread every ``interval`` seconds: the
-    workers are other processes, and the checkpoints are what they already share."""
+    workers are other processes, and the checkpoints are what they already share. ``keys``:
+    each checkpoint's distillation key; a file of another distillation (which its job will
+    discard) counts no epochs, so that a resume with other settings starts the bar at 0."""
 
-    def __init__(self, checkpoints: Sequence, epochs: int, enabled: bool, interval: float = 10.0):
+    def __init__(self, checkpoints: Sequence, epochs: int, enabled: bool, interval: float = 10.0,
+                 keys: "dict[str, str] | None" = None):
         self.paths = [str(c) for c in checkpoints if c is not None]
+        self.keys = {str(k): v for k, v in (keys or {}).items()}
         self.epochs, self.interval = epochs, interval
         self.enabled = enabled and bool(self.paths) and epochs > 0
         self._seen: dict[str, tuple[float, int]] = {}  # path -> (mtime, epoch)
@@ -111,7 +115,8 @@ class _EpochProgress:
                 mtime = os.stat(path).st_mtime
                 if self._seen.get(path, (None, 0))[0] != mtime:
                     state = torch.load(path, map_location="cpu", weights_only=True)
-                    self._seen[path] = (mtime, min(int(state["epoch"]), self.epochs))
+                    ours = path not in self.keys or state.get("key") == self.keys[path]
+                    self._seen[path] = (mtime, min(int(state["epoch"]), self.epochs) if ours else 0)
             except (OSError, RuntimeError, KeyError, ValueError, EOFError):
                 pass  # not written yet, or replaced while read: the next poll sees it
             total += self._seen.get(path, (None, 0))[1]
@@ -162,7 +167,10 @@ def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, 
     args = [(arch, epochs, lr, seed, init, None if ckpt is None else str(ckpt), recipe, precision)
             for _, arch, init, ckpt in jobs]
     workers = min(int(workers), len(jobs))
-    with _EpochProgress([a[5] for a in args], epochs, progress):
+    # each checkpoint's key, as the evaluator writes it (a file of other settings counts no epoch)
+    keys = {a[5]: evaluator.key(a[0], final_protocol(epochs, lr, a[4], recipe, precision), seed)
+            for a in args if a[5] is not None} if progress else None
+    with _EpochProgress([a[5] for a in args], epochs, progress, keys=keys):
         if workers <= 1:
             return {name: final_distill(evaluator, *a) for name, a in zip(names, args)}
         from n2n_gym.evaluation.backends import ProcessBackend  # (torch-heavy pool machinery, only when asked)

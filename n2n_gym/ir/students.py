@@ -10,7 +10,9 @@
 ``n2n_gym.load_student(path)`` takes the run folder, either file, or their common stem,
 and returns the network (an ``nn.Module`` in eval mode; ``.arch`` is its architecture and
 ``.student_info`` the JSON). Inputs are float NCHW images normalised as
-``(x / 255 - mean) / std`` per channel (``student_info["normalization"]``).
+``(x / 255 - mean) / std`` per channel (``student_info["normalization"]``), ``x`` the data
+set's uint8 pixels (``normalization["pixels"]`` says how they come from the source's images
+where they differ: scikit-learn's 0-16 digits, MNIST padded to 32x32).
 """
 
 from __future__ import annotations

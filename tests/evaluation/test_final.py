@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from n2n_gym.evaluation.final import alternatives, final_distill, final_protocol, final_students
@@ -166,7 +168,12 @@ def test_final_students_show_the_epochs_done_from_their_checkpoints(digits_teach
     final_students(ev, jobs, 2, 1e-3, 0, progress=True)  # resumed: both epochs are in the checkpoint
     err = capsys.readouterr().err
     assert "2/2" in err and "0/2" not in err
-    final_students(ev, jobs, 2, 1e-3, 0, progress=False)
+    # other settings: the 2-epoch checkpoint is another distillation's, discarded; the bar starts at 0
+    # (it started at the file's epochs and counted back: a negative ETA, from a break-it pass)
+    final_students(ev, jobs, 3, 1e-3, 0, progress=True)
+    err = capsys.readouterr().err
+    assert re.search(r"\d+/3", err).group() == "0/3" and "3/3" in err
+    final_students(ev, jobs, 3, 1e-3, 0, progress=False)
     final_students(ev, [("b", arch, "inherit", None)], 1, 1e-3, 0, progress=True)
     assert "final distillation" not in capsys.readouterr().err
 
