@@ -631,12 +631,25 @@ def default_final_workers(students: int, train_images: int | None = None) -> int
     return max(1, students)
 
 
+def _epochs_done(run_dir: pathlib.Path, final_epochs: int, names: Iterable[str]) -> int:
+    """Epochs of the final distillation already in the checkpoints of a resumed run's students
+    (``<name>.ckpt`` and ``size-*.ckpt``), each at most ``final_epochs``; a file of other settings
+    counts too (its job discards it): the estimate may then be short."""
+    paths = {run_dir / f"{n}.ckpt" for n in names} | set(run_dir.glob("size-*.ckpt"))
+    done = 0
+    for path in paths:
+        with contextlib.suppress(Exception):  # missing, or unreadable: none done
+            done += min(int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]), final_epochs)
+    return done
+
+
 def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, final_workers: int | None,
-                    log, sizes_asked: bool = False, final_precision: str = "auto") -> None:
+                    log, sizes_asked: bool = False, final_precision: str = "auto", epochs_done: int = 0) -> None:
     """The run's duration, estimated before it starts from a timing of the teacher's
     architecture now (``n2n_gym.evaluation.final.throughput``): an upper bound, as students are
     smaller. With ``final_precision="bf16"`` the final distillation is timed in bf16 and fp32,
-    and the log says how they compare on this machine."""
+    and the log says how they compare on this machine. ``epochs_done``: student-epochs a resumed
+    run's checkpoints hold (:func:`_epochs_done`), not counted again."""
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     ev = env.unwrapped.evaluator
     rates = throughput(ev)
@@ -658,13 +671,15 @@ def _print_estimate(args: Args, students: int, final_epochs: int, final_students
     final_workers = final_workers or default_final_workers(final_students, final_epochs * len(data.train_idx))
     est = estimate_seconds(rates, get_protocol(args.protocol), students, len(data.train_idx), len(data.val_idx),
                            len(data.y_test), final_epochs, final_students, workers=workers, final_workers=final_workers)
-    total = est["search"] + est["final"]
+    all_epochs = final_students * final_epochs
+    final = est["final"] * max(all_epochs - epochs_done, 0) / all_epochs
+    done = f", {epochs_done} of those epochs done in their checkpoints" if epochs_done else ""
     # training only: starting processes, exports and the latency measurement (tens of seconds) are not in it
     log(f"estimated training time (students timed as the teacher at {rates['augmented']:.0f} / "
-        f"{rates['reused_logits']:.0f} img/s now, so an upper bound on a long run): {_duration(total)} = search "
-        f"{_duration(est['search'])} ({students} students, cache hits free) + final distillation "
-        f"{_duration(est['final'])} ({'up to ' if sizes_asked else ''}{final_students} student(s) x {final_epochs} epochs, "
-        f"{min(final_workers, final_students)} at a time); exports and latency come after")
+        f"{rates['reused_logits']:.0f} img/s now, so an upper bound on a long run): {_duration(est['search'] + final)} "
+        f"= search {_duration(est['search'])} ({students} students, cache hits free) + final distillation "
+        f"{_duration(final)} ({'up to ' if sizes_asked else ''}{final_students} student(s) x {final_epochs} epochs, "
+        f"{min(final_workers, final_students)} at a time{done}); exports and latency come after")
 
 
 def _duration(seconds: float) -> str:
@@ -763,6 +778,7 @@ def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, f
             json.loads(record_path.read_text().splitlines()[0])
             history = read_history(history_path)
             log(f"the search is done ({record_path}, {len(history)} students): not redone")
+            estimate(0)  # what is left: the final distillation (hours on CIFAR-10)
             return _best_of(history)
         except (ValueError, IndexError):
             log(f"{record_path} cannot be read: the search runs again (students in its cache are free)")
@@ -866,7 +882,7 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     def estimate(students: int) -> None:
         # (--sizes N: the Pareto front, unknown before the search, may hold fewer)
         _print_estimate(args, students, final_epochs, len(compare) + sizes, final_workers, log, sizes > 1,
-                        final_precision)
+                        final_precision, _epochs_done(run_dir, final_epochs, ("final", *compare)))
 
     timings = _Timings(run_dir, log)
     with timings.stage("search"):

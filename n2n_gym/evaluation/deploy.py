@@ -120,7 +120,8 @@ def compare(teacher: dict[str, str], student: dict[str, str], input_shape: Seque
     """Teacher against student, per runtime: ``teacher`` and ``student`` map a runtime
     (``"onnxruntime"``, ``"torch.export"``) to a file. Each of ``rounds`` rounds measures the
     teacher's file then the student's (alternating which goes first) in fresh processes;
-    ``speedup[runtime][batch]`` is the median over rounds of teacher median / student median."""
+    ``speedup[runtime][batch]`` is the median over rounds of teacher median / student median,
+    ``speedup_rounds[runtime][batch]`` each round's."""
     common = sorted(set(teacher) & set(student))
     if not common:
         raise ValueError(f"no runtime with both files: teacher has {sorted(teacher)}, student {sorted(student)}")
@@ -140,15 +141,23 @@ def compare(teacher: dict[str, str], student: dict[str, str], input_shape: Seque
                         "inference_peak_mb": max(m["inference_peak_mb"] for m in runs[who]),
                         "latency_ms": {str(b): statistics.median(m["latency_ms"][str(b)]["median"] for m in runs[who])
                                        for b in batch_sizes}}
-        res["speedup"] = {str(b): statistics.median(t["latency_ms"][str(b)]["median"] / s["latency_ms"][str(b)]["median"]
-                                                    for t, s in zip(runs["teacher"], runs["student"]))
-                          for b in batch_sizes}
+        # each round's ratio, kept: the median alone hid how far rounds on a shared machine disagree
+        res["speedup_rounds"] = {str(b): [t["latency_ms"][str(b)]["median"] / s["latency_ms"][str(b)]["median"]
+                                          for t, s in zip(runs["teacher"], runs["student"])] for b in batch_sizes}
+        res["speedup"] = {b: statistics.median(v) for b, v in res["speedup_rounds"].items()}
         out["runtimes"][runtime] = res
     if teacher_params and student_params:
         out["params_ratio"] = teacher_params / student_params
     if teacher_flops and student_flops:
         out["flops_ratio"] = teacher_flops / student_flops
     return out
+
+
+def speedup_range(runtime_result: dict, batch) -> str:
+    """`` (lo-hi)``: the range of a runtime's per-round speed-ups at ``batch``, or '' with one
+    round or for a result made before they were kept."""
+    v = (runtime_result.get("speedup_rounds") or {}).get(str(batch)) or []
+    return f" ({min(v):.2f}-{max(v):.2f})" if len(v) > 1 else ""
 
 
 def table(result: dict) -> str:
@@ -162,7 +171,8 @@ def table(result: dict) -> str:
         for b in result["batch_sizes"]:
             t, s = r["teacher"], r["student"]
             rows.append(f"| {runtime} | {b} | {t['latency_ms'][str(b)]:.2f} | {s['latency_ms'][str(b)]:.2f} | "
-                        f"{r['speedup'][str(b)]:.2f}x | {t['inference_peak_mb']:.0f} / {s['inference_peak_mb']:.0f} | "
+                        f"{r['speedup'][str(b)]:.2f}x{speedup_range(r, b)} | "
+                        f"{t['inference_peak_mb']:.0f} / {s['inference_peak_mb']:.0f} | "
                         f"{t['file_mb']:.2f} / {s['file_mb']:.2f} |")
     ratios = [f"{k.split('_')[0]} ratio {result[k]:.2f}x" for k in ("params_ratio", "flops_ratio") if k in result]
     foot = f"\n{', '.join(ratios)}; " if ratios else "\n"

@@ -41,6 +41,11 @@ def test_compare_pairs_teacher_and_student_per_runtime(exported):
     assert set(res["runtimes"]) == {"onnxruntime", "torch.export"}
     for r in res["runtimes"].values():
         assert all(v > 0 for v in r["speedup"].values())
+        # each round's ratio is kept (the median alone hid how far rounds disagree) and the table gives their range
+        assert all(len(r["speedup_rounds"][b]) == 2 and r["speedup"][b] == pytest.approx(
+            sum(r["speedup_rounds"][b]) / 2) for b in ("1", "32"))
+        assert f"{r['speedup']['1']:.2f}x{deploy.speedup_range(r, 1)} |" in deploy.table(res)
+        assert deploy.speedup_range(r, 1).startswith(" (") and deploy.speedup_range({"speedup": r["speedup"]}, 1) == ""
         assert r["teacher"]["file_mb"] > r["student"]["file_mb"]  # 4x narrower layers: a smaller file
     assert res["params_ratio"] == arch.params / student_arch.params
     text = deploy.table(res)
