@@ -950,6 +950,13 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
     module, row = trained.pop("final")
     sized = {name: trained.pop(name) for name, *_ in size_jobs}
     val_acc, test_acc = row["val_accuracy"], row["test_accuracy"]
+    chance = 1 / unwrapped.evaluator.data.info.num_classes
+    if val_acc < 1.5 * chance:  # trained, yet no better than guessing: said, not buried in the report
+        default = recipe_lr(final_recipe)
+        log(f"warning: the final student scores {format_accuracy(val_acc)} on validation, about chance "
+            f"({format_accuracy(chance)}): the final distillation did not train it"
+            + (f"; its lr {final_lr:g} is above the recipe's {default:g}: n2n-gym compress --resume "
+               f"{shlex.quote(str(run_dir))} --final-lr {default:g}" if final_lr > default else ""))
     reward = n2n_reward(student_params=arch.params, teacher_params=teacher.params, student_accuracy=val_acc,
                         teacher_accuracy=teacher.val_accuracy).value
     data = unwrapped.evaluator.data

@@ -426,6 +426,21 @@ def test_compress_resume_with_no_export_leaves_no_export_of_an_earlier_student(r
     assert report["latency"] is None and "latency not measured" in capsys.readouterr().err
 
 
+def test_compress_says_when_the_final_student_scores_at_chance(random_run, tmp_path, capsys):
+    """An lr a million times the recipe's trains a student to chance without a non-finite loss: the run
+    says so with the fix, not only in the report's numbers (a break-it pass: --final-lr 1e6 ended at
+    9.7 % in silence)."""
+    from n2n_gym.cli import main
+
+    run = _copy_run(random_run, tmp_path / "chance")
+    assert main(["compress", "--resume", str(run), "--no-progress", "--final-lr", "1e6"]) == 0
+    err = capsys.readouterr().err
+    report = json.loads((run / "report.json").read_text())
+    assert report["final"]["val_accuracy"] < 0.15
+    assert "about chance (10.00%): the final distillation did not train it; its lr 1e+06 is above the recipe's 0.001" in err
+    assert f"--resume {run} --final-lr 0.001" in err
+
+
 def test_compress_a_diverged_final_distillation_names_the_lr_and_resumes_with_another(random_run, tmp_path, capsys):
     """A final lr too large fails in one line naming --final-lr and the command that goes on
     (a break-it pass: a traceback after the search, and --resume could not change the lr)."""
