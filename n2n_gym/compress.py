@@ -77,6 +77,7 @@ from n2n_gym.evaluation.final import (
     RECIPES,
     alternative_jobs,
     estimate_seconds,
+    final_protocol,
     final_students,
     recipe_lr,
     throughput,
@@ -261,7 +262,7 @@ def compress(env_id: str = DEFAULT_ENV_ID, *, out: str | os.PathLike | None = No
         run_dir = _new_run_dir(out, env_id, seed, log)
     made_here = not run_dir.exists()
     _check_writable(run_dir)
-    with _run_lock(run_dir, made_here):
+    with _run_lock(run_dir, made_here, "--resume" if resume else "--out"):
         return _locked(config, run_dir, resume, changes if resume else {}, progress, log)
 
 
@@ -300,7 +301,7 @@ LOCK_FILE = ".compress.lock"
 
 
 @contextlib.contextmanager
-def _run_lock(run_dir: pathlib.Path, made_here: bool):
+def _run_lock(run_dir: pathlib.Path, made_here: bool, flag: str = "--resume"):
     """One ``n2n-gym compress`` per run folder: two writing one history.jsonl, timings.json and
     checkpoints would mix their students and lose each other's figures. An OS lock (flock, via
     filelock) on ``run_dir / LOCK_FILE``, which also holds the holder's pid; the kernel drops it
@@ -317,7 +318,8 @@ def _run_lock(run_dir: pathlib.Path, made_here: bool):
         except (OSError, ValueError):
             holder = ""
         raise CompressError(f"{run_dir} is in use by another n2n-gym compress{holder}; wait for it to finish or stop "
-                            f"it, then n2n-gym compress --resume {shlex.quote(str(run_dir))}", "--resume") from None
+                            f"it, then n2n-gym compress --resume {shlex.quote(str(run_dir))}"
+                            + ("" if flag == "--resume" else " (or a new run with another --out)"), flag) from None
     try:
         with contextlib.suppress(OSError):  # (flock does not depend on this fd: writing is safe)
             path.write_text(f"{os.getpid()}\n")
@@ -631,25 +633,35 @@ def default_final_workers(students: int, train_images: int | None = None) -> int
     return max(1, students)
 
 
-def _epochs_done(run_dir: pathlib.Path, final_epochs: int, names: Iterable[str]) -> int:
-    """Epochs of the final distillation already in the checkpoints of a resumed run's students
-    (``<name>.ckpt`` and ``size-*.ckpt``), each at most ``final_epochs``; a file of other settings
-    counts too (its job discards it): the estimate may then be short."""
-    paths = {run_dir / f"{n}.ckpt" for n in names} | set(run_dir.glob("size-*.ckpt"))
+def _epochs_done(unwrapped, run_dir: pathlib.Path, config: dict, seed: int, final_epochs: int, final_lr: float,
+                 recipe: str, precision: str, compare: tuple[str, ...], sizes: int) -> int:
+    """Student-epochs of the final distillation already in a resumed run's checkpoints: those of
+    the jobs it will train (:func:`_final_jobs`) whose checkpoint is of this distillation (its
+    key: a file of other settings is discarded by its job, and counts none); 0 before the search
+    is done (no final student yet)."""
+    history = read_history(run_dir / "history.jsonl")
+    best = _best_of(history) if (run_dir / ("search.jsonl" if config.get("agent", DEFAULT_AGENT) != DEFAULT_AGENT
+                                            else "policies.pt")).exists() else None
+    if best is None or not best.get("valid"):
+        return 0
+    jobs, size_jobs, _, _ = _final_jobs(unwrapped, run_dir, best, history, compare, sizes, lambda _: None)
     done = 0
-    for path in paths:
+    for _, arch, init, path in jobs + size_jobs:
+        key = unwrapped.evaluator.key(arch, final_protocol(final_epochs, final_lr, init, recipe, precision), seed)
         with contextlib.suppress(Exception):  # missing, or unreadable: none done
-            done += min(int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]), final_epochs)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            done += min(int(state["epoch"]), final_epochs) if state.get("key") == key else 0
     return done
 
 
 def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, final_workers: int | None,
-                    log, sizes_asked: bool = False, final_precision: str = "auto", epochs_done: int = 0) -> None:
+                    log, sizes_asked: bool = False, final_precision: str = "auto",
+                    epochs_done: Callable[[Any], int] | None = None) -> None:
     """The run's duration, estimated before it starts from a timing of the teacher's
     architecture now (``n2n_gym.evaluation.final.throughput``): an upper bound, as students are
     smaller. With ``final_precision="bf16"`` the final distillation is timed in bf16 and fp32,
-    and the log says how they compare on this machine. ``epochs_done``: student-epochs a resumed
-    run's checkpoints hold (:func:`_epochs_done`), not counted again."""
+    and the log says how they compare on this machine. ``epochs_done(unwrapped env)``: the
+    student-epochs a resumed run's checkpoints hold (:func:`_epochs_done`), not counted again."""
     env = gym.make(args.env_id, **{"protocol": args.protocol, "device": args.device, **args.env_kwargs})
     ev = env.unwrapped.evaluator
     rates = throughput(ev)
@@ -665,6 +677,7 @@ def _print_estimate(args: Args, students: int, final_epochs: int, final_students
             f"fp32 (auto on the CPU) ({other:.0f} vs {auto:.0f} img/s now, the best of 3 paired timings)"
             + ("; slower on this machine: drop --final-precision" if other < auto else ""))
         rates = {**rates, "augmented": other}
+    done_epochs = epochs_done(env.unwrapped) if epochs_done else 0
     env.close()
     data = ev.data
     workers = int(args.env_kwargs.get("workers", 1)) if args.env_kwargs.get("backend", "inline") != "inline" else 1
@@ -672,8 +685,8 @@ def _print_estimate(args: Args, students: int, final_epochs: int, final_students
     est = estimate_seconds(rates, get_protocol(args.protocol), students, len(data.train_idx), len(data.val_idx),
                            len(data.y_test), final_epochs, final_students, workers=workers, final_workers=final_workers)
     all_epochs = final_students * final_epochs
-    final = est["final"] * max(all_epochs - epochs_done, 0) / all_epochs
-    done = f", {epochs_done} of those epochs done in their checkpoints" if epochs_done else ""
+    final = est["final"] * max(all_epochs - done_epochs, 0) / all_epochs
+    done = f", {done_epochs} of those epochs done in their checkpoints" if done_epochs else ""
     # training only: starting processes, exports and the latency measurement (tens of seconds) are not in it
     log(f"estimated training time (students timed as the teacher at {rates['augmented']:.0f} / "
         f"{rates['reused_logits']:.0f} img/s now, so an upper bound on a long run): {_duration(est['search'] + final)} "
@@ -785,6 +798,9 @@ def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, f
     before = len(read_history(history_path))  # students of a killed search: in the cache, replayed free
     atomic_write_text(history_path, "")
     history_file = open(history_path, "a")
+    if before:
+        log(f"the search restarts from its seed: the {before} students evaluated before come from its cache")
+    estimate(max(budget - before, 0))  # (before the bar: a line of its own)
     bar = tqdm(total=budget, unit="evaluation", desc=f"n2n-gym compress ({agent})", disable=not progress,
                dynamic_ncols=True)
     len_history = [0]
@@ -807,9 +823,6 @@ def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, f
     user_kwargs = dict(config.get("env_kwargs") or {})
     kwargs = {**args.env_kwargs, "protocol": args.protocol, "device": args.device,
               "cache": str(run_dir / "cache.sqlite")}
-    if before:
-        log(f"the search restarts from its seed: the {before} students evaluated before come from its cache")
-    estimate(max(budget - before, 0))
     try:
         out = load_agent(agent)(args.env_id, args.seed, budget, kwargs, dict(config.get("hparams") or {}),
                                 tracker=tracker, wandb_run=None)
@@ -882,7 +895,9 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
     def estimate(students: int) -> None:
         # (--sizes N: the Pareto front, unknown before the search, may hold fewer)
         _print_estimate(args, students, final_epochs, len(compare) + sizes, final_workers, log, sizes > 1,
-                        final_precision, _epochs_done(run_dir, final_epochs, ("final", *compare)))
+                        final_precision,
+                        lambda unwrapped: _epochs_done(unwrapped, run_dir, config, args.seed, final_epochs, final_lr,
+                                                       final_recipe, final_precision, compare, sizes))
 
     timings = _Timings(run_dir, log)
     with timings.stage("search"):
@@ -906,15 +921,14 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
         env.close()
 
 
-def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Path, best: dict, history: list[dict],
-            final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], final_workers: int | None,
-            log, timings: _Timings, final_recipe: str = "n2n", sizes: int = 1, final_precision: str = "auto") -> dict:
+def _final_jobs(unwrapped, run_dir: pathlib.Path, best: dict, history: list[dict], compare: tuple[str, ...],
+                sizes: int, log) -> tuple[list, list, list[dict], float | None]:
+    """The final distillation's jobs (:data:`n2n_gym.evaluation.final.FinalJob`): ``(the best
+    student's and the alternatives', the other sizes', the Pareto picks of those, the
+    alternatives' width ratio or None)``; alternatives that cannot be made are said, not fatal."""
     arch = Architecture.from_json(best["architecture"])
-    teacher = unwrapped.teacher
     jobs = [("final", arch, "inherit", run_dir / "final.ckpt")]
     picks = pareto_picks(history, best, sizes)[1:]  # (the best student is "final")
-    if sizes > 1 and len(picks) < sizes - 1:
-        log(f"--sizes {sizes}: the search's Pareto front holds {len(picks) + 1} student(s); all are trained")
     size_jobs = [(f"size-{p['params']}", Architecture.from_json(p["architecture"]), "inherit",
                   run_dir / f"size-{p['params']}.ckpt") for p in picks]
     ratio = None
@@ -925,6 +939,17 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
             jobs += alt_jobs
         except ValueError as exc:  # a student smaller than any uniform one: said, not fatal
             log(f"alternatives not trained: {exc}")
+    return jobs, size_jobs, picks, ratio
+
+
+def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Path, best: dict, history: list[dict],
+            final_epochs: int, final_lr: float, export: bool, compare: tuple[str, ...], final_workers: int | None,
+            log, timings: _Timings, final_recipe: str = "n2n", sizes: int = 1, final_precision: str = "auto") -> dict:
+    arch = Architecture.from_json(best["architecture"])
+    teacher = unwrapped.teacher
+    jobs, size_jobs, picks, ratio = _final_jobs(unwrapped, run_dir, best, history, compare, sizes, log)
+    if sizes > 1 and len(picks) < sizes - 1:
+        log(f"--sizes {sizes}: the search's Pareto front holds {len(picks) + 1} student(s); all are trained")
     alt_names = [j[0] for j in jobs[1:]]
     jobs += size_jobs
     images = final_epochs * len(unwrapped.evaluator.data.train_idx)
@@ -947,16 +972,22 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
                 f"the final distillation at lr {final_lr:g} (recipe {final_recipe}, whose own lr is {default:g}) "
                 f"failed: {exc}; continue with a smaller lr: n2n-gym compress --resume {shlex.quote(str(run_dir))} "
                 f"--final-lr {smaller:g}", "--final-lr") from None
+    # the checkpoints keep each student's training time exactly; timings.json loses up to a minute to a kill:
+    # side by side or one after another, the stage took at least as long as its longest student
+    timings.at_least("final_distillation", max(r["seconds"] for _, r in trained.values()))
     module, row = trained.pop("final")
     sized = {name: trained.pop(name) for name, *_ in size_jobs}
     val_acc, test_acc = row["val_accuracy"], row["test_accuracy"]
     chance = 1 / unwrapped.evaluator.data.info.num_classes
-    if val_acc < 1.5 * chance:  # trained, yet no better than guessing: said, not buried in the report
+    warned = []  # said now, and kept in the report for whoever reads the run folder later
+    if val_acc < 1.5 * chance:  # trained, yet no better than guessing
         default = recipe_lr(final_recipe)
-        log(f"warning: the final student scores {format_accuracy(val_acc)} on validation, about chance "
-            f"({format_accuracy(chance)}): the final distillation did not train it"
-            + (f"; its lr {final_lr:g} is above the recipe's {default:g}: n2n-gym compress --resume "
-               f"{shlex.quote(str(run_dir))} --final-lr {default:g}" if final_lr > default else ""))
+        warned.append(f"the final student scores {format_accuracy(val_acc)} on validation, about chance "
+                      f"({format_accuracy(chance)}): the final distillation did not train it"
+                      + (f"; its lr {final_lr:g} is above the recipe's {default:g}: n2n-gym compress --resume "
+                         f"{shlex.quote(str(run_dir))} --final-lr {default:g}" if final_lr > default else ""))
+    for w in warned:
+        log(f"warning: {w}")
     reward = n2n_reward(student_params=arch.params, teacher_params=teacher.params, student_accuracy=val_acc,
                         teacher_accuracy=teacher.val_accuracy).value
     data = unwrapped.evaluator.data
@@ -1030,13 +1061,15 @@ def _finish(unwrapped, config: dict, args: Args, agent: str, run_dir: pathlib.Pa
         **({"sizes": size_rows} if size_rows else {}),
         "seconds": seconds,
         "notes": notes,
+        "warnings": warned,
     }
     if agent != DEFAULT_AGENT:
         record = json.loads((run_dir / "search.jsonl").read_text().splitlines()[0])
         report["search"] = {"agent": agent, "hparams": record["hparams"], "budget": record["budget"],
                             "record": str(run_dir / "search.jsonl")}
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=1))
-    text = (f"{table}\n\n{_constraints_text(constraints)}{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
+    text = (f"{table}\n\n{''.join(f'WARNING: {w}' + chr(10) for w in warned)}{_constraints_text(constraints)}"
+            f"{notes}\n\nbest student found at evaluation {best['evaluation']} (stage {best['stage']}) of "
             f"{len(history)}; {report['distinct_students']} distinct students; "
             f"{seconds['total']:.0f} s (search {seconds['search']:.0f} s, final distillation "
             f"{seconds['final_distillation']:.0f} s, export and latency {seconds['export']:.0f} s; over "
@@ -1232,6 +1265,15 @@ class _Timings:
             stop.set()
             saver.join()
             tick()
+
+    def at_least(self, name: str, seconds: float) -> None:
+        """Raises stage ``name`` to ``seconds`` when a more exact record (the checkpoints') says it
+        took at least that long (the invocation's wall time rises with it)."""
+        short = seconds - self.spent.get(name, 0.0)
+        if short > 0:
+            self.spent[name] = seconds
+            self.before["wall"] = self.before.get("wall", 0.0) + short
+            self._save()
 
     def seconds(self) -> dict:
         """The report's durations: each stage's, ``total`` (the wall time of all invocations),

@@ -339,6 +339,12 @@ def test_compress_agent_resume_does_not_redo_a_finished_search(random_run, tmp_p
     # total: the wall time of both invocations (setup, scoring and plots too), at least the stages
     assert seconds["total"] >= seconds["search"] + seconds["final_distillation"] + seconds["export"]
     assert seconds["total"] >= first["total"] + seconds["total_this_invocation"] - 1e-6
+    # other final settings: the checkpoint is another distillation's (its job discards it), so none of its
+    # epochs is "done" (the estimate said "0 s, 9 of those epochs done" and then trained them all: a break-it pass)
+    assert main(["compress", "--resume", str(run), "--no-progress", "--final-lr", "0.002"]) == 0
+    err = capsys.readouterr().err
+    assert "estimated training time" in err and "1 student(s) x 1 epochs, 1 at a time)" in err
+    assert "of those epochs done" not in err
 
 
 def _copy_run(done: pathlib.Path, run: pathlib.Path) -> pathlib.Path:
@@ -437,6 +443,9 @@ def test_compress_says_when_the_final_student_scores_at_chance(random_run, tmp_p
     err = capsys.readouterr().err
     report = json.loads((run / "report.json").read_text())
     assert report["final"]["val_accuracy"] < 0.15
+    # kept for whoever reads the run folder later, not only said on the terminal
+    assert len(report["warnings"]) == 1 and "about chance" in report["warnings"][0]
+    assert "WARNING: the final student scores" in (run / "report.txt").read_text()
     assert "about chance (10.00%): the final distillation did not train it; its lr 1e+06 is above the recipe's 0.001" in err
     assert f"--resume {run} --final-lr 0.001" in err
 
@@ -902,6 +911,9 @@ def test_compress_refuses_a_run_folder_another_process_is_using(random_run, tmp_
     with _run_lock(run, made_here=False):  # (flock: a second open of the file is refused, in this process too)
         with pytest.raises(SystemExit, match=rf"in use by another n2n-gym compress \(pid {os.getpid()}\).*--resume"):
             main(["compress", "--resume", str(run), "--no-progress"])
+        # a new run given the busy folder is told about its --out, not a --resume it did not ask for
+        with pytest.raises(SystemExit, match=r"^n2n-gym compress --out: .* in use .*another --out"):
+            main(["compress", *AGENT_RUN, "--out", str(run)])
         assert {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.name != LOCK_FILE} == before
     assert not (run / LOCK_FILE).exists()
     assert main(["compress", "--resume", str(run), "--no-progress"]) == 0
@@ -928,6 +940,14 @@ def test_compress_timings_survive_a_kill_within_a_stage(tmp_path, monkeypatch):
     with resumed.stage("final_distillation"):
         pass
     assert resumed.seconds()["final_distillation"] >= resumed.before["final_distillation"]
+    # the students' checkpoints keep their training time exactly: the stage is at least the longest of them
+    # (a killed run's report gave a student 186.6 s in a stage of 175.6 s: a break-it pass)
+    resumed.at_least("final_distillation", 1000.0)
+    seconds = resumed.seconds()
+    assert seconds["final_distillation"] == 1000.0 and seconds["total"] >= 1000.0
+    assert json.loads((tmp_path / "timings.json").read_text())["final_distillation"] == 1000.0
+    resumed.at_least("final_distillation", 5.0)  # never lowered
+    assert resumed.seconds()["final_distillation"] == 1000.0
 
 
 @pytest.mark.parametrize("timings", ["not json", "[]", '{"search": -5, "invocations": 2}',
