@@ -350,6 +350,10 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
         raise ValueError("the n2n agent's settings are its own options (--updates, --rollouts, ...), not hparams")
     if budget is not None:
         budget = _count("budget", budget, 1, "student evaluations")
+        default_updates = next(f.default for f in dataclasses.fields(Args) if f.name == "updates")
+        if agent == DEFAULT_AGENT and n2n_settings.get("updates", default_updates) != default_updates:
+            raise ValueError(f"--budget {budget} sets the N2N search's --updates (a third to removal); give one of "
+                             f"them, not both (--updates {n2n_settings['updates']} was given too)")
     settings = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
                 for f in dataclasses.fields(Args) if f.name in _N2N_ONLY}
     settings.update(n2n_settings)

@@ -210,6 +210,7 @@ def test_help(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["compress", "--env", "N2N-DigitsNet-Digit-v0"], "Did you mean: `N2N-DigitsNet-Digits`"),
     (["compress", "--env", "resnet20"], "did you mean N2N-ResNet20-CIFAR10-v0, N2N-ResNet20-CIFAR10-v1;"),
+    (["compress", "--budget", "20", "--updates", "3,3"], "give one of them, not both (--updates 3,3 was given too)"),
     (["compress", "--env-kwargs", '{"protocl": "fast"}'], "unexpected keyword argument 'protocl' (did you mean 'protocol'?)"),
     (["teacher", "verify", "N2N-Foo-v0"], "unknown id 'N2N-Foo-v0'"),
     (["bench", "--agent", "random", "--budget", "2", "--hparams", '{"foo": 1}', "--no-progress"], "no hyperparameters"),
