@@ -76,8 +76,8 @@ from n2n_gym.evaluation.final import (
     ALTERNATIVES,
     RECIPES,
     alternative_jobs,
+    epochs_done,
     estimate_seconds,
-    final_protocol,
     final_students,
     recipe_lr,
     throughput,
@@ -350,8 +350,7 @@ def _new_config(env_id: str, *, agent: str, budget: int | None, hparams: dict | 
         raise ValueError("the n2n agent's settings are its own options (--updates, --rollouts, ...), not hparams")
     if budget is not None:
         budget = _count("budget", budget, 1, "student evaluations")
-        default_updates = next(f.default for f in dataclasses.fields(Args) if f.name == "updates")
-        if agent == DEFAULT_AGENT and n2n_settings.get("updates", default_updates) != default_updates:
+        if agent == DEFAULT_AGENT and n2n_settings.get("updates", Args.updates) != Args.updates:
             raise ValueError(f"--budget {budget} sets the N2N search's --updates (a third to removal); give one of "
                              f"them, not both (--updates {n2n_settings['updates']} was given too)")
     settings = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
@@ -637,25 +636,17 @@ def default_final_workers(students: int, train_images: int | None = None) -> int
     return max(1, students)
 
 
-def _epochs_done(unwrapped, run_dir: pathlib.Path, config: dict, seed: int, final_epochs: int, final_lr: float,
-                 recipe: str, precision: str, compare: tuple[str, ...], sizes: int) -> int:
-    """Student-epochs of the final distillation already in a resumed run's checkpoints: those of
-    the jobs it will train (:func:`_final_jobs`) whose checkpoint is of this distillation (its
-    key: a file of other settings is discarded by its job, and counts none); 0 before the search
-    is done (no final student yet)."""
+def _epochs_done(unwrapped, run_dir: pathlib.Path, seed: int, final_epochs: int, final_lr: float, recipe: str,
+                 precision: str, compare: tuple[str, ...], sizes: int) -> int:
+    """Student-epochs of the final distillation already in a resumed run's checkpoints
+    (:func:`n2n_gym.evaluation.final.epochs_done` of the jobs :func:`_final_jobs` makes for the
+    history's best student; 0 with none yet)."""
     history = read_history(run_dir / "history.jsonl")
-    best = _best_of(history) if (run_dir / ("search.jsonl" if config.get("agent", DEFAULT_AGENT) != DEFAULT_AGENT
-                                            else "policies.pt")).exists() else None
+    best = _best_of(history)
     if best is None or not best.get("valid"):
         return 0
     jobs, size_jobs, _, _ = _final_jobs(unwrapped, run_dir, best, history, compare, sizes, lambda _: None)
-    done = 0
-    for _, arch, init, path in jobs + size_jobs:
-        key = unwrapped.evaluator.key(arch, final_protocol(final_epochs, final_lr, init, recipe, precision), seed)
-        with contextlib.suppress(Exception):  # missing, or unreadable: none done
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            done += min(int(state["epoch"]), final_epochs) if state.get("key") == key else 0
-    return done
+    return epochs_done(unwrapped.evaluator, jobs + size_jobs, final_epochs, final_lr, seed, recipe, precision)
 
 
 def _print_estimate(args: Args, students: int, final_epochs: int, final_students: int, final_workers: int | None,
@@ -835,9 +826,7 @@ def _search_agent(agent: str, config: dict, args: Args, run_dir: pathlib.Path, f
             history_file.close()
             for leftover in [history_path, run_dir / "config.json", run_dir / TIMINGS_FILE,
                              *run_dir.glob("cache.sqlite*")]:
-                leftover.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # the folder too, when this run made it (empty now)
-                run_dir.rmdir()
+                leftover.unlink(missing_ok=True)  # (the folder too, when this run made it: _run_lock)
         raise
     finally:
         bar.close()
@@ -900,7 +889,7 @@ def _run(config: dict, run_dir: pathlib.Path, resuming: bool, progress: bool, lo
         # (--sizes N: the Pareto front, unknown before the search, may hold fewer)
         _print_estimate(args, students, final_epochs, len(compare) + sizes, final_workers, log, sizes > 1,
                         final_precision,
-                        lambda unwrapped: _epochs_done(unwrapped, run_dir, config, args.seed, final_epochs, final_lr,
+                        lambda unwrapped: _epochs_done(unwrapped, run_dir, args.seed, final_epochs, final_lr,
                                                        final_recipe, final_precision, compare, sizes))
 
     timings = _Timings(run_dir, log)

@@ -23,6 +23,7 @@ practitioner would ship instead, trained the same way.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import os
 import threading
@@ -88,6 +89,30 @@ def final_distill(evaluator, arch: Architecture, epochs: int, lr: float, seed: i
 
 #: one final distillation: ``(name, architecture, init, checkpoint file or None)``
 FinalJob = tuple[str, Architecture, str, "str | os.PathLike | None"]
+
+
+def _checkpoint_key(evaluator, arch: Architecture, epochs: int, lr: float, init: str, seed: int, recipe: str,
+                    precision: str) -> str:
+    """The key the evaluator writes into a final distillation's checkpoint (a file of another key
+    is another distillation's, discarded by its job)."""
+    return evaluator.key(arch, final_protocol(epochs, lr, init, recipe, precision), seed)
+
+
+def epochs_done(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, seed: int, recipe: str = "n2n",
+                precision: str = "auto") -> int:
+    """Student-epochs of :func:`final_students`'s ``jobs`` already in their checkpoints (each at
+    most ``epochs``): only files of this distillation count; a missing or unreadable one counts 0."""
+    import torch
+
+    done = 0
+    for _, arch, init, path in jobs:
+        if path is None:
+            continue
+        key = _checkpoint_key(evaluator, arch, epochs, lr, init, seed, recipe, precision)
+        with contextlib.suppress(Exception):  # missing, or unreadable (many types): none done
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            done += min(int(state["epoch"]), epochs) if state.get("key") == key else 0
+    return done
 
 
 class _EpochProgress:
@@ -168,7 +193,7 @@ def final_students(evaluator, jobs: Sequence[FinalJob], epochs: int, lr: float, 
             for _, arch, init, ckpt in jobs]
     workers = min(int(workers), len(jobs))
     # each checkpoint's key, as the evaluator writes it (a file of other settings counts no epoch)
-    keys = {a[5]: evaluator.key(a[0], final_protocol(epochs, lr, a[4], recipe, precision), seed)
+    keys = {a[5]: _checkpoint_key(evaluator, a[0], epochs, lr, a[4], seed, recipe, precision)
             for a in args if a[5] is not None} if progress else None
     with _EpochProgress([a[5] for a in args], epochs, progress, keys=keys):
         if workers <= 1:
@@ -216,8 +241,8 @@ def alternative_jobs(start: Architecture, target_params: int, which: tuple[str, 
              os.path.join(checkpoints, f"{name}.ckpt") if checkpoints else None) for name in which], ratio
 
 
-__all__ = ["ALTERNATIVES", "RECIPES", "FinalJob", "alternative_jobs", "alternatives", "final_distill", "final_protocol",
-           "final_students", "recipe_lr"]
+__all__ = ["ALTERNATIVES", "RECIPES", "FinalJob", "alternative_jobs", "alternatives", "epochs_done", "final_distill",
+           "final_protocol", "final_students", "recipe_lr"]
 
 
 def throughput(evaluator, batches: int = 3, batch_size: int = 64, precision: str = "auto") -> dict[str, float]:
